@@ -1,0 +1,110 @@
+"""
+### ftops_finetune: train a candidate, evaluate it against the model in service, register it, decide
+
+**Triggered** by `ftops_governor` (with its reason) or by hand with the form below.
+
+1. `resolve_run_config` validates every training choice from the form before any work starts.
+2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT) on the dataset version's train
+   split and logs the adapter, params and losses as an MLflow run in experiment `ftops-<task_type>`.
+3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
+   none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency; applies the deployment gate.
+4. `register_candidate` makes the run a version of `ftops-<task_type>` tagged with the dataset version,
+   content hash, base model, backend, metrics, decision and reasons.
+5. `choose_path` branches: `deploy_canary` (the first passing model of a task type becomes `champion`
+   directly; later ones become `canary` with `traffic_percent`) or `archive` (reasons tagged, aliases untouched).
+
+Training runs in the one-slot `ftops_training` pool.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, resolve_config, snapshot
+
+
+@dag(
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=TAGS["training"],
+    doc_md=__doc__,
+    params={
+        "task_type": Param("sentiment", type="string", minLength=1, title="Task type",
+                           description="Which task type's model to fine-tune."),
+        "dataset_version": Param(None, type=["null", "string"], title="Dataset version",
+                                 description="e.g. v3 or dataset/sentiment/v3. Empty = the latest version."),
+        "backend": Param(None, type=["null", "string"], enum=[None, "huggingface", "openai"], title="Backend",
+                         description="Empty = config (huggingface)."),
+        "base_model": Param(None, type=["null", "string"], title="Base model",
+                            description="Local path, hub id, or local:tiny-gpt2. Empty = config."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Epochs",
+                        description="Empty = config."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               title="Learning rate", description="Empty = config."),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=1024, title="Batch size",
+                            description="Empty = config."),
+        "lora_r": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
+                        description="Empty = config."),
+        "reason": Param(None, type=["null", "string"], title="Reason",
+                        description="Why this run; recorded on the model version."),
+    },
+)
+def ftops_finetune():
+    @task
+    def resolve_run_config(params: dict | None = None) -> dict:
+        return resolve_config({
+            "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
+            "training.backend.epochs": params["epochs"], "training.backend.learning_rate": params["learning_rate"],
+            "training.backend.batch_size": params["batch_size"], "training.backend.lora_r": params["lora_r"],
+        })
+
+    @task(pool=TRAINING_POOL)
+    def train_candidate(config: dict, params: dict | None = None) -> dict:
+        from ftops.stages import train_candidate as train
+
+        run_key = f"{get_current_context()['run_id']}/{params['task_type']}"
+        return train(snapshot(config), params["task_type"], params["dataset_version"], run_key=run_key)
+
+    @task(pool=TRAINING_POOL)
+    def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:
+        from ftops.stages import evaluate_candidate as evaluate
+
+        return evaluate(snapshot(config), params["task_type"], trained["run_id"])
+
+    @task
+    def register_candidate(trained: dict, evaluation: dict, params: dict | None = None) -> dict:
+        from ftops import registry
+        from ftops.stages import register_candidate as register
+
+        version = register(params["task_type"], trained["run_id"], evaluation)
+        if params["reason"]:
+            registry.set_tags(params["task_type"], version, {"trigger_reason": params["reason"]})
+        return {"version": version, **evaluation["gate"]}
+
+    @task.branch
+    def choose_path(registered: dict) -> str:
+        return "deploy_canary" if registered["passed"] else "archive"
+
+    @task
+    def deploy_canary(config: dict, registered: dict, params: dict | None = None) -> dict:
+        from ftops.stages import deploy_candidate
+
+        return deploy_candidate(snapshot(config), params["task_type"], registered["version"])
+
+    @task
+    def archive(registered: dict, params: dict | None = None) -> dict:
+        from ftops.stages import archive_candidate
+
+        return archive_candidate(params["task_type"], registered["version"], registered["reasons"])
+
+    config = resolve_run_config()
+    trained = train_candidate(config)
+    registered = register_candidate(trained, evaluate_candidate(config, trained))
+    choose_path(registered) >> [deploy_canary(config, registered), archive(registered)]
+
+
+ftops_finetune()

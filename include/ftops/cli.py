@@ -1,0 +1,112 @@
+"""``ftops``: the command line for things that happen outside the DAGs.
+
+    ftops simulate --rows 3000 --seed 0      write realistic interaction logs into the warehouse
+    ftops build-base-model                   build the small local base model under FTOPS_HOME/models
+    ftops summary                            datasets, model versions, metrics and decisions so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ftops.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
+
+log = logging.getLogger("ftops")
+
+
+def warehouse_url(explicit: str | None = None) -> str:
+    """The warehouse as a SQLAlchemy URL.
+
+    Order: ``--warehouse-url``, ``$FTOPS_WAREHOUSE_URL``, the Airflow connection URI in
+    ``$AIRFLOW_CONN_FTOPS_WAREHOUSE`` (so the CLI and the DAGs see the same warehouse), else the embedded
+    SQLite file under ``FTOPS_HOME``, exactly as the DAGs default.
+    """
+    url = explicit or os.environ.get("FTOPS_WAREHOUSE_URL") or os.environ.get("AIRFLOW_CONN_FTOPS_WAREHOUSE")
+    if not url:
+        home = ftops_home()
+        home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{home / 'warehouse.db'}"
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    return url
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from ftops.simulate import generate_interactions
+    from ftops.warehouse import ensure_schema, insert_interactions
+
+    cfg = load_config()
+    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    ensure_schema(engine, cfg.interactions_table)
+    rows = generate_interactions(args.rows, seed=args.seed, task_types=args.task_types or None)
+    new = insert_interactions(engine, rows, cfg.interactions_table)
+    log.info("Wrote %d new interaction rows (%d generated, seed %d) to %s", new, len(rows), args.seed,
+             engine.url.render_as_string(hide_password=True))  # fmt: skip
+    return 0
+
+
+def _build_base_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ftops.basemodel import build_base_model
+
+    out = Path(resolve_base_model(LOCAL_BASE_MODEL))
+    build_base_model(out, force=args.force)
+    log.info("Base model ready at %s", out)
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from ftops import registry
+    from ftops.stages import dataset_registry
+
+    cfg = load_config()
+    datasets = dataset_registry(cfg)
+    lines = ["", "FT-Ops summary", "=============="]
+    for task_type in datasets.task_types():
+        versions = datasets.versions(task_type)
+        latest = versions[-1]
+        meta = datasets.read_metadata(latest)
+        lines.append(f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
+                     f"(content {latest.content_hash[:12]}, {len(versions)} version(s))")  # fmt: skip
+        lines.append("  accounting: " + ", ".join(f"{k}={v}" for k, v in meta["accounting"].items()))
+        for mv in sorted(registry._versions(task_type), key=lambda m: int(m.version)):
+            t = mv.tags
+            aliases = ",".join(getattr(mv, "aliases", []) or []) or "-"
+            lines.append(f"  model {registry.model_name(task_type)} v{mv.version} [{aliases}] "
+                         f"on {t.get('dataset_version')}: decision {t.get('decision', '?').upper()}")  # fmt: skip
+            for metric in ("accuracy", "perplexity", "bleu", "rouge_l", "latency_p50_ms"):
+                if f"metric.{metric}" in t:
+                    lines.append(f"    {metric:15s} {float(t[f'metric.{metric}']):10.3f}  vs baseline "
+                                 f"{float(t.get(f'baseline.{metric}', 'nan')):10.3f}  ({t.get('baseline')})")  # fmt: skip
+            lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="ftops", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="write simulated interaction logs into the warehouse")
+    sim.add_argument("--rows", type=int, default=3000)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--task-types", nargs="*", default=None)
+    sim.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    sim.set_defaults(func=_simulate)
+    base = sub.add_parser("build-base-model", help="build the small local base model (once)")
+    base.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    base.set_defaults(func=_build_base_model)
+    sub.add_parser("summary", help="print datasets, models, metrics and decisions").set_defaults(func=_summary)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The one FT-Ops configuration: a YAML file validated by one pydantic model.
+
+Every field carries a description; the defaults are the original design's (DESIGN.md). A manual trigger's
+params override fields for one run through :func:`apply_overrides`; the first task of each DAG resolves the
+merged config once and later tasks use that snapshot, so a retry sees the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "ftops.yaml"
+LOCAL_BASE_MODEL = "local:tiny-gpt2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CurationConfig(_Strict):
+    min_examples: int = Field(100, ge=1, description="Fewest accepted examples a dataset version may hold.")
+    quality_threshold: float = Field(4.0, ge=1, le=5, description="Lowest user rating (1-5) a kept example may have.")
+    min_response_chars: int = Field(50, ge=0, description="Shortest response kept, in characters.")
+    max_response_chars: int = Field(5000, ge=1, description="Longest response kept, in characters.")
+    max_prompt_chars: int = Field(20000, ge=1, description="Longest prompt kept; longer ones are quarantined.")
+    max_latency_ms: int = Field(10_000, ge=1, description="Slowest call kept, in milliseconds.")
+    error_markers: tuple[str, ...] = Field(
+        ("error:", "exception", "traceback", "i cannot", "i'm sorry", "as an ai"),
+        description="Case-insensitive substrings that mark a response as error text.",
+    )
+    diversity_threshold: float = Field(
+        0.9, gt=0, le=1, description="Cosine similarity at or above which a prompt counts as a near duplicate."
+    )
+    target_size: int = Field(500, ge=1, description="Most examples selected into one dataset version.")
+    test_split: float = Field(0.2, gt=0, lt=1, description="Share of examples assigned (by prompt hash) to the test split.")
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence-embedding model for diversity selection: the packaged all-MiniLM-L6-v2, a path or a hub id.",
+    )
+    embedding_batch_size: int = Field(64, ge=1, description="Prompts embedded per batch.")
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> CurationConfig:
+        if self.min_response_chars > self.max_response_chars:
+            raise ValueError("min_response_chars must not exceed max_response_chars")
+        return self
+
+
+class HuggingFaceBackend(_Strict):
+    kind: Literal["huggingface"] = Field("huggingface", description="Train locally with Transformers + PEFT LoRA.")
+    base_model: str = Field(
+        LOCAL_BASE_MODEL,
+        description="A local path, a hub id, or 'local:tiny-gpt2' for the model `ftops build-base-model` builds.",
+    )
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training split.")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate for the LoRA weights.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Examples per optimiser step.")
+    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (alpha / r scales the update).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    max_seq_len: int = Field(256, ge=16, description="Tokens per example after the chat template; longer ones are cut.")
+    seed: int = Field(0, description="Seed for data order and weight initialisation.")
+
+
+class OpenAIBackend(_Strict):
+    kind: Literal["openai"] = Field("openai", description="Fine-tune through an OpenAI-compatible fine-tuning API.")
+    base_model: str = Field("gpt-4o-mini-2024-07-18", description="Model id the API fine-tunes.")
+    conn_id: str = Field("openai_default", description="Airflow connection: API key in password, base URL in host.")
+    n_epochs: int = Field(3, ge=1, le=50, description="Epochs the API trains for.")
+    batch_size: int = Field(4, ge=1, description="API batch size.")
+    learning_rate_multiplier: float = Field(0.1, gt=0, le=10, description="API learning-rate multiplier.")
+
+
+Backend = Annotated[HuggingFaceBackend | OpenAIBackend, Field(discriminator="kind")]
+
+
+class TrainingConfig(_Strict):
+    backend: Backend = Field(default_factory=HuggingFaceBackend, description="Which trainer, with its own options.")
+
+
+class GateConfig(_Strict):
+    min_accuracy_gain: float = Field(0.05, description="Accuracy the candidate must add over the baseline.")
+    max_perplexity_increase: float = Field(0.0, ge=0, description="Allowed perplexity rise over the baseline (0 = none).")
+    max_latency_increase_ms: float = Field(200, ge=0, description="Allowed p50 latency rise over the baseline, ms.")
+    min_test_examples: int = Field(20, ge=1, description="Fewest test examples a decision may rest on.")
+
+
+class CanaryConfig(_Strict):
+    traffic_percent: int = Field(10, ge=1, le=100, description="Share of traffic a new canary serves.")
+    duration_hours: float = Field(24, gt=0, description="How long a canary is observed before it is promoted.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Highest canary error rate that may be promoted.")
+    max_latency_p95_ms: float = Field(2000, gt=0, description="Highest canary p95 latency that may be promoted, ms.")
+    min_requests: int = Field(20, ge=1, description="Fewest canary calls a promote or roll-back decision needs.")
+
+
+class GovernorConfig(_Strict):
+    min_new_examples: int = Field(100, ge=1, description="New accepted examples that justify training.")
+    error_pattern_min: int = Field(10, ge=1, description="Similar failures that count as a recurring error pattern.")
+    plateau_days: int = Field(30, ge=1, description="Days without improvement that count as a plateau.")
+
+
+class StorageConfig(_Strict):
+    dataset_repo: str | None = Field(
+        None, description="Folder of the git + DVC dataset registry; empty: FTOPS_HOME/datasets."
+    )
+    dvc_remote: str | None = Field(
+        None, description="DVC remote URL (s3://, gs://, azure://, a folder); empty: FTOPS_HOME/dvc-remote."
+    )
+    embedding_cache: str | None = Field(
+        None, description="SQLite file caching prompt embeddings by content hash; empty: FTOPS_HOME/embeddings.db."
+    )
+
+    def resolved(self) -> tuple[Path, str, Path]:
+        """(dataset repo, DVC remote, embedding cache) with FTOPS_HOME defaults filled in."""
+        home = ftops_home()
+        return (
+            Path(self.dataset_repo or home / "datasets"),
+            self.dvc_remote or str(home / "dvc-remote"),
+            Path(self.embedding_cache or home / "embeddings.db"),
+        )
+
+
+class FtopsConfig(_Strict):
+    task_types: tuple[str, ...] = Field(
+        (), description="Task types to curate and train; empty means every task type found in the logs."
+    )
+    interactions_table: str = Field("interactions", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Log table name.")
+    warehouse_conn_id: str = Field("ftops_warehouse", description="Airflow connection of the SQL warehouse.")
+    curation: CurationConfig = Field(default_factory=CurationConfig, description="Nightly curation.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Fine-tuning.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Deployment gate.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary roll-out.")
+    governor: GovernorConfig = Field(default_factory=GovernorConfig, description="When to train.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where datasets and caches live.")
+
+
+def load_config(path: str | Path | None = None) -> FtopsConfig:
+    """Load and validate the YAML config.
+
+    Args:
+        path: The file; default ``$FTOPS_CONFIG`` or ``include/config/ftops.yaml``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        pydantic.ValidationError: A field is unknown or out of range.
+    """
+    path = Path(path or os.environ.get("FTOPS_CONFIG") or DEFAULT_CONFIG_PATH)
+    data = yaml.safe_load(path.read_text()) or {}
+    return FtopsConfig.model_validate(data)
+
+
+def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConfig:
+    """Return ``config`` with dotted-key overrides applied and re-validated.
+
+    ``None`` values mean "keep the configured value", which is how an empty trigger-form field arrives.
+
+    Args:
+        config: The base config.
+        overrides: e.g. ``{"curation.target_size": 200, "training.backend.kind": "openai"}``.
+
+    Returns:
+        A new validated config.
+    """
+    data = config.model_dump()
+    # a backend switch first, so the new backend's own overrides land on its defaults
+    ordered = sorted(overrides.items(), key=lambda kv: kv[0] != "training.backend.kind")
+    for dotted, value in ordered:
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if dotted == "training.backend.kind" and value != node.get("kind"):
+            node.clear()  # a different backend starts from its own defaults
+        node[leaf] = value
+    return FtopsConfig.model_validate(data)
+
+
+def ftops_home() -> Path:
+    """Folder of the embedded defaults: ``$FTOPS_HOME`` or ``.ftops/`` in the project."""
+    return Path(os.environ.get("FTOPS_HOME") or PROJECT_ROOT / ".ftops").resolve()
+
+
+def resolve_base_model(name: str) -> str:
+    """Map ``local:<name>`` to the model built under ``FTOPS_HOME/models``; other names pass through."""
+    if name.startswith("local:"):
+        return str(ftops_home() / "models" / name.removeprefix("local:"))
+    return name

@@ -1,0 +1,211 @@
+"""The MLflow model registry: one registered model ``ftops-<task_type>`` per task type, aliases for serving.
+
+Aliases: ``champion`` serves, ``canary`` serves the share in its version tag ``traffic_percent``, ``previous``
+is the rollback target. Registration is idempotent on a run key, so a re-run after a crash between
+registration and aliasing completes without a second version. Stages are deprecated and never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ftops.config import ftops_home
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
+
+
+def model_name(task_type: str) -> str:
+    return f"ftops-{task_type}"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, or a SQLite store under ``FTOPS_HOME`` (four slashes: absolute path)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = ftops_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def client() -> MlflowClient:
+    """An MLflow client on :func:`tracking_uri` (also made the process default)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+
+
+def experiment_id(task_type: str) -> str:
+    """The experiment of a task type, created with artifacts under ``FTOPS_HOME`` when missing.
+
+    An explicit artifact location matters: MLflow's default for a SQLite store is ``./mlruns`` relative to
+    the worker's working directory.
+    """
+    c = client()
+    name = model_name(task_type)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = os.environ.get("FTOPS_ARTIFACT_ROOT") or (ftops_home() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=f"{location}/{name}")
+    except Exception:  # another worker created it between our get and create
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(task_type: str, run_key: str) -> str | None:
+    """The finished run carrying tag ``ftops.run_key``, or None (makes training retry-safe)."""
+    c = client()
+    runs = c.search_runs(
+        [experiment_id(task_type)],
+        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _versions(task_type: str) -> list[ModelVersion]:
+    c = client()
+    try:
+        return list(c.search_model_versions(f"name = '{model_name(task_type)}'"))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises a generic error for an unknown model
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+            return []
+        raise
+
+
+def register(task_type: str, run_id: str, source: str, tags: Mapping[str, Any]) -> str:
+    """Register a run's model as a new version of ``ftops-<task_type>``, once per run.
+
+    Args:
+        task_type: The task type.
+        run_id: The training run; a version of this run already registered is returned instead.
+        source: The artifact URI of the model (adapter folder, or a pointer file for API models).
+        tags: Version tags (dataset version, backend, base model, metrics, decision, reason).
+
+    Returns:
+        The version number as a string.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    name = model_name(task_type)
+    for mv in _versions(task_type):
+        if mv.run_id == run_id:
+            log.info("Run %s is already %s version %s", run_id, name, mv.version)
+            for k, v in tags.items():
+                c.set_model_version_tag(name, mv.version, k, str(v))
+            return str(mv.version)
+    try:
+        c.create_registered_model(name, description=f"FT-Ops fine-tuned models for task type {task_type}")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+            raise
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    log.info("Registered %s version %s from run %s", name, mv.version, run_id)
+    return str(mv.version)
+
+
+def alias_version(task_type: str, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(model_name(task_type), alias)
+    except MlflowException:
+        return None
+
+
+def set_tags(task_type: str, version: str, tags: Mapping[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name(task_type), version, k, str(v))
+
+
+def deploy(task_type: str, version: str, traffic_percent: int) -> str:
+    """Put a gated version into service and return what happened.
+
+    The first version of a task type to pass the gate becomes ``champion`` directly: there is no model in
+    service to compare live traffic against. Later ones become ``canary`` with ``traffic_percent``.
+    """
+    c = client()
+    name = model_name(task_type)
+    champion = alias_version(task_type, CHAMPION)
+    if champion is None or champion.version == version:
+        c.set_registered_model_alias(name, CHAMPION, version)
+        set_tags(task_type, version, {"deployment": "champion", "traffic_percent": 100})
+        return "champion"
+    c.set_registered_model_alias(name, CANARY, version)
+    set_tags(task_type, version, {"deployment": "canary", "traffic_percent": traffic_percent})
+    return "canary"
+
+
+def promote_canary(task_type: str) -> str:
+    """Canary becomes champion; the old champion becomes ``previous``. Returns the new champion version."""
+    c = client()
+    name = model_name(task_type)
+    canary = alias_version(task_type, CANARY)
+    if canary is None:
+        raise LookupError(f"{name} has no canary to promote")
+    champion = alias_version(task_type, CHAMPION)
+    if champion is not None:
+        c.set_registered_model_alias(name, PREVIOUS, champion.version)
+        set_tags(task_type, champion.version, {"deployment": "previous", "traffic_percent": 0})
+    c.set_registered_model_alias(name, CHAMPION, canary.version)
+    c.delete_registered_model_alias(name, CANARY)
+    set_tags(task_type, canary.version, {"deployment": "champion", "traffic_percent": 100})
+    return str(canary.version)
+
+
+def retire_canary(task_type: str, reason: str) -> str | None:
+    """Remove the canary alias (roll back the canary) and record why; returns the version or None."""
+    canary = alias_version(task_type, CANARY)
+    if canary is None:
+        return None
+    client().delete_registered_model_alias(model_name(task_type), CANARY)
+    set_tags(task_type, canary.version, {"deployment": "rolled_back", "traffic_percent": 0, "rollback_reason": reason})
+    return str(canary.version)
+
+
+def restore_champion(task_type: str, to_version: str | None = None) -> tuple[str, str]:
+    """Make ``to_version`` (default: the ``previous`` alias) champion again; returns (old, new) versions.
+
+    Raises:
+        LookupError: There is no previous version to go back to.
+    """
+    c = client()
+    name = model_name(task_type)
+    if to_version is None:
+        previous = alias_version(task_type, PREVIOUS)
+        if previous is None:
+            raise LookupError(f"{name} has no 'previous' alias; name a version to roll back to")
+        to_version = str(previous.version)
+    c.get_model_version(name, to_version)  # raises for an unknown version
+    champion = alias_version(task_type, CHAMPION)
+    old = str(champion.version) if champion else ""
+    if old and old != to_version:
+        c.set_registered_model_alias(name, PREVIOUS, old)
+        set_tags(task_type, old, {"deployment": "rolled_back", "traffic_percent": 0})
+    c.set_registered_model_alias(name, CHAMPION, to_version)
+    set_tags(task_type, to_version, {"deployment": "champion", "traffic_percent": 100})
+    return old, to_version
+
+
+def trained_dataset_versions(task_type: str) -> set[str]:
+    """Dataset tags that some registered version was trained on (the governor's memory)."""
+    return {mv.tags.get("dataset_version", "") for mv in _versions(task_type)} - {""}

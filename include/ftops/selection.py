@@ -1,0 +1,287 @@
+"""Greedy diversity selection over prompt embeddings.
+
+The rule (the original design's): walk the candidates in the order given (the caller sorts them by quality,
+best first) and keep a candidate when its cosine similarity with every example kept so far is below
+``threshold``; stop once ``k`` are kept. Rows are expected to be L2-normalised, so cosine similarity is the
+inner product of two rows.
+
+Three implementations of the one rule are provided:
+
+* :func:`select_diverse` — the production path. Candidates are taken a block at a time: one matrix product
+  compares the whole block with the kept set, and a block-internal similarity matrix resolves candidates of
+  the same block against one another in order. It runs at matrix-multiply speed.
+* :func:`select_diverse_naive` — the original per-candidate Python loop, one dot product per (candidate,
+  kept) pair. The reference for tests and the baseline for benchmarks.
+* :func:`select_diverse_faiss_per_candidate` — one FAISS ``IndexFlatIP`` search per candidate: the
+  intermediate baseline for benchmarks.
+
+All three return exactly the same indices. Float32 dot products computed by different kernels (a BLAS
+matrix product, a FAISS SIMD kernel, ``numpy.dot``) can differ in their last bits, which could flip a
+decision for a pair whose similarity lies within rounding error of ``threshold``. So every implementation
+decides the rule on the *exact* inner product of the float32 rows: a computed similarity farther from the
+threshold than the float32 rounding-error bound decides at once, and the rare pair inside that band is
+recomputed exactly (:func:`math.fsum` over float64 products, which are exact for float32 inputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+_F32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def _as_matrix(embeddings: np.ndarray) -> NDArray[np.float32]:
+    """Return ``embeddings`` as a C-contiguous float32 matrix (the form every implementation decides on)."""
+    matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (n, dim), got shape {matrix.shape}")
+    return matrix
+
+
+def _check_args(k: int, threshold: float, block_size: int = 1) -> None:
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if math.isnan(threshold):
+        raise ValueError("threshold must not be NaN")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+
+
+def _rounding_margin(matrix: NDArray[np.float32]) -> float:
+    """Bound on |computed - exact| for a float32 inner product of two rows of ``matrix``.
+
+    The classic bound for a float32 dot product of length ``d`` in any summation order is
+    ``gamma_d * sum(|x_i * y_i|) <= gamma_d * |x| * |y|`` with ``gamma_d = d*u / (1 - d*u)``; a factor of
+    two covers the float32 norms and fused multiply-adds. For normalised 384-d rows it is about 5e-5.
+    """
+    if matrix.size == 0:
+        return 0.0
+    dim = matrix.shape[1]
+    gamma = dim * _F32_UNIT_ROUNDOFF / (1.0 - dim * _F32_UNIT_ROUNDOFF)
+    max_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))))
+    return 2.0 * gamma * max_norm * max_norm + 1e-12
+
+
+def _exact_similarity(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+    """Correctly rounded inner product of two float32 vectors (independent of summation order)."""
+    return math.fsum((a.astype(np.float64) * b.astype(np.float64)).tolist())
+
+
+def _any_similar(
+    approx: NDArray[np.float32],
+    rows: NDArray[np.float32],
+    candidate: NDArray[np.float32],
+    threshold: float,
+    margin: float,
+) -> bool:
+    """Whether ``candidate`` is at or above ``threshold`` with any of ``rows``.
+
+    Args:
+        approx: Computed similarities of ``candidate`` with each of ``rows`` (any float32 kernel).
+        rows: The rows compared against.
+        candidate: The candidate vector.
+        threshold: Similarity at or above which the candidate is a near duplicate.
+        margin: Rounding-error bound of ``approx`` (see :func:`_rounding_margin`).
+
+    Returns:
+        The rule's decision on exact inner products.
+    """
+    if approx.size == 0:
+        return False
+    if bool(np.any(approx >= threshold + margin)):
+        return True
+    border = np.flatnonzero(approx >= threshold - margin)
+    return any(_exact_similarity(rows[j], candidate) >= threshold for j in border)
+
+
+def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size: int = 1024) -> list[int]:
+    """Select up to ``k`` mutually dissimilar rows, greedily in the given order, a block at a time.
+
+    A candidate is kept when its cosine similarity with every already-kept row is below ``threshold``.
+    Candidates are processed ``block_size`` at a time: one matrix product of the block against the kept set
+    removes candidates similar to an earlier kept row, then the block's internal similarity matrix resolves
+    the survivors in order (a kept candidate removes the later ones of its block that are similar to it).
+    The result is identical to :func:`select_diverse_naive`.
+
+    Args:
+        embeddings: ``(n, dim)`` array of L2-normalised rows, best candidate first.
+        k: Most rows to keep.
+        threshold: Cosine similarity at or above which a candidate counts as a near duplicate.
+        block_size: Candidates compared per matrix product.
+
+    Returns:
+        Indices of the kept rows, in the order they were kept (ascending).
+
+    Raises:
+        ValueError: If ``embeddings`` is not 2-D, ``k`` is negative, ``block_size`` is below 1 or
+            ``threshold`` is NaN.
+    """
+    _check_args(k, threshold, block_size)
+    matrix = _as_matrix(embeddings)
+    n = matrix.shape[0]
+    if k == 0 or n == 0:
+        return []
+    margin = _rounding_margin(matrix)
+    kept: list[int] = []
+    kept_rows = np.empty((min(k, n), matrix.shape[1]), dtype=np.float32)
+    scanned = 0
+    for start in range(0, n, block_size):
+        block = matrix[start : start + block_size]
+        scanned = start + block.shape[0]
+        alive = np.ones(block.shape[0], dtype=bool)
+        if kept:
+            against_kept = block @ kept_rows[: len(kept)].T
+            alive &= ~np.any(against_kept >= threshold + margin, axis=1)
+            for row in np.flatnonzero(alive & np.any(against_kept >= threshold - margin, axis=1)):
+                if _any_similar(against_kept[row], kept_rows[: len(kept)], block[row], threshold, margin):
+                    alive[row] = False
+        survivors = np.flatnonzero(alive)
+        if survivors.size == 0:
+            continue
+        candidates = block[survivors]
+        within = candidates @ candidates.T
+        rejected = np.zeros(survivors.size, dtype=bool)
+        for pos in range(survivors.size):
+            if rejected[pos]:
+                continue
+            kept_rows[len(kept)] = candidates[pos]
+            kept.append(start + int(survivors[pos]))
+            if len(kept) == k:
+                break
+            later = within[pos, pos + 1 :]
+            rejected[pos + 1 :] |= later >= threshold + margin
+            for offset in np.flatnonzero((later >= threshold - margin) & (later < threshold + margin)):
+                other = pos + 1 + int(offset)
+                if not rejected[other] and _exact_similarity(candidates[pos], candidates[other]) >= threshold:
+                    rejected[other] = True
+        if len(kept) == k:
+            break
+    logger.info("Diversity selection kept %d of %d candidates scanned (%d given, k=%d)", len(kept), scanned, n, k)
+    return kept
+
+
+def select_diverse_naive(embeddings: np.ndarray, k: int, threshold: float) -> list[int]:
+    """Select up to ``k`` rows with the original per-candidate loop: one dot product per (candidate, kept) pair.
+
+    The reference implementation of the rule (see the module docstring); slow, for tests and benchmarks.
+
+    Args:
+        embeddings: ``(n, dim)`` array of L2-normalised rows, best candidate first.
+        k: Most rows to keep.
+        threshold: Cosine similarity at or above which a candidate counts as a near duplicate.
+
+    Returns:
+        Indices of the kept rows, in the order they were kept (ascending).
+
+    Raises:
+        ValueError: If ``embeddings`` is not 2-D, ``k`` is negative or ``threshold`` is NaN.
+    """
+    _check_args(k, threshold)
+    matrix = _as_matrix(embeddings)
+    if k == 0 or matrix.shape[0] == 0:
+        return []
+    margin = _rounding_margin(matrix)
+    upper = threshold + margin
+    lower = threshold - margin
+    kept: list[int] = []
+    for index in range(matrix.shape[0]):
+        candidate = matrix[index]
+        is_duplicate = False
+        for kept_index in kept:
+            similarity = float(np.dot(matrix[kept_index], candidate))
+            if similarity >= upper or (
+                similarity >= lower and _exact_similarity(matrix[kept_index], candidate) >= threshold
+            ):
+                is_duplicate = True
+                break
+        if not is_duplicate:
+            kept.append(index)
+            if len(kept) == k:
+                break
+    return kept
+
+
+def select_diverse_faiss_per_candidate(embeddings: np.ndarray, k: int, threshold: float) -> list[int]:
+    """Select up to ``k`` rows with one FAISS inner-product search per candidate (a benchmark baseline).
+
+    Args:
+        embeddings: ``(n, dim)`` array of L2-normalised rows, best candidate first.
+        k: Most rows to keep.
+        threshold: Cosine similarity at or above which a candidate counts as a near duplicate.
+
+    Returns:
+        Indices of the kept rows, in the order they were kept (ascending).
+
+    Raises:
+        ValueError: If ``embeddings`` is not 2-D, ``k`` is negative or ``threshold`` is NaN.
+    """
+    import faiss  # heavy: imported only when selecting
+
+    _check_args(k, threshold)
+    matrix = _as_matrix(embeddings)
+    n, dim = matrix.shape
+    if k == 0 or n == 0:
+        return []
+    margin = _rounding_margin(matrix)
+    index = faiss.IndexFlatIP(dim)
+    kept: list[int] = []
+    kept_rows = np.empty((min(k, n), dim), dtype=np.float32)
+    for position in range(n):
+        query = matrix[position : position + 1]
+        if kept:
+            scores, _ = index.search(query, 1)
+            best = float(scores[0, 0])
+            if best >= threshold + margin:
+                continue
+            if best >= threshold - margin:
+                rows = kept_rows[: len(kept)]
+                if _any_similar(rows @ query[0], rows, query[0], threshold, margin):
+                    continue
+        index.add(query)
+        kept_rows[len(kept)] = query[0]
+        kept.append(position)
+        if len(kept) == k:
+            break
+    return kept
+
+
+def diversity_score(embeddings: np.ndarray) -> float:
+    """Diversity of a set of examples: 1 minus the mean pairwise cosine similarity of its rows.
+
+    The mean runs over the ``n * (n - 1) / 2`` distinct pairs (a row is never paired with itself); rows are
+    normalised here, so the value is a true cosine whatever their norms. It is 0 for identical rows, about 1
+    for unrelated (orthogonal or random high-dimensional) rows, and at most ``1 + 1/(n-1)``. Computed in
+    ``O(n * dim)`` from the norm of the row sum: ``sum_{i<j} x_i.x_j = (|sum x_i|^2 - n) / 2`` for unit rows.
+
+    Args:
+        embeddings: ``(n, dim)`` array, typically the selected rows.
+
+    Returns:
+        The score; 0.0 when there are fewer than two rows (no pairs to be diverse).
+
+    Raises:
+        ValueError: If ``embeddings`` is not 2-D or holds an all-zero row.
+    """
+    matrix = np.asarray(embeddings, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (n, dim), got shape {matrix.shape}")
+    n = matrix.shape[0]
+    if n < 2:
+        return 0.0
+    norms = np.linalg.norm(matrix, axis=1)
+    if bool(np.any(norms == 0)):
+        raise ValueError("embeddings holds an all-zero row, which has no cosine similarity")
+    unit = matrix / norms[:, None]
+    total = unit.sum(axis=0)
+    pair_sum = (float(total @ total) - n) / 2.0
+    mean_cosine = pair_sum / (n * (n - 1) / 2.0)
+    return 1.0 - mean_cosine

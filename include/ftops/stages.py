@@ -1,0 +1,354 @@
+"""One function per pipeline step: what each Airflow task calls.
+
+Each takes the validated config snapshot and small values (task type, versions, run ids), reads its inputs
+from durable shared stores (warehouse, DVC remote, MLflow) and returns a small JSON-able dict, so the same
+steps run on workers that share no disk. Each is safe to retry: see the notes on every function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftops import registry
+from ftops.config import FtopsConfig, HuggingFaceBackend, resolve_base_model
+from ftops.datasets import DatasetRegistry, DatasetVersion
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+
+def dataset_registry(cfg: FtopsConfig) -> DatasetRegistry:
+    repo, remote, _ = cfg.storage.resolved()
+    return DatasetRegistry(repo, remote)
+
+
+def served_model_version(task_type: str, version: str) -> str:
+    """The ``model_version`` string the router logs for a registered version."""
+    return f"{registry.model_name(task_type)}/{version}"
+
+
+# -- curation -------------------------------------------------------------------------------------------
+def curate_task_type(
+    engine: sa.Engine,
+    cfg: FtopsConfig,
+    task_type: str,
+    *,
+    run_key: str,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Read, curate, validate and version one task type's logs.
+
+    Retry-safe: quarantine rows are replaced per run key, and publishing the same content returns the
+    existing dataset version.
+
+    Returns:
+        ``status`` (``versioned``, ``unchanged``, ``no_rows``, ``insufficient``, ``dry_run``) with the
+        version, counts and content hash.
+    """
+    from ftops.curation import curate_frame, summarise_accounting
+    from ftops.embedding import EmbeddingCache, SentenceEmbedder
+    from ftops.validation import require, validate_curated, validate_raw
+    from ftops.warehouse import read_interactions, write_quarantine
+
+    started = time.perf_counter()
+    frame = read_interactions(engine, task_type, table=cfg.interactions_table, since=since)
+    log.info("Read %d %s rows%s", len(frame), task_type, f" since {since.isoformat()}" if since else "")
+    base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame)}
+    if frame.empty:
+        return {**base, "status": "no_rows"}
+    require(validate_raw(frame, task_type))
+
+    _, _, cache_path = cfg.storage.resolved()
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    embedder = SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
+    curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path))
+    if not curated.balanced():
+        raise RuntimeError(f"accounting does not add up: {dict(curated.accounting)} vs {curated.rows_read} read")
+    write_quarantine(engine, run_key, curated.quarantined, cfg.interactions_table)
+    accounting = summarise_accounting(curated.accounting)
+    base |= {
+        "accounting": accounting,
+        "scrubbed": dict(curated.scrubbed),
+        "embedded_new": curated.embedded_new,
+        "train_rows": len(curated.train),
+        "test_rows": len(curated.test),
+        "diversity_score": round(curated.diversity_score, 4),
+    }
+    accepted = accounting.get("accepted", 0)
+    if accepted < cfg.curation.min_examples:
+        log.warning("%s: %d accepted examples, fewer than min_examples=%d: no version made",
+                    task_type, accepted, cfg.curation.min_examples)  # fmt: skip
+        return {**base, "status": "insufficient"}
+    report = validate_curated(curated.train, curated.test, cfg.curation, task_type)
+    require(report)
+    if dry_run:
+        return {**base, "status": "dry_run"}
+    metadata = {
+        "task_type": task_type,
+        "run_key": run_key,
+        "since": since.isoformat() if since else None,
+        "accounting": accounting,
+        "scrubbed": dict(curated.scrubbed),
+        "diversity_score": curated.diversity_score,
+        "validation": report.as_dict(),
+        "config": cfg.curation.model_dump(mode="json"),
+    }
+    version = dataset_registry(cfg).publish(task_type, curated.train, curated.test, metadata)
+    log.info("%s curated in %.1f s", task_type, time.perf_counter() - started)
+    return {
+        **base,
+        "status": "versioned" if version.created else "unchanged",
+        "dataset_version": version.tag,
+        "content_hash": version.content_hash,
+    }
+
+
+# -- governance -----------------------------------------------------------------------------------------
+def govern(
+    engine: sa.Engine,
+    cfg: FtopsConfig,
+    task_types: list[str],
+    *,
+    run_key: str,
+    force: bool = False,
+    reason: str | None = None,
+) -> list[dict[str, Any]]:
+    """Decide for each task type whether to train; record every decision in the warehouse.
+
+    Retry-safe: decisions are keyed by run key and task type.
+    """
+    from ftops.policy import decide
+    from ftops.warehouse import ensure_schema, record_decision
+
+    ensure_schema(engine, cfg.interactions_table)
+    datasets = dataset_registry(cfg)
+    decisions = []
+    for task_type in task_types or datasets.task_types():
+        latest = datasets.latest(task_type)
+        rows = 0
+        if latest is not None:
+            meta = datasets.read_metadata(latest)
+            rows = int(meta["train_rows"]) + int(meta["test_rows"])
+        decision = decide(
+            task_type,
+            latest_dataset=latest.tag if latest else None,
+            dataset_rows=rows,
+            trained_datasets=registry.trained_dataset_versions(task_type),
+            cfg=cfg.governor,
+            force=force,
+            requested_reason=reason,
+        )
+        log.info("%s: %s (%s)", task_type, "TRAIN" if decision.train else "wait", decision.reason)
+        record_decision(engine, {**decision.as_dict(), "decision_key": f"{run_key}/{task_type}",
+                                 "decided_at": datetime.now(UTC)})  # fmt: skip
+        decisions.append(decision.as_dict())
+    return decisions
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------------
+def _hf_backend(cfg: FtopsConfig) -> HuggingFaceBackend:
+    backend = cfg.training.backend
+    if not isinstance(backend, HuggingFaceBackend):
+        raise NotImplementedError(
+            "the OpenAI-compatible backend is not built yet (issue 4); use backend 'huggingface'"
+        )
+    return backend
+
+
+def _check_base_model(name: str) -> str:
+    path = resolve_base_model(name)
+    if name.startswith("local:") and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model {name!r} is not built at {path}: run `ftops build-base-model`")
+    if path.startswith(("/", ".")) and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model path {path} does not exist")
+    return path
+
+
+def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
+    """Fine-tune a candidate on a dataset version and log it (adapter, params, losses) as an MLflow run.
+
+    Retry-safe: a finished run with the same run key is returned instead of training again.
+    """
+    import mlflow
+
+    from ftops.training import train_lora
+
+    backend = _hf_backend(cfg)
+    base_model = _check_base_model(backend.base_model)
+    version = dataset_registry(cfg).get(task_type, dataset)
+    existing = registry.find_run(task_type, run_key)
+    if existing:
+        log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)
+        return {"run_id": existing, "dataset_version": version.tag}
+    train = dataset_registry(cfg).read(version, "train")
+    if len(train) < cfg.gate.min_test_examples:
+        raise ValueError(f"{version.tag} has only {len(train)} training examples")
+
+    experiment = registry.experiment_id(task_type)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
+        experiment_id=experiment, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}"
+    ) as run:
+        mlflow.set_tags({
+            "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
+            "backend": backend.kind, "base_model": backend.base_model, "task_type": task_type,
+        })  # fmt: skip
+        mlflow.log_params(backend.model_dump(mode="json") | {"train_examples": len(train)})
+        _log_dataset_input(version, dataset_registry(cfg).root)
+        result = train_lora(base_model, train, Path(tmp) / "adapter", backend)
+        for step, loss in enumerate(result.losses, start=1):
+            mlflow.log_metric("train_loss", loss, step=step)
+        mlflow.log_metrics({
+            "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
+            "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
+        })  # fmt: skip
+        mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+    return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": result.final_loss}
+
+
+def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
+    """Lineage: the dataset version as an MLflow dataset input (source = DVC repo at the tag)."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    source = HTTPDatasetSource(url=f"{repo.as_uri()}@{version.tag}")
+    mlflow.log_input(MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32]), context="training")
+
+
+def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[str, Any]:
+    """Evaluate candidate and baseline (champion, or the base model) on the test split; apply the gate.
+
+    Metrics and a report go to the candidate's MLflow run. Retry-safe (evaluation has no side effect but
+    the run's metrics, which are overwritten).
+    """
+    import mlflow
+
+    from ftops.evaluation import evaluate, load_model
+    from ftops.gate import apply_gate
+
+    c = registry.client()
+    run = c.get_run(run_id)
+    version = dataset_registry(cfg).get(task_type, run.data.tags["dataset_version"])
+    test = dataset_registry(cfg).read(version, "test")
+    base_model = _check_base_model(run.data.tags["base_model"])
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter", dst_path=f"{tmp}/c")
+        candidate = evaluate(load_model(base_model, adapter), test)
+        champion = registry.alias_version(task_type, registry.CHAMPION)
+        if champion is not None:
+            baseline_name = f"champion v{champion.version}"
+            champ_adapter = mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=f"{tmp}/b")
+            champ_base = _check_base_model(champion.tags.get("base_model", run.data.tags["base_model"]))
+            baseline = evaluate(load_model(champ_base, champ_adapter), test)
+        else:
+            baseline_name = f"base model {run.data.tags['base_model']}"
+            baseline = evaluate(load_model(base_model), test)
+    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate)
+    report = {
+        "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name,
+        "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics, "gate": gate.as_dict(),
+    }  # fmt: skip
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.metrics.items()})
+        mlflow.log_metrics({f"baseline_{k}": float(v) for k, v in baseline.metrics.items()})
+        mlflow.log_dict(report, "evaluation/report.json")
+        mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name), "evaluation/report.md")
+        outputs = [
+            {"prompt": p, "reference": r, "candidate": co, "baseline": bo}
+            for (p, r), co, bo in zip(_pairs(test), candidate.outputs, baseline.outputs, strict=True)
+        ]
+        mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
+    log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
+    return report
+
+
+def _pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    from ftops.curation import examples_of
+
+    return examples_of(rows)
+
+
+def _markdown_table(candidate: dict[str, float], baseline: dict[str, float], baseline_name: str) -> str:
+    lines = [f"| metric | candidate | {baseline_name} |", "|---|---|---|"]
+    lines += [f"| {k} | {candidate[k]:.4g} | {baseline.get(k, float('nan')):.4g} |" for k in candidate]
+    return "\n".join(lines) + "\n"
+
+
+def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) -> str:
+    """Register the candidate with lineage and its gate decision. Retry-safe: once per run."""
+    c = registry.client()
+    run = c.get_run(run_id)
+    gate = evaluation["gate"]
+    tags: dict[str, Any] = {
+        "dataset_version": run.data.tags["dataset_version"],
+        "content_hash": run.data.tags["content_hash"],
+        "backend": run.data.tags["backend"],
+        "base_model": run.data.tags["base_model"],
+        "baseline": evaluation["baseline"],
+        "decision": gate["decision"],
+        "reason": "; ".join(gate["reasons"]),
+    }
+    tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items()}
+    tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items()}
+    return registry.register(task_type, run_id, f"{run.info.artifact_uri}/adapter", tags)
+
+
+def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:
+    """Champion if the task type has none, else canary at the configured traffic share. Idempotent."""
+    role = registry.deploy(task_type, version, cfg.canary.traffic_percent)
+    registry.set_tags(task_type, version, {"deployed_at": datetime.now(UTC).isoformat()})
+    log.info("%s version %s deployed as %s", registry.model_name(task_type), version, role)
+    return {"task_type": task_type, "version": version, "role": role}
+
+
+def archive_candidate(task_type: str, version: str, reasons: list[str]) -> dict[str, Any]:
+    """Mark a failed candidate archived with its reasons; aliases are untouched. Idempotent."""
+    registry.set_tags(task_type, version, {"deployment": "archived", "archive_reason": "; ".join(reasons)})
+    log.info("%s version %s archived: %s", registry.model_name(task_type), version, "; ".join(reasons))
+    return {"task_type": task_type, "version": version, "role": "archived"}
+
+
+# -- canary and rollback --------------------------------------------------------------------------------
+def review_canary(engine: sa.Engine, cfg: FtopsConfig, task_type: str, now: datetime | None = None) -> dict[str, Any]:
+    """Judge a task type's canary from live logs and hold, promote or roll it back."""
+    from ftops.canary import judge
+    from ftops.warehouse import live_metrics
+
+    canary = registry.alias_version(task_type, registry.CANARY)
+    if canary is None:
+        return {"task_type": task_type, "action": "none", "reason": "no canary"}
+    now = now or datetime.now(UTC)
+    started = datetime.fromisoformat(canary.tags.get("deployed_at") or now.isoformat())
+    window = max(started, now - timedelta(hours=cfg.canary.duration_hours * 2))
+    table = cfg.interactions_table
+    canary_metrics = live_metrics(engine, task_type, served_model_version(task_type, canary.version), window, table)
+    champion = registry.alias_version(task_type, registry.CHAMPION)
+    champion_metrics = (
+        live_metrics(engine, task_type, served_model_version(task_type, champion.version), window, table)
+        if champion else {}
+    )  # fmt: skip
+    verdict = judge(canary_metrics, champion_metrics, (now - started).total_seconds() / 3600, cfg.canary)
+    if verdict.action == "promote":
+        registry.promote_canary(task_type)
+    elif verdict.action == "rollback":
+        registry.retire_canary(task_type, verdict.reason)
+    log.info("%s canary v%s: %s (%s)", task_type, canary.version, verdict.action, verdict.reason)
+    return {"task_type": task_type, "version": str(canary.version), **verdict.as_dict(),
+            "canary_metrics": canary_metrics, "champion_metrics": champion_metrics}  # fmt: skip
+
+
+def rollback(task_type: str, to_version: str | None) -> dict[str, Any]:
+    """Put ``to_version`` (default: the ``previous`` alias) back as champion; also retires any canary."""
+    registry.retire_canary(task_type, "manual rollback")
+    old, new = registry.restore_champion(task_type, to_version)
+    log.info("%s champion: v%s -> v%s", registry.model_name(task_type), old or "none", new)
+    return {"task_type": task_type, "from_version": old, "to_version": new}

@@ -1,0 +1,67 @@
+"""Airflow glue shared by the FT-Ops DAGs: default args, tags, pools, the dataset Asset, config snapshots.
+
+Cheap to import: DAG files are parsed every 30 s, so nothing here opens a connection or imports a heavy
+module at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from ftops.config import FtopsConfig, apply_overrides, ftops_home, load_config
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "ftops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
+TAGS = {
+    "curation": ["ftops", "curation"],
+    "governance": ["ftops", "governance"],
+    "training": ["ftops", "training"],
+    "deployment": ["ftops", "deployment"],
+}
+TRAINING_POOL = "ftops_training"  # one slot: training saturates the worker's cores
+VERSIONING_POOL = "ftops_versioning"  # one slot: DVC holds a repo lock, writers must be serialised
+
+# One event per curated dataset; its extra names the task type, version, row counts and content hash.
+DATASETS = Asset(name="ftops_datasets", uri="ftops://datasets")
+
+
+def resolve_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge a run's trigger-form params into the YAML config and return the validated snapshot as JSON."""
+    config = apply_overrides(load_config(), overrides)
+    return config.model_dump(mode="json")
+
+
+def snapshot(config: dict[str, Any]) -> FtopsConfig:
+    """Re-validate a config snapshot handed over through XCom."""
+    return FtopsConfig.model_validate(config)
+
+
+def warehouse_engine(conn_id: str) -> sa.Engine:
+    """SQLAlchemy engine for the warehouse connection.
+
+    Without a connection of that id, the embedded default is used: a SQLite file under ``FTOPS_HOME``.
+    """
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        import sqlalchemy as sa
+
+        path = ftops_home() / "warehouse.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("No connection %r: using the embedded SQLite warehouse %s", conn_id, path)
+        return sa.create_engine(f"sqlite:///{path}")
+    return conn.get_hook().get_sqlalchemy_engine()
