@@ -12,7 +12,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS
+from ftops_airflow.common import DEFAULT_ARGS, TAGS, fail_fast
 
 
 @dag(
@@ -35,7 +35,8 @@ def ftops_rollback():
     def rollback_champion(params: dict | None = None) -> dict:
         from ftops.stages import rollback
 
-        return rollback(params["task_type"], params["to_version"])
+        with fail_fast():
+            return rollback(params["task_type"], params["to_version"])
 
     rollback_champion()
 

@@ -44,7 +44,8 @@ def _simulate(args: argparse.Namespace) -> int:
     cfg = load_config()
     engine = sa.create_engine(warehouse_url(args.warehouse_url))
     ensure_schema(engine, cfg.interactions_table)
-    rows = generate_interactions(args.rows, seed=args.seed, task_types=args.task_types or None)
+    extra = {"task_types": args.task_types} if args.task_types else {}
+    rows = generate_interactions(args.rows, seed=args.seed, **extra)
     new = insert_interactions(engine, rows, cfg.interactions_table)
     log.info("Wrote %d new interaction rows (%d generated, seed %d) to %s", new, len(rows), args.seed,
              engine.url.render_as_string(hide_password=True))  # fmt: skip

@@ -146,7 +146,7 @@ def deploy(task_type: str, version: str, traffic_percent: int) -> str:
     c = client()
     name = model_name(task_type)
     champion = alias_version(task_type, CHAMPION)
-    if champion is None or champion.version == version:
+    if champion is None or str(champion.version) == str(version):
         c.set_registered_model_alias(name, CHAMPION, version)
         set_tags(task_type, version, {"deployment": "champion", "traffic_percent": 100})
         return "champion"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ValidationFailedError(RuntimeError):
+class ValidationFailedError(ValueError):
     """A suite failed; the message lists the failed expectations."""
 
 

@@ -7,11 +7,13 @@ module at import time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from ftops.config import FtopsConfig, apply_overrides, ftops_home, load_config
 
@@ -65,3 +67,16 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
         log.info("No connection %r: using the embedded SQLite warehouse %s", conn_id, path)
         return sa.create_engine(f"sqlite:///{path}")
     return conn.get_hook().get_sqlalchemy_engine()
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Turn errors that a retry cannot fix (bad input, missing things) into a failure without retries.
+
+    Lookup, value, file-not-found and not-implemented errors are about the request, not the weather:
+    retrying them only delays the message.
+    """
+    try:
+        yield
+    except (LookupError, ValueError, FileNotFoundError, NotImplementedError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc

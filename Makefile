@@ -1,0 +1,32 @@
+# FT-Ops: one entry point. `make demo` runs the whole loop; `make test` runs the tests. Both install first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint ui clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the pinned stack (about 5 minutes the first time)
+
+demo: install  ## simulate logs, then curate → govern → fine-tune → evaluate → register → decide through Airflow
+	bash scripts/demo.sh
+
+test: install  ## lint, type-check and run every test
+	bash scripts/test.sh
+
+lint: install
+	$(VENV)/bin/ruff check dags include plugins tests benchmarks
+	$(VENV)/bin/mypy
+
+ui: install  ## the Airflow UI on http://localhost:8080 (airflow standalone on embedded defaults)
+	bash -c '. scripts/env.sh && airflow standalone'
+
+clean:  ## forget all embedded state (warehouse, datasets, MLflow, Airflow DB, built base model)
+	rm -rf .ftops

@@ -1,0 +1,37 @@
+"""Test-wide settings: a throw-away FTOPS_HOME and AIRFLOW_HOME unless the caller set them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if "FTOPS_HOME" not in os.environ:
+    os.environ["FTOPS_HOME"] = tempfile.mkdtemp(prefix="ftops-test-")
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(os.environ["FTOPS_HOME"], "airflow"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+for key, value in {"GX_ANALYTICS_ENABLED": "False", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+                   "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():  # fmt: skip
+    os.environ.setdefault(key, value)
+
+POSTGRES_URL = os.environ.get("FTOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The local PostgreSQL server; skipped when unreachable unless FTOPS_REQUIRE_POSTGRES=1 (set in CI)."""
+    import sqlalchemy as sa
+
+    try:
+        with sa.create_engine(POSTGRES_URL).connect() as conn:
+            conn.exec_driver_sql("select 1")
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("FTOPS_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    return POSTGRES_URL

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ftops.config import FtopsConfig, HuggingFaceBackend, OpenAIBackend, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "include" / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path) -> None:
+    assert isinstance(load_config(path), FtopsConfig)
+
+
+def test_design_defaults() -> None:
+    cfg = FtopsConfig()
+    assert cfg.curation.min_examples == 100
+    assert cfg.curation.quality_threshold == 4.0
+    assert (cfg.curation.min_response_chars, cfg.curation.max_response_chars) == (50, 5000)
+    assert cfg.curation.max_latency_ms == 10_000
+    assert cfg.curation.diversity_threshold == 0.9
+    assert cfg.curation.target_size == 500
+    assert cfg.curation.test_split == 0.2
+    assert cfg.gate.min_accuracy_gain == 0.05
+    assert cfg.gate.max_latency_increase_ms == 200
+    assert cfg.canary.traffic_percent == 10 and cfg.canary.duration_hours == 24
+    assert cfg.canary.max_error_rate == 0.05 and cfg.canary.max_latency_p95_ms == 2000
+    assert cfg.governor.min_new_examples == 100 and cfg.governor.error_pattern_min == 10
+    assert cfg.governor.plateau_days == 30
+    openai = OpenAIBackend()
+    assert (openai.n_epochs, openai.batch_size, openai.learning_rate_multiplier) == (3, 4, 0.1)
+    assert HuggingFaceBackend().epochs == 3
+
+
+def test_every_field_is_described() -> None:
+    def walk(model: type) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+    for model in (FtopsConfig, HuggingFaceBackend, OpenAIBackend, *(type(getattr(FtopsConfig(), n)) for n in
+                  ("curation", "training", "gate", "canary", "governor", "storage"))):  # fmt: skip
+        walk(model)
+
+
+def test_unknown_keys_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"curation": {"target_sise": 10}}))
+    with pytest.raises(ValidationError, match="target_sise"):
+        load_config(path)
+
+
+def test_overrides_apply_for_one_run_and_are_validated() -> None:
+    base = FtopsConfig()
+    changed = apply_overrides(base, {"curation.target_size": 42, "curation.quality_threshold": None})
+    assert changed.curation.target_size == 42
+    assert changed.curation.quality_threshold == base.curation.quality_threshold
+    assert base.curation.target_size == 500
+    with pytest.raises(ValidationError):
+        apply_overrides(base, {"curation.test_split": 1.5})
+
+
+def test_switching_backend_starts_from_its_own_defaults() -> None:
+    cfg = apply_overrides(FtopsConfig(), {"training.backend.base_model": "gpt-x", "training.backend.kind": "openai"})
+    assert isinstance(cfg.training.backend, OpenAIBackend)
+    assert cfg.training.backend.base_model == "gpt-x"
+    assert cfg.training.backend.n_epochs == 3

@@ -1,0 +1,54 @@
+"""The gate, the governor's policy and the canary judge: pure decision functions."""
+
+from ftops.canary import judge
+from ftops.config import CanaryConfig, GateConfig, GovernorConfig
+from ftops.gate import apply_gate
+from ftops.policy import decide
+
+BASE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "n": 100}
+
+
+def test_gate_passes_a_clear_improvement() -> None:
+    d = apply_gate({**BASE, "accuracy": 0.60, "perplexity": 5.0}, BASE, GateConfig())
+    assert d.passed and d.decision == "deploy"
+    assert all(r.startswith("ok") for r in d.reasons)
+
+
+def test_gate_names_every_failed_criterion() -> None:
+    worse = {"accuracy": 0.42, "perplexity": 11.0, "latency_p50_ms": 300.0, "n": 5}
+    d = apply_gate(worse, BASE, GateConfig())
+    assert not d.passed and d.decision == "archive"
+    failed = [r for r in d.reasons if r.startswith("FAIL")]
+    assert len(failed) == 4
+    assert any("accuracy" in r for r in failed) and any("perplexity" in r for r in failed)
+    assert any("latency" in r for r in failed) and any("test examples" in r for r in failed)
+
+
+def test_gate_accuracy_threshold_is_inclusive() -> None:
+    assert apply_gate({**BASE, "accuracy": 0.45}, BASE, GateConfig()).passed
+    assert not apply_gate({**BASE, "accuracy": 0.449}, BASE, GateConfig()).passed
+
+
+def test_policy() -> None:
+    cfg = GovernorConfig()
+    kw = {"trained_datasets": set(), "cfg": cfg}
+    assert not decide("t", latest_dataset=None, dataset_rows=0, **kw).train
+    yes = decide("t", latest_dataset="dataset/t/v2", dataset_rows=150, **kw)
+    assert yes.train and "150" in yes.reason and yes.dataset_version == "dataset/t/v2"
+    few = decide("t", latest_dataset="dataset/t/v2", dataset_rows=99, **kw)
+    assert not few.train and "fewer than 100" in few.reason
+    done = decide("t", latest_dataset="dataset/t/v2", dataset_rows=500, trained_datasets={"dataset/t/v2"}, cfg=cfg)
+    assert not done.train and "already trained" in done.reason
+    forced = decide("t", latest_dataset="dataset/t/v2", dataset_rows=5, trained_datasets={"dataset/t/v2"}, cfg=cfg,
+                    force=True, requested_reason="new labelling guide")  # fmt: skip
+    assert forced.train and "new labelling guide" in forced.reason
+
+
+def test_canary_judge() -> None:
+    cfg = CanaryConfig()
+    healthy = {"requests": 500, "error_rate": 0.01, "latency_p95_ms": 900}
+    assert judge({"requests": 3, "error_rate": 1.0, "latency_p95_ms": 1}, {}, 30, cfg).action == "hold"
+    assert judge(healthy, {}, 2, cfg).action == "hold"
+    assert judge(healthy, {}, 25, cfg).action == "promote"
+    assert judge({**healthy, "error_rate": 0.2}, {"error_rate": 0.01}, 2, cfg).action == "rollback"
+    assert judge({**healthy, "latency_p95_ms": 2500}, {}, 30, cfg).action == "rollback"
