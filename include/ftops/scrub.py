@@ -24,7 +24,7 @@ What is recognised, and the choices made:
 * ``EMAIL``; ``CARD`` (13-19 digits, optionally grouped with one kind of separator, a major-network first
   digit 2-6, and only when the Luhn check passes); ``IP`` (IPv4 with valid octets and IPv6; loopback,
   unspecified, broadcast and netmask addresses identify nobody and are kept); ``PHONE`` (``+CC``
-  international numbers with 8-15 digits, US ``(555) 123-4567``/``555-123-4567``, and European national
+  international numbers with 8-15 digits, US ``(555) 123-4567``/``555-123-4567`` (area code 2-9xx), and European national
   numbers with a trunk ``0`` such as ``020 7946 0958``, ``06-12345678``, ``01 23 45 67 89``). A phone
   number's digit groups must share one separator, so dates, ranges and plain integers are not phones.
 """
@@ -267,6 +267,10 @@ def _is_secret_value(key: str, separator: str, value: str, following: str, *, qu
     return not stripped.isdigit() and ((len(stripped) >= 8 and has_digit) or len(stripped) >= 16)
 
 
+def _has_letter_and_digit(value: str) -> bool:
+    return any(char.isdigit() for char in value) and any(char.isalpha() for char in value)
+
+
 def _is_url_password(value: str) -> bool:
     """Whether the password part of ``scheme://user:password@host`` is a real value, not a stand-in."""
     return value.lower() not in _NOT_SECRET_VALUES and not value.startswith(("$", "%", "{", "<"))
@@ -346,39 +350,45 @@ def _inside_url(match: re.Match[str]) -> bool:
 
 _IPV4_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 
+# Patterns that need no validation: every match is a leak. They also make up LEAK_PATTERN.
+_JWT = r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+_ANTHROPIC_KEY = r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{20,}"
+_OPENAI_KEY = r"(?<![\w-])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"
+_AWS_KEY = r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+_GITHUB_TOKEN = r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"
+_SLACK_TOKEN = (
+    r"(?<![A-Za-z0-9-])(?:xox[abeoprs]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,})"
+    r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]+"
+)
+_VENDOR_KEY = r"(?<![A-Za-z0-9_-])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|AIza[A-Za-z0-9_-]{35}|hf_[A-Za-z]{30,})"
+_EMAIL = (
+    r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
+)
+_PRIVATE_KEY_MARKER = r"-----(?:BEGIN|END) [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+
+LEAK_PATTERN = "|".join(
+    f"(?:{pattern})"
+    for pattern in (_PRIVATE_KEY_MARKER, _JWT, _OPENAI_KEY, _AWS_KEY, _GITHUB_TOKEN, _SLACK_TOKEN, _VENDOR_KEY, _EMAIL)
+)
+"""One regular expression (Python ``re`` syntax) for the leaks that need no validation: private key markers,
+JWTs, OpenAI/AWS/GitHub/Slack/vendor keys and emails. It never matches :func:`scrub` output, so a data check
+can assert that no value matches it. Leaks that need validation to tell from ordinary text (Luhn-valid card
+numbers, phones, IPs, assigned or random-looking secrets) are only found by :func:`find_leaks`."""
+
 _DETECTORS: tuple[tuple[str, re.Pattern[str], _Builder], ...] = (
-    ("JWT", re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), _whole),
+    ("JWT", re.compile(_JWT), _whole),
     # Anthropic keys share OpenAI's "sk-" prefix: label them generically before the OpenAI pattern runs.
-    ("SECRET", re.compile(r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{20,}"), _whole),
-    ("OPENAI_KEY", re.compile(r"(?<![\w-])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"), _whole),
-    ("AWS_KEY", re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"), _whole),
-    ("GITHUB_TOKEN", re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), _whole),
-    (
-        "SLACK_TOKEN",
-        re.compile(
-            r"(?<![A-Za-z0-9-])(?:xox[abeoprs]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,})"
-            r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]+"
-        ),
-        _whole,
-    ),
-    (
-        "SECRET",
-        re.compile(
-            r"(?<![A-Za-z0-9_-])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|AIza[A-Za-z0-9_-]{35}|hf_[A-Za-z]{30,})"
-        ),
-        _whole,
-    ),
+    ("SECRET", re.compile(_ANTHROPIC_KEY), _whole),
+    ("OPENAI_KEY", re.compile(_OPENAI_KEY), _whole),
+    ("AWS_KEY", re.compile(_AWS_KEY), _whole),
+    ("GITHUB_TOKEN", re.compile(_GITHUB_TOKEN), _whole),
+    ("SLACK_TOKEN", re.compile(_SLACK_TOKEN), _whole),
+    ("SECRET", re.compile(_VENDOR_KEY), _whole),
     ("SECRET", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@\[\]]+:(?P<value>[^\s/@\[\]]+)@"), _group("value", _is_url_password)),
     ("SECRET", _ASSIGNMENT_RE, _build_assignment),
     ("SECRET", _CLI_FLAG_RE, _build_assignment),
-    ("SECRET", _AUTH_SCHEME_RE, _group("value", lambda value: bool(re.search(r"\d", value)) and bool(re.search(r"[A-Za-z]", value)))),
-    (
-        "EMAIL",
-        re.compile(
-            r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
-        ),
-        _whole,
-    ),
+    ("SECRET", _AUTH_SCHEME_RE, _group("value", _has_letter_and_digit)),
+    ("EMAIL", re.compile(_EMAIL), _whole),
     ("CARD", re.compile(r"(?<![\w-])(?<!\d )(?:\d[ -]?){12,18}\d(?![\w-]|[ -]\d)"), _validated(_is_card)),
     (
         "IP",
@@ -400,7 +410,7 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], _Builder], ...] = (
     (
         "PHONE",
         re.compile(
-            r"(?<![\w+.-])(?:1[ .-])?(?:\(\d{3}\) ?\d{3}[ .-]|\d{3}(?P<us>[ .-])\d{3}(?P=us))\d{4}(?![\w]|[.-]\d)"
+            r"(?<![\w+.-])(?:1[ .-])?(?:\([2-9]\d{2}\) ?\d{3}[ .-]|[2-9]\d{2}(?P<us>[ .-])\d{3}(?P=us))\d{4}(?![\w]|[.-]\d)"
         ),
         _whole,
     ),

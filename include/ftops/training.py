@@ -195,7 +195,7 @@ def train_lora(
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments, set_seed
 
     out_dir = Path(out_dir)
     set_seed(params.seed)
@@ -281,6 +281,8 @@ def train_lora(
             data_collator=lambda batch: pad_batch(batch, pad_id),
             callbacks=[_progress_callback(trainer_ref, started, losses)],
         )
+        # With tqdm off the Trainer prints each log dict to stdout; our callback logs them instead.
+        trainer.remove_callback(PrinterCallback)
         trainer_ref.append(trainer)
         output = trainer.train()
     seconds = time.monotonic() - started

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftops.config import CurationConfig
 from ftops.curation import REQUIRED_COLUMNS, examples_of
-from ftops.scrub import LEAK_PATTERN
+from ftops.scrub import find_leaks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,7 +83,10 @@ def validate_curated(
 
     rows = [{"prompt": p, "response": r, "split": "train"} for p, r in examples_of(train)]
     rows += [{"prompt": p, "response": r, "split": "test"} for p, r in examples_of(test)]
-    frame = pd.DataFrame(rows, columns=["prompt", "response", "split"])
+    for row in rows:
+        # the leak *types* found, never the text, so failure samples in reports show no secret
+        row["leaks"] = ",".join(sorted(set(find_leaks(row["prompt"]) + find_leaks(row["response"]))))
+    frame = pd.DataFrame(rows, columns=["prompt", "response", "split", "leaks"])
     expectations = [
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=cfg.min_examples, max_value=cfg.target_size),
         gx.expectations.ExpectColumnValuesToNotBeNull(column="prompt"),
@@ -93,8 +96,7 @@ def validate_curated(
             column="response", min_value=cfg.min_response_chars, max_value=cfg.max_response_chars
         ),
         gx.expectations.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "test"]),
-        gx.expectations.ExpectColumnValuesToNotMatchRegex(column="prompt", regex=LEAK_PATTERN),
-        gx.expectations.ExpectColumnValuesToNotMatchRegex(column="response", regex=LEAK_PATTERN),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="leaks", value_set=[""]),
     ]
     return _run_suite(f"curated_{task_type}", frame, expectations)
 

@@ -1,0 +1,121 @@
+"""DAG integrity: parse, ids, tags, retries, params, structure, and nothing heavy or networked at parse time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_IDS = {"ftops_curate", "ftops_governor", "ftops_finetune", "ftops_canary", "ftops_rollback"}
+HEAVY = ("torch", "transformers", "great_expectations", "mlflow", "faiss", "pandas", "sentence_transformers",
+         "peft", "dvc", "sklearn")  # fmt: skip
+TAG_VOCABULARY = {"ftops", "curation", "governance", "training", "deployment"}
+PARAMS = {
+    "ftops_curate": {"task_types", "since", "min_rating", "target_size", "dry_run"},
+    "ftops_governor": {"task_type", "force", "reason"},
+    "ftops_finetune": {"task_type", "dataset_version", "backend", "base_model", "epochs", "learning_rate",
+                       "batch_size", "lora_r", "reason"},  # fmt: skip
+    "ftops_canary": {"task_type"},
+    "ftops_rollback": {"task_type", "to_version"},
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors_and_the_five_dag_ids(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == DAG_IDS
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
+def test_dag_id_is_file_name_with_docs_tags_and_retries(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert Path(dag.fileloc).stem == dag_id
+    assert dag.doc_md and dag_id in dag.doc_md
+    assert dag.tags and set(dag.tags) <= TAG_VOCABULARY and "ftops" in dag.tags
+    for task in dag.tasks:
+        assert task.retries >= 2, f"{dag_id}.{task.task_id} has retries={task.retries}"
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
+def test_trigger_form_params(dagbag, dag_id: str) -> None:
+    params = dagbag.dags[dag_id].params
+    assert set(params.keys()) == PARAMS[dag_id]
+    for name in params.keys():
+        param = params.get_param(name)
+        assert param.schema.get("title") and param.description, f"{dag_id}.{name} lacks a title or description"
+
+
+def test_schedules(dagbag) -> None:
+    assert dagbag.dags["ftops_curate"].timetable.expression == "0 2 * * *"
+    assert dagbag.dags["ftops_canary"].timetable.expression == "*/30 * * * *"
+    assert type(dagbag.dags["ftops_finetune"].timetable).__name__ == "NullTimetable"
+    assert type(dagbag.dags["ftops_rollback"].timetable).__name__ == "NullTimetable"
+    governor = dagbag.dags["ftops_governor"].timetable  # hourly, or when a dataset is curated
+    assert governor.timetable.expression == "0 * * * *"
+    assert "ftops_datasets" in repr(governor.asset_condition)
+
+
+def test_finetune_structure(dagbag) -> None:
+    dag = dagbag.dags["ftops_finetune"]
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream["resolve_run_config"] >= {"train_candidate", "evaluate_candidate"}
+    assert "evaluate_candidate" in downstream["train_candidate"]
+    assert "register_candidate" in downstream["evaluate_candidate"]
+    assert downstream["choose_path"] == {"deploy_canary", "archive"}
+    assert dag.get_task("train_candidate").pool == "ftops_training"
+
+
+def test_curate_maps_per_task_type_and_emits_the_dataset_asset(dagbag) -> None:
+    dag = dagbag.dags["ftops_curate"]
+    curate = dag.get_task("curate_dataset")
+    assert curate.pool == "ftops_versioning"
+    assert [o.name for o in curate.outlets] == ["ftops_datasets"]
+    assert "curate_dataset" in dag.get_task("list_task_types").downstream_task_ids
+
+
+def test_governor_triggers_finetune(dagbag) -> None:
+    dag = dagbag.dags["ftops_governor"]
+    trigger = dag.get_task("trigger_finetune")
+    assert trigger.partial_kwargs["trigger_dag_id"] == "ftops_finetune"
+    assert "trigger_finetune" in dag.get_task("decide_training").downstream_task_ids  # one run per decision
+
+
+PARSE_PROBE = r"""
+import importlib.util, json, socket, sqlite3, sys
+opened = []
+def refuse(*a, **k):
+    opened.append(repr(a[:2]))
+    raise OSError("network access at parse time")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+real_sqlite = sqlite3.connect
+def record_sqlite(*a, **k):
+    opened.append("sqlite:" + repr(a[:1]))
+    return real_sqlite(*a, **k)
+sqlite3.connect = record_sqlite
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("probe_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps({"heavy": sorted(m for m in sys.modules if m.split(".")[0] in %s), "opened": opened}))
+"""
+
+
+@pytest.mark.parametrize("dag_file", sorted((ROOT / "dags").glob("ftops_*.py")), ids=lambda p: p.stem)
+def test_parsing_imports_nothing_heavy_and_opens_no_connection(dag_file: Path) -> None:
+    probe = PARSE_PROBE % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", probe, str(dag_file)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"
+    assert result["opened"] == [], f"{dag_file.name} opened {result['opened']} at parse time"
