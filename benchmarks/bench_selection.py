@@ -42,9 +42,7 @@ def make_candidates(n: int, dim: int, bases: int, fresh: int, noise: float, seed
     rng = np.random.default_rng(seed)
     base = rng.standard_normal((bases, dim)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    rows = base[rng.integers(bases, size=n)] + (noise / np.sqrt(dim)) * rng.standard_normal((n, dim)).astype(
-        np.float32
-    )
+    rows = base[rng.integers(bases, size=n)] + (noise / np.sqrt(dim)) * rng.standard_normal((n, dim)).astype(np.float32)
     is_fresh = rng.random(n) < fresh / n
     rows[is_fresh] = rng.standard_normal((int(is_fresh.sum()), dim)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
@@ -92,9 +90,7 @@ def main() -> int:
         t_naive_prefix = t_naive
         t_naive = t_naive_prefix * scanned / naive_scanned
         same_naive = naive == [i for i in batched if i < prefix]
-        naive_note = (
-            f"EXTRAPOLATED from the first {naive_scanned} candidates ({t_naive_prefix:.2f} s) x {scanned}/{naive_scanned}"
-        )
+        naive_note = f"EXTRAPOLATED from the first {naive_scanned} candidates ({t_naive_prefix:.2f} s) x {scanned}/{naive_scanned}"
     else:
         same_naive = naive == batched
         naive_note = "full run"

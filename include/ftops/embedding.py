@@ -212,7 +212,9 @@ class EmbeddingCache:
                 for key, dim, blob in rows:
                     vector = np.frombuffer(blob, dtype=np.float32)
                     if vector.shape[0] != dim:
-                        raise ValueError(f"corrupt cache entry {model}/{key} in {self.path}: {vector.shape[0]} != {dim}")
+                        raise ValueError(
+                            f"corrupt cache entry {model}/{key} in {self.path}: {vector.shape[0]} != {dim}"
+                        )
                     found[key] = vector
         return found
 

@@ -55,7 +55,8 @@ def decide(
         why = requested_reason or "no reason given"
         return Decision(task_type, True, f"manual request: {why}", latest_dataset, details)
     if latest_dataset in trained_datasets:
-        return Decision(task_type, False, f"{latest_dataset} was already trained on", latest_dataset, details)
+        reason = f"{latest_dataset} was already trained on (or sent to training)"
+        return Decision(task_type, False, reason, latest_dataset, details)
     if dataset_rows < cfg.min_new_examples:
         reason = f"{latest_dataset} has {dataset_rows} examples, fewer than {cfg.min_new_examples}"
         return Decision(task_type, False, reason, latest_dataset, details)

@@ -24,9 +24,13 @@ What is recognised, and the choices made:
 * ``EMAIL``; ``CARD`` (13-19 digits, optionally grouped with one kind of separator, a major-network first
   digit 2-6, and only when the Luhn check passes); ``IP`` (IPv4 with valid octets and IPv6; loopback,
   unspecified, broadcast and netmask addresses identify nobody and are kept); ``PHONE`` (``+CC``
-  international numbers with 8-15 digits, US ``(555) 123-4567``/``555-123-4567`` (area code 2-9xx), and European national
-  numbers with a trunk ``0`` such as ``020 7946 0958``, ``06-12345678``, ``01 23 45 67 89``). A phone
-  number's digit groups must share one separator, so dates, ranges and plain integers are not phones.
+  international numbers with 8-15 digits, US ``(555) 123-4567``/``555-123-4567`` with an area code
+  2xx-9xx, European national numbers with a trunk ``0`` such as ``020 7946 0958``, ``06-12345678``,
+  ``01 23 45 67 89``, and Spanish ``612 34 56 78``). A national number's digit groups must share one
+  separator, so dates, ranges, decimals and plain integers are not phones.
+
+Every pattern is written to run in linear time (bounded repetitions, lookbehinds that allow one start per
+word), because the text is user-controlled; a cheap hint search skips patterns that cannot match.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,8 @@ class ScrubResult:
         return sum(self.counts.values())
 
 
-# A detector: (type, compiled pattern, replacement builder). The builder gets the match and returns the
-# replacement text, or None to leave the match unchanged (a candidate that failed validation).
+# A replacement builder gets a detector's match and its type and returns the replacement text, or None to
+# leave the match unchanged (a candidate that failed validation).
 _Builder = Callable[[re.Match[str], str], str | None]
 
 
@@ -146,6 +151,11 @@ def _phone_digits_between(low: int, high: int) -> Callable[[str], bool]:
         return low <= sum(char.isdigit() for char in candidate) <= high
 
     return validate
+
+
+def _is_international_phone(candidate: str) -> bool:
+    # One dot makes a signed decimal (+35236450.6, +123456789.12); dotted phone numbers have several.
+    return _phone_digits_between(8, 15)(candidate) and candidate.count(".") != 1
 
 
 def shannon_entropy(text: str) -> float:
@@ -232,7 +242,7 @@ _NOT_SECRET_VALUES = frozenset(
 )  # fmt: skip
 _CODE_REFERENCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")  # settings.API_KEY
 _VARIABLE_NAME_RE = re.compile(r"(?:[a-z]+_)+[a-z]+|(?:[A-Z]+_)+[A-Z]+")  # user_password, OPENAI_API_KEY
-_PASSWORD_KEY_RE = re.compile(r"passw|pwd|passphrase|pin\b", re.IGNORECASE)
+_PASSWORD_KEY_RE = re.compile(r"passw|pwd|passphrase", re.IGNORECASE)
 
 
 def _is_secret_value(key: str, separator: str, value: str, following: str, *, quoted: bool) -> bool:
@@ -278,17 +288,18 @@ def _is_url_password(value: str) -> bool:
 
 # --- patterns -------------------------------------------------------------------------------------------
 
+# Name parts are bounded ({0,8}): an unbounded (?:\w+_)* would backtrack quadratically on a long a_a_a_...
 _SECRET_KEY_NAME = (
-    r"(?:[A-Za-z0-9]+[_.-])*"
+    r"(?:[A-Za-z0-9]+[_.-]){0,8}"
     r"(?:api[_-]?key|apikey|api[_-]?secret|secret(?:[_-]?key)?|client[_-]?secret|access[_-]?key|"
     r"access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|bearer[_-]?token|"
     r"passw(?:or)?d|passphrase|pwd|private[_-]?key|credentials?)"
-    r"(?:[_-][A-Za-z0-9]+)*"
+    r"(?:[_-][A-Za-z0-9]+){0,8}"
     # A bare "token" takes no suffix: token_id, token_str, token_count are NLP, not credentials.
-    r"|(?:[A-Za-z0-9]+[_.-])*token"
+    r"|(?:[A-Za-z0-9]+[_.-]){0,8}token"
 )
 _ASSIGNMENT_RE = re.compile(
-    rf"(?<![A-Za-z0-9])(?P<key>{_SECRET_KEY_NAME})(?![A-Za-z0-9])"
+    rf"(?<![A-Za-z0-9_])(?P<key>{_SECRET_KEY_NAME})(?![A-Za-z0-9])"
     r"(?P<sep>[\"']?[ \t]*(?::=|=>|=|:)[ \t]*)"
     r"(?:\"(?P<dq>[^\"\n]{1,256})\"|'(?P<sq>[^'\n]{1,256})'|(?P<bare>[^\s\"'`,;&<>(){}\[\]]+))",
     re.IGNORECASE,
@@ -301,14 +312,11 @@ _CLI_FLAG_RE = re.compile(
 _AUTH_SCHEME_RE = re.compile(
     r"(?<![A-Za-z0-9])(?:[Bb]earer|[Tt]oken|[Bb]asic|BEARER|TOKEN)\s+(?P<value>[A-Za-z0-9._~+/-]{16,}=*)(?![\w.~+/-])"
 )
-_PRIVATE_KEY_BLOCK_RE = re.compile(
-    r"-----BEGIN (?P<kind>[A-Z0-9 ]*?)PRIVATE KEY(?P<block>(?: BLOCK)?)-----.*?-----END (?P=kind)PRIVATE KEY(?P=block)-----",
-    re.DOTALL,
-)
 _PRIVATE_KEY_BEGIN_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _PRIVATE_KEY_END_RE = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _KEY_MATERIAL_LINE_RE = re.compile(r"\s*(?:[A-Za-z0-9+/=]{4,}|[A-Za-z][A-Za-z0-9-]*: .*)\s*")
 _KEY_MATERIAL_INLINE_RE = re.compile(r"(?:\\r|\\n|[A-Za-z0-9+/=])*")  # a key pasted with escaped newlines
+
 
 def _build_assignment(match: re.Match[str], label: str) -> str | None:
     name = next(group for group in ("dq", "sq", "bare") if group in match.re.groupindex and match.group(group))
@@ -343,7 +351,8 @@ def _build_random_token(match: re.Match[str], label: str) -> str | None:
 def _inside_url(match: re.Match[str]) -> bool:
     """Whether the match lies in a URL (its whitespace-delimited word has a scheme or starts with www.)."""
     text = match.string
-    word_start = max(text.rfind(char, 0, match.start()) for char in " \t\n\"'<(") + 1
+    window = max(0, match.start() - 2048)  # bounded, so many matches in text without spaces stay linear
+    word_start = max(max(text.rfind(char, window, match.start()) for char in " \t\n\"'<(") + 1, window)
     word = text[word_start : match.start()]
     return "://" in word or word.startswith("www.")
 
@@ -375,81 +384,156 @@ JWTs, OpenAI/AWS/GitHub/Slack/vendor keys and emails. It never matches :func:`sc
 can assert that no value matches it. Leaks that need validation to tell from ordinary text (Luhn-valid card
 numbers, phones, IPs, assigned or random-looking secrets) are only found by :func:`find_leaks`."""
 
-_DETECTORS: tuple[tuple[str, re.Pattern[str], _Builder], ...] = (
-    ("JWT", re.compile(_JWT), _whole),
+
+class _Detector(NamedTuple):
+    label: str
+    pattern: re.Pattern[str]
+    build: _Builder
+    hint: re.Pattern[str] | None = None  # a cheap search that must succeed for the pattern to have a match
+
+
+_DETECTORS: tuple[_Detector, ...] = (
+    _Detector("JWT", re.compile(_JWT), _whole, re.compile("eyJ")),
     # Anthropic keys share OpenAI's "sk-" prefix: label them generically before the OpenAI pattern runs.
-    ("SECRET", re.compile(_ANTHROPIC_KEY), _whole),
-    ("OPENAI_KEY", re.compile(_OPENAI_KEY), _whole),
-    ("AWS_KEY", re.compile(_AWS_KEY), _whole),
-    ("GITHUB_TOKEN", re.compile(_GITHUB_TOKEN), _whole),
-    ("SLACK_TOKEN", re.compile(_SLACK_TOKEN), _whole),
-    ("SECRET", re.compile(_VENDOR_KEY), _whole),
-    ("SECRET", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@\[\]]+:(?P<value>[^\s/@\[\]]+)@"), _group("value", _is_url_password)),
-    ("SECRET", _ASSIGNMENT_RE, _build_assignment),
-    ("SECRET", _CLI_FLAG_RE, _build_assignment),
-    ("SECRET", _AUTH_SCHEME_RE, _group("value", _has_letter_and_digit)),
-    ("EMAIL", re.compile(_EMAIL), _whole),
-    ("CARD", re.compile(r"(?<![\w-])(?<!\d )(?:\d[ -]?){12,18}\d(?![\w-]|[ -]\d)"), _validated(_is_card)),
-    (
-        "IP",
-        re.compile(
-            r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.\w)"
-        ),
-        _validated(_is_identifying_ipv6),
+    _Detector("SECRET", re.compile(_ANTHROPIC_KEY), _whole, re.compile("sk-ant-")),
+    _Detector("OPENAI_KEY", re.compile(_OPENAI_KEY), _whole, re.compile("sk-")),
+    _Detector("AWS_KEY", re.compile(_AWS_KEY), _whole, re.compile("AKIA|ASIA|ABIA|ACCA")),
+    _Detector("GITHUB_TOKEN", re.compile(_GITHUB_TOKEN), _whole, re.compile("gh[pousr]_|github_pat_")),
+    _Detector("SLACK_TOKEN", re.compile(_SLACK_TOKEN), _whole, re.compile(r"xox|xapp-|hooks\.slack\.com")),
+    _Detector("SECRET", re.compile(_VENDOR_KEY), _whole, re.compile("_live_|_test_|AIza|hf_")),
+    _Detector(
+        "SECRET",
+        re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@\[\]]+:(?P<value>[^\s/@\[\]]+)@"),
+        _group("value", _is_url_password),
+        re.compile("://"),
     ),
-    (
+    _Detector(
+        "SECRET",
+        _ASSIGNMENT_RE,
+        _build_assignment,
+        re.compile("key|secret|passw|pwd|token|credential|passphrase", re.IGNORECASE),
+    ),
+    _Detector(
+        "SECRET", _CLI_FLAG_RE, _build_assignment, re.compile("-(?:passw|token|api|secret|client)", re.IGNORECASE)
+    ),
+    _Detector(
+        "SECRET",
+        _AUTH_SCHEME_RE,
+        _group("value", _has_letter_and_digit),
+        re.compile("bearer|token|basic", re.IGNORECASE),
+    ),
+    _Detector("EMAIL", re.compile(_EMAIL), _whole, re.compile("@")),
+    _Detector(
+        "CARD",
+        re.compile(r"(?<![\w+-])(?<!\d )(?:\d[ -]?){12,18}\d(?![\w-]|[ -]\d)"),
+        _validated(_is_card),
+        re.compile(r"\d{3}"),
+    ),
+    _Detector(
+        "IP",
+        re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.\w)"),
+        _validated(_is_identifying_ipv6),
+        re.compile(r"[0-9A-Fa-f:]:[0-9A-Fa-f:]"),
+    ),
+    _Detector(
         "IP",
         re.compile(rf"(?<![\w.])(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}(?![\w]|\.\d)"),
         _validated(_is_identifying_ipv4),
+        re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d"),
     ),
-    (
+    _Detector(
         "PHONE",
-        re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?[ .-]?\d{1,5}(?:[ .-]?\d{2,5}){0,5}(?![\w]|[.-]\d)"),
-        _validated(_phone_digits_between(8, 15)),
+        # Digit groups after the first are separator-delimited: optional separators between bounded groups
+        # would let the regex try every split of a long digit run.
+        re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?[ .-]?\d+(?:[ .-]\d{2,}){0,5}(?![\w]|[.-]\d)"),
+        _validated(_is_international_phone),
+        re.compile(r"\+\d"),
     ),
-    (
+    _Detector(
         "PHONE",
         re.compile(
             r"(?<![\w+.-])(?:1[ .-])?(?:\([2-9]\d{2}\) ?\d{3}[ .-]|[2-9]\d{2}(?P<us>[ .-])\d{3}(?P=us))\d{4}(?![\w]|[.-]\d)"
         ),
         _whole,
+        re.compile(r"\d{3}[ .-]\d{4}"),
     ),
-    (
+    _Detector(
         "PHONE",
         re.compile(r"(?<![\w+.-])0\d{1,4}(?P<eu>[ ./-])\d{2,8}(?:(?P=eu)\d{2,4}){0,4}(?![\w]|[./-]\d)"),
         _validated(_phone_digits_between(9, 15)),
+        re.compile(r"0\d{1,4}[ ./-]\d\d"),
     ),
-    ("PHONE", re.compile(r"(?<![\w+.-])[6-9]\d{2}(?P<es>[ .])\d{2}(?P=es)\d{2}(?P=es)\d{2}(?![\w]|[.-]\d)"), _whole),
-    (
+    _Detector(
+        "PHONE",
+        re.compile(r"(?<![\w+.-])[6-9]\d{2}(?P<es>[ .])\d{2}(?P=es)\d{2}(?P=es)\d{2}(?![\w]|[.-]\d)"),
+        _whole,
+        re.compile(r"\d{2}[ .]\d{2}[ .]\d{2}"),
+    ),
+    _Detector(
         "SECRET",
         re.compile(r"(?<![A-Za-z0-9_+/=-])[A-Za-z0-9_+/-]{20,}={0,2}(?![A-Za-z0-9_+/=-])"),
         _build_random_token,
+        re.compile(r"[A-Za-z0-9_+/-]{20}"),
     ),
 )
 
 
 def _remove_private_keys(text: str, counts: Counter[str]) -> tuple[str, bool]:
-    """Replace private key blocks; best-effort removal of unterminated ones, which make the text unsafe."""
-    text, complete = _PRIVATE_KEY_BLOCK_RE.subn("[PRIVATE_KEY]", text)
-    counts["PRIVATE_KEY"] += complete
+    """Replace private key blocks; best-effort removal of unterminated ones, which make the text unsafe.
+
+    A BEGIN marker pairs with the first END marker after it unless another BEGIN comes first. An unpaired
+    BEGIN takes the key-looking lines after it, an unpaired END the key-looking lines before it. Markers are
+    found in one pass each, so the work stays linear however many markers the text holds.
+    """
+    begins = list(_PRIVATE_KEY_BEGIN_RE.finditer(text))
+    ends = list(_PRIVATE_KEY_END_RE.finditer(text))
+    if not begins and not ends:
+        return text, False
+    regions: list[tuple[int, int]] = []
     unsafe = False
-    while (begin := _PRIVATE_KEY_BEGIN_RE.search(text)) is not None:
-        unsafe = True
-        end = begin.end()
-        inline = _KEY_MATERIAL_INLINE_RE.match(text, end)
-        end = inline.end() if inline else end
-        end = _extend_over_key_lines(text, end, forward=True)
-        text = text[: begin.start()] + "[PRIVATE_KEY]" + text[end:]
-        counts["PRIVATE_KEY"] += 1
-    while (orphan := _PRIVATE_KEY_END_RE.search(text)) is not None:
-        unsafe = True
-        start = _extend_over_key_lines(text, orphan.start(), forward=False)
-        text = text[:start] + "[PRIVATE_KEY]" + text[orphan.end() :]
-        counts["PRIVATE_KEY"] += 1
-    return text, unsafe
+    end_index = 0
+    for position, begin in enumerate(begins):
+        if regions and begin.start() < regions[-1][1]:
+            continue  # inside a region already removed
+        while end_index < len(ends) and ends[end_index].start() < begin.end():
+            orphan = ends[end_index]
+            if not regions or orphan.start() >= regions[-1][1]:
+                regions.append(
+                    (_extend_over_key_lines(text, orphan.start(), forward=False, floor=_floor(regions)), orphan.end())
+                )
+                unsafe = True
+            end_index += 1
+        next_begin = begins[position + 1].start() if position + 1 < len(begins) else len(text)
+        if end_index < len(ends) and ends[end_index].start() < next_begin:
+            regions.append((begin.start(), ends[end_index].end()))
+            end_index += 1
+        else:
+            inline = _KEY_MATERIAL_INLINE_RE.match(text, begin.end())
+            stop = inline.end() if inline else begin.end()
+            regions.append((begin.start(), _extend_over_key_lines(text, stop, forward=True)))
+            unsafe = True
+    for orphan in ends[end_index:]:
+        if not regions or orphan.start() >= regions[-1][1]:
+            regions.append(
+                (_extend_over_key_lines(text, orphan.start(), forward=False, floor=_floor(regions)), orphan.end())
+            )
+            unsafe = True
+    pieces: list[str] = []
+    cursor = 0
+    for start, stop in regions:
+        pieces.append(text[cursor:start])
+        pieces.append("[PRIVATE_KEY]")
+        cursor = stop
+    pieces.append(text[cursor:])
+    counts["PRIVATE_KEY"] += len(regions)
+    return "".join(pieces), unsafe
 
 
-def _extend_over_key_lines(text: str, position: int, *, forward: bool) -> int:
+def _floor(regions: list[tuple[int, int]]) -> int:
+    return regions[-1][1] if regions else 0
+
+
+def _extend_over_key_lines(text: str, position: int, *, forward: bool, floor: int = 0) -> int:
     """Move ``position`` over whole neighbouring lines that look like key material (base64, PEM headers)."""
     if forward:
         while position < len(text) and text[position] == "\n":
@@ -459,8 +543,8 @@ def _extend_over_key_lines(text: str, position: int, *, forward: bool) -> int:
                 break
             position = line_end
         return position
-    while position > 0 and text[position - 1] == "\n":
-        line_start = text.rfind("\n", 0, position - 1) + 1
+    while position > floor and text[position - 1] == "\n":
+        line_start = max(text.rfind("\n", 0, position - 1) + 1, floor)
         if not _KEY_MATERIAL_LINE_RE.fullmatch(text, line_start, position - 1):
             break
         position = line_start
@@ -478,18 +562,20 @@ def scrub(text: str) -> ScrubResult:
     """
     counts: Counter[str] = Counter()
     text, unsafe = _remove_private_keys(text, counts)
-    for label, pattern, build in _DETECTORS:
+    for detector in _DETECTORS:
+        if detector.hint is not None and detector.hint.search(text) is None:
+            continue
 
-        def replace(match: re.Match[str], label: str = label, build: _Builder = build) -> str:
-            replacement = build(match, label)
+        def replace(match: re.Match[str], detector: _Detector = detector) -> str:
+            replacement = detector.build(match, detector.label)
             if replacement is None:
                 return match.group(0)
-            counts[label] += 1
+            counts[detector.label] += 1
             return replacement
 
-        text = pattern.sub(replace, text)
+        text = detector.pattern.sub(replace, text)
     if unsafe:
-        logger.warning("Unterminated private key block: removed what could be found, text marked unsafe")
+        logger.warning("Unpaired private key marker: removed the key-looking lines around it, text marked unsafe")
     return ScrubResult(text=text, counts={label: n for label, n in counts.items() if n}, unsafe=unsafe)
 
 

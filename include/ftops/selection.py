@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_F32_UNIT_ROUNDOFF = 2.0**-24
+_F32_UNIT_ROUNDOFF: float = 2.0**-24
 
 
 def _as_matrix(embeddings: np.ndarray) -> NDArray[np.float32]:
@@ -65,7 +65,7 @@ def _rounding_margin(matrix: NDArray[np.float32]) -> float:
     """
     if matrix.size == 0:
         return 0.0
-    dim = matrix.shape[1]
+    dim: int = matrix.shape[1]
     gamma = dim * _F32_UNIT_ROUNDOFF / (1.0 - dim * _F32_UNIT_ROUNDOFF)
     max_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))))
     return 2.0 * gamma * max_norm * max_norm + 1e-12
@@ -283,5 +283,5 @@ def diversity_score(embeddings: np.ndarray) -> float:
     unit = matrix / norms[:, None]
     total = unit.sum(axis=0)
     pair_sum = (float(total @ total) - n) / 2.0
-    mean_cosine = pair_sum / (n * (n - 1) / 2.0)
+    mean_cosine: float = pair_sum / (n * (n - 1) / 2.0)
     return 1.0 - mean_cosine

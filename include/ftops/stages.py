@@ -127,12 +127,15 @@ def govern(
     Retry-safe: decisions are keyed by run key and task type.
     """
     from ftops.policy import decide
-    from ftops.warehouse import ensure_schema, record_decision
+    from ftops.warehouse import ensure_schema, read_decisions, record_decision
 
     ensure_schema(engine, cfg.interactions_table)
     datasets = dataset_registry(cfg)
     decisions = []
     for task_type in task_types or datasets.task_types():
+        # A dataset already sent to training by an earlier run counts as trained: several curate events in
+        # a row must not start several fine-tunes of the same data.
+        sent = {d["dataset_version"] for d in read_decisions(engine, task_type) if d["train"] and d["dataset_version"]}
         latest = datasets.latest(task_type)
         rows = 0
         if latest is not None:
@@ -142,7 +145,7 @@ def govern(
             task_type,
             latest_dataset=latest.tag if latest else None,
             dataset_rows=rows,
-            trained_datasets=registry.trained_dataset_versions(task_type),
+            trained_datasets=registry.trained_dataset_versions(task_type) | sent,
             cfg=cfg.governor,
             force=force,
             requested_reason=reason,
@@ -217,8 +220,8 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
 def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
     """Lineage: the dataset version as an MLflow dataset input (source = DVC repo at the tag)."""
     import mlflow
-    from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
 
     source = HTTPDatasetSource(url=f"{repo.as_uri()}@{version.tag}")
     mlflow.log_input(MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32]), context="training")

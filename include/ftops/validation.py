@@ -56,7 +56,7 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: Sequence[Any]) -> V
     failed = [
         f"{r.expectation_config.type}({r.expectation_config.kwargs.get('column', '')})"
         for r in result.results
-        if not r.success
+        if not r.success and r.expectation_config is not None
     ]
     report = ValidationReport(name, bool(result.success), len(result.results), failed)
     log.info("Suite %s: %s, %d expectations, failed: %s", name, "passed" if report.success else "FAILED",
@@ -68,7 +68,7 @@ def validate_raw(frame: pd.DataFrame, task_type: str, max_rows: int | None = Non
     """Schema and size of a raw batch: required columns present and at least one row."""
     import great_expectations as gx
 
-    expectations = [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1, max_value=max_rows)]
+    expectations: list[Any] = [gx.expectations.ExpectTableRowCountToBeBetween(min_value=1, max_value=max_rows)]
     expectations += [gx.expectations.ExpectColumnToExist(column=c) for c in REQUIRED_COLUMNS]
     expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(column="task_type", value_set=[task_type]))
     return _run_suite(f"raw_{task_type}", frame, expectations)

@@ -81,7 +81,7 @@ def insert_interactions(engine: sa.Engine, rows: Iterable[Mapping[str, Any]], ta
     if not rows:
         return 0
     with engine.begin() as conn:
-        existing = set()
+        existing: set[str] = set()
         ids = [r["id"] for r in rows]
         for i in range(0, len(ids), 5000):
             existing.update(conn.scalars(sa.select(t.c.id).where(t.c.id.in_(ids[i : i + 5000]))))

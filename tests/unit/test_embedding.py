@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,3 +147,15 @@ def test_wrong_shape_from_embedder_raises(tmp_path: Path) -> None:
 
 def test_text_hash_is_sha256() -> None:
     assert text_sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_importing_library_modules_loads_no_heavy_module() -> None:
+    """The DAG processor imports these modules at parse time: torch, faiss and friends load only when used."""
+    code = (
+        "import sys, ftops.embedding, ftops.selection, ftops.scrub; "
+        "heavy = {'torch', 'faiss', 'sentence_transformers', 'transformers'} & set(sys.modules); "
+        "sys.exit(', '.join(sorted(heavy)) or 0)"
+    )
+    include = Path(__file__).resolve().parents[2] / "include"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(include)}, check=False)
+    assert done.returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import string
+import time
 
 import pytest
 
@@ -49,8 +50,19 @@ def _assert_scrubbed(text: str, expected: str, counts: dict[str, int]) -> ScrubR
         ("US: 555-123-4567, (555) 987 6543, 555.123.4567", "US: [PHONE], [PHONE], [PHONE]", {"PHONE": 3}),
         ("Toll free 1-800-555-0199.", "Toll free [PHONE].", {"PHONE": 1}),
         ("UK 020 7946 0958, mobile 07700 900123", "UK [PHONE], mobile [PHONE]", {"PHONE": 2}),
-        ("Paris 01 23 45 67 89, NL 06-12345678, DE 030/12345678", "Paris [PHONE], NL [PHONE], DE [PHONE]", {"PHONE": 3}),
+        (
+            "Paris 01 23 45 67 89, NL 06-12345678, DE 030/12345678",
+            "Paris [PHONE], NL [PHONE], DE [PHONE]",
+            {"PHONE": 3},
+        ),
         ("Abroad dial 0044 20 7946 0958", "Abroad dial [PHONE]", {"PHONE": 1}),
+        (
+            "Mobile +4915112345678 (not a card, though Luhn-valid)",
+            "Mobile [PHONE] (not a card, though Luhn-valid)",
+            {"PHONE": 1},
+        ),
+        ("Dotted +1.555.123.4567", "Dotted [PHONE]", {"PHONE": 1}),
+        ("Amex grouped in threes 378 282 246 310 005", "Amex grouped in threes [CARD]", {"CARD": 1}),
         # Payment cards (Luhn-valid), with and without separators
         ("Card 4111 1111 1111 1111 exp 12/27", "Card [CARD] exp 12/27", {"CARD": 1}),
         ("4111-1111-1111-1111", "[CARD]", {"CARD": 1}),
@@ -68,22 +80,38 @@ def _assert_scrubbed(text: str, expected: str, counts: dict[str, int]) -> ScrubR
         (f"{SLACK_TOKEN} {SLACK_WEBHOOK}", "[SLACK_TOKEN] [SLACK_TOKEN]", {"SLACK_TOKEN": 2}),
         (f"Authorization: {JWT}", "Authorization: [JWT]", {"JWT": 1}),
         (f"{PRIVATE_KEY}\nthanks", "[PRIVATE_KEY]\nthanks", {"PRIVATE_KEY": 1}),
-        ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nabc\n-----END PGP PRIVATE KEY BLOCK-----", "[PRIVATE_KEY]", {"PRIVATE_KEY": 1}),
+        (
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nabc\n-----END PGP PRIVATE KEY BLOCK-----",
+            "[PRIVATE_KEY]",
+            {"PRIVATE_KEY": 1},
+        ),
         # Generic secrets: assignments, auth headers, URL passwords, random tokens
         ("api_key=abcd1234efgh5678", "api_key=[SECRET]", {"SECRET": 1}),
         ("password: hunter2", "password: [SECRET]", {"SECRET": 1}),
         ('{"client_secret": "s3cr3t value here"}', '{"client_secret": "[SECRET]"}', {"SECRET": 1}),
         ("export DB_PASSWORD=letmein", "export DB_PASSWORD=[SECRET]", {"SECRET": 1}),
-        ("aws_secret_access_key = 'Xq9+Lm2/Zp4Rt7Vw1Yb3Nc6Kd8Fg0Hj5Ss2Tt4U'", "aws_secret_access_key = '[SECRET]'", {"SECRET": 1}),
+        (
+            "aws_secret_access_key = 'Xq9+Lm2/Zp4Rt7Vw1Yb3Nc6Kd8Fg0Hj5Ss2Tt4U'",
+            "aws_secret_access_key = '[SECRET]'",
+            {"SECRET": 1},
+        ),
         ("mysql -u root --password hunter22", "mysql -u root --password [SECRET]", {"SECRET": 1}),
         ("Authorization: Bearer abc123def456ghi789jkl0", "Authorization: Bearer [SECRET]", {"SECRET": 1}),
         ("header: token 9f8e7d6c5b4a39281706abcdef", "header: token [SECRET]", {"SECRET": 1}),
-        ("postgres://admin:s3cretPass@db.example.com:5432/app", "postgres://admin:[SECRET]@db.example.com:5432/app", {"SECRET": 1}),
+        (
+            "postgres://admin:s3cretPass@db.example.com:5432/app",
+            "postgres://admin:[SECRET]@db.example.com:5432/app",
+            {"SECRET": 1},
+        ),
         ("session Xy7Qz2LmN9pR4tV6wB8kTq3 expired", "session [SECRET] expired", {"SECRET": 1}),
         ("digest da39a3ee5e6b4b0d3255bfef95601890afd80709", "digest [SECRET]", {"SECRET": 1}),
         ("stripe sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc", "stripe [SECRET]", {"SECRET": 1}),
         ("anthropic sk-ant-api03-" + "Zx8Yw7Vu6Ts5Rq4Po3Nm2Lk1Ji0Hg", "anthropic [SECRET]", {"SECRET": 1}),
-        ("gist https://gist.github.com/someone/f1f7821f07cf76504a97f6537c818083", "gist https://gist.github.com/someone/[SECRET]", {"SECRET": 1}),
+        (
+            "gist https://gist.github.com/someone/f1f7821f07cf76504a97f6537c818083",
+            "gist https://gist.github.com/someone/[SECRET]",
+            {"SECRET": 1},
+        ),
         # A specific pattern wins over the generic assignment rule
         (f"OPENAI_API_KEY={OPENAI_KEY}", "OPENAI_API_KEY=[OPENAI_KEY]", {"OPENAI_KEY": 1}),
         (
@@ -129,6 +157,7 @@ def test_found_and_replaced(text: str, expected: str, counts: dict[str, int]) ->
         "The meeting is at 3 pm in room 204, floor 12; call ext. 4412.",
         "postgresql://user:password@localhost/db is the documented form.",
         "Prices: $1,299.99 and €1.234,56; coordinates 48.8566, 2.3522.",
+        "Signed decimals: Decimal('+35236450.6') and +123456789.12 are numbers.",
     ],
 )
 def test_ordinary_text_untouched(text: str) -> None:
@@ -223,3 +252,16 @@ def test_empty_and_long_text() -> None:
     result = scrub(long_text)
     assert result.counts == {"EMAIL": 1}
     assert result.text.endswith("mail me: [EMAIL]")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1-" * 20000, "a_" * 20000 + "token", "password_" * 5000, "a." * 20000 + "@", "+1 " * 20000, "ab/" * 20000,
+     "-----BEGIN PRIVATE KEY-----\n" * 2000, "a:" * 20000, "http" * 10000 + "://", "Xy7Qz2LmN9pR4tV6wB8k/,," * 2000],
+    ids=lambda text: repr(text[:12]),
+)  # fmt: skip
+def test_no_catastrophic_backtracking(text: str) -> None:
+    """Inputs that once took minutes (quadratic backtracking) must scrub in linear time."""
+    started = time.perf_counter()
+    scrub(text)
+    assert time.perf_counter() - started < 2.0

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The whole FT-Ops loop on embedded defaults, through a real Airflow (scheduler, dag-processor, api-server,
+# triggerer: `airflow standalone`), started and stopped by this script:
+#   simulate logs → ftops_curate → Asset event → ftops_governor → ftops_finetune (train → evaluate → register
+#   → deploy_canary | archive), then a summary.
+# Everything lives under FTOPS_HOME (default .ftops/). Re-running is safe: same data, same dataset versions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+ROWS="${FTOPS_DEMO_ROWS:-3000}"
+TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-2400}"
+PORT="${FTOPS_DEMO_PORT:-8080}"
+export AIRFLOW__API__PORT="$PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
+export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5 AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
+mkdir -p "$FTOPS_HOME"
+LOG="$FTOPS_HOME/standalone.log"
+started=$(date +%s)
+step() { printf '\n== [%4ds] %s\n' "$(( $(date +%s) - started ))" "$*"; }
+
+step "Airflow metadata database ($AIRFLOW_HOME)"
+airflow db migrate > "$FTOPS_HOME/db-migrate.log" 2>&1 || { tail -20 "$FTOPS_HOME/db-migrate.log"; exit 1; }
+airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
+airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null
+
+step "Local base model (built once, reused)"
+ftops build-base-model
+
+step "Simulated production logs ($ROWS rows, seed 0)"
+ftops simulate --rows "$ROWS" --seed 0
+
+step "Starting airflow standalone on port $PORT (log: $LOG)"
+airflow standalone > "$LOG" 2>&1 &
+AF_PID=$!
+cleanup() {
+  kill -TERM -- "$AF_PID" 2>/dev/null || true
+  pkill -TERM -f "airflow (scheduler|dag-processor|api-server|triggerer)" 2>/dev/null || true
+  wait "$AF_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 180); do
+  curl -fs "http://localhost:$PORT/api/v2/monitor/health" > /dev/null 2>&1 && break
+  kill -0 "$AF_PID" 2>/dev/null || { tail -40 "$LOG"; echo "airflow standalone exited" >&2; exit 1; }
+  sleep 2
+done
+for dag in ftops_curate ftops_governor ftops_finetune; do
+  for _ in $(seq 1 60); do airflow dags unpause "$dag" > /dev/null 2>&1 && break; sleep 2; done
+done
+
+step "Triggering ftops_curate; the governor and fine-tuning follow on their own"
+airflow dags trigger ftops_curate > /dev/null
+python - "$TIMEOUT_S" <<'PY'
+import json, subprocess, sys, time
+
+deadline = time.time() + float(sys.argv[1])
+def runs(dag_id):
+    out = subprocess.run(["airflow", "dags", "list-runs", dag_id, "-o", "json"], capture_output=True, text=True)
+    try:
+        return json.loads(out.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+last = None
+while time.time() < deadline:
+    state = {d: [r["state"] for r in runs(d)] for d in ("ftops_curate", "ftops_governor", "ftops_finetune")}
+    line = "  ".join(f"{d}: {','.join(s) or '-'}" for d, s in state.items())
+    if line != last:
+        print(time.strftime("%H:%M:%S"), line, flush=True)
+        last = line
+    done = lambda s: s and all(x in ("success", "failed") for x in s)
+    if "failed" in state["ftops_curate"] or "failed" in state["ftops_governor"]:
+        sys.exit("curation or governance failed: see the task logs in the UI or under $AIRFLOW_HOME/logs")
+    if done(state["ftops_curate"]) and done(state["ftops_governor"]) and done(state["ftops_finetune"]):
+        sys.exit(1 if "failed" in state["ftops_finetune"] else 0)
+    if done(state["ftops_curate"]) and done(state["ftops_governor"]) and not state["ftops_finetune"]:
+        print("The governor decided not to train (see `ftops summary` and the ftops_decisions table).")
+        sys.exit(0)
+    time.sleep(10)
+sys.exit(f"timed out after {sys.argv[1]} s")
+PY
+
+step "Summary"
+ftops summary
+printf '\nTotal %d s. Explore it all in the UI: make ui, then http://localhost:8080\n' "$(( $(date +%s) - started ))"

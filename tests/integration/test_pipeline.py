@@ -1,0 +1,161 @@
+"""End to end through Airflow's ``dag.test()`` on embedded defaults, with the tiny local model.
+
+One module-scoped story: simulate logs → ftops_curate → ftops_governor decides → ftops_finetune trains,
+evaluates, registers and deploys. Plus ``airflow dags test ftops_curate`` against the local PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TASK_TYPE = "sentiment"
+
+
+def _airflow(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    out = _airflow("db", "migrate")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for pool in ("ftops_training", "ftops_versioning"):
+        assert _airflow("pools", "set", pool, "1", "test").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def dags(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags
+
+
+@pytest.fixture(scope="module")
+def base_model() -> Path:
+    from ftops.basemodel import build_base_model
+    from ftops.config import LOCAL_BASE_MODEL, resolve_base_model
+
+    return build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL)))
+
+
+@pytest.fixture(scope="module")
+def simulated_logs() -> list[dict]:
+    from ftops.cli import warehouse_url
+    from ftops.simulate import generate_interactions
+    from ftops.warehouse import ensure_schema, insert_interactions
+
+    rows = generate_interactions(1500, seed=7, task_types=[TASK_TYPE])
+    engine = sa.create_engine(warehouse_url())
+    ensure_schema(engine)
+    insert_interactions(engine, rows)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def curated(dags, simulated_logs) -> dict:
+    run = dags["ftops_curate"].test(run_conf={"task_types": [TASK_TYPE]})
+    assert run.state == "success"
+    from ftops.config import load_config
+    from ftops.stages import dataset_registry
+
+    registry = dataset_registry(load_config())
+    version = registry.latest(TASK_TYPE)
+    assert version is not None
+    return {"version": version, "metadata": registry.read_metadata(version), "registry": registry}
+
+
+def test_curation_versions_a_dataset_and_accounts_for_every_row(curated, simulated_logs) -> None:
+    meta = curated["metadata"]
+    assert curated["version"].tag == f"dataset/{TASK_TYPE}/v1"
+    assert sum(meta["accounting"].values()) == len(simulated_logs)
+    assert meta["accounting"]["accepted"] == meta["train_rows"] + meta["test_rows"] >= 100
+    assert meta["validation"]["success"] is True
+    train = curated["registry"].read(curated["version"], "train")
+    assert all(row["messages"][-1]["role"] == "assistant" for row in train)
+
+
+def test_recurating_the_same_logs_makes_no_new_version(dags, curated) -> None:
+    run = dags["ftops_curate"].test(run_conf={"task_types": [TASK_TYPE]})
+    assert run.state == "success"
+    assert [v.tag for v in curated["registry"].versions(TASK_TYPE)] == [curated["version"].tag]
+
+
+def test_governor_decides_to_train_and_records_why(dags, curated) -> None:
+    from ftops.cli import warehouse_url
+    from ftops.warehouse import read_decisions
+
+    run = dags["ftops_governor"].test(run_conf={"task_type": TASK_TYPE})
+    assert run.state == "success"
+    latest = read_decisions(sa.create_engine(warehouse_url()), TASK_TYPE)[0]
+    assert latest["train"] and latest["dataset_version"] == curated["version"].tag
+    assert "new high-quality examples" in latest["reason"]
+
+
+def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curated, base_model) -> None:
+    from ftops import registry
+
+    run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "reason": "integration test"})
+    assert run.state == "success"
+    versions = registry._versions(TASK_TYPE)
+    assert len(versions) == 1
+    tags = versions[0].tags
+    assert tags["dataset_version"] == curated["version"].tag
+    assert tags["content_hash"] == curated["version"].content_hash
+    assert tags["trigger_reason"] == "integration test"
+    gain = float(tags["metric.accuracy"]) - float(tags["baseline.accuracy"])
+    assert gain >= 0.3, f"fine-tuning gained only {gain:.3f} accuracy: {tags}"
+    assert float(tags["metric.perplexity"]) < float(tags["baseline.perplexity"])
+    assert tags["decision"] == "deploy"
+    assert str(registry.alias_version(TASK_TYPE, registry.CHAMPION).version) == str(versions[0].version)
+    client = registry.client()
+    mlrun = client.get_run(versions[0].run_id)
+    assert mlrun.inputs.dataset_inputs[0].dataset.name == curated["version"].tag
+    assert mlrun.data.metrics["train_final_loss"] < mlrun.data.metrics["train_first_loss"]
+
+
+@pytest.fixture
+def postgres_config(postgres_url, tmp_path) -> tuple[Path, str]:
+    table = f"ftops_it_{uuid.uuid4().hex[:8]}"
+    config = yaml.safe_load((ROOT / "include" / "config" / "ftops.yaml").read_text())
+    config["interactions_table"] = table
+    config["storage"] = {"dataset_repo": str(tmp_path / "datasets"), "dvc_remote": str(tmp_path / "remote"),
+                         "embedding_cache": str(tmp_path / "emb.db")}  # fmt: skip
+    path = tmp_path / "ftops.yaml"
+    path.write_text(yaml.safe_dump(config))
+    yield path, table
+    with sa.create_engine(postgres_url).begin() as conn:
+        conn.exec_driver_sql(f"drop table if exists {table}")
+        conn.exec_driver_sql(f"drop table if exists {table}_quarantine")
+
+
+def test_airflow_dags_test_curate_on_postgres(airflow_db, postgres_url, postgres_config, tmp_path) -> None:
+    from ftops.simulate import generate_interactions
+    from ftops.warehouse import ensure_schema, insert_interactions, read_interactions
+
+    config_path, table = postgres_config
+    engine = sa.create_engine(postgres_url)
+    ensure_schema(engine, table)
+    insert_interactions(engine, generate_interactions(600, seed=3, task_types=["city_extraction"]), table)
+    env = {
+        "AIRFLOW_CONN_FTOPS_WAREHOUSE": "postgresql://postgres@127.0.0.1:5432/test",
+        "FTOPS_CONFIG": str(config_path),
+    }
+    out = _airflow("dags", "test", "ftops_curate", "-c", json.dumps({"task_types": ["city_extraction"]}), env=env)
+    assert out.returncode == 0 and "state=success" in out.stdout + out.stderr, (out.stdout + out.stderr)[-4000:]
+    tags = subprocess.run(["git", "tag"], cwd=tmp_path / "datasets", capture_output=True, text=True).stdout.split()
+    assert tags == ["dataset/city_extraction/v1"]
+    assert len(read_interactions(engine, "city_extraction", table=table)) == 600
