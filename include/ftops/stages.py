@@ -224,7 +224,8 @@ def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
     from mlflow.data.meta_dataset import MetaDataset
 
     source = HTTPDatasetSource(url=f"{repo.as_uri()}@{version.tag}")
-    mlflow.log_input(MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32]), context="training")
+    dataset = MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32])  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="training")
 
 
 def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[str, Any]:
