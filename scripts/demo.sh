@@ -30,12 +30,15 @@ step "Simulated production logs ($ROWS rows, seed 0)"
 ftops simulate --rows "$ROWS" --seed 0
 
 step "Starting airflow standalone on port $PORT (log: $LOG)"
-airflow standalone > "$LOG" 2>&1 &
+if curl -fs "http://localhost:$PORT" > /dev/null 2>&1; then
+  echo "Port $PORT is in use: stop what listens there or set FTOPS_DEMO_PORT" >&2; exit 1
+fi
+setsid airflow standalone > "$LOG" 2>&1 &  # its own process group, so cleanup stops every component
 AF_PID=$!
 cleanup() {
-  kill -TERM -- "$AF_PID" 2>/dev/null || true
-  pkill -TERM -f "airflow (scheduler|dag-processor|api-server|triggerer)" 2>/dev/null || true
-  wait "$AF_PID" 2>/dev/null || true
+  kill -TERM -- "-$AF_PID" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 -- "-$AF_PID" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$AF_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 1 180); do
@@ -47,18 +50,20 @@ for dag in ftops_curate ftops_governor ftops_finetune; do
   for _ in $(seq 1 60); do airflow dags unpause "$dag" > /dev/null 2>&1 && break; sleep 2; done
 done
 
-step "Triggering ftops_curate; the governor and fine-tuning follow on their own"
-airflow dags trigger ftops_curate > /dev/null
+step "Running ftops_curate; the governor and fine-tuning follow on their own"
 python - "$TIMEOUT_S" <<'PY'
 import json, subprocess, sys, time
 
 deadline = time.time() + float(sys.argv[1])
 def runs(dag_id):
     out = subprocess.run(["airflow", "dags", "list-runs", dag_id, "-o", "json"], capture_output=True, text=True)
-    try:
-        return json.loads(out.stdout or "[]")
-    except json.JSONDecodeError:
-        return []
+    payload = next((line for line in out.stdout.splitlines() if line.startswith("[")), "[]")
+    return json.loads(payload)
+
+# Unpausing a nightly DAG starts its latest run (catchup is off); trigger one only if that did not happen.
+time.sleep(15)
+if not runs("ftops_curate"):
+    subprocess.run(["airflow", "dags", "trigger", "ftops_curate"], capture_output=True, check=True)
 last = None
 while time.time() < deadline:
     state = {d: [r["state"] for r in runs(d)] for d in ("ftops_curate", "ftops_governor", "ftops_finetune")}

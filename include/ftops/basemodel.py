@@ -47,40 +47,74 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
 
-VOCAB_SIZE = 6000
+VOCAB_SIZE = 4096  # the LM head dominates the cost of a step; 4k instead of 6k made steps ~1.7x faster
 N_POSITIONS = 256
 N_EMBD = 128
 N_LAYER = 2
 N_HEAD = 4
-BLOCK_SIZE = 128  # pre-training window; fine-tuning examples are far shorter than N_POSITIONS
-PRETRAIN_BATCH = 16
+BLOCK_SIZE = 64  # pre-training window; fine-tuning examples are ~30-70 tokens
+PRETRAIN_BATCH = 32
 PRETRAIN_LR = 3e-3
+GENERIC_SENTENCES = 6000  # ~400k chars of everyday English beside the docstrings
 MAX_CORPUS_CHARS = 1_000_000  # ~1 MB of docstrings: ~250k tokens, tokenizer training in a few seconds
 DEFAULT_PRETRAIN_STEPS = 600  # ~1-2 min on 2 CPU cores; the loss falls from ~8.7 to ~4
 
-# Everyday English the docstrings lack: shopping, travel, numbers. Not the FT-Ops tasks themselves.
-_GENERIC_TEXT = (
-    "The weather was mild this morning, so we walked to the market instead of taking the bus.",
-    "She bought a new pair of shoes and a warm jacket before the winter arrived.",
-    "Our train from London to Paris left on time and arrived two hours later.",
-    "He likes to read a novel in the evening with a cup of tea.",
-    "The city of Tokyo is very large, and Berlin, Madrid and Rome are capitals in Europe.",
-    "Many people visit Sydney, Toronto, Chicago, Cairo and Nairobi every year.",
-    "A kilometre is a thousand metres, and a metre is a hundred centimetres.",
-    "The shop was closed on Sunday, but the bakery next door was open.",
-    "I was happy with the service, although the delivery was a little slow.",
-    "The food was cold and the waiter was rude, which was disappointing.",
-    "It was an ordinary day at the office with a few meetings and some email.",
-    "Prague, Vienna, Lisbon, Dublin, Oslo, Stockholm, Helsinki, Warsaw and Athens are cities.",
-    "The children played in the park until it started to rain.",
-    "We drove 120 kilometres to the coast and stayed in a small hotel.",
-    "The product review said the blender was excellent and easy to clean.",
-    "Another customer wrote that the headphones broke after a week.",
-    "My neighbour repaired his bike and rode to work along the river.",
-    "The museum opens at nine and closes at six on weekdays.",
-    "Prices went up again this year, so we are saving money where we can.",
-    "Thank you for your message; I will answer your question tomorrow.",
+# Everyday English the docstrings lack (shopping, travel, places, distances, feelings), as simple sentences
+# from a few word lists: a real base model knows these words, and without them the tiny model's predictions
+# on everyday text stay too flat for LoRA to sharpen. None of it is in the form of an FT-Ops task.
+_PEOPLE = (
+    "My friend",
+    "The customer",
+    "Our neighbour",
+    "A tourist",
+    "My sister",
+    "The manager",
+    "Everyone",
+    "He",
+    "She",
 )
+_PLACES = (
+    "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Vienna", "Prague", "Dublin", "Oslo",
+    "Stockholm", "Helsinki", "Warsaw", "Athens", "Cairo", "Nairobi", "Sydney", "Toronto", "Chicago",
+)  # fmt: skip
+_THINGS = (
+    "the new kettle", "a pair of shoes", "the hotel room", "the train ride", "the museum", "the coffee",
+    "the blender", "the jacket", "the concert", "the old bike", "the headphones", "the meal", "the service",
+)  # fmt: skip
+_FEELINGS = (
+    "a satisfying experience", "a disappointing experience", "an unremarkable experience", "a great day",
+    "a terrible mistake", "quite ordinary", "excellent value", "a waste of money", "better than expected",
+)  # fmt: skip
+_SHAPES = (
+    "{who} said that {thing} was {feeling}.",
+    "{who} travelled to {place} and thought {thing} was {feeling}.",
+    "In {place}, {thing} is often mentioned in reviews as {feeling}.",
+    "{who} wrote a review that describes {thing} as {feeling}.",
+    "The distance to {place} is {n} kilometres, and the last {n2} metres are uphill.",
+    "{who} walked {n} km today, more than {who_lower} expected.",
+    "{who} lives in {place} and buys {thing} every week.",
+    "The text mentions {place}, because {who_lower} visited it last year.",
+)
+
+
+def _generic_text(rng: random.Random, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        who = rng.choice(_PEOPLE)
+        km = rng.randint(1, 999)
+        out.append(
+            rng.choice(_SHAPES).format(
+                who=who,
+                who_lower=who.lower(),
+                place=rng.choice(_PLACES),
+                thing=rng.choice(_THINGS),
+                feeling=rng.choice(_FEELINGS),
+                n=km,
+                n2=rng.randint(10, 9999),
+            )
+        )
+    # a paragraph of several sentences per text, so windows see them in context
+    return [" ".join(out[i : i + 6]) for i in range(0, len(out), 6)]
 
 
 def stdlib_docstrings(max_chars: int = MAX_CORPUS_CHARS) -> list[tuple[str, str]]:
@@ -219,13 +253,15 @@ def build_base_model(
     torch.manual_seed(seed)
 
     docs = stdlib_docstrings(max_corpus_chars)
-    texts = [doc for _, doc in docs] + list(_GENERIC_TEXT) * 5 + _chat_samples(docs, rng)
+    texts = [doc for _, doc in docs] + _generic_text(rng, GENERIC_SENTENCES) + _chat_samples(docs, rng)
     rng.shuffle(texts)
     corpus_chars = sum(map(len, texts))
     logger.info("Corpus: %d texts, %d chars (%d stdlib docstrings)", len(texts), corpus_chars, len(docs))
 
     tokenizer = build_tokenizer(texts)
-    end_id = tokenizer.convert_tokens_to_ids(END)
+    end_id = tokenizer.eos_token_id
+    if not isinstance(end_id, int):
+        raise RuntimeError(f"tokenizer has no id for {END}")
     stream: list[int] = []
     # The backend tokenizer directly: no special tokens, no warning about texts longer than the model.
     for encoding in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):

@@ -181,11 +181,13 @@ def evaluate(
     n_batches = math.ceil(len(splits) / batch_size)
     for b in range(n_batches):
         chunk = splits[b * batch_size : (b + 1) * batch_size]
-        prompts = [tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) for turns, _ in chunk]
+        prompts = [
+            tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) for turns, _ in chunk
+        ]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         t0 = time.monotonic()
         with torch.no_grad():
-            out = lm.generate(
+            out = lm.generate(  # type: ignore[operator]
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
@@ -203,7 +205,7 @@ def evaluate(
                     n = i + 1
                     break
             generated_tokens += n
-            outputs.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+            outputs.append(str(tokenizer.decode(row[:n], skip_special_tokens=True)).strip())
         nll, count = _reference_nll(model, conversations[b * batch_size : (b + 1) * batch_size])
         nll_sum, nll_tokens = nll_sum + nll, nll_tokens + count
         done = min((b + 1) * batch_size, len(splits))

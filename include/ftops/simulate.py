@@ -257,7 +257,7 @@ _ERRORS = (
     "Error: upstream timeout after 30000 ms",
     "Error: rate limit exceeded (HTTP 429), retry after 20 s",
     "Error: model server returned HTTP 503 Service Unavailable",
-    "Traceback (most recent call last):\n  File \"serve.py\", line 88, in generate\nRuntimeError: CUDA out of memory",
+    'Traceback (most recent call last):\n  File "serve.py", line 88, in generate\nRuntimeError: CUDA out of memory',
     "Error: context length exceeded (4096 tokens)",
 )
 _REFUSALS = (
