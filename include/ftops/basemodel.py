@@ -57,7 +57,9 @@ PRETRAIN_BATCH = 32
 PRETRAIN_LR = 3e-3
 GENERIC_SENTENCES = 6000  # ~400k chars of everyday English beside the docstrings
 MAX_CORPUS_CHARS = 1_000_000  # ~1 MB of docstrings: ~250k tokens, tokenizer training in a few seconds
-DEFAULT_PRETRAIN_STEPS = 600  # ~1-2 min on 2 CPU cores; the loss falls from ~8.7 to ~4
+# 400 steps x 2 048 tokens: measured 225 s (1 thread, 2 cores shared with other work), loss 8.3 -> 3.7. A base
+# this size then let LoRA reach 35 % held-out accuracy on city extraction in 200 steps; 60 steps suffice for tests.
+DEFAULT_PRETRAIN_STEPS = 400
 
 # Everyday English the docstrings lack (shopping, travel, places, distances, feelings), as simple sentences
 # from a few word lists: a real base model knows these words, and without them the tiny model's predictions
