@@ -3,7 +3,8 @@
 
 **Triggered** by `ftops_governor` (with its reason) or by hand with the form below.
 
-1. `resolve_run_config` validates every training choice from the form before any work starts.
+1. `resolve_run_config` validates every training choice from the form before any work starts: the values,
+   that the dataset version exists and that the base model can be found.
 2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT) on the dataset version's train
    split and logs the adapter, params and losses as an MLflow run in experiment `ftops-<task_type>`.
 3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
@@ -56,12 +57,16 @@ from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, fail_fast, r
 def ftops_finetune():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
+        from ftops.stages import check_training_request
+
         with fail_fast():
-            return resolve_config({
-            "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
-            "training.backend.epochs": params["epochs"], "training.backend.learning_rate": params["learning_rate"],
-            "training.backend.batch_size": params["batch_size"], "training.backend.lora_r": params["lora_r"],
-        })
+            config = resolve_config({
+                "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
+                "training.backend.epochs": params["epochs"], "training.backend.batch_size": params["batch_size"],
+                "training.backend.learning_rate": params["learning_rate"], "training.backend.lora_r": params["lora_r"],
+            })  # fmt: skip
+            check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
+        return config
 
     @task(pool=TRAINING_POOL)
     def train_candidate(config: dict, params: dict | None = None) -> dict:

@@ -176,6 +176,16 @@ def _check_base_model(name: str) -> str:
     return path
 
 
+def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None) -> str:
+    """Fail before any work when the backend, dataset version or base model cannot be used.
+
+    Returns:
+        The dataset version's tag.
+    """
+    _check_base_model(_hf_backend(cfg).base_model)
+    return dataset_registry(cfg).get(task_type, dataset).tag
+
+
 def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
     """Fine-tune a candidate on a dataset version and log it (adapter, params, losses) as an MLflow run.
 

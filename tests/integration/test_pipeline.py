@@ -159,3 +159,13 @@ def test_airflow_dags_test_curate_on_postgres(airflow_db, postgres_url, postgres
     tags = subprocess.run(["git", "tag"], cwd=tmp_path / "datasets", capture_output=True, text=True).stdout.split()
     assert tags == ["dataset/city_extraction/v1"]
     assert len(read_interactions(engine, "city_extraction", table=table)) == 600
+
+
+def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothing(dags, curated) -> None:
+    from ftops import registry
+
+    run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "dataset_version": "v99"})
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["resolve_run_config"] == "failed" and states["train_candidate"] != "success"
+    assert all(v.tags.get("dataset_version") != f"dataset/{TASK_TYPE}/v99" for v in registry._versions(TASK_TYPE))
