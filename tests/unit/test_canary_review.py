@@ -11,14 +11,7 @@ from ftops.config import FtopsConfig
 from ftops.stages import review_canary, rollback, served_model_version
 from ftops.warehouse import ensure_schema, insert_interactions
 
-
-@pytest.fixture(autouse=True, scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        mp.setenv("FTOPS_ARTIFACT_ROOT", (tmp / "artifacts").as_uri())
-        yield
+pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
 
 def _version(task_type: str) -> str:

@@ -5,15 +5,7 @@ import pytest
 
 from ftops import registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def store(tmp_path_factory):
-    # one store for the module (creating an MLflow SQLite schema takes seconds); tests use their own task types
-    tmp = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        mp.setenv("FTOPS_ARTIFACT_ROOT", (tmp / "artifacts").as_uri())
-        yield
+pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
 
 def _run(task_type: str, key: str) -> str:
