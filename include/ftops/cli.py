@@ -77,9 +77,11 @@ def _summary(args: argparse.Namespace) -> int:
         lines.append(f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
                      f"(content {latest.content_hash[:12]}, {len(versions)} version(s))")  # fmt: skip
         lines.append("  accounting: " + ", ".join(f"{k}={v}" for k, v in meta["accounting"].items()))
-        for mv in sorted(registry._versions(task_type), key=lambda m: int(m.version)):
+        client = registry.client()
+        for listed in sorted(registry._versions(task_type), key=lambda m: int(m.version)):
+            mv = client.get_model_version(listed.name, listed.version)  # search results carry no aliases
             t = mv.tags
-            aliases = ",".join(getattr(mv, "aliases", []) or []) or "-"
+            aliases = ",".join(mv.aliases or []) or "no alias"
             lines.append(f"  model {registry.model_name(task_type)} v{mv.version} [{aliases}] "
                          f"on {t.get('dataset_version')}: decision {t.get('decision', '?').upper()}")  # fmt: skip
             for metric in ("accuracy", "perplexity", "bleu", "rouge_l", "latency_p50_ms"):
