@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 ui: install  ## the Airflow UI on http://localhost:8080 (airflow standalone on embedded defaults)
-	bash -c '. scripts/env.sh && airflow standalone'
+	bash scripts/setup_airflow.sh && bash -c '. scripts/env.sh && airflow standalone'
 
 clean:  ## forget all embedded state (warehouse, datasets, MLflow, Airflow DB, built base model)
 	rm -rf .ftops

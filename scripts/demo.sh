@@ -19,9 +19,7 @@ started=$(date +%s)
 step() { printf '\n== [%4ds] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
 step "Airflow metadata database ($AIRFLOW_HOME)"
-airflow db migrate > "$FTOPS_HOME/db-migrate.log" 2>&1 || { tail -20 "$FTOPS_HOME/db-migrate.log"; exit 1; }
-airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
-airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null
+bash scripts/setup_airflow.sh
 
 step "Local base model (built once, reused)"
 ftops build-base-model
@@ -54,30 +52,38 @@ step "Running ftops_curate; the governor and fine-tuning follow on their own"
 python - "$TIMEOUT_S" <<'PY'
 import json, subprocess, sys, time
 
+DAGS = ("ftops_curate", "ftops_governor", "ftops_finetune")
 deadline = time.time() + float(sys.argv[1])
 def runs(dag_id):
     out = subprocess.run(["airflow", "dags", "list-runs", dag_id, "-o", "json"], capture_output=True, text=True)
     payload = next((line for line in out.stdout.splitlines() if line.startswith("[")), "[]")
-    return json.loads(payload)
+    return {r["run_id"]: r["state"] for r in json.loads(payload)}
 
-# Unpausing a nightly DAG starts its latest run (catchup is off); trigger one only if that did not happen.
+# Runs from an earlier demo on the same FTOPS_HOME are not this demo's.
+before = {d: set(runs(d)) for d in DAGS}
+def new_states(dag_id):
+    return [s for rid, s in runs(dag_id).items() if rid not in before[dag_id]]
+
+# Unpausing a nightly DAG for the first time starts its latest run (catchup is off); otherwise trigger one.
 time.sleep(15)
-if not runs("ftops_curate"):
+if not new_states("ftops_curate"):
     subprocess.run(["airflow", "dags", "trigger", "ftops_curate"], capture_output=True, check=True)
-last = None
+done = lambda s: bool(s) and all(x in ("success", "failed") for x in s)
+last, settled = None, 0
 while time.time() < deadline:
-    state = {d: [r["state"] for r in runs(d)] for d in ("ftops_curate", "ftops_governor", "ftops_finetune")}
+    state = {d: new_states(d) for d in DAGS}
     line = "  ".join(f"{d}: {','.join(s) or '-'}" for d, s in state.items())
     if line != last:
         print(time.strftime("%H:%M:%S"), line, flush=True)
         last = line
-    done = lambda s: s and all(x in ("success", "failed") for x in s)
     if "failed" in state["ftops_curate"] or "failed" in state["ftops_governor"]:
         sys.exit("curation or governance failed: see the task logs in the UI or under $AIRFLOW_HOME/logs")
-    if done(state["ftops_curate"]) and done(state["ftops_governor"]) and done(state["ftops_finetune"]):
+    quiet = done(state["ftops_curate"]) and done(state["ftops_governor"])
+    if quiet and done(state["ftops_finetune"]):
         sys.exit(1 if "failed" in state["ftops_finetune"] else 0)
-    if done(state["ftops_curate"]) and done(state["ftops_governor"]) and not state["ftops_finetune"]:
-        print("The governor decided not to train (see `ftops summary` and the ftops_decisions table).")
+    settled = settled + 1 if quiet and not state["ftops_finetune"] else 0
+    if settled >= 3:  # 30 s after the governor finished and nothing was triggered
+        print("The governor decided not to train: see `ftops summary` and the ftops_decisions table.")
         sys.exit(0)
     time.sleep(10)
 sys.exit(f"timed out after {sys.argv[1]} s")

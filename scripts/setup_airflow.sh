@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Prepare the local Airflow metadata DB under $AIRFLOW_HOME: migrate, and create the one-slot pools the DAGs use
+# (airflow_settings.yaml does the same for `astro dev start`). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+mkdir -p "$AIRFLOW_HOME"
+airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
+airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null
