@@ -27,7 +27,6 @@ from ftops_airflow.common import (
     DEFAULT_ARGS,
     TAGS,
     VERSIONING_POOL,
-    fail_fast,
     resolve_config,
     snapshot,
     warehouse_engine,
@@ -58,9 +57,8 @@ from ftops_airflow.common import (
 def ftops_curate():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
-        with fail_fast():
-            return resolve_config({"curation.quality_threshold": params["min_rating"],
-                                   "curation.target_size": params["target_size"]})
+        return resolve_config({"curation.quality_threshold": params["min_rating"],
+                               "curation.target_size": params["target_size"]})
 
     @task
     def list_task_types(config: dict, params: dict | None = None) -> list[str]:
@@ -78,9 +76,8 @@ def ftops_curate():
         ctx["task_type"] = task_type  # names the mapped instance in the UI
         cfg = snapshot(config)
         since = datetime.fromisoformat(params["since"]) if params["since"] else None
-        with fail_fast():
-            result = curate_task_type(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type,
-                                      run_key=ctx["run_id"], since=since, dry_run=params["dry_run"])
+        result = curate_task_type(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type,
+                                  run_key=ctx["run_id"], since=since, dry_run=params["dry_run"])
         ctx["outlet_events"][DATASETS].extra = {k: result.get(k) for k in
             ("task_type", "status", "dataset_version", "content_hash", "train_rows", "test_rows", "rows_read")}
         return result

@@ -23,7 +23,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, fail_fast, resolve_config, snapshot
+from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, resolve_config, snapshot
 
 
 @dag(
@@ -59,13 +59,12 @@ def ftops_finetune():
     def resolve_run_config(params: dict | None = None) -> dict:
         from ftops.stages import check_training_request
 
-        with fail_fast():
-            config = resolve_config({
-                "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
-                "training.backend.epochs": params["epochs"], "training.backend.batch_size": params["batch_size"],
-                "training.backend.learning_rate": params["learning_rate"], "training.backend.lora_r": params["lora_r"],
-            })  # fmt: skip
-            check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
+        config = resolve_config({
+            "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
+            "training.backend.epochs": params["epochs"], "training.backend.batch_size": params["batch_size"],
+            "training.backend.learning_rate": params["learning_rate"], "training.backend.lora_r": params["lora_r"],
+        })  # fmt: skip
+        check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
         return config
 
     @task(pool=TRAINING_POOL)
@@ -73,15 +72,13 @@ def ftops_finetune():
         from ftops.stages import train_candidate as train
 
         run_key = f"{get_current_context()['run_id']}/{params['task_type']}"
-        with fail_fast():
-            return train(snapshot(config), params["task_type"], params["dataset_version"], run_key=run_key)
+        return train(snapshot(config), params["task_type"], params["dataset_version"], run_key=run_key)
 
     @task(pool=TRAINING_POOL)
     def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:
         from ftops.stages import evaluate_candidate as evaluate
 
-        with fail_fast():
-            return evaluate(snapshot(config), params["task_type"], trained["run_id"])
+        return evaluate(snapshot(config), params["task_type"], trained["run_id"])
 
     @task
     def register_candidate(trained: dict, evaluation: dict, params: dict | None = None) -> dict:

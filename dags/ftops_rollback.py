@@ -12,7 +12,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS, fail_fast
+from ftops_airflow.common import DEFAULT_ARGS, TAGS
 
 
 @dag(
@@ -35,8 +35,7 @@ def ftops_rollback():
     def rollback_champion(params: dict | None = None) -> dict:
         from ftops.stages import rollback
 
-        with fail_fast():
-            return rollback(params["task_type"], params["to_version"])
+        return rollback(params["task_type"], params["to_version"])
 
     rollback_champion()
 

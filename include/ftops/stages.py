@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftops import registry
 from ftops.config import FtopsConfig, HuggingFaceBackend, resolve_base_model
+from ftops.curation import examples_of
 from ftops.datasets import DatasetRegistry, DatasetVersion
 
 if TYPE_CHECKING:
@@ -197,12 +198,13 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
 
     backend = _hf_backend(cfg)
     base_model = _check_base_model(backend.base_model)
-    version = dataset_registry(cfg).get(task_type, dataset)
+    datasets = dataset_registry(cfg)
+    version = datasets.get(task_type, dataset)
     existing = registry.find_run(task_type, run_key)
     if existing:
         log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)
         return {"run_id": existing, "dataset_version": version.tag}
-    train = dataset_registry(cfg).read(version, "train")
+    train = datasets.read(version, "train")
     if len(train) < cfg.gate.min_test_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples")
 
@@ -215,7 +217,7 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
             "backend": backend.kind, "base_model": backend.base_model, "task_type": task_type,
         })  # fmt: skip
         mlflow.log_params(backend.model_dump(mode="json") | {"train_examples": len(train)})
-        _log_dataset_input(version, dataset_registry(cfg).root)
+        _log_dataset_input(version, datasets.root)
         result = train_lora(base_model, train, Path(tmp) / "adapter", backend)
         for step, loss in enumerate(result.losses, start=1):
             mlflow.log_metric("train_loss", loss, step=step)
@@ -251,8 +253,9 @@ def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[st
 
     c = registry.client()
     run = c.get_run(run_id)
-    version = dataset_registry(cfg).get(task_type, run.data.tags["dataset_version"])
-    test = dataset_registry(cfg).read(version, "test")
+    datasets = dataset_registry(cfg)
+    version = datasets.get(task_type, run.data.tags["dataset_version"])
+    test = datasets.read(version, "test")
     base_model = _check_base_model(run.data.tags["base_model"])
     with tempfile.TemporaryDirectory() as tmp:
         adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter", dst_path=f"{tmp}/c")
@@ -278,17 +281,11 @@ def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[st
         mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name), "evaluation/report.md")
         outputs = [
             {"prompt": p, "reference": r, "candidate": co, "baseline": bo}
-            for (p, r), co, bo in zip(_pairs(test), candidate.outputs, baseline.outputs, strict=True)
+            for (p, r), co, bo in zip(examples_of(test), candidate.outputs, baseline.outputs, strict=True)
         ]
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
     return report
-
-
-def _pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    from ftops.curation import examples_of
-
-    return examples_of(rows)
 
 
 def _markdown_table(candidate: dict[str, float], baseline: dict[str, float], baseline_name: str) -> str:

@@ -7,13 +7,12 @@ module at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseHook
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from ftops.config import FtopsConfig, apply_overrides, ftops_home, load_config
 
@@ -22,11 +21,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Errors about the request (a missing dataset version, a bad param, an unknown base model) fail at once:
+# retrying them only delays the message. Everything else (a busy warehouse, a flaky remote) is retried.
+NOT_RETRYABLE = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=[LookupError, ValueError, FileNotFoundError, NotImplementedError],
+            action=RetryAction.FAIL,
+            reason="bad input or a missing object: a retry cannot fix it",
+        )
+    ]
+)
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "ftops",
     "retries": 2,
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
+    "retry_policy": NOT_RETRYABLE,
 }
 TAGS = {
     "curation": ["ftops", "curation"],
@@ -68,15 +79,3 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
         return sa.create_engine(f"sqlite:///{path}")
     return conn.get_hook().get_sqlalchemy_engine()
 
-
-@contextmanager
-def fail_fast() -> Iterator[None]:
-    """Turn errors that a retry cannot fix (bad input, missing things) into a failure without retries.
-
-    Lookup, value, file-not-found and not-implemented errors are about the request, not the weather:
-    retrying them only delays the message.
-    """
-    try:
-        yield
-    except (LookupError, ValueError, FileNotFoundError, NotImplementedError) as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ftops_airflow.common import NOT_RETRYABLE
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = {"ftops_curate", "ftops_governor", "ftops_finetune", "ftops_canary", "ftops_rollback"}
 HEAVY = ("torch", "transformers", "great_expectations", "mlflow", "faiss", "pandas", "sentence_transformers",
@@ -44,6 +46,7 @@ def test_dag_id_is_file_name_with_docs_tags_and_retries(dagbag, dag_id: str) -> 
     assert dag.tags and set(dag.tags) <= TAG_VOCABULARY and "ftops" in dag.tags
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} has retries={task.retries}"
+        assert task.retry_policy is NOT_RETRYABLE, f"{dag_id}.{task.task_id} would retry bad input"
 
 
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
