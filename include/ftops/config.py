@@ -44,6 +44,19 @@ class CurationConfig(_Strict):
         description="Sentence-embedding model for diversity selection: the packaged all-MiniLM-L6-v2, a path or a hub id.",
     )
     embedding_batch_size: int = Field(64, ge=1, description="Prompts embedded per batch.")
+    max_malformed_share: float = Field(
+        0.2, ge=0, le=1, description="Largest share of a raw batch that may be quarantined as malformed before the batch fails."
+    )
+    max_user_share: float = Field(
+        0.1, gt=0, le=1, description="Largest share of a dataset version one user_id may contribute (feedback gaming)."
+    )
+    burst_top_ratings: int = Field(
+        20, ge=2, description="Top ratings (5) from one user within burst_window_minutes that count as a rating burst."
+    )
+    burst_window_minutes: float = Field(10, gt=0, description="Window in which a burst of top ratings is counted.")
+    future_tolerance_minutes: float = Field(
+        5, ge=0, description="Clock skew allowed on log timestamps; later ones are quarantined as in the future."
+    )
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> CurationConfig:

@@ -4,23 +4,28 @@ Every row read is accounted for: it is accepted, filtered with a reason code, or
 (malformed rows). ``Curated.accounting`` holds the counts and they add up to the rows read.
 
 Order of work, cheapest first so that only survivors are embedded:
-quarantine malformed rows → quality filters → scrub PII/secrets → exact duplicates (normalised text hash) →
-embed (cached) → quality-ordered greedy diversity selection with FAISS → stable hash split.
+quarantine malformed rows → quality filters (incl. bursts of top ratings from one user) → scrub PII/secrets
+→ merge with the candidates of earlier runs (the curated pool) → exact duplicates (normalised text hash)
+→ per-user cap → embed (cached) → quality-ordered greedy diversity selection with FAISS → stable hash split.
 
-Quality order for selection: rating (high first), then success confidence (high first), then latency (low
-first), then id, so that when two prompts are near duplicates the better-rated, faster answer is kept.
+Quality order, used wherever one of several candidates must win (exact duplicates, the user cap, and the
+greedy diversity selection): rating (high first), then confidence (high first), then latency (low first),
+then row id, so that of two near duplicates the better-rated, more confident, faster answer is kept, and
+the order never depends on the order rows were read in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
 import unicodedata
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ftops.config import CurationConfig
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("id", "task_type", "prompt", "response", "user_feedback", "success", "latency_ms")
+_QUARANTINE_TEXT_CHARS = 4000  # quarantined text is kept (scrubbed) up to this length, for a person to look at
 
 
 @dataclass
@@ -44,10 +50,18 @@ class Curated:
     test: list[dict[str, Any]]
     rows_read: int
     accounting: Counter[str] = field(default_factory=Counter)  # "accepted", "filtered:<rule>", "quarantined:<why>"
+    reasons: list[str | None] = field(default_factory=list)  # quarantine reason per row read, in order
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # this batch's survivors, for the pool
     scrubbed: Counter[str] = field(default_factory=Counter)
+    capped_users: Counter[str] = field(default_factory=Counter)  # user key -> candidates dropped by the cap
+    burst_users: list[str] = field(default_factory=list)  # user keys with a burst of top ratings
     embedded_new: int = 0
+    pool_size: int = 0  # candidates considered: earlier runs' and this batch's
+    from_earlier_runs: int = 0  # selected examples that came from earlier runs' candidates
     diversity_score: float = 0.0
+    max_cross_split_similarity: float = 0.0  # highest cosine between a test and a train prompt
+    max_user_share: float = 0.0
 
     def balanced(self) -> bool:
         """True when accepted + filtered + quarantined equals the rows read."""
@@ -64,42 +78,111 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(normalise_text(text).encode()).hexdigest()
 
 
+def user_key(user_id: Any) -> str | None:
+    """A pseudonymous key for a user id (the id itself never leaves the warehouse)."""
+    if _missing(user_id) or not str(user_id).strip():
+        return None
+    return "user-" + hashlib.sha256(str(user_id).encode("utf-8", "backslashreplace")).hexdigest()[:12]
+
+
 def split_of(prompt: str, test_share: float) -> str:
     """``"test"`` or ``"train"`` from a hash of the normalised prompt: an example never changes split."""
     bucket = int(text_hash(prompt)[:8], 16) / 0xFFFFFFFF
     return "test" if bucket < test_share else "train"
 
 
-def _malformed_reason(row: dict[str, Any], max_prompt_chars: int) -> str | None:
-    for col in ("prompt", "response"):
-        value = row.get(col)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return f"null_{col}"
-        if not isinstance(value, str):
-            return f"{col}_not_text"
-        if not value.strip():
-            return f"empty_{col}"
-        if "\x00" in value:
-            return f"nul_byte_in_{col}"
-    if len(row["prompt"]) > max_prompt_chars:
+def _missing(value: Any) -> bool:
+    """None, NaN or NaT."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) in ("NaT", "<NA>")
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (numpy's too), not a bool or a string that looks like one."""
+    if isinstance(value, bool | str | bytes) or type(value).__name__ == "bool_":
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _text_problem(value: Any, column: str) -> str | None:
+    if _missing(value):
+        return f"null_{column}"
+    if not isinstance(value, str):
+        return f"{column}_not_text"
+    if not value.strip():
+        return f"empty_{column}"
+    if "\x00" in value:
+        return f"nul_byte_in_{column}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"invalid_unicode_in_{column}"
+    return None
+
+
+def _malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: datetime | None) -> str | None:
+    if _missing(row.get("id")) or not str(row["id"]).strip():
+        return "null_id"
+    for column in ("prompt", "response"):
+        problem = _text_problem(row.get(column), column)
+        if problem:
+            return problem
+    if len(row["prompt"]) > cfg.max_prompt_chars:
         return "prompt_too_long"
+    if "timestamp" in row:
+        stamp = _as_utc(row["timestamp"]) if not _missing(row["timestamp"]) else None
+        if stamp is None:
+            return "null_timestamp" if _missing(row["timestamp"]) else "timestamp_not_a_time"
+        if future_after is not None and stamp >= future_after:
+            return "timestamp_in_future"
     rating = row.get("user_feedback")
-    if rating is not None and not (isinstance(rating, float) and math.isnan(rating)):
-        if isinstance(rating, bool) or not isinstance(rating, int | float) or rating != int(rating):
+    if not _missing(rating):
+        if not _is_number(rating):
+            return "rating_not_a_number"
+        if float(rating) != int(float(rating)):
             return "rating_not_integer"
-        if not 1 <= rating <= 5:
+        if not 1 <= float(rating) <= 5:
             return "rating_out_of_range"
+    success = row.get("success")
+    if _missing(success):
+        return "null_success"
+    if isinstance(success, str) or success not in (True, False):
+        return "success_not_boolean"
+    for column in ("latency_ms", "confidence"):
+        value = row.get(column)
+        if not _missing(value) and not _is_number(value):
+            return f"{column}_not_a_number"
     latency = row.get("latency_ms")
-    if latency is not None and not (isinstance(latency, float) and math.isnan(latency)) and latency < 0:
+    if not _missing(latency) and float(latency) < 0:
         return "negative_latency"
+    metadata = row.get("metadata")
+    if isinstance(metadata, str) and metadata.strip():
+        try:
+            json.loads(metadata)
+        except ValueError:
+            return "metadata_not_json"
     return None
 
 
 def _filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
-    rating = row.get("user_feedback")
-    if rating is None or (isinstance(rating, float) and math.isnan(rating)):
+    rating: Any = row.get("user_feedback")
+    if _missing(rating):
         return "no_rating"
-    if rating < cfg.quality_threshold:
+    if float(rating) < cfg.quality_threshold:
         return "low_rating"
     if not bool(row.get("success")):
         return "failed_call"
@@ -111,18 +194,77 @@ def _filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     lowered = response.lower()
     if any(marker in lowered for marker in cfg.error_markers):
         return "error_text"
-    latency = row.get("latency_ms")
-    if latency is not None and not (isinstance(latency, float) and math.isnan(latency)) and latency > cfg.max_latency_ms:
+    latency: Any = row.get("latency_ms")
+    if not _missing(latency) and float(latency) > cfg.max_latency_ms:
         return "too_slow"
     return None
 
 
+def _content(row: dict[str, Any]) -> str:
+    return json.dumps({k: row.get(k) for k in ("prompt", "response", "user_feedback", "success", "user_id")},
+                      default=str, sort_keys=True)  # fmt: skip
+
+
+def _duplicate_ids(records: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Row index -> outcome for rows sharing an id: repeats of the same content are duplicates, rows that
+    share an id with other content are all quarantined (which one is true cannot be known)."""
+    by_id: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(records):
+        if not _missing(row.get("id")):
+            by_id[str(row["id"])].append(i)
+    outcome: dict[int, str] = {}
+    for indices in by_id.values():
+        if len(indices) < 2:
+            continue
+        if len({_content(records[i]) for i in indices}) > 1:
+            outcome.update(dict.fromkeys(indices, "quarantined:duplicate_id_conflict"))
+        else:
+            outcome.update(dict.fromkeys(indices[1:], "filtered:duplicate_id"))
+    return outcome
+
+
+def _bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg: CurationConfig) -> set[int]:
+    """Rows in a burst: ``burst_top_ratings`` or more top ratings from one user within the burst window."""
+    window = timedelta(minutes=cfg.burst_window_minutes)
+    by_user: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
+    for i in indices:
+        row = records[i]
+        stamp = _as_utc(row.get("timestamp"))
+        if stamp is not None and user_key(row.get("user_id")) and float(row["user_feedback"]) >= 5:
+            by_user[str(row["user_id"])].append((stamp, i))
+    flagged: set[int] = set()
+    for stamps in by_user.values():
+        stamps.sort()
+        start = 0
+        for end in range(len(stamps)):
+            while stamps[end][0] - stamps[start][0] > window:
+                start += 1
+            if end - start + 1 >= cfg.burst_top_ratings:
+                flagged.update(i for _, i in stamps[start : end + 1])
+    return flagged
+
+
 def _quality_key(row: dict[str, Any]) -> tuple[float, float, float, str]:
-    confidence = row.get("confidence")
-    confidence = 0.0 if confidence is None or confidence != confidence else float(confidence)
-    latency = row.get("latency_ms")
-    latency = 0.0 if latency is None or latency != latency else float(latency)
-    return (-float(row["user_feedback"]), -confidence, latency, str(row["id"]))
+    confidence: Any = row.get("confidence")
+    latency: Any = row.get("latency_ms")
+    return (
+        -float(row["user_feedback"]),
+        -(0.0 if _missing(confidence) else float(confidence)),
+        0.0 if _missing(latency) else float(latency),
+        str(row["row_id"]),
+    )
+
+
+def _quarantine_copy(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as stored in quarantine: text cut to a readable length, then scrubbed."""
+    safe: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, str):
+            text = value[:_QUARANTINE_TEXT_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+            safe[key] = scrub(text.replace("\x00", "\\0")).text
+        else:
+            safe[key] = None if _missing(value) else value
+    return safe
 
 
 def to_example(prompt: str, response: str) -> dict[str, Any]:
@@ -135,17 +277,23 @@ def curate_frame(
     cfg: CurationConfig,
     embedder: Embedder,
     cache: EmbeddingCache | None = None,
+    *,
+    earlier: Sequence[dict[str, Any]] = (),
+    future_after: datetime | None = None,
 ) -> Curated:
-    """Curate one task type's raw rows.
+    """Curate one task type's raw rows, together with the candidates earlier runs kept.
 
     Args:
         frame: Raw log rows (the interaction log schema).
         cfg: Curation settings.
         embedder: Prompt embedder for diversity selection.
-        cache: Embedding cache; without one every survivor is embedded.
+        cache: Embedding cache; without one every candidate is embedded.
+        earlier: Candidates from earlier runs (the curated pool: scrubbed, with ``row_id`` and
+            ``user_key``); rows of this batch replace earlier copies with the same id.
+        future_after: Rows stamped at or after this instant are quarantined as ``timestamp_in_future``.
 
     Returns:
-        The curated dataset with its accounting.
+        The curated dataset with its accounting of this batch's rows.
 
     Raises:
         KeyError: A required column is missing (schema drift), naming the columns.
@@ -154,46 +302,78 @@ def curate_frame(
     if missing:
         raise KeyError(f"interaction log is missing columns {missing}; found {sorted(frame.columns)}")
     records: list[dict[str, Any]] = frame.to_dict("records")
-    result = Curated(train=[], test=[], rows_read=len(records))
+    result = Curated(train=[], test=[], rows_read=len(records), reasons=[None] * len(records))
+    outcome: dict[int, str] = _duplicate_ids(records)  # row index -> accounting key, for rows not accepted
 
-    survivors: list[dict[str, Any]] = []
-    for row in records:
-        reason = _malformed_reason(row, cfg.max_prompt_chars)
-        if reason is None:
-            reason = _filter_reason(row, cfg)
-            if reason is not None:
-                result.accounting[f"filtered:{reason}"] += 1
-                continue
-            cleaned_prompt, cleaned_response = scrub(row["prompt"]), scrub(row["response"])
-            if cleaned_prompt.unsafe or cleaned_response.unsafe:
-                reason = "unremovable_secret"
-            else:
-                result.scrubbed.update(cleaned_prompt.counts)
-                result.scrubbed.update(cleaned_response.counts)
-                survivors.append({**row, "prompt": cleaned_prompt.text, "response": cleaned_response.text})
-                continue
-        result.accounting[f"quarantined:{reason}"] += 1
-        safe_row = {k: (scrub(v).text if isinstance(v, str) else v) for k, v in row.items()}
-        result.quarantined.append({"row_id": row.get("id"), "task_type": row.get("task_type"),
-                                   "reason": reason, "row": safe_row})  # fmt: skip
+    for i, row in enumerate(records):
+        if i not in outcome and (reason := _malformed_reason(row, cfg, future_after)):
+            outcome[i] = f"quarantined:{reason}"
+        elif i not in outcome and (reason := _filter_reason(row, cfg)):
+            outcome[i] = f"filtered:{reason}"
+    passed = [i for i in range(len(records)) if i not in outcome]
+    bursts = _bursts(records, passed, cfg)
+    result.burst_users = sorted({k for i in bursts if (k := user_key(records[i].get("user_id")))})
+    outcome.update(dict.fromkeys(bursts, "filtered:rating_burst"))
 
-    survivors.sort(key=_quality_key)
+    fresh: list[dict[str, Any]] = []
+    for i in passed:
+        if i in bursts:
+            continue
+        row = records[i]
+        prompt, response = scrub(row["prompt"]), scrub(row["response"])
+        if prompt.unsafe or response.unsafe:
+            outcome[i] = "quarantined:unremovable_secret"
+            continue
+        result.scrubbed.update(prompt.counts)
+        result.scrubbed.update(response.counts)
+        fresh.append({
+            "row_id": str(row["id"]), "index": i, "task_type": row.get("task_type"), "prompt": prompt.text,
+            "response": response.text, "user_key": user_key(row.get("user_id")),
+            "user_feedback": float(row["user_feedback"]),
+            "confidence": None if _missing(row.get("confidence")) else float(row["confidence"]),
+            "latency_ms": None if _missing(row.get("latency_ms")) else float(row["latency_ms"]),
+            "timestamp": _as_utc(row.get("timestamp")),
+        })  # fmt: skip
+    for i, key in outcome.items():
+        if key.startswith("quarantined:"):
+            reason = key.split(":", 1)[1]
+            result.reasons[i] = reason
+            result.quarantined.append({"row_id": str(records[i].get("id")), "task_type": records[i].get("task_type"),
+                                       "reason": reason, "row": _quarantine_copy(records[i])})  # fmt: skip
+    result.candidates = [{k: v for k, v in c.items() if k != "index"} for c in fresh]
+
+    batch_ids = {c["row_id"] for c in fresh}
+    pool = [dict(c, index=None) for c in earlier if c["row_id"] not in batch_ids] + fresh
+    pool.sort(key=_quality_key)
+    result.pool_size = len(pool)
+
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for row in survivors:
-        key = text_hash(row["prompt"])
+    per_user: Counter[str] = Counter()
+    user_limit = max(1, math.ceil(cfg.max_user_share * cfg.target_size))
+    for cand in pool:
+        key = text_hash(cand["prompt"])
         if key in seen:
-            result.accounting["filtered:duplicate"] += 1
+            if cand["index"] is not None:
+                outcome[cand["index"]] = "filtered:duplicate"
             continue
         seen.add(key)
-        unique.append(row)
+        user = cand["user_key"]
+        if user is not None and per_user[user] >= user_limit:
+            result.capped_users[user] += 1
+            if cand["index"] is not None:
+                outcome[cand["index"]] = "filtered:user_cap"
+            continue
+        if user is not None:
+            per_user[user] += 1
+        unique.append(cand)
 
     selected: list[int] = []
     if unique:
         from ftops.embedding import embed_with_cache
         from ftops.selection import diversity_score, select_diverse
 
-        prompts = [r["prompt"] for r in unique]
+        prompts = [c["prompt"] for c in unique]
         if cache is not None:
             vectors, result.embedded_new = embed_with_cache(embedder, prompts, cache)
         else:
@@ -204,20 +384,39 @@ def curate_frame(
         # A rejected candidate is either too similar to a kept one, or came after the target was reached.
         # Candidates after the last kept one were never examined when the target was reached.
         last = selected[-1] if len(selected) == cfg.target_size else len(unique)
-        for i in range(len(unique)):
-            if i not in chosen:
-                result.accounting["filtered:near_duplicate" if i < last else "filtered:over_target"] += 1
+        for i, cand in enumerate(unique):
+            if i not in chosen and cand["index"] is not None:
+                outcome[cand["index"]] = "filtered:near_duplicate" if i < last else "filtered:over_target"
+        splits = [split_of(unique[i]["prompt"], cfg.test_split) for i in selected]
+        test_rows = [i for i, s in zip(selected, splits, strict=True) if s == "test"]
+        train_rows = [i for i, s in zip(selected, splits, strict=True) if s == "train"]
+        if test_rows and train_rows:
+            result.max_cross_split_similarity = float((vectors[test_rows] @ vectors[train_rows].T).max())
 
+    users: Counter[str] = Counter()
     for i in selected:
-        row = unique[i]
-        example = to_example(row["prompt"], row["response"])
-        (result.test if split_of(row["prompt"], cfg.test_split) == "test" else result.train).append(example)
-    result.accounting["accepted"] += len(selected)
+        cand = unique[i]
+        example = to_example(cand["prompt"], cand["response"])
+        (result.test if split_of(cand["prompt"], cfg.test_split) == "test" else result.train).append(example)
+        if cand["index"] is None:
+            result.from_earlier_runs += 1
+        if cand["user_key"] is not None:
+            users[cand["user_key"]] += 1
+    result.max_user_share = max(users.values()) / len(selected) if users else 0.0
+    result.accounting.update(outcome.values())
+    result.accounting["accepted"] += len(selected) - result.from_earlier_runs
     log.info(
-        "Curated %d rows: %d accepted (%d train, %d test), %s",
-        result.rows_read, len(selected), len(result.train), len(result.test),
+        "Curated %d rows: %d accepted; dataset %d examples (%d train, %d test, %d from earlier runs); %s",
+        result.rows_read, len(selected) - result.from_earlier_runs, len(selected), len(result.train),
+        len(result.test), result.from_earlier_runs,
         ", ".join(f"{k}={v}" for k, v in sorted(result.accounting.items()) if k != "accepted") or "nothing dropped",
     )  # fmt: skip
+    if result.capped_users:
+        log.warning("User cap (%d per dataset) dropped %d candidates of %d users", user_limit,
+                    sum(result.capped_users.values()), len(result.capped_users))  # fmt: skip
+    if result.burst_users:
+        log.warning("Bursts of top ratings from %d users: %d rows left out (%s)", len(result.burst_users),
+                    result.accounting["filtered:rating_burst"], ", ".join(result.burst_users))  # fmt: skip
     return result
 
 

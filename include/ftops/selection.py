@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _F32_UNIT_ROUNDOFF: float = 2.0**-24
+_MAX_PAIRS_PER_ROW: int = 8
 
 
 def _as_matrix(embeddings: np.ndarray) -> NDArray[np.float32]:
@@ -67,7 +68,7 @@ def _rounding_margin(matrix: NDArray[np.float32]) -> float:
         return 0.0
     dim: int = matrix.shape[1]
     gamma = dim * _F32_UNIT_ROUNDOFF / (1.0 - dim * _F32_UNIT_ROUNDOFF)
-    max_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))))
+    max_norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", matrix, matrix))))
     return 2.0 * gamma * max_norm * max_norm + 1e-12
 
 
@@ -103,14 +104,85 @@ def _any_similar(
     return any(_exact_similarity(rows[j], candidate) >= threshold for j in border)
 
 
+def _near_kept(
+    block: NDArray[np.float32],
+    kept_rows: NDArray[np.float32],
+    kept_tail_norms: NDArray[np.float32],
+    head: int,
+    threshold: float,
+    margin: float,
+) -> NDArray[np.bool_]:
+    """Which rows of ``block`` have an exact similarity at or above ``threshold`` with some row of ``kept_rows``.
+
+    Cheap first pass (when ``head`` < dim): a matrix product over the first ``head`` dimensions only. By
+    Cauchy-Schwarz the rest of the inner product is at most the product of the two rows' norms over the other
+    dimensions (``tail``), so a pair whose partial similarity is below ``threshold - margin - tail * tail``
+    cannot reach ``threshold``. With the threshold near 1 that rules out almost every pair at a third of the
+    cost; the few pairs left get a full dot product. When too many pairs are left (rows concentrated in a
+    few dimensions, low thresholds), the rest of the matrix product is computed for the whole block instead.
+
+    Args:
+        block: Candidate rows.
+        kept_rows: Rows kept so far (non-empty).
+        kept_tail_norms: Norm of each kept row over dimensions ``head:``, rounded up to float32.
+        head: Dimensions in the cheap pass; the full dimension turns the cheap pass off.
+        threshold: Similarity at or above which a candidate is a near duplicate.
+        margin: Rounding-error bound of a float32 inner product (see :func:`_rounding_margin`).
+
+    Returns:
+        Boolean mask over the rows of ``block``.
+    """
+    lower = threshold - margin
+    similarities: NDArray[np.float32] | None = None
+    if head < block.shape[1]:
+        partial = block[:, :head] @ kept_rows[:, :head].T
+        block_tail = np.sqrt(np.einsum("ij,ij->i", block[:, head:], block[:, head:], dtype=np.float64))
+        # The bound is loosened by one more margin and 1e-6 * |threshold| to cover its own float32 rounding
+        # (a few units in the last place of numbers no larger than |threshold| + the squared row norms).
+        slack = margin + 1e-6 * abs(threshold)
+        floor = (lower - slack) - np.multiply.outer(block_tail.astype(np.float32), kept_tail_norms)
+        possible = np.flatnonzero(partial >= floor)
+        if possible.size <= _MAX_PAIRS_PER_ROW * block.shape[0]:
+            rows, cols = np.divmod(possible, kept_rows.shape[0])
+            approx = np.einsum("ij,ij->i", block[rows], kept_rows[cols])
+        else:
+            similarities = partial + block[:, head:] @ kept_rows[:, head:].T
+    else:
+        similarities = block @ kept_rows.T
+    if similarities is not None:
+        rows, cols = np.divmod(np.flatnonzero(similarities >= lower), kept_rows.shape[0])
+        approx = similarities[rows, cols]
+    near = np.zeros(block.shape[0], dtype=bool)
+    near[rows[approx >= threshold + margin]] = True
+    in_band = (approx >= lower) & (approx < threshold + margin)
+    for row, col in zip(rows[in_band].tolist(), cols[in_band].tolist(), strict=True):
+        if not near[row] and _exact_similarity(block[row], kept_rows[col]) >= threshold:
+            near[row] = True
+    return near
+
+
+def _head_dims(dim: int, threshold: float) -> int:
+    """Dimensions in the cheap first pass of :func:`_near_kept`; ``dim`` when the pass would not pay.
+
+    For rows whose energy is spread evenly over the dimensions, the norm of a row outside the first ``head``
+    dimensions is about ``sqrt(1 - head / dim)``, so the bound on the rest of a pair's similarity is about
+    ``1 - head / dim``. The pass leaves few pairs when that sits 0.15 below ``threshold`` (for 384-d rows at
+    0.9: 96 dimensions, and the partial similarity of unrelated rows would need six standard deviations to
+    pass), and is worth it while ``head`` is at most half the dimensions.
+    """
+    head = max(32, math.ceil(dim * (1.15 - threshold) / 32) * 32)
+    return head if head <= dim // 2 else dim
+
+
 def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size: int = 1024) -> list[int]:
     """Select up to ``k`` mutually dissimilar rows, greedily in the given order, a block at a time.
 
     A candidate is kept when its cosine similarity with every already-kept row is below ``threshold``.
-    Candidates are processed ``block_size`` at a time: one matrix product of the block against the kept set
-    removes candidates similar to an earlier kept row, then the block's internal similarity matrix resolves
-    the survivors in order (a kept candidate removes the later ones of its block that are similar to it).
-    The result is identical to :func:`select_diverse_naive`.
+    Candidates are processed ``block_size`` at a time: a matrix product of the block against the kept set
+    (a cheap one over part of the dimensions first, see :func:`_near_kept`) removes candidates similar to an
+    earlier kept row, then the block's internal similarity matrix resolves the survivors in order (a kept
+    candidate removes the later ones of its block that are similar to it). The result is identical to
+    :func:`select_diverse_naive`.
 
     Args:
         embeddings: ``(n, dim)`` array of L2-normalised rows, best candidate first.
@@ -127,24 +199,24 @@ def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size:
     """
     _check_args(k, threshold, block_size)
     matrix = _as_matrix(embeddings)
-    n = matrix.shape[0]
+    n, dim = matrix.shape
     if k == 0 or n == 0:
         return []
     margin = _rounding_margin(matrix)
+    head = _head_dims(dim, threshold)
     kept: list[int] = []
-    kept_rows = np.empty((min(k, n), matrix.shape[1]), dtype=np.float32)
+    kept_rows = np.empty((min(k, n), dim), dtype=np.float32)
+    kept_tail_norms = np.empty(min(k, n), dtype=np.float32)
     scanned = 0
     for start in range(0, n, block_size):
         block = matrix[start : start + block_size]
         scanned = start + block.shape[0]
-        alive = np.ones(block.shape[0], dtype=bool)
         if kept:
-            against_kept = block @ kept_rows[: len(kept)].T
-            alive &= ~np.any(against_kept >= threshold + margin, axis=1)
-            for row in np.flatnonzero(alive & np.any(against_kept >= threshold - margin, axis=1)):
-                if _any_similar(against_kept[row], kept_rows[: len(kept)], block[row], threshold, margin):
-                    alive[row] = False
-        survivors = np.flatnonzero(alive)
+            survivors = np.flatnonzero(
+                ~_near_kept(block, kept_rows[: len(kept)], kept_tail_norms[: len(kept)], head, threshold, margin)
+            )
+        else:
+            survivors = np.arange(block.shape[0])
         if survivors.size == 0:
             continue
         candidates = block[survivors]
@@ -154,6 +226,8 @@ def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size:
             if rejected[pos]:
                 continue
             kept_rows[len(kept)] = candidates[pos]
+            tail = candidates[pos, head:].astype(np.float64)
+            kept_tail_norms[len(kept)] = math.sqrt(float(tail @ tail))
             kept.append(start + int(survivors[pos]))
             if len(kept) == k:
                 break

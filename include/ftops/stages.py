@@ -45,72 +45,111 @@ def curate_task_type(
     run_key: str,
     since: datetime | None = None,
     dry_run: bool = False,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Read, curate, validate and version one task type's logs.
+    """Read one task type's new logs, curate them with the earlier runs' candidates, validate and version.
 
-    Retry-safe: quarantine rows are replaced per run key, and publishing the same content returns the
-    existing dataset version.
+    The run reads the window from ``since`` (default: the watermark, where the last completed run stopped)
+    to the run's first attempt; a retry or re-run of the same run key reads the same window. Order of
+    writes, each idempotent: quarantine (replaced per run key) → dataset version (same content ⇒ same
+    version) → curated pool (replaced per row id) → the window marked done, which moves the watermark.
+    A crash anywhere leaves the watermark where it was, so the next attempt reads the same rows again.
 
     Returns:
-        ``status`` (``versioned``, ``unchanged``, ``no_rows``, ``insufficient``, ``dry_run``) with the
-        version, counts and content hash.
+        ``status`` (``versioned``, ``unchanged``, ``no_new_rows``, ``insufficient``, ``dry_run``) with the
+        version, counts, window and content hash.
+
+    Raises:
+        LookupError: The log table or a required column is missing.
+        ValidationFailedError: A Great Expectations suite failed (the message names it and the Data Docs).
+        WarehouseUnavailableError: The warehouse cannot be reached.
     """
+    from ftops.config import ftops_home
     from ftops.curation import curate_frame, summarise_accounting
     from ftops.embedding import EmbeddingCache, SentenceEmbedder
     from ftops.validation import require, validate_curated, validate_raw
-    from ftops.warehouse import read_interactions, write_quarantine
+    from ftops.warehouse import (
+        curation_window,
+        ensure_state_tables,
+        finish_curation_run,
+        read_interactions,
+        read_pool,
+        upsert_pool,
+        write_quarantine,
+    )
 
     started = time.perf_counter()
-    frame = read_interactions(engine, task_type, table=cfg.interactions_table, since=since)
-    log.info("Read %d %s rows%s", len(frame), task_type, f" since {since.isoformat()}" if since else "")
-    base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame)}
-    if frame.empty:
-        return {**base, "status": "no_rows"}
-    require(validate_raw(frame, task_type))
+    table = cfg.interactions_table
+    ensure_state_tables(engine, table)
+    window_since, until = curation_window(engine, run_key, task_type, now=now or datetime.now(UTC),
+                                          since=since, table=table)  # fmt: skip
+    future_after = until + timedelta(minutes=cfg.curation.future_tolerance_minutes)
+    frame = read_interactions(engine, task_type, table=table, since=window_since, until=until,
+                              future_after=future_after)  # fmt: skip
+    window = {"since": window_since.isoformat() if window_since else None, "until": until.isoformat()}
+    log.info("Read %d %s rows from %s to %s (%.1f s)", len(frame), task_type, window["since"] or "the start",
+             window["until"], time.perf_counter() - started)  # fmt: skip
+    base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame), "window": window}
 
+    def finish(status: str, version: str | None = None, **extra: Any) -> dict[str, Any]:
+        summary = {**base, **extra, "status": status, "dataset_version": version}
+        if not dry_run:
+            finish_curation_run(engine, run_key, task_type, dataset_version=version, summary=summary, table=table)
+        log.info("%s: %s in %.1f s", task_type, status, time.perf_counter() - started)
+        return summary
+
+    if frame.empty:
+        return finish("no_new_rows")
     _, _, cache_path = cfg.storage.resolved()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
+    docs_dir = ftops_home() / "data_docs"
     embedder = SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
-    curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path))
+    curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
+                           earlier=read_pool(engine, task_type, table), future_after=future_after)  # fmt: skip
     if not curated.balanced():
         raise RuntimeError(f"accounting does not add up: {dict(curated.accounting)} vs {curated.rows_read} read")
-    write_quarantine(engine, run_key, curated.quarantined, cfg.interactions_table)
+    if not dry_run:
+        write_quarantine(engine, run_key, curated.quarantined, table)
+    raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
+    require(raw_report)
     accounting = summarise_accounting(curated.accounting)
     base |= {
         "accounting": accounting,
-        "scrubbed": dict(curated.scrubbed),
+        "accepted": accounting.get("accepted", 0),
+        "scrubbed": dict(sorted(curated.scrubbed.items())),
+        "capped": {"users": len(curated.capped_users), "rows": sum(curated.capped_users.values())},
+        "burst_users": curated.burst_users,
         "embedded_new": curated.embedded_new,
+        "pool_size": curated.pool_size,
+        "from_earlier_runs": curated.from_earlier_runs,
         "train_rows": len(curated.train),
         "test_rows": len(curated.test),
         "diversity_score": round(curated.diversity_score, 4),
+        "max_cross_split_similarity": round(curated.max_cross_split_similarity, 4),
+        "max_user_share": round(curated.max_user_share, 4),
     }
-    accepted = accounting.get("accepted", 0)
-    if accepted < cfg.curation.min_examples:
-        log.warning("%s: %d accepted examples, fewer than min_examples=%d: no version made",
-                    task_type, accepted, cfg.curation.min_examples)  # fmt: skip
-        return {**base, "status": "insufficient"}
-    report = validate_curated(curated.train, curated.test, cfg.curation, task_type)
-    require(report)
+    size = len(curated.train) + len(curated.test)
+    if size < cfg.curation.min_examples:
+        log.warning("%s: %d examples, fewer than min_examples=%d: no version yet; the candidates are kept for "
+                    "the next run", task_type, size, cfg.curation.min_examples)  # fmt: skip
+        if not dry_run:
+            upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
+        return finish("dry_run" if dry_run else "insufficient")
+    curated_report = validate_curated(curated.train, curated.test, cfg.curation, task_type,
+                                      max_cross_split_similarity=curated.max_cross_split_similarity,
+                                      docs_dir=docs_dir)  # fmt: skip
+    require(curated_report)
     if dry_run:
-        return {**base, "status": "dry_run"}
+        return finish("dry_run")
     metadata = {
-        "task_type": task_type,
+        **base,
         "run_key": run_key,
-        "since": since.isoformat() if since else None,
-        "accounting": accounting,
-        "scrubbed": dict(curated.scrubbed),
-        "diversity_score": curated.diversity_score,
-        "validation": report.as_dict(),
+        "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }
     version = dataset_registry(cfg).publish(task_type, curated.train, curated.test, metadata)
-    log.info("%s curated in %.1f s", task_type, time.perf_counter() - started)
-    return {
-        **base,
-        "status": "versioned" if version.created else "unchanged",
-        "dataset_version": version.tag,
-        "content_hash": version.content_hash,
-    }
+    upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
+    return finish("versioned" if version.created else "unchanged", version.tag, content_hash=version.content_hash)
 
 
 # -- governance -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -68,10 +68,50 @@ def _tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     return md, interactions, quarantine, decisions
 
 
+def _curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+    md = sa.MetaData()
+    pool = sa.Table(
+        f"{table}_curated",
+        md,
+        sa.Column("row_id", sa.Text, primary_key=True),
+        sa.Column("task_type", sa.Text, nullable=False, index=True),
+        sa.Column("prompt", sa.Text, nullable=False),
+        sa.Column("response", sa.Text, nullable=False),
+        sa.Column("user_key", sa.Text),
+        sa.Column("user_feedback", sa.Float),
+        sa.Column("confidence", sa.Float),
+        sa.Column("latency_ms", sa.Float),
+        sa.Column("timestamp", sa.DateTime(timezone=True)),
+        sa.Column("run_key", sa.Text, nullable=False),
+    )
+    runs = sa.Table(
+        "ftops_curation_runs",
+        md,
+        sa.Column("run_key", sa.Text, primary_key=True),
+        sa.Column("task_type", sa.Text, primary_key=True),
+        sa.Column("log_table", sa.Text, nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True)),
+        sa.Column("until", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("dataset_version", sa.Text),
+        sa.Column("summary", sa.Text),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+    )
+    return md, pool, runs
+
+
 def ensure_schema(engine: sa.Engine, table: str = "interactions") -> None:
-    """Create the interaction, quarantine and decision tables if missing (idempotent)."""
+    """Create the interaction log and FT-Ops' own tables if missing (idempotent)."""
     md, *_ = _tables(table)
     md.create_all(engine, checkfirst=True)
+    ensure_state_tables(engine, table)
+
+
+def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
+    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs), never the log itself."""
+    md, _, quarantine, decisions = _tables(table)
+    md.create_all(engine, tables=[quarantine, decisions], checkfirst=True)
+    _curation_tables(table)[0].create_all(engine, checkfirst=True)
 
 
 def insert_interactions(engine: sa.Engine, rows: Iterable[Mapping[str, Any]], table: str = "interactions") -> int:
@@ -91,6 +131,49 @@ def insert_interactions(engine: sa.Engine, rows: Iterable[Mapping[str, Any]], ta
     return len(new)
 
 
+class WarehouseUnavailableError(ConnectionError):
+    """The warehouse cannot be reached (a retry may help)."""
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Aware UTC datetime (SQLite hands back naive UTC values)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _lenient_text(raw: bytes) -> str:
+    # Invalid UTF-8 stored in SQLite would abort the whole read; keep it as lone surrogates so that
+    # curation quarantines the row (reason invalid_unicode) instead.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _connect(engine: sa.Engine) -> sa.Connection:
+    try:
+        conn = engine.connect()
+    except sa.exc.OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise WarehouseUnavailableError(f"cannot reach the warehouse {where}: {exc.orig}") from exc
+    if engine.dialect.name == "sqlite":
+        conn.connection.dbapi_connection.text_factory = _lenient_text  # type: ignore[union-attr]
+    return conn
+
+
+def log_columns(engine: sa.Engine, table: str = "interactions") -> list[str]:
+    """Column names of the interaction log.
+
+    Raises:
+        LookupError: The table does not exist.
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    with _connect(engine) as conn:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(table):
+            raise LookupError(f"warehouse table {table!r} does not exist; run `ftops simulate` or point "
+                              "the ftops_warehouse connection at your log table")  # fmt: skip
+        return [c["name"] for c in inspector.get_columns(table)]
+
+
 def read_interactions(
     engine: sa.Engine,
     task_type: str,
@@ -98,25 +181,135 @@ def read_interactions(
     table: str = "interactions",
     since: datetime | None = None,
     until: datetime | None = None,
+    future_after: datetime | None = None,
 ) -> pd.DataFrame:
-    """Read one task type's logs in ``[since, until)`` as a DataFrame.
+    """Read one task type's logs with timestamps in ``[since, until)`` as a DataFrame.
+
+    Rows with no timestamp, and rows stamped at or after ``future_after`` (the future, beyond clock skew),
+    are read too, so that curation quarantines them instead of never seeing them. The table's own column
+    types are used (reflected), so a user's table with, say, a text rating column is read as it is.
 
     Raises:
-        LookupError: The table does not exist (with the table name in the message).
+        LookupError: The table does not exist, or a required column is missing (schema drift).
+        WarehouseUnavailableError: The warehouse cannot be reached.
     """
     import pandas as pd
 
-    if not sa.inspect(engine).has_table(table):
-        raise LookupError(f"warehouse table {table!r} does not exist; run `ftops simulate` or point "
-                          "the ftops_warehouse connection at your log table")
-    _, t, _, _ = _tables(table)
-    query = sa.select(t).where(t.c.task_type == task_type)
-    if since is not None:
-        query = query.where(t.c.timestamp >= since)
-    if until is not None:
-        query = query.where(t.c.timestamp < until)
+    from ftops.curation import REQUIRED_COLUMNS
+
+    found = log_columns(engine, table)
+    missing = [c for c in ("timestamp", *REQUIRED_COLUMNS) if c not in found]
+    if missing:
+        raise LookupError(f"warehouse table {table!r} is missing columns {missing} (renamed?); it has {found}. "
+                          "Rename them back or create a view with the log schema (see DESIGN.md)")  # fmt: skip
+    # our column types (timestamps parsed on SQLite too), only for the columns the table has
+    _, schema, _, _ = _tables(table)
+    t = sa.Table(table, sa.MetaData(), *(sa.Column(c.name, c.type) for c in schema.c if c.name in found))
+    ts = t.c.timestamp
+    in_window = sa.and_(
+        sa.true() if since is None else ts >= since,
+        sa.true() if until is None else ts < until,
+    )
+    if future_after is not None:
+        in_window = sa.or_(in_window, ts >= future_after)
+    query = (
+        sa.select(*(t.c[c] for c in INTERACTION_COLUMNS if c in found))
+        .where(t.c.task_type == task_type, sa.or_(in_window, ts.is_(None)))
+        .order_by(ts, t.c.id)
+    )
+    with _connect(engine) as conn:
+        frame = pd.read_sql(query, conn)
+    for column in INTERACTION_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame[list(INTERACTION_COLUMNS)]
+
+
+# -- curation state: the window of each run (whose end is the watermark) and the curated pool ---------
+def curation_window(
+    engine: sa.Engine,
+    run_key: str,
+    task_type: str,
+    *,
+    now: datetime,
+    since: datetime | None = None,
+    table: str = "interactions",
+) -> tuple[datetime | None, datetime]:
+    """The ``[since, until)`` window a curation run reads, fixed at its first attempt.
+
+    A retry or re-run of the same run key gets the same window. A new run starts at ``since`` when given
+    (re-reading history on purpose), else at the watermark: the end of the last completed run's window.
+    """
+    _, _, runs = _curation_tables(table)
+    key = sa.and_(runs.c.run_key == run_key, runs.c.task_type == task_type)
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(runs.c.since, runs.c.until).where(key)).first()
+        if row is not None:
+            return _utc(row.since), _utc(row.until)  # type: ignore[return-value]
+        if since is None:
+            since = watermark(engine, task_type, table, conn=conn)
+        conn.execute(sa.insert(runs), [{"run_key": run_key, "task_type": task_type, "log_table": table,
+                                        "since": since, "until": now, "status": "started"}])  # fmt: skip
+    return _utc(since), now
+
+
+def watermark(
+    engine: sa.Engine, task_type: str, table: str = "interactions", *, conn: sa.Connection | None = None
+) -> datetime | None:
+    """End of the newest completed curation window of a task type (None before the first run)."""
+    _, _, runs = _curation_tables(table)
+    query = sa.select(sa.func.max(runs.c.until)).where(
+        runs.c.task_type == task_type, runs.c.log_table == table, runs.c.status == "done"
+    )
+    if conn is not None:
+        return _utc(conn.scalar(query))
+    with engine.connect() as c:
+        return _utc(c.scalar(query))
+
+
+def finish_curation_run(
+    engine: sa.Engine,
+    run_key: str,
+    task_type: str,
+    *,
+    dataset_version: str | None,
+    summary: Mapping[str, Any],
+    table: str = "interactions",
+) -> None:
+    """Mark a run's window done: the watermark moves to its end."""
+    _, _, runs = _curation_tables(table)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.run_key == run_key, runs.c.task_type == task_type)
+            .values(status="done", dataset_version=dataset_version, finished_at=datetime.now(UTC),
+                    summary=json.dumps(summary, default=str, sort_keys=True))  # fmt: skip
+        )
+
+
+POOL_COLUMNS = ("row_id", "task_type", "prompt", "response", "user_key", "user_feedback", "confidence",
+                "latency_ms", "timestamp", "run_key")  # fmt: skip
+
+
+def upsert_pool(engine: sa.Engine, rows: Sequence[Mapping[str, Any]], table: str = "interactions") -> int:
+    """Store curated candidates (scrubbed text only), replacing earlier copies of the same row ids."""
+    _, pool, _ = _curation_tables(table)
+    payload = [{c: r.get(c) for c in POOL_COLUMNS} for r in rows]
+    with engine.begin() as conn:
+        ids = [r["row_id"] for r in payload]
+        for i in range(0, len(ids), 5000):
+            conn.execute(sa.delete(pool).where(pool.c.row_id.in_(ids[i : i + 5000])))
+        for i in range(0, len(payload), 5000):
+            conn.execute(sa.insert(pool), payload[i : i + 5000])
+    return len(payload)
+
+
+def read_pool(engine: sa.Engine, task_type: str, table: str = "interactions") -> list[dict[str, Any]]:
+    """Every curated candidate of a task type from earlier runs."""
+    _, pool, _ = _curation_tables(table)
     with engine.connect() as conn:
-        return pd.read_sql(query.order_by(t.c.timestamp, t.c.id), conn)
+        rows = conn.execute(sa.select(pool).where(pool.c.task_type == task_type).order_by(pool.c.row_id))
+        return [{**r._mapping, "timestamp": _utc(r.timestamp)} for r in rows]
 
 
 def list_task_types(engine: sa.Engine, table: str = "interactions") -> list[str]:
