@@ -5,13 +5,19 @@
 `FTOPS_HOME` when the connection is not defined).
 
 **Does**, per task type (one mapped task each, so a failing task type does not stop the others):
-quarantine malformed rows → quality filters (rating ≥ 4, success, response length, no error text, latency)
-→ scrub PII and secrets → drop exact duplicates → validate with Great Expectations → embed prompts
-(all-MiniLM-L6-v2, cached) → FAISS diversity selection → stable train/test split → chat JSONL.
+read the rows logged since the watermark (where the last completed run stopped; a retry reads the same
+window) → quarantine malformed rows with a reason → quality filters (rating ≥ 4, success, response length,
+no error text, latency, bursts of top ratings from one user) → scrub PII and secrets → merge with earlier
+runs' candidates → drop exact duplicates → cap each user's share → validate the raw batch with Great
+Expectations → embed prompts (all-MiniLM-L6-v2, cached by content hash) → FAISS diversity selection in
+quality order → stable train/test split by prompt hash → validate the dataset → chat JSONL.
 
 **Writes** a DVC-tracked dataset version, tagged `dataset/<task_type>/v<N>` in the dataset registry and pushed
-to the DVC remote (same content ⇒ same version), quarantined rows to `interactions_quarantine`, and one
-event on the `ftops_datasets` Asset per dataset, which wakes `ftops_governor`.
+to the DVC remote (same content ⇒ same version), with `metadata.json` (counts per reason, scrubbed counts,
+capped users, diversity score, window, validation results, config); quarantined rows (scrubbed) to
+`interactions_quarantine`; candidates to `interactions_curated`; the window to `ftops_curation_runs`; Data
+Docs under `FTOPS_HOME/data_docs` (path in the task log); and one event on the `ftops_datasets` Asset per
+task type (task type, status, version, row counts, content hash), which wakes `ftops_governor`.
 
 **Trigger** nightly at 02:00, or by hand with the form below.
 """
@@ -45,7 +51,8 @@ from ftops_airflow.common import (
         "task_types": Param([], type="array", items={"type": "string"}, title="Task types",
                             description="Task types to curate; empty = every task type in the logs."),
         "since": Param(None, type=["null", "string"], format="date-time", title="Since",
-                       description="Read logs from this time on (ISO 8601). Empty = all history."),
+                       description="Re-read logs from this time on (ISO 8601). Empty = from the watermark "
+                                   "(where the last completed run stopped; all history on a first run)."),
         "min_rating": Param(None, type=["null", "number"], minimum=1, maximum=5, title="Minimum rating",
                             description="Lowest rating kept. Empty = config (4)."),
         "target_size": Param(None, type=["null", "integer"], minimum=1, title="Target size",
@@ -79,7 +86,8 @@ def ftops_curate():
         result = curate_task_type(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type,
                                   run_key=ctx["run_id"], since=since, dry_run=params["dry_run"])
         ctx["outlet_events"][DATASETS].extra = {k: result.get(k) for k in
-            ("task_type", "status", "dataset_version", "content_hash", "train_rows", "test_rows", "rows_read")}
+            ("task_type", "status", "dataset_version", "content_hash", "rows_read", "accepted", "train_rows",
+             "test_rows", "window")}
         return result
 
     @task

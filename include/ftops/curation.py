@@ -129,7 +129,9 @@ def _text_problem(value: Any, column: str) -> str | None:
         return f"nul_byte_in_{column}"
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:
+    except UnicodeEncodeError:  # lone surrogates
+        return f"invalid_unicode_in_{column}"
+    if "\ufffd" in value:  # the replacement character: bytes that were not valid text upstream
         return f"invalid_unicode_in_{column}"
     return None
 
@@ -149,11 +151,11 @@ def _malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: da
             return "null_timestamp" if _missing(row["timestamp"]) else "timestamp_not_a_time"
         if future_after is not None and stamp >= future_after:
             return "timestamp_in_future"
-    rating = row.get("user_feedback")
+    rating: Any = row.get("user_feedback")
     if not _missing(rating):
         if not _is_number(rating):
             return "rating_not_a_number"
-        if float(rating) != int(float(rating)):
+        if not math.isfinite(float(rating)) or float(rating) != int(float(rating)):
             return "rating_not_integer"
         if not 1 <= float(rating) <= 5:
             return "rating_out_of_range"
@@ -166,7 +168,7 @@ def _malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: da
         value = row.get(column)
         if not _missing(value) and not _is_number(value):
             return f"{column}_not_a_number"
-    latency = row.get("latency_ms")
+    latency: Any = row.get("latency_ms")
     if not _missing(latency) and float(latency) < 0:
         return "negative_latency"
     metadata = row.get("metadata")

@@ -205,7 +205,10 @@ class DatasetRegistry:
 
         with self._dvc() as repo:
             repo.add(str(folder))
-            pushed = repo.push(targets=[str(folder)], remote="ftops")
+            try:
+                pushed = repo.push(targets=[str(folder)], remote="ftops")
+            except Exception as exc:  # DVC raises many kinds; the message is what a person needs
+                raise RuntimeError(f"DVC push of {task_type} to the remote {self.remote} failed: {exc}") from exc
             missing = {k: v for k, v in repo.status(targets=[str(folder)], cloud=True, remote="ftops").items() if v}
         if missing:
             raise RuntimeError(f"DVC push to {self.remote} left files missing on the remote: {missing}")

@@ -23,6 +23,8 @@ from ftops.datasets import DatasetRegistry, DatasetVersion
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from ftops.embedding import Embedder
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,7 @@ def curate_task_type(
     since: datetime | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
+    embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     """Read one task type's new logs, curate them with the earlier runs' candidates, validate and version.
 
@@ -103,7 +106,7 @@ def curate_task_type(
     _, _, cache_path = cfg.storage.resolved()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     docs_dir = ftops_home() / "data_docs"
-    embedder = SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
+    embedder = embedder or SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
                            earlier=read_pool(engine, task_type, table), future_after=future_after)  # fmt: skip
     if not curated.balanced():

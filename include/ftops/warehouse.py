@@ -108,7 +108,12 @@ def ensure_schema(engine: sa.Engine, table: str = "interactions") -> None:
 
 
 def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
-    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs), never the log itself."""
+    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs), never the log itself.
+
+    Raises:
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    _connect(engine).close()
     md, _, quarantine, decisions = _tables(table)
     md.create_all(engine, tables=[quarantine, decisions], checkfirst=True)
     _curation_tables(table)[0].create_all(engine, checkfirst=True)
@@ -143,9 +148,9 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _lenient_text(raw: bytes) -> str:
-    # Invalid UTF-8 stored in SQLite would abort the whole read; keep it as lone surrogates so that
-    # curation quarantines the row (reason invalid_unicode) instead.
-    return raw.decode("utf-8", "surrogateescape")
+    # Invalid UTF-8 stored in SQLite would abort the whole read; decode it with U+FFFD replacement
+    # characters instead, which curation quarantines (reason invalid_unicode_in_<column>).
+    return raw.decode("utf-8", "replace")
 
 
 def _connect(engine: sa.Engine) -> sa.Connection:

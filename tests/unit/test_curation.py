@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import HashEmbedder, row
 
 from ftops.config import CurationConfig
 from ftops.curation import curate_frame, examples_of, split_of
 from ftops.scrub import find_leaks
 from ftops.simulate import generate_interactions
-
-GOOD = "Sentiment: positive. The review describes a satisfying experience with the product."
-
-
-class HashEmbedder:
-    """Unrelated texts get near-orthogonal vectors; identical normalised texts get identical ones."""
-
-    name = "hash-test"
-    dim = 64
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        rows = []
-        for t in texts:
-            seed = int(hashlib.sha256(t.lower().strip().encode()).hexdigest()[:8], 16)
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            rows.append(v / np.linalg.norm(v))
-        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
-
-
-def row(i: int, **overrides) -> dict:
-    base = {"id": f"r{i}", "task_type": "sentiment", "prompt": f"Classify review number {i}: great value",
-            "response": GOOD, "user_feedback": 5, "success": True, "latency_ms": 300, "confidence": 0.9,
-            "timestamp": pd.Timestamp("2026-11-01", tz="UTC"), "user_id": f"u{i}", "model_version": "base",
-            "tokens_used": 40, "metadata": None}  # fmt: skip
-    return base | overrides
-
 
 CFG = CurationConfig(min_examples=1, target_size=100, test_split=0.2)
 

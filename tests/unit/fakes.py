@@ -1,0 +1,39 @@
+"""Small test doubles and row builders shared by the curation tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+GOOD = "Sentiment: positive. The review describes a satisfying experience with the product."
+
+
+class HashEmbedder:
+    """Unrelated texts get near-orthogonal vectors; identical normalised texts get identical ones."""
+
+    name = "hash-test"
+    dim = 64
+
+    def __init__(self) -> None:
+        self.embedded = 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for t in texts:
+            seed = int(hashlib.sha256(t.lower().strip().encode()).hexdigest()[:8], 16)
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            rows.append(v / np.linalg.norm(v))
+        self.embedded += len(rows)
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+
+
+def row(i: int, **overrides) -> dict:
+    """A good log row; ``overrides`` replace fields."""
+    base = {"id": f"r{i}", "task_type": "sentiment", "prompt": f"Classify review number {i}: great value",
+            "response": GOOD, "user_feedback": 5, "success": True, "latency_ms": 300, "confidence": 0.9,
+            "timestamp": pd.Timestamp("2026-11-01", tz="UTC"), "user_id": f"u{i}", "model_version": "base",
+            "tokens_used": 40, "metadata": None}  # fmt: skip
+    return base | overrides
