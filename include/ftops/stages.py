@@ -84,9 +84,10 @@ def curate_task_type(
     started = time.perf_counter()
     table = cfg.interactions_table
     ensure_state_tables(engine, table)
-    window_since, until = curation_window(engine, run_key, task_type, now=now or datetime.now(UTC),
-                                          since=since, table=table)  # fmt: skip
-    future_after = until + timedelta(minutes=cfg.curation.future_tolerance_minutes)
+    now = now or datetime.now(UTC)
+    window_since, until = curation_window(engine, run_key, task_type, now=now, since=since, table=table)
+    # stamped later than this attempt (beyond clock skew): quarantined, not left for a window that never comes
+    future_after = max(now, until) + timedelta(minutes=cfg.curation.future_tolerance_minutes)
     frame = read_interactions(engine, task_type, table=table, since=window_since, until=until,
                               future_after=future_after)  # fmt: skip
     window = {"since": window_since.isoformat() if window_since else None, "until": until.isoformat()}

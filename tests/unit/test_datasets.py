@@ -62,3 +62,37 @@ def test_unknown_version_is_a_clear_error(registry: DatasetRegistry) -> None:
     registry.publish("sentiment", _rows(3), _rows(1, 9), {})
     with pytest.raises(DatasetNotFoundError, match="v7.*known: dataset/sentiment/v1"):
         registry.get("sentiment", "v7")
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+from ftops.datasets import DatasetRegistry
+rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(6)]
+registry = DatasetRegistry(sys.argv[1], sys.argv[2])
+point = sys.argv[3]
+original = registry._git
+def killing_git(*args, check=True):
+    if args[0] == point:  # SIGKILL: no cleanup, no exception handler runs
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, check=check)
+registry._git = killing_git
+registry.publish("city", rows[:5], rows[5:], {})
+"""
+
+
+@pytest.mark.parametrize("point", ["add", "commit", "tag"], ids=["after-push", "before-commit", "before-tag"])
+def test_a_worker_killed_during_versioning_then_rerun_makes_exactly_one_version(tmp_path: Path, point: str) -> None:
+    import sys
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    DatasetRegistry(repo, str(remote)).ensure()  # the registry exists; the kill hits a publish, not the set-up
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(repo), str(remote), point], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL at the chosen step
+    registry = DatasetRegistry(repo, str(remote))
+    assert registry.versions("city") == []
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(6)]
+    version = registry.publish("city", rows[:5], rows[5:], {})
+    again = registry.publish("city", rows[:5], rows[5:], {})
+    assert version.created and not again.created and again.tag == version.tag
+    assert [v.tag for v in registry.versions("city")] == ["dataset/city/v1"]
+    assert registry.read(version, "test") == rows[5:]
