@@ -76,7 +76,9 @@ def _summary(args: argparse.Namespace) -> int:
         meta = datasets.read_metadata(latest)
         lines.append(f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
                      f"(content {latest.content_hash[:12]}, {len(versions)} version(s))")  # fmt: skip
-        lines.append("  accounting: " + ", ".join(f"{k}={v}" for k, v in meta["accounting"].items()))
+        lines.append("  accounting of its run: " + ", ".join(f"{k}={v}" for k, v in meta["accounting"].items()))
+        lines.append(f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
+                     f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}")  # fmt: skip
         client = registry.client()
         for listed in sorted(registry._versions(task_type), key=lambda m: int(m.version)):
             mv = client.get_model_version(listed.name, listed.version)  # search results carry no aliases

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import time
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -62,6 +63,13 @@ class Curated:
     diversity_score: float = 0.0
     max_cross_split_similarity: float = 0.0  # highest cosine between a test and a train prompt
     max_user_share: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    def lap(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` to ``phase``; returns now."""
+        now = time.perf_counter()
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + now - since, 3)
+        return now
 
     def balanced(self) -> bool:
         """True when accepted + filtered + quarantined equals the rows read."""
@@ -303,6 +311,7 @@ def curate_frame(
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise KeyError(f"interaction log is missing columns {missing}; found {sorted(frame.columns)}")
+    clock = time.perf_counter()
     records: list[dict[str, Any]] = frame.to_dict("records")
     result = Curated(train=[], test=[], rows_read=len(records), reasons=[None] * len(records))
     outcome: dict[int, str] = _duplicate_ids(records)  # row index -> accounting key, for rows not accepted
@@ -317,6 +326,7 @@ def curate_frame(
     result.burst_users = sorted({k for i in bursts if (k := user_key(records[i].get("user_id")))})
     outcome.update(dict.fromkeys(bursts, "filtered:rating_burst"))
 
+    clock = result.lap("rules", clock)
     fresh: list[dict[str, Any]] = []
     for i in passed:
         if i in bursts:
@@ -344,6 +354,7 @@ def curate_frame(
                                        "reason": reason, "row": _quarantine_copy(records[i])})  # fmt: skip
     result.candidates = [{k: v for k, v in c.items() if k != "index"} for c in fresh]
 
+    clock = result.lap("scrub", clock)
     batch_ids = {c["row_id"] for c in fresh}
     pool = [dict(c, index=None) for c in earlier if c["row_id"] not in batch_ids] + fresh
     pool.sort(key=_quality_key)
@@ -370,6 +381,7 @@ def curate_frame(
             per_user[user] += 1
         unique.append(cand)
 
+    clock = result.lap("dedup_and_cap", clock)
     selected: list[int] = []
     if unique:
         from ftops.embedding import embed_with_cache
@@ -380,6 +392,7 @@ def curate_frame(
             vectors, result.embedded_new = embed_with_cache(embedder, prompts, cache)
         else:
             vectors, result.embedded_new = embedder.embed(prompts), len(prompts)
+        clock = result.lap("embed", clock)
         selected = select_diverse(vectors, cfg.target_size, cfg.diversity_threshold)
         result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
         chosen = set(selected)
@@ -395,6 +408,7 @@ def curate_frame(
         if test_rows and train_rows:
             result.max_cross_split_similarity = float((vectors[test_rows] @ vectors[train_rows].T).max())
 
+    clock = result.lap("select_and_split", clock)
     users: Counter[str] = Counter()
     for i in selected:
         cand = unique[i]

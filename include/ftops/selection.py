@@ -7,9 +7,11 @@ inner product of two rows.
 
 Three implementations of the one rule are provided:
 
-* :func:`select_diverse` — the production path. Candidates are taken a block at a time: one matrix product
-  compares the whole block with the kept set, and a block-internal similarity matrix resolves candidates of
-  the same block against one another in order. It runs at matrix-multiply speed.
+* :func:`select_diverse` — the production path. Candidates are taken a block at a time and compared with the
+  kept set by one matrix product; a block-internal similarity matrix then resolves the few survivors of a
+  block against one another in order. At high thresholds the product runs over the first quarter or so of
+  the dimensions plus one column bounding the rest (Cauchy-Schwarz), which rules out every pair but a
+  candidate's near duplicates; only those pairs get a full dot product. See :func:`_near_kept`.
 * :func:`select_diverse_naive` — the original per-candidate Python loop, one dot product per (candidate,
   kept) pair. The reference for tests and the baseline for benchmarks.
 * :func:`select_diverse_faiss_per_candidate` — one FAISS ``IndexFlatIP`` search per candidate: the
@@ -30,6 +32,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -37,7 +40,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _F32_UNIT_ROUNDOFF: float = 2.0**-24
-_MAX_PAIRS_PER_ROW: int = 8
+# Pairs per candidate left by the cheap pass above which the full product is cheaper than one gathered dot
+# product per pair (measured on 384-d rows: about 0.5 us a pair against 4-10 us a row for the full product).
+_MAX_PAIRS_PER_ROW: int = 4
+# The products here are small (a block of 1024 rows against a few hundred kept rows): a second BLAS thread
+# saves little on an idle machine and costs a lot on a busy one (measured on the 2-core development machine
+# at load 5: 2.8 s with two threads, 0.9 s with one; see benchmarks/README.md).
+_BLAS_THREADS: int = 1
 
 
 def _as_matrix(embeddings: np.ndarray) -> NDArray[np.float32]:
@@ -62,7 +71,8 @@ def _rounding_margin(matrix: NDArray[np.float32]) -> float:
 
     The classic bound for a float32 dot product of length ``d`` in any summation order is
     ``gamma_d * sum(|x_i * y_i|) <= gamma_d * |x| * |y|`` with ``gamma_d = d*u / (1 - d*u)``; a factor of
-    two covers the float32 norms and fused multiply-adds. For normalised 384-d rows it is about 5e-5.
+    two covers fused multiply-adds and the float32 sum of squares the norm is taken from (itself within
+    ``gamma_d`` of exact). For normalised 384-d rows it is about 5e-5.
     """
     if matrix.size == 0:
         return 0.0
@@ -104,28 +114,53 @@ def _any_similar(
     return any(_exact_similarity(rows[j], candidate) >= threshold for j in border)
 
 
+def _head_dims(dim: int, threshold: float) -> int:
+    """Dimensions of the cheap first pass of :func:`_near_kept`, or ``dim`` when that pass would not pay.
+
+    For rows whose energy is spread over all dimensions, a row's norm outside the first ``head`` is about
+    ``sqrt(1 - head / dim)``, so the tail bound is about ``1 - head / dim``. The pass rules out nearly every
+    unrelated pair when that bound sits 0.15 below ``threshold``: for 384-d rows at 0.9 that takes 96
+    dimensions, and an unrelated pair would need a partial similarity six standard deviations high to pass.
+    Beyond half the dimensions the pass saves too little.
+    """
+    head = max(32, math.ceil(dim * (1.15 - threshold) / 32) * 32)
+    return head if head <= dim // 2 else dim
+
+
+def _with_tail_bound(rows: NDArray[np.float32], head: int) -> NDArray[np.float32]:
+    """The first ``head`` columns of ``rows`` and one more: each row's norm over the other columns, rounded up.
+
+    The exact inner product of two such rows bounds that of the full rows from above (Cauchy-Schwarz on the
+    columns left out), and a float32 product of them is off by no more than one of the full rows would be, so
+    a computed bound below ``threshold - margin`` proves the pair is below ``threshold``. (The float64 tail
+    norms are off by about 1e-14 relative, far inside the factor of two in :func:`_rounding_margin`.)
+    """
+    bounded = np.empty((rows.shape[0], head + 1), dtype=np.float32)
+    bounded[:, :head] = rows[:, :head]
+    tail = np.sqrt(np.einsum("ij,ij->i", rows[:, head:], rows[:, head:], dtype=np.float64))
+    bounded[:, head] = np.nextafter(tail.astype(np.float32), np.float32(np.inf))
+    return bounded
+
+
 def _near_kept(
     block: NDArray[np.float32],
     kept_rows: NDArray[np.float32],
-    kept_tail_norms: NDArray[np.float32],
-    head: int,
+    kept_bounded: NDArray[np.float32] | None,
     threshold: float,
     margin: float,
 ) -> NDArray[np.bool_]:
     """Which rows of ``block`` have an exact similarity at or above ``threshold`` with some row of ``kept_rows``.
 
-    Cheap first pass (when ``head`` < dim): a matrix product over the first ``head`` dimensions only. By
-    Cauchy-Schwarz the rest of the inner product is at most the product of the two rows' norms over the other
-    dimensions (``tail``), so a pair whose partial similarity is below ``threshold - margin - tail * tail``
-    cannot reach ``threshold``. With the threshold near 1 that rules out almost every pair at a third of the
-    cost; the few pairs left get a full dot product. When too many pairs are left (rows concentrated in a
-    few dimensions, low thresholds), the rest of the matrix product is computed for the whole block instead.
+    With ``kept_bounded`` (see :func:`_with_tail_bound`), a cheap matrix product over a few dimensions plus the
+    tail bound comes first: a pair whose bound is below ``threshold - margin`` cannot reach ``threshold``.
+    Near the usual thresholds that rules out all but about one pair per candidate (its near duplicate),
+    and only those pairs get a full dot product. When many pairs are left (rows whose energy sits in the
+    dimensions left out, low thresholds), or without ``kept_bounded``, the full matrix product is used.
 
     Args:
         block: Candidate rows.
-        kept_rows: Rows kept so far (non-empty).
-        kept_tail_norms: Norm of each kept row over dimensions ``head:``, rounded up to float32.
-        head: Dimensions in the cheap pass; the full dimension turns the cheap pass off.
+        kept_rows: Rows kept so far (at least one).
+        kept_bounded: ``_with_tail_bound(kept_rows, head)``, or None to skip the cheap pass.
         threshold: Similarity at or above which a candidate is a near duplicate.
         margin: Rounding-error bound of a float32 inner product (see :func:`_rounding_margin`).
 
@@ -133,45 +168,27 @@ def _near_kept(
         Boolean mask over the rows of ``block``.
     """
     lower = threshold - margin
-    similarities: NDArray[np.float32] | None = None
-    if head < block.shape[1]:
-        partial = block[:, :head] @ kept_rows[:, :head].T
-        block_tail = np.sqrt(np.einsum("ij,ij->i", block[:, head:], block[:, head:], dtype=np.float64))
-        # The bound is loosened by one more margin and 1e-6 * |threshold| to cover its own float32 rounding
-        # (a few units in the last place of numbers no larger than |threshold| + the squared row norms).
-        slack = margin + 1e-6 * abs(threshold)
-        floor = (lower - slack) - np.multiply.outer(block_tail.astype(np.float32), kept_tail_norms)
-        possible = np.flatnonzero(partial >= floor)
-        if possible.size <= _MAX_PAIRS_PER_ROW * block.shape[0]:
-            rows, cols = np.divmod(possible, kept_rows.shape[0])
-            approx = np.einsum("ij,ij->i", block[rows], kept_rows[cols])
-        else:
-            similarities = partial + block[:, head:] @ kept_rows[:, head:].T
+    upper = threshold + margin
+    pairs: NDArray[np.intp] | None = None
+    if kept_bounded is not None:
+        bounds = _with_tail_bound(block, kept_bounded.shape[1] - 1) @ kept_bounded.T
+        pairs = np.flatnonzero(bounds >= lower)
+        if pairs.size > _MAX_PAIRS_PER_ROW * block.shape[0]:
+            pairs = None
+    if pairs is not None:
+        rows, cols = np.divmod(pairs, kept_rows.shape[0])
+        approx = np.einsum("ij,ij->i", block[rows], kept_rows[cols])
     else:
         similarities = block @ kept_rows.T
-    if similarities is not None:
         rows, cols = np.divmod(np.flatnonzero(similarities >= lower), kept_rows.shape[0])
         approx = similarities[rows, cols]
     near = np.zeros(block.shape[0], dtype=bool)
-    near[rows[approx >= threshold + margin]] = True
-    in_band = (approx >= lower) & (approx < threshold + margin)
+    near[rows[approx >= upper]] = True
+    in_band = (approx >= lower) & (approx < upper)
     for row, col in zip(rows[in_band].tolist(), cols[in_band].tolist(), strict=True):
         if not near[row] and _exact_similarity(block[row], kept_rows[col]) >= threshold:
             near[row] = True
     return near
-
-
-def _head_dims(dim: int, threshold: float) -> int:
-    """Dimensions in the cheap first pass of :func:`_near_kept`; ``dim`` when the pass would not pay.
-
-    For rows whose energy is spread evenly over the dimensions, the norm of a row outside the first ``head``
-    dimensions is about ``sqrt(1 - head / dim)``, so the bound on the rest of a pair's similarity is about
-    ``1 - head / dim``. The pass leaves few pairs when that sits 0.15 below ``threshold`` (for 384-d rows at
-    0.9: 96 dimensions, and the partial similarity of unrelated rows would need six standard deviations to
-    pass), and is worth it while ``head`` is at most half the dimensions.
-    """
-    head = max(32, math.ceil(dim * (1.15 - threshold) / 32) * 32)
-    return head if head <= dim // 2 else dim
 
 
 def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size: int = 1024) -> list[int]:
@@ -179,10 +196,10 @@ def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size:
 
     A candidate is kept when its cosine similarity with every already-kept row is below ``threshold``.
     Candidates are processed ``block_size`` at a time: a matrix product of the block against the kept set
-    (a cheap one over part of the dimensions first, see :func:`_near_kept`) removes candidates similar to an
-    earlier kept row, then the block's internal similarity matrix resolves the survivors in order (a kept
-    candidate removes the later ones of its block that are similar to it). The result is identical to
-    :func:`select_diverse_naive`.
+    (over a few dimensions plus a bound on the rest first, see :func:`_near_kept`) removes candidates similar
+    to an earlier kept row, then the block's internal similarity matrix resolves the few survivors in order (a
+    kept candidate removes the later ones of its block that are similar to it). The result is identical to
+    :func:`select_diverse_naive`. BLAS runs on one thread meanwhile (see ``_BLAS_THREADS``).
 
     Args:
         embeddings: ``(n, dim)`` array of L2-normalised rows, best candidate first.
@@ -199,48 +216,55 @@ def select_diverse(embeddings: np.ndarray, k: int, threshold: float, block_size:
     """
     _check_args(k, threshold, block_size)
     matrix = _as_matrix(embeddings)
-    n, dim = matrix.shape
-    if k == 0 or n == 0:
+    if k == 0 or matrix.shape[0] == 0:
         return []
+    with threadpool_limits(limits=_BLAS_THREADS, user_api="blas"):
+        kept, scanned = _select_in_blocks(matrix, k, threshold, block_size)
+    logger.info(
+        "Diversity selection kept %d of %d candidates scanned (%d given, k=%d)", len(kept), scanned, len(matrix), k
+    )
+    return kept
+
+
+def _select_in_blocks(matrix: NDArray[np.float32], k: int, threshold: float, block_size: int) -> tuple[list[int], int]:
+    """The loop of :func:`select_diverse`; returns the kept indices and how many candidates were scanned."""
+    n, dim = matrix.shape
     margin = _rounding_margin(matrix)
     head = _head_dims(dim, threshold)
     kept: list[int] = []
     kept_rows = np.empty((min(k, n), dim), dtype=np.float32)
-    kept_tail_norms = np.empty(min(k, n), dtype=np.float32)
+    kept_bounded = np.empty((min(k, n), head + 1), dtype=np.float32) if head < dim else None
     scanned = 0
     for start in range(0, n, block_size):
         block = matrix[start : start + block_size]
         scanned = start + block.shape[0]
         if kept:
-            survivors = np.flatnonzero(
-                ~_near_kept(block, kept_rows[: len(kept)], kept_tail_norms[: len(kept)], head, threshold, margin)
-            )
+            bounded = None if kept_bounded is None else kept_bounded[: len(kept)]
+            survivors = np.flatnonzero(~_near_kept(block, kept_rows[: len(kept)], bounded, threshold, margin))
         else:
             survivors = np.arange(block.shape[0])
         if survivors.size == 0:
             continue
         candidates = block[survivors]
+        candidates_bounded = None if kept_bounded is None else _with_tail_bound(candidates, head)
         within = candidates @ candidates.T
         rejected = np.zeros(survivors.size, dtype=bool)
         for pos in range(survivors.size):
             if rejected[pos]:
                 continue
             kept_rows[len(kept)] = candidates[pos]
-            tail = candidates[pos, head:].astype(np.float64)
-            kept_tail_norms[len(kept)] = math.sqrt(float(tail @ tail))
+            if kept_bounded is not None and candidates_bounded is not None:
+                kept_bounded[len(kept)] = candidates_bounded[pos]
             kept.append(start + int(survivors[pos]))
             if len(kept) == k:
-                break
+                return kept, scanned
             later = within[pos, pos + 1 :]
             rejected[pos + 1 :] |= later >= threshold + margin
             for offset in np.flatnonzero((later >= threshold - margin) & (later < threshold + margin)):
                 other = pos + 1 + int(offset)
                 if not rejected[other] and _exact_similarity(candidates[pos], candidates[other]) >= threshold:
                     rejected[other] = True
-        if len(kept) == k:
-            break
-    logger.info("Diversity selection kept %d of %d candidates scanned (%d given, k=%d)", len(kept), scanned, n, k)
-    return kept
+    return kept, scanned
 
 
 def select_diverse_naive(embeddings: np.ndarray, k: int, threshold: float) -> list[int]:

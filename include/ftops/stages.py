@@ -91,8 +91,9 @@ def curate_task_type(
     frame = read_interactions(engine, task_type, table=table, since=window_since, until=until,
                               future_after=future_after)  # fmt: skip
     window = {"since": window_since.isoformat() if window_since else None, "until": until.isoformat()}
+    read_s = time.perf_counter() - started
     log.info("Read %d %s rows from %s to %s (%.1f s)", len(frame), task_type, window["since"] or "the start",
-             window["until"], time.perf_counter() - started)  # fmt: skip
+             window["until"], read_s)  # fmt: skip
     base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame), "window": window}
 
     def finish(status: str, version: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -114,7 +115,10 @@ def curate_task_type(
         raise RuntimeError(f"accounting does not add up: {dict(curated.accounting)} vs {curated.rows_read} read")
     if not dry_run:
         write_quarantine(engine, run_key, curated.quarantined, table)
+    timings = {"read": round(read_s, 3), **curated.timings}
+    clock = time.perf_counter()
     raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
+    timings["validate_raw"] = round(time.perf_counter() - clock, 3)
     require(raw_report)
     accounting = summarise_accounting(curated.accounting)
     base |= {
@@ -131,6 +135,7 @@ def curate_task_type(
         "diversity_score": round(curated.diversity_score, 4),
         "max_cross_split_similarity": round(curated.max_cross_split_similarity, 4),
         "max_user_share": round(curated.max_user_share, 4),
+        "timings_s": timings,
     }
     size = len(curated.train) + len(curated.test)
     if size < cfg.curation.min_examples:
@@ -139,9 +144,11 @@ def curate_task_type(
         if not dry_run:
             upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
         return finish("dry_run" if dry_run else "insufficient")
+    clock = time.perf_counter()
     curated_report = validate_curated(curated.train, curated.test, cfg.curation, task_type,
                                       max_cross_split_similarity=curated.max_cross_split_similarity,
                                       docs_dir=docs_dir)  # fmt: skip
+    timings["validate_curated"] = round(time.perf_counter() - clock, 3)
     require(curated_report)
     if dry_run:
         return finish("dry_run")
@@ -151,8 +158,13 @@ def curate_task_type(
         "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }
+    clock = time.perf_counter()
     version = dataset_registry(cfg).publish(task_type, curated.train, curated.test, metadata)
+    timings["version"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
     upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
+    timings["pool"] = round(time.perf_counter() - clock, 3)
+    log.info("%s: time per phase (s): %s", task_type, ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
     return finish("versioned" if version.created else "unchanged", version.tag, content_hash=version.content_hash)
 
 

@@ -7,7 +7,9 @@ evaluates, registers and deploys. Plus ``airflow dags test ftops_curate`` agains
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -53,12 +55,49 @@ def base_model() -> Path:
 
 
 @pytest.fixture(scope="module")
-def simulated_logs() -> list[dict]:
+def task_logs(tmp_path_factory) -> Path:
+    """Everything the tasks log while this module runs (dag.test runs them in this process), in one file."""
+    path = tmp_path_factory.mktemp("logs") / "tasks.log"
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    handler.close()
+
+
+# The sensitive value inside each kind of sentence the simulator plants in prompts.
+_PLANTED = [r"My email is (\S+), please", r"call me at (.+?) if needed", r"Use my card (.+?) for the order",
+            r"\(request from (.+?)\)", r"OPENAI_API_KEY=(\S+)", r"aws_access_key_id = (\S+)", r"github token is (\S+)"]
+
+
+@pytest.fixture(scope="module")
+def planted() -> list[str]:
+    """Filled with every PII value and secret the simulator plants (see ``simulated_logs``)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def simulated_logs(task_logs, planted) -> list[dict]:
+    from ftops import simulate
     from ftops.cli import warehouse_url
-    from ftops.simulate import generate_interactions
     from ftops.warehouse import ensure_schema, insert_interactions
 
-    rows = generate_interactions(1500, seed=7, task_types=[TASK_TYPE])
+    real_pii = simulate._pii
+
+    def recording_pii(rng):
+        sentence = real_pii(rng)
+        planted.extend(m.group(1) for p in _PLANTED if (m := re.search(p, sentence)))
+        return sentence
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(simulate, "_pii", recording_pii)
+        rows = simulate.generate_interactions(1500, seed=7, task_types=[TASK_TYPE])
+    assert len(planted) >= 40, planted  # about 5 % of the rows carry one
     engine = sa.create_engine(warehouse_url())
     ensure_schema(engine)
     insert_interactions(engine, rows)
@@ -81,9 +120,11 @@ def curated(dags, simulated_logs) -> dict:
 def test_curation_versions_a_dataset_and_accounts_for_every_row(curated, simulated_logs) -> None:
     meta = curated["metadata"]
     assert curated["version"].tag == f"dataset/{TASK_TYPE}/v1"
-    assert sum(meta["accounting"].values()) == len(simulated_logs)
+    assert sum(meta["accounting"].values()) == meta["rows_read"] == len(simulated_logs)
     assert meta["accounting"]["accepted"] == meta["train_rows"] + meta["test_rows"] >= 100
-    assert meta["validation"]["success"] is True
+    assert meta["validation"]["raw"]["success"] is True and meta["validation"]["curated"]["success"] is True
+    assert meta["scrubbed"] and meta["diversity_score"] > 0 and meta["window"]["until"]
+    assert meta["max_cross_split_similarity"] < meta["config"]["diversity_threshold"]
     train = curated["registry"].read(curated["version"], "train")
     assert all(row["messages"][-1]["role"] == "assistant" for row in train)
 
@@ -140,6 +181,8 @@ def postgres_config(postgres_url, tmp_path) -> tuple[Path, str]:
     with sa.create_engine(postgres_url).begin() as conn:
         conn.exec_driver_sql(f"drop table if exists {table}")
         conn.exec_driver_sql(f"drop table if exists {table}_quarantine")
+        conn.exec_driver_sql(f"drop table if exists {table}_curated")
+        conn.exec_driver_sql(f"delete from ftops_curation_runs where log_table = '{table}'")
 
 
 def test_airflow_dags_test_curate_on_postgres(airflow_db, postgres_url, postgres_config, tmp_path) -> None:
@@ -169,3 +212,23 @@ def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothi
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["resolve_run_config"] == "failed" and states["train_candidate"] != "success"
     assert all(v.tags.get("dataset_version") != f"dataset/{TASK_TYPE}/v99" for v in registry._versions(TASK_TYPE))
+
+
+def test_planted_pii_and_secrets_appear_nowhere_downstream(curated, planted, task_logs) -> None:
+    """Runs last in this module, after curation, governance and fine-tuning have written everything."""
+    from ftops.cli import warehouse_url
+    from ftops.config import ftops_home
+
+    home = ftops_home()
+    scanned = [p for p in home.rglob("*") if p.is_file() and p.name != "warehouse.db"]  # raw logs live there
+    scanned.append(task_logs)
+    assert any("mlflow" in str(p) for p in scanned) and any("dvc-remote" in str(p) for p in scanned)
+    values = sorted(set(planted))
+    leaks = {str(p): [v for v in values if v.encode() in p.read_bytes()] for p in scanned}
+    assert {p: v for p, v in leaks.items() if v} == {}
+    # FT-Ops' own tables in the warehouse hold scrubbed copies only
+    with sa.create_engine(warehouse_url()).connect() as conn:
+        stored = [str(r) for t in ("interactions_quarantine", "interactions_curated", "ftops_curation_runs",
+                                   "ftops_decisions") for r in conn.exec_driver_sql(f"select * from {t}")]  # fmt: skip
+    assert len(stored) > 100
+    assert [v for v in values if any(v in row for row in stored)] == []

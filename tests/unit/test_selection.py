@@ -6,8 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from ftops.selection import (
+    _head_dims,
+    _rounding_margin,
+    _with_tail_bound,
     diversity_score,
     select_diverse,
     select_diverse_faiss_per_candidate,
@@ -111,6 +115,87 @@ def test_pairs_within_rounding_band_agree() -> None:
     for threshold in sorted(sims)[-5:]:
         for block_size in (1, 7, 1024):
             _all_three(embeddings, k=1000, threshold=float(threshold), block_size=block_size)
+
+
+def test_cheap_pass_is_on_for_high_thresholds_in_384_dims() -> None:
+    """The tests below rely on 384-d rows at thresholds 0.8-0.99 taking the partial-dimension pass."""
+    assert _head_dims(384, 0.9) == 96
+    assert _head_dims(384, 0.8) == 160
+    assert _head_dims(384, 0.99) == 64
+    assert _head_dims(384, 0.5) == 384  # would need more than half the dimensions: off
+    assert _head_dims(32, 0.9) == 32  # too few dimensions: off
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_tail_bound_is_an_upper_bound(seed: int, scale: float) -> None:
+    """The partial product plus the tail column never falls below the exact similarity minus the margin."""
+    rng = np.random.default_rng(seed)
+    rows = (scale * _planted(seed, n=200, dim=384, noise=0.6)).astype(np.float32)
+    rows[:20] *= rng.random((20, 1)).astype(np.float32)  # some shorter rows too
+    margin = _rounding_margin(rows)
+    exact = rows.astype(np.float64) @ rows.T.astype(np.float64)
+    for head in (32, 96, 192):
+        bounded = _with_tail_bound(rows, head)
+        assert bool(np.all(bounded @ bounded.T >= exact - margin))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("threshold", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("block_size", [1, 64, 1024])
+def test_batched_matches_naive_with_cheap_pass(seed: int, threshold: float, block_size: int) -> None:
+    embeddings = _planted(seed, n=500, dim=384, bases=30, noise=0.9)
+    kept = _all_three(embeddings, k=10_000, threshold=threshold, block_size=block_size)
+    assert 0 < len(kept) < len(embeddings)
+    assert _satisfies_rule(embeddings, kept, threshold)
+
+
+def test_batched_matches_naive_when_the_cheap_pass_leaves_many_pairs() -> None:
+    """Rows whose energy sits in the dimensions the cheap pass leaves out: the tail bound rules out no pair,
+    so the full product is used instead (the fallback path), with the same selection."""
+    embeddings = _planted(13, n=400, dim=384, bases=30, noise=0.9)
+    embeddings[:, :192] *= 0.01
+    embeddings = _normalise(embeddings)
+    for block_size in (7, 1024):
+        _all_three(embeddings, k=10_000, threshold=0.9, block_size=block_size)
+
+
+def test_rows_not_normalised_with_cheap_pass() -> None:
+    """The rule is on raw inner products; rows of norm 2 (similarities up to 4) take the same path exactly."""
+    embeddings = (2.0 * _planted(14, n=300, dim=384, bases=20, noise=0.9)).astype(np.float32)
+    _all_three(embeddings, k=10_000, threshold=3.6, block_size=64)
+
+
+def test_threshold_at_exact_similarity_with_cheap_pass() -> None:
+    """A pair exactly at a threshold of about 0.9 in 384 dimensions, where the cheap pass is on."""
+    rng = np.random.default_rng(15)
+    base = _normalise(rng.standard_normal((1, 384)))[0]
+    near = _normalise((base + 0.45 * _normalise(rng.standard_normal((1, 384)))[0])[None, :])[0]
+    others = _normalise(rng.standard_normal((30, 384)))
+    embeddings = np.vstack([base, others[:15], near, others[15:]]).astype(np.float32)
+    exact = math.fsum((base.astype(np.float64) * near.astype(np.float64)).tolist())
+    assert 0.85 < exact < 0.95
+    everyone = list(range(len(embeddings)))
+    for block_size in (1, 7, 1024):
+        kept = _all_three(embeddings, k=100, threshold=exact, block_size=block_size)
+        assert kept == [i for i in everyone if i != 16]
+        above = float(np.nextafter(exact, 2.0))
+        assert _all_three(embeddings, k=100, threshold=above, block_size=block_size) == everyone
+
+
+@pytest.mark.parametrize("k", [1, 5, 37, 100_000])
+def test_k_reached_mid_block_or_never_with_cheap_pass(k: int) -> None:
+    embeddings = _planted(16, n=400, dim=384, bases=30, noise=0.9)
+    everything = select_diverse_naive(embeddings, 100_000, 0.9)
+    assert 37 < len(everything) < len(embeddings)
+    for block_size in (16, 1024):
+        assert _all_three(embeddings, k=k, threshold=0.9, block_size=block_size) == everything[:k]
+
+
+def test_blas_thread_limit_is_lifted_afterwards() -> None:
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    select_diverse(_planted(17, n=300, dim=384), k=50, threshold=0.9)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
 
 
 def test_empty_and_zero_k() -> None:
