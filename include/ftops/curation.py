@@ -33,7 +33,9 @@ from ftops.config import CurationConfig
 from ftops.scrub import scrub
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+    from numpy.typing import NDArray
 
     from ftops.embedding import Embedder, EmbeddingCache
 
@@ -277,6 +279,39 @@ def _quarantine_copy(row: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
+def _select_with_user_cap(
+    vectors: NDArray[np.float32], users: Sequence[str | None], cfg: CurationConfig
+) -> tuple[list[int], set[int]]:
+    """Greedy diversity selection in which no user fills more than ``max_user_share`` of the result.
+
+    Selects; where a user has more than their share of the selection, that user's candidates from the first
+    one over the share onwards (in quality order) are left out, and the selection is made again. The prefix
+    before a removed candidate never changes, so each round keeps the capped users' best examples; rounds end
+    when no user is over their share (each round removes candidates, so they do end).
+
+    Returns:
+        The selected positions (in order) and the positions left out by the cap.
+    """
+    from ftops.selection import select_diverse
+
+    capped: set[int] = set()
+    while True:
+        keep = [i for i in range(len(users)) if i not in capped]
+        chosen = [keep[j] for j in select_diverse(vectors[keep], cfg.target_size, cfg.diversity_threshold)]
+        limit = max(1, math.floor(cfg.max_user_share * len(chosen)))
+        counts: Counter[str] = Counter()
+        over: dict[str, int] = {}
+        for i in chosen:
+            user = users[i]
+            if user is not None:
+                counts[user] += 1
+                if counts[user] == limit + 1:
+                    over[user] = i
+        if not over:
+            return chosen, capped
+        capped |= {j for user, first in over.items() for j in range(first, len(users)) if users[j] == user}
+
+
 def to_example(prompt: str, response: str) -> dict[str, Any]:
     """A chat-format training example (the OpenAI fine-tuning JSONL shape)."""
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
@@ -362,8 +397,6 @@ def curate_frame(
 
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
-    per_user: Counter[str] = Counter()
-    user_limit = max(1, math.ceil(cfg.max_user_share * cfg.target_size))
     for cand in pool:
         key = text_hash(cand["prompt"])
         if key in seen:
@@ -371,21 +404,13 @@ def curate_frame(
                 outcome[cand["index"]] = "filtered:duplicate"
             continue
         seen.add(key)
-        user = cand["user_key"]
-        if user is not None and per_user[user] >= user_limit:
-            result.capped_users[user] += 1
-            if cand["index"] is not None:
-                outcome[cand["index"]] = "filtered:user_cap"
-            continue
-        if user is not None:
-            per_user[user] += 1
         unique.append(cand)
 
-    clock = result.lap("dedup_and_cap", clock)
+    clock = result.lap("dedup", clock)
     selected: list[int] = []
     if unique:
         from ftops.embedding import embed_with_cache
-        from ftops.selection import diversity_score, select_diverse
+        from ftops.selection import diversity_score
 
         prompts = [c["prompt"] for c in unique]
         if cache is not None:
@@ -393,14 +418,18 @@ def curate_frame(
         else:
             vectors, result.embedded_new = embedder.embed(prompts), len(prompts)
         clock = result.lap("embed", clock)
-        selected = select_diverse(vectors, cfg.target_size, cfg.diversity_threshold)
+        selected, capped = _select_with_user_cap(vectors, [c["user_key"] for c in unique], cfg)
+        for i in capped:
+            result.capped_users[unique[i]["user_key"]] += 1
+            if unique[i]["index"] is not None:
+                outcome[unique[i]["index"]] = "filtered:user_cap"
         result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
         chosen = set(selected)
         # A rejected candidate is either too similar to a kept one, or came after the target was reached.
         # Candidates after the last kept one were never examined when the target was reached.
         last = selected[-1] if len(selected) == cfg.target_size else len(unique)
         for i, cand in enumerate(unique):
-            if i not in chosen and cand["index"] is not None:
+            if i not in chosen and i not in capped and cand["index"] is not None:
                 outcome[cand["index"]] = "filtered:near_duplicate" if i < last else "filtered:over_target"
         splits = [split_of(unique[i]["prompt"], cfg.test_split) for i in selected]
         test_rows = [i for i, s in zip(selected, splits, strict=True) if s == "test"]
@@ -428,7 +457,7 @@ def curate_frame(
         ", ".join(f"{k}={v}" for k, v in sorted(result.accounting.items()) if k != "accepted") or "nothing dropped",
     )  # fmt: skip
     if result.capped_users:
-        log.warning("User cap (%d per dataset) dropped %d candidates of %d users", user_limit,
+        log.warning("User cap (%.0f %% of a dataset) left out %d candidates of %d users", 100 * cfg.max_user_share,
                     sum(result.capped_users.values()), len(result.capped_users))  # fmt: skip
     if result.burst_users:
         log.warning("Bursts of top ratings from %d users: %d rows left out (%s)", len(result.burst_users),

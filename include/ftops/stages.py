@@ -85,6 +85,8 @@ def curate_task_type(
     table = cfg.interactions_table
     ensure_state_tables(engine, table)
     now = now or datetime.now(UTC)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # a trigger form's time without an offset means UTC
     window_since, until = curation_window(engine, run_key, task_type, now=now, since=since, table=table)
     # stamped later than this attempt (beyond clock skew): quarantined, not left for a window that never comes
     future_after = max(now, until) + timedelta(minutes=cfg.curation.future_tolerance_minutes)

@@ -135,6 +135,22 @@ def test_recurating_the_same_logs_makes_no_new_version(dags, curated) -> None:
     assert [v.tag for v in curated["registry"].versions(TASK_TYPE)] == [curated["version"].tag]
 
 
+def test_a_failing_task_type_does_not_stop_the_others(dags, curated) -> None:
+    from ftops.cli import warehouse_url
+    from ftops.simulate import generate_interactions
+    from ftops.warehouse import insert_interactions
+
+    broken = generate_interactions(40, seed=11, task_types=["sentiment"])
+    for i, r in enumerate(broken):
+        r["task_type"], r["id"] = "broken_feed", f"broken-{i}"
+        r["latency_ms"] = -1  # every row malformed: the raw suite fails this task type
+    insert_interactions(sa.create_engine(warehouse_url()), broken)
+    run = dags["ftops_curate"].test(run_conf={"task_types": [TASK_TYPE, "broken_feed"]})
+    states = {ti.map_index: ti.state for ti in run.get_task_instances() if ti.task_id == "curate_dataset"}
+    assert states == {0: "success", 1: "failed"}
+    assert [v.tag for v in curated["registry"].versions(TASK_TYPE)] == [curated["version"].tag]
+
+
 def test_governor_decides_to_train_and_records_why(dags, curated) -> None:
     from ftops.cli import warehouse_url
     from ftops.warehouse import read_decisions

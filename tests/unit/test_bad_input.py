@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from fakes import HashEmbedder, row
 
 from ftops.config import CurationConfig, FtopsConfig, StorageConfig
-from ftops.curation import curate_frame
+from ftops.curation import curate_frame, examples_of
 from ftops.stages import curate_task_type, dataset_registry
 from ftops.warehouse import ensure_schema, insert_interactions, read_pool
 
@@ -106,10 +106,21 @@ def test_a_burst_of_top_ratings_from_one_user_is_left_out_and_reported() -> None
 def test_one_user_cannot_fill_the_dataset() -> None:
     cfg = CFG.model_copy(update={"target_size": 20, "max_user_share": 0.1})
     days = [pd.Timestamp("2026-10-01", tz="UTC") + pd.Timedelta(days=i) for i in range(15)]
-    rows = [row(i) for i in range(20)] + [row(100 + i, user_id="u-heavy", timestamp=d) for i, d in enumerate(days)]
+    heavy = [row(100 + i, user_id="u-heavy", confidence=0.99, timestamp=d) for i, d in enumerate(days)]  # rated first
+    result = _curate([row(i) for i in range(30)] + heavy, cfg)
+    assert result.accounting["accepted"] == 20
+    assert result.accounting["filtered:user_cap"] == 13  # 2 = 10 % of 20 kept, the 13 after them left out
+    assert result.max_user_share == pytest.approx(0.1) and list(result.capped_users.values()) == [13]
+
+
+def test_the_user_cap_keeps_a_users_best_examples_and_counts_nothing_twice() -> None:
+    cfg = CFG.model_copy(update={"target_size": 10, "max_user_share": 0.2})
+    rows = [row(i, user_id="u-a" if i < 6 else f"u{i}", confidence=1 - i / 100,
+                timestamp=pd.Timestamp("2026-10-01", tz="UTC") + pd.Timedelta(days=i)) for i in range(16)]  # fmt: skip
     result = _curate(rows, cfg)
-    assert result.accounting["filtered:user_cap"] == 13  # 2 = 10 % of 20 kept
-    assert result.max_user_share <= 0.1 and sum(result.capped_users.values()) == 13
+    kept = {p for p, _ in examples_of(result.train + result.test)}
+    assert {f"Classify review number {i}: great value" for i in (0, 1)} <= kept  # u-a's two best
+    assert result.accounting["filtered:user_cap"] == 4 and result.accounting["accepted"] == 10
 
 
 def test_zero_rows_left_after_filtering_is_not_a_crash() -> None:
