@@ -6,7 +6,12 @@
 1. `resolve_run_config` validates every training choice from the form before any work starts: the values,
    that the dataset version exists and that the base model can be found.
 2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT) on the dataset version's train
-   split and logs the adapter, params and losses as an MLflow run in experiment `ftops-<task_type>`.
+   split and logs the adapter, params and losses as an MLflow run in experiment `ftops-<task_type>`. With the
+   `openai` backend it estimates the cost (refused above `max_cost_usd`), uploads the split and creates a
+   fine-tuning job on the API of the `openai_default` connection (key = password, base URL = host), with the
+   run id as the job's idempotency key; `wait_for_model` then polls the job in reschedule mode (no worker
+   slot held between pokes, every `FTOPS_API_POKE_SECONDS`, default 60), streams the job's events into its
+   log and fails with the API's message if the job fails or is cancelled.
 3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
    none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency; applies the deployment gate.
 4. `register_candidate` makes the run a version of `ftops-<task_type>` tagged with the dataset version,
@@ -19,18 +24,23 @@ Training runs in the one-slot `ftops_training` pool.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, resolve_config, snapshot
+from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, openai_client, resolve_config, snapshot
+
+# How often the sensor asks the fine-tuning API about a job; between pokes it holds no worker slot.
+API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
 
 
 @dag(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    default_args=DEFAULT_ARGS,
+    # evaluating a trained candidate goes before training the next run's (they share the training pool)
+    default_args={**DEFAULT_ARGS, "weight_rule": "upstream"},
     tags=TAGS["training"],
     doc_md=__doc__,
     params={
@@ -69,16 +79,35 @@ def ftops_finetune():
 
     @task(pool=TRAINING_POOL)
     def train_candidate(config: dict, params: dict | None = None) -> dict:
+        cfg, task_type = snapshot(config), params["task_type"]
+        run_key = f"{get_current_context()['run_id']}/{task_type}"
+        if cfg.training.backend.kind == "openai":  # submits the job and returns; wait_for_model waits
+            from ftops.api_training import submit_candidate
+
+            client = openai_client(cfg.training.backend.conn_id)
+            return submit_candidate(client, cfg, task_type, params["dataset_version"], run_key=run_key)
         from ftops.stages import train_candidate as train
 
-        run_key = f"{get_current_context()['run_id']}/{params['task_type']}"
-        return train(snapshot(config), params["task_type"], params["dataset_version"], run_key=run_key)
+        return train(cfg, task_type, params["dataset_version"], run_key=run_key)
+
+    @task.sensor(mode="reschedule", poke_interval=API_POKE_SECONDS, timeout=48 * 3600)
+    def wait_for_model(config: dict, trained: dict) -> PokeReturnValue:
+        if trained.get("backend") != "openai":  # trained in train_candidate itself
+            return PokeReturnValue(is_done=True, xcom_value=trained)
+        from ftops.api_training import poll_candidate
+
+        cfg = snapshot(config)
+        backend = cfg.training.backend
+        model = poll_candidate(openai_client(backend.conn_id), trained["run_id"], timeout_hours=backend.timeout_hours)
+        return PokeReturnValue(is_done=model is not None, xcom_value={**trained, "fine_tuned_model": model})
 
     @task(pool=TRAINING_POOL)
     def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:
         from ftops.stages import evaluate_candidate as evaluate
 
-        return evaluate(snapshot(config), params["task_type"], trained["run_id"])
+        cfg = snapshot(config)
+        conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
+        return evaluate(cfg, params["task_type"], trained["run_id"], api_client=lambda: openai_client(conn_id))
 
     @task
     def register_candidate(trained: dict, evaluation: dict, params: dict | None = None) -> dict:
@@ -107,7 +136,7 @@ def ftops_finetune():
         return archive_candidate(params["task_type"], registered["version"], registered["reasons"])
 
     config = resolve_run_config()
-    trained = train_candidate(config)
+    trained = wait_for_model(config, train_candidate(config))
     registered = register_candidate(trained, evaluate_candidate(config, trained))
     choose_path(registered) >> [deploy_canary(config, registered), archive(registered)]
 

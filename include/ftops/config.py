@@ -88,6 +88,26 @@ class OpenAIBackend(_Strict):
     n_epochs: int = Field(3, ge=1, le=50, description="Epochs the API trains for.")
     batch_size: int = Field(4, ge=1, description="API batch size.")
     learning_rate_multiplier: float = Field(0.1, gt=0, le=10, description="API learning-rate multiplier.")
+    suffix: str | None = Field(
+        None, max_length=64, description="Text the API adds to the fine-tuned model's name (ft:<base>:<org>:<suffix>:<id>)."
+    )
+    # Illustrative OpenAI list prices (USD per 1M trained tokens) when this was written: check the provider's
+    # pricing page. A model missing here cannot be trained, so an unpriced model never runs unbudgeted.
+    price_per_1m_training_tokens: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini-2024-07-18": 3.0,
+            "gpt-4o-2024-08-06": 25.0,
+            "gpt-4.1-2025-04-14": 25.0,
+            "gpt-4.1-mini-2025-04-14": 5.0,
+            "gpt-4.1-nano-2025-04-14": 1.5,
+            "gpt-3.5-turbo-0125": 8.0,
+        },
+        description="Training price per 1M tokens by base model (USD; illustrative list prices, check them).",
+    )
+    max_cost_usd: float = Field(
+        50, ge=0, description="Largest estimated training cost (tokens × epochs × price) a job may start with, USD."
+    )
+    timeout_hours: float = Field(24, gt=0, description="How long to wait for a job before giving up and cancelling it.")
 
 
 Backend = Annotated[HuggingFaceBackend | OpenAIBackend, Field(discriminator="kind")]
@@ -102,6 +122,20 @@ class GateConfig(_Strict):
     max_perplexity_increase: float = Field(0.0, ge=0, description="Allowed perplexity rise over the baseline (0 = none).")
     max_latency_increase_ms: float = Field(200, ge=0, description="Allowed p50 latency rise over the baseline, ms.")
     min_test_examples: int = Field(20, ge=1, description="Fewest test examples a decision may rest on.")
+    min_lower_bound_gain: float = Field(
+        0.0, description="The lower confidence bound of the accuracy gain (paired bootstrap) must exceed this."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the accuracy-gain confidence interval.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Paired bootstrap resamples for that interval.")
+    max_cost_per_1k_tokens: float | None = Field(
+        None, ge=0, description="Cost ceiling per 1 000 generated tokens for the candidate; empty = no ceiling."
+    )
+    compute_cost_per_hour: float = Field(
+        0.0,
+        ge=0,
+        description="Price of one hour of the machine that runs a local (Hugging Face) model, in the ceiling's "
+        "currency; turns measured generation time into cost per 1 000 tokens. 0 = not priced (cost 0).",
+    )
 
 
 class CanaryConfig(_Strict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,9 +22,12 @@ from ftops.curation import examples_of
 from ftops.datasets import DatasetRegistry, DatasetVersion
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import sqlalchemy as sa
 
     from ftops.embedding import Embedder
+    from ftops.evaluation import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +244,13 @@ def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None
     Returns:
         The dataset version's tag.
     """
-    _check_base_model(_hf_backend(cfg).base_model)
+    backend = cfg.training.backend
+    if isinstance(backend, HuggingFaceBackend):
+        _check_base_model(backend.base_model)
+    else:
+        from ftops.openai_ft import price_per_1m
+
+        price_per_1m(backend.base_model, backend.price_per_1m_training_tokens)  # no price: no budget check
     return dataset_registry(cfg).get(task_type, dataset).tag
 
 
@@ -297,15 +307,50 @@ def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
     mlflow.log_input(dataset, context="training")
 
 
-def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[str, Any]:
+def _evaluate_model(
+    tags: dict[str, str], adapter_uri: str, test: list[dict[str, Any]], cfg: FtopsConfig, folder: str,
+    api_client: Callable[[], Any] | None,
+) -> EvalResult:
+    """Evaluate one model given its training run's tags: a local base model plus LoRA adapter, or an API
+    model by its fine-tuned model id (``openai.fine_tuned_model``), or an untuned model (no adapter, no id)."""
+    from ftops.evaluation import evaluate, load_model
+
+    if tags.get("backend") == "openai":
+        from ftops.api_training import MODEL_TAG, evaluate_api_model
+
+        if api_client is None:
+            raise ValueError("an API model is to be evaluated but no API connection was given")
+        return evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test)
+    base = _check_base_model(tags["base_model"])
+    adapter = mlflow_download(adapter_uri, folder) if adapter_uri else None
+    return evaluate(load_model(base, adapter), test, cost_per_hour=cfg.gate.compute_cost_per_hour)
+
+
+def mlflow_download(uri: str, folder: str) -> str:
+    import mlflow
+
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
+
+
+def evaluate_candidate(
+    cfg: FtopsConfig, task_type: str, run_id: str, *, api_client: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     """Evaluate candidate and baseline (champion, or the base model) on the test split; apply the gate.
 
-    Metrics and a report go to the candidate's MLflow run. Retry-safe (evaluation has no side effect but
-    the run's metrics, which are overwritten).
+    Both models answer the same test examples in the same order, so the accuracy gain gets a paired
+    bootstrap confidence interval (``cfg.gate.confidence``, ``cfg.gate.bootstrap_resamples``, fixed seed:
+    a retry reaches the same decision on the same answers). The candidate's MLflow run gets the metrics
+    (``candidate_*``, ``baseline_*``, ``accuracy_gain`` and its CI bounds) and ``evaluation/report.json``,
+    ``evaluation/report.md`` and ``evaluation/outputs.jsonl`` (every example's prompt, reference, both
+    answers and whether each was right). Retry-safe (evaluation has no side effect but the run's metrics
+    and report, which are overwritten).
+
+    Returns:
+        The report (small enough for XCom): metrics of both, the gain's CI and the gate decision.
     """
     import mlflow
 
-    from ftops.evaluation import evaluate, load_model
+    from ftops.evaluation import paired_bootstrap
     from ftops.gate import apply_gate
 
     c = registry.client()
@@ -313,41 +358,74 @@ def evaluate_candidate(cfg: FtopsConfig, task_type: str, run_id: str) -> dict[st
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, run.data.tags["dataset_version"])
     test = datasets.read(version, "test")
-    base_model = _check_base_model(run.data.tags["base_model"])
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter", dst_path=f"{tmp}/c")
-        candidate = evaluate(load_model(base_model, adapter), test)
+        tags = run.data.tags
+        candidate = _evaluate_model(tags, f"{run.info.artifact_uri}/adapter", test, cfg, f"{tmp}/c", api_client)
         champion = registry.alias_version(task_type, registry.CHAMPION)
         if champion is not None:
             baseline_name = f"champion v{champion.version}"
-            champ_adapter = mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=f"{tmp}/b")
-            champ_base = _check_base_model(champion.tags.get("base_model", run.data.tags["base_model"]))
-            baseline = evaluate(load_model(champ_base, champ_adapter), test)
+            champ_tags = {**c.get_run(champion.run_id).data.tags, **champion.tags} if champion.run_id else champion.tags
+            baseline = _evaluate_model(champ_tags, champion.source or "", test, cfg, f"{tmp}/b", api_client)
         else:
-            baseline_name = f"base model {run.data.tags['base_model']}"
-            baseline = evaluate(load_model(base_model), test)
-    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate)
+            baseline_name = f"base model {tags['base_model']}"
+            untuned = {"backend": tags["backend"], "base_model": tags["base_model"]}
+            baseline = _evaluate_model(untuned, "", test, cfg, f"{tmp}/b", api_client)
+    ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
+                          confidence=cfg.gate.confidence, seed=0)  # fmt: skip
+    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci)
+    accuracy_gain = {"diff": ci[0], "low": ci[1], "high": ci[2], "confidence": cfg.gate.confidence,
+                     "resamples": cfg.gate.bootstrap_resamples, "method": "paired bootstrap, percentile"}  # fmt: skip
     report = {
         "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name,
-        "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics, "gate": gate.as_dict(),
+        "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics,
+        "accuracy_gain": accuracy_gain, "gate": gate.as_dict(),
     }  # fmt: skip
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": float(v) for k, v in baseline.metrics.items()})
+        mlflow.log_metrics({"accuracy_gain": ci[0], "accuracy_gain_ci_low": ci[1], "accuracy_gain_ci_high": ci[2]})
         mlflow.log_dict(report, "evaluation/report.json")
-        mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name), "evaluation/report.md")
+        mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name, accuracy_gain,
+                                        gate.reasons), "evaluation/report.md")  # fmt: skip
         outputs = [
-            {"prompt": p, "reference": r, "candidate": co, "baseline": bo}
-            for (p, r), co, bo in zip(examples_of(test), candidate.outputs, baseline.outputs, strict=True)
-        ]
+            {"prompt": p, "reference": r, "candidate": co, "baseline": bo, "candidate_correct": cc,
+             "baseline_correct": bc}
+            for (p, r), co, bo, cc, bc in zip(examples_of(test), candidate.outputs, baseline.outputs,
+                                              candidate.correct, baseline.correct, strict=True)
+        ]  # fmt: skip
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
-    return report
+    return _json_safe(report)
 
 
-def _markdown_table(candidate: dict[str, float], baseline: dict[str, float], baseline_name: str) -> str:
-    lines = [f"| metric | candidate | {baseline_name} |", "|---|---|---|"]
-    lines += [f"| {k} | {candidate[k]:.4g} | {baseline.get(k, float('nan')):.4g} |" for k in candidate]
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (an API model's perplexity) become None: XCom is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _markdown_table(
+    candidate: dict[str, float],
+    baseline: dict[str, float],
+    baseline_name: str,
+    accuracy_gain: dict[str, Any] | None = None,
+    reasons: list[str] | None = None,
+) -> str:
+    lines = [f"| metric | candidate | {baseline_name} | difference |", "|---|---|---|---|"]
+    for k in candidate:
+        other = baseline.get(k, float("nan"))
+        lines.append(f"| {k} | {candidate[k]:.4g} | {other:.4g} | {candidate[k] - other:+.4g} |")
+    if accuracy_gain is not None:
+        g = accuracy_gain
+        lines.append(f"| accuracy gain, {g['confidence']:.0%} CI ({g['method']}, {g['resamples']} resamples) "
+                     f"| | | {g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] |")  # fmt: skip
+    if reasons:
+        lines += ["", "Gate:", ""] + [f"- {r}" for r in reasons]
     return "\n".join(lines) + "\n"
 
 
@@ -365,9 +443,10 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
         "decision": gate["decision"],
         "reason": "; ".join(gate["reasons"]),
     }
-    tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items()}
-    tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items()}
-    return registry.register(task_type, run_id, f"{run.info.artifact_uri}/adapter", tags)
+    tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items() if v is not None}
+    tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items() if v is not None}
+    artifact = "model" if run.data.tags["backend"] == "openai" else "adapter"  # API: a pointer to the model id
+    return registry.register(task_type, run_id, f"{run.info.artifact_uri}/{artifact}", tags)
 
 
 def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:

@@ -79,3 +79,12 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
         return sa.create_engine(f"sqlite:///{path}")
     return conn.get_hook().get_sqlalchemy_engine()
 
+
+def openai_client(conn_id: str) -> Any:
+    """An ``openai`` client for an OpenAI-compatible API: key from the connection's password, base URL from
+    its host (or ``extra.openai_client_kwargs.base_url``, as the OpenAI provider reads it)."""
+    from ftops.openai_ft import make_client
+
+    conn = BaseHook.get_connection(conn_id)
+    base_url = conn.host or (conn.extra_dejson.get("openai_client_kwargs") or {}).get("base_url")
+    return make_client(conn.password, base_url)

@@ -72,7 +72,10 @@ def test_finetune_structure(dagbag) -> None:
     dag = dagbag.dags["ftops_finetune"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert downstream["resolve_run_config"] >= {"train_candidate", "evaluate_candidate"}
-    assert "evaluate_candidate" in downstream["train_candidate"]
+    assert downstream["train_candidate"] == {"wait_for_model"}
+    assert "evaluate_candidate" in downstream["wait_for_model"]
+    wait = dag.get_task("wait_for_model")
+    assert wait.mode == "reschedule"  # an API job's hours of training hold no worker slot
     assert "register_candidate" in downstream["evaluate_candidate"]
     assert downstream["choose_path"] == {"deploy_canary", "archive"}
     assert dag.get_task("train_candidate").pool == "ftops_training"

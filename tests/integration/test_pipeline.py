@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,36 +20,6 @@ import yaml
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TASK_TYPE = "city_extraction"  # the simulator task the tiny model learns best in a CI-sized run
-
-
-def _airflow(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, check=False)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    out = _airflow("db", "migrate")
-    assert out.returncode == 0, out.stderr[-3000:]
-    for pool in ("ftops_training", "ftops_versioning"):
-        assert _airflow("pools", "set", pool, "1", "test").returncode == 0
-
-
-@pytest.fixture(scope="module")
-def dags(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags
-
-
-@pytest.fixture(scope="module")
-def base_model() -> Path:
-    from ftops.basemodel import build_base_model
-    from ftops.config import LOCAL_BASE_MODEL, resolve_base_model
-
-    return build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL)))
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +169,7 @@ def postgres_config(postgres_url, tmp_path) -> tuple[Path, str]:
         conn.exec_driver_sql(f"delete from ftops_curation_runs where log_table = '{table}'")
 
 
-def test_airflow_dags_test_curate_on_postgres(airflow_db, postgres_url, postgres_config, tmp_path) -> None:
+def test_airflow_dags_test_curate_on_postgres(airflow_db, airflow_cli, postgres_url, postgres_config, tmp_path) -> None:
     from ftops.simulate import generate_interactions
     from ftops.warehouse import ensure_schema, insert_interactions, read_interactions
 
@@ -213,7 +181,7 @@ def test_airflow_dags_test_curate_on_postgres(airflow_db, postgres_url, postgres
         "AIRFLOW_CONN_FTOPS_WAREHOUSE": "postgresql://postgres@127.0.0.1:5432/test",
         "FTOPS_CONFIG": str(config_path),
     }
-    out = _airflow("dags", "test", "ftops_curate", "-c", json.dumps({"task_types": ["city_extraction"]}), env=env)
+    out = airflow_cli("dags", "test", "ftops_curate", "-c", json.dumps({"task_types": ["city_extraction"]}), env=env)
     assert out.returncode == 0 and "state=success" in out.stdout + out.stderr, (out.stdout + out.stderr)[-4000:]
     tags = subprocess.run(["git", "tag"], cwd=tmp_path / "datasets", capture_output=True, text=True).stdout.split()
     assert tags == ["dataset/city_extraction/v1"]

@@ -9,9 +9,7 @@ Thresholds leave headroom below the measured values noted by each assertion.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from chat_rows import clean_chat_rows  # noqa: E402
+
 from ftops.basemodel import build_base_model, is_complete  # noqa: E402
 from ftops.config import HuggingFaceBackend  # noqa: E402
 from ftops.evaluation import METRIC_KEYS, EvalResult, evaluate, load_model, normalise  # noqa: E402
-from ftops.simulate import generate_interactions, reference_response  # noqa: E402
 from ftops.training import TrainingError, TrainResult, train_lora  # noqa: E402
 
 TASK = "sentiment"
@@ -34,26 +33,7 @@ CORPUS_CHARS = 200_000
 PARAMS = HuggingFaceBackend(epochs=10, batch_size=16, learning_rate=5e-3, lora_r=16, lora_alpha=32, seed=0)
 
 
-def chat_rows(task_type: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """Clean, distinct chat examples from the simulator: the prompt and the reference reply."""
-    rows, seen = [], set()
-    for r in generate_interactions(4 * n, seed=seed, task_types=[task_type]):
-        prompt = r["prompt"].strip()
-        if not r["success"] or r["metadata"] is None or prompt in seen:
-            continue
-        seen.add(prompt)
-        answer = reference_response(task_type, json.loads(r["metadata"])["expected"])
-        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
-    return rows[:n]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Two cores shared with other work: torch's second thread then spin-waits, measured 8x slower per step.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +45,7 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    rows = chat_rows(TASK, N_TRAIN + N_TEST, seed=11)
+    rows = clean_chat_rows(TASK, N_TRAIN + N_TEST, seed=11)
     test_prompts = {r["messages"][0]["content"] for r in rows[N_TRAIN:]}
     train = [r for r in rows[:N_TRAIN] if r["messages"][0]["content"] not in test_prompts]
     return train, rows[N_TRAIN:]

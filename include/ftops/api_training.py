@@ -1,0 +1,161 @@
+"""The ``ftops_finetune`` steps for the OpenAI-compatible backend: submit, poll, record.
+
+Each step reads and writes durable state only: the job lives on the API (found again by its idempotency
+key), and the MLflow run of the candidate holds the job id, the event cursor and, once trained, the
+fine-tuned model id. So a retried or rescheduled task, on any worker, carries on where the last one stopped.
+The API key comes from the caller (the Airflow connection) and is never logged, tagged or returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ftops import registry
+from ftops.config import FtopsConfig, OpenAIBackend
+
+if TYPE_CHECKING:
+    import openai
+
+    from ftops.evaluation import EvalResult
+
+log = logging.getLogger(__name__)
+
+JOB_TAG = "openai.job_id"
+CURSOR_TAG = "openai.last_event_id"
+MODEL_TAG = "openai.fine_tuned_model"
+
+
+def _backend(cfg: FtopsConfig) -> OpenAIBackend:
+    backend = cfg.training.backend
+    if not isinstance(backend, OpenAIBackend):
+        raise ValueError(f"training.backend.kind is {backend.kind!r}, not 'openai'")
+    return backend
+
+
+def submit_candidate(
+    client: openai.OpenAI, cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str
+) -> dict[str, Any]:
+    """Start (or find again) the fine-tuning job of one candidate and record it as an MLflow run.
+
+    Retry-safe twice over: a finished MLflow run with this run key returns its job at once, and the job's
+    idempotency key (the run key) makes :func:`ftops.openai_ft.submit_job` find a job created by an attempt
+    that crashed before recording it.
+
+    Returns:
+        ``run_id``, ``job_id``, ``dataset_version`` and ``backend``.
+
+    Raises:
+        BudgetExceededError: The cost estimate is above ``max_cost_usd`` (nothing is uploaded).
+        APIRequestError: The API refused the request (its message is in the error).
+    """
+    import mlflow
+
+    from ftops.openai_ft import estimate_cost, submit_job
+    from ftops.stages import _log_dataset_input, dataset_registry
+
+    backend = _backend(cfg)
+    datasets = dataset_registry(cfg)
+    version = datasets.get(task_type, dataset)
+    existing = registry.find_run(task_type, run_key)
+    if existing:
+        job_id = registry.client().get_run(existing).data.tags[JOB_TAG]
+        log.info("Run key %s already submitted job %s (MLflow run %s)", run_key, job_id, existing)
+        return {"run_id": existing, "job_id": job_id, "dataset_version": version.tag, "backend": "openai"}
+    train = datasets.read(version, "train")
+    if len(train) < cfg.gate.min_test_examples:
+        raise ValueError(f"{version.tag} has only {len(train)} training examples")
+    estimate = estimate_cost(train, backend)
+    with mlflow.start_run(experiment_id=registry.experiment_id(task_type),
+                          run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}-api") as run:  # fmt: skip
+        mlflow.set_tags({
+            "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
+            "backend": "openai", "base_model": backend.base_model, "task_type": task_type,
+        })  # fmt: skip
+        params = backend.model_dump(mode="json", exclude={"price_per_1m_training_tokens"})
+        mlflow.log_params(params | {"train_examples": len(train)})
+        mlflow.log_metrics({"estimated_cost_usd": estimate.usd, "estimated_training_tokens": estimate.billable_tokens})
+        _log_dataset_input(version, datasets.root)
+        job_id = submit_job(client, train_rows=train, validation_rows=None, backend=backend, idempotency_key=run_key,
+                            metadata={"task_type": task_type, "dataset_version": version.tag})  # fmt: skip
+        mlflow.set_tag(JOB_TAG, job_id)
+    log.info("Submitted fine-tuning job %s for %s on %s (estimated $%.2f)", job_id, task_type, version.tag, estimate.usd)
+    return {"run_id": run.info.run_id, "job_id": job_id, "dataset_version": version.tag, "backend": "openai"}
+
+
+def poll_candidate(client: openai.OpenAI, run_id: str, *, timeout_hours: float = 24) -> str | None:
+    """One poke: log the job's new events, and return the fine-tuned model id once it succeeded.
+
+    The event cursor is kept on the MLflow run, so a rescheduled sensor logs each event once.
+
+    Returns:
+        The fine-tuned model id when the job succeeded; None while it runs.
+
+    Raises:
+        FineTuneJobFailed: The job ended ``failed`` or ``cancelled`` (the API's message is in the error), or
+            ran longer than ``timeout_hours`` since it was submitted (it is cancelled first).
+    """
+    from ftops.openai_ft import FineTuneJobFailed, cancel_job, poll_job, raise_for_terminal_failure
+
+    c = registry.client()
+    run = c.get_run(run_id)
+    tags = run.data.tags
+    status = poll_job(client, tags[JOB_TAG], after_event_id=tags.get(CURSOR_TAG))
+    if status.last_event_id and status.last_event_id != tags.get(CURSOR_TAG):
+        c.set_tag(run_id, CURSOR_TAG, status.last_event_id)
+    if not status.done:
+        waited_h = (time.time() * 1000 - run.info.start_time) / 3_600_000
+        if waited_h > timeout_hours:
+            cancel_job(client, status.job_id)
+            raise FineTuneJobFailed(f"fine-tuning job {status.job_id} still {status.status} after {waited_h:.1f} h "
+                                    f"(timeout_hours {timeout_hours:g}): cancelled")  # fmt: skip
+        log.info("Job %s is %s", status.job_id, status.status)
+        return None
+    c.set_tag(run_id, "openai.status", status.status)
+    raise_for_terminal_failure(status)
+    model = str(status.fine_tuned_model)
+    c.set_tag(run_id, MODEL_TAG, model)
+    if status.trained_tokens is not None:
+        c.log_metric(run_id, "trained_tokens", status.trained_tokens)
+    c.log_dict(run_id, {"fine_tuned_model": model, "job_id": status.job_id}, "model/api_model.json")
+    log.info("Job %s succeeded: %s", status.job_id, model)
+    return model
+
+
+def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Mapping[str, Any]]) -> EvalResult:
+    """Answer the test prompts with an API model through chat completions and score them like a local model.
+
+    Perplexity and cost per 1 000 tokens are NaN: a chat completion returns no reference log-likelihood, and
+    serving prices are the provider's. Latency is each request's wall time, network included.
+    """
+    from ftops.evaluation import EvalResult, score_answers
+    from ftops.openai_ft import chat_complete
+    from ftops.training import split_conversation
+
+    if not test_rows:
+        raise ValueError("no test rows to evaluate")
+    outputs, references, latencies, tokens = [], [], [], 0
+    for row in test_rows:
+        turns, reference = split_conversation(row["messages"])
+        reply = chat_complete(client, model, turns, temperature=0, max_tokens=64)
+        outputs.append(reply.text.strip())
+        references.append(reference)
+        latencies.append(reply.latency_ms)
+        tokens += reply.usage_tokens or 0
+    scores, correct = score_answers(outputs, references)
+    ordered = sorted(latencies)
+    metrics = {
+        **scores,
+        "perplexity": math.nan,
+        "latency_p50_ms": ordered[len(ordered) // 2],
+        "latency_p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "tokens_per_s": tokens / max(sum(latencies) / 1000, 1e-9),
+        "cost_per_1k_tokens": math.nan,
+        "n": float(len(outputs)),
+    }
+    log.info("Evaluated %s on %d examples: accuracy %.3f, BLEU %.1f, ROUGE-L %.3f, p50 %.0f ms", model,
+             len(outputs), metrics["accuracy"], metrics["bleu"], metrics["rouge_l"], metrics["latency_p50_ms"])  # fmt: skip
+    return EvalResult(metrics=metrics, outputs=outputs, correct=correct)

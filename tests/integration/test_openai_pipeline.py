@@ -1,0 +1,98 @@
+"""``ftops_finetune`` with the OpenAI-compatible backend, end to end through ``dag.test()``, against a local
+server that speaks the OpenAI API (tests/fake_openai.py), reached through the real ``openai`` client and the
+``openai_default`` connection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TASK_TYPE = "api_sentiment"  # a task type of its own: other end-to-end modules share the registries
+API_KEY = "sk-test-ftops-e2e-0123456789abcdefghijklmnop"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with pytest.MonkeyPatch.context() as mp, FakeOpenAI(api_key=API_KEY) as fake:
+        mp.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps({"conn_type": "openai", "host": fake.base_url,
+                                                             "password": API_KEY}))  # fmt: skip
+        mp.setenv("FTOPS_API_POKE_SECONDS", "0.2")  # read when the DAG file is parsed (the dags fixture)
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def api_dags(server, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert bag.dags["ftops_finetune"].get_task("wait_for_model").poke_interval == 0.2
+    return bag.dags
+
+
+@pytest.fixture(scope="module")
+def dataset() -> str:
+    from ftops.config import load_config
+    from ftops.curation import split_of, to_example
+    from ftops.simulate import generate_interactions
+    from ftops.stages import dataset_registry
+
+    rows = [r for r in generate_interactions(400, seed=5, task_types=["sentiment"])
+            if r["success"] and (r["user_feedback"] or 0) >= 4 and len(r["prompt"]) < 2000]  # fmt: skip
+    unique = {r["prompt"]: r for r in rows}.values()
+    examples = [(split_of(r["prompt"], 0.2), to_example(r["prompt"], r["response"])) for r in unique]
+    version = dataset_registry(load_config()).publish(
+        TASK_TYPE, [e for s, e in examples if s == "train"], [e for s, e in examples if s == "test"],
+        {"source": "test_openai_pipeline"},
+    )  # fmt: skip
+    return version.tag
+
+
+def _conf(**extra) -> dict:
+    return {"task_type": TASK_TYPE, "backend": "openai", "reason": "API end-to-end test", **extra}
+
+
+def test_api_fine_tune_survives_a_lost_create_response_with_one_job_and_registers_it(api_dags, server, dataset,
+                                                                                      caplog) -> None:
+    from ftops import registry
+
+    server.lose_create_response = True  # the job is created, the response is a 500: the client sees a failure
+    run = api_dags["ftops_finetune"].test(run_conf=_conf())
+    server.lose_create_response = False
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["wait_for_model"] == "success", states
+    # the create's response was lost; the job was found by its idempotency key instead of created again
+    assert server.calls["POST /v1/fine_tuning/jobs"] == 1 and len(server.jobs) == 1
+    assert "exists: using it" in caplog.text
+    (job,) = server.jobs
+    assert job["status"] == "succeeded" and job["metadata"]["dataset_version"] == dataset
+    (version,) = registry._versions(TASK_TYPE)
+    tags = version.tags
+    assert tags["backend"] == "openai" and tags["dataset_version"] == dataset
+    run_tags = registry.client().get_run(version.run_id).data.tags
+    assert run_tags["openai.fine_tuned_model"] == job["fine_tuned_model"]
+    assert tags["decision"] in ("deploy", "archive") and tags["reason"]
+    assert states["deploy_canary" if tags["decision"] == "deploy" else "archive"] == "success"
+    assert "fine_tuning.job" in caplog.text or "Job " in caplog.text  # events streamed into the task log
+    assert API_KEY not in caplog.text
+
+
+def test_an_api_job_that_fails_fails_the_run_with_the_apis_message_and_registers_nothing(api_dags, server,
+                                                                                          dataset, caplog) -> None:
+    from ftops import registry
+
+    before = len(registry._versions(TASK_TYPE))
+    server.fail_next_job = True
+    run = api_dags["ftops_finetune"].test(run_conf=_conf())
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["wait_for_model"] == "failed", states
+    assert states["evaluate_candidate"] != "success"
+    assert server.failure_error["message"] in caplog.text
+    assert len(registry._versions(TASK_TYPE)) == before
+    assert API_KEY not in caplog.text and os.environ.get("OPENAI_API_KEY") is None

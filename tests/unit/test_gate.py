@@ -1,0 +1,114 @@
+"""The deployment gate: every criterion, each failing alone, the confidence bound and the cost ceiling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ftops.config import GateConfig
+from ftops.gate import apply_gate
+
+BASELINE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "cost_per_1k_tokens": 0.002, "n": 100}
+GOOD = {**BASELINE, "accuracy": 0.60, "perplexity": 8.0, "latency_p50_ms": 60.0}
+GOOD_CI = (0.20, 0.11, 0.29)
+CEILING = GateConfig(max_cost_per_1k_tokens=0.01)
+
+
+def _failed(d: Any) -> list[str]:
+    return [r for r in d.reasons if r.startswith("FAIL")]
+
+
+def test_a_clear_improvement_passes_and_every_criterion_is_listed() -> None:
+    d = apply_gate(GOOD, BASELINE, CEILING, GOOD_CI)
+    assert d.passed and d.decision == "deploy" and d.as_dict()["decision"] == "deploy"
+    assert len(d.reasons) == 6 and all(r.startswith("ok: ") for r in d.reasons)
+    text = "\n".join(d.reasons)
+    for words in ("test examples 100", "gain +0.200", "95% CI [+0.110, +0.290]", "perplexity 8.00 vs 10.00",
+                  "p50 latency 60.0 ms vs 50.0 ms", "cost per 1 000 tokens 0.002 (ceiling 0.01)"):  # fmt: skip
+        assert words in text
+
+
+@pytest.mark.parametrize(
+    ("change", "ci", "cfg", "words"),
+    [
+        ({"n": 19}, GOOD_CI, CEILING, "test examples 19 (need ≥ 20)"),
+        ({"accuracy": 0.44}, (0.04, 0.01, 0.07), CEILING, "gain +0.040 (need ≥ +0.050)"),
+        ({}, (0.20, -0.01, 0.41), CEILING, "lower bound -0.010 (need > +0.000)"),
+        ({"perplexity": 10.5}, GOOD_CI, CEILING, "perplexity 10.50 vs 10.00"),
+        ({"latency_p50_ms": 250.0}, GOOD_CI, CEILING, "p50 latency 250.0 ms vs 50.0 ms"),
+        ({"cost_per_1k_tokens": 0.02}, GOOD_CI, CEILING, "cost per 1 000 tokens 0.02 (ceiling 0.01)"),
+    ],
+    ids=["test size", "accuracy gain", "lower confidence bound", "perplexity", "latency", "cost ceiling"],
+)
+def test_each_criterion_failing_alone_archives_with_its_reason(
+    change: dict[str, float], ci: tuple[float, float, float], cfg: GateConfig, words: str
+) -> None:
+    d = apply_gate({**GOOD, **change}, BASELINE, cfg, ci)
+    assert not d.passed and d.decision == "archive"
+    failed = _failed(d)
+    assert len(failed) == 1, d.reasons
+    assert words in failed[0]
+    assert len(d.reasons) == 6  # the passed criteria are still listed
+
+
+def test_the_lower_bound_must_be_strictly_above_the_threshold() -> None:
+    assert not apply_gate(GOOD, BASELINE, CEILING, (0.20, 0.0, 0.4)).passed  # identical models give 0
+    stricter = GateConfig(min_lower_bound_gain=0.05)
+    assert apply_gate(GOOD, BASELINE, stricter, (0.20, 0.06, 0.34)).passed
+    d = apply_gate(GOOD, BASELINE, stricter, (0.20, 0.05, 0.35))
+    assert _failed(d) == [r for r in d.reasons if "lower bound +0.050 (need > +0.050)" in r]
+
+
+def test_latency_rise_must_stay_under_the_limit() -> None:
+    assert apply_gate({**GOOD, "latency_p50_ms": 249.9}, BASELINE, CEILING, GOOD_CI).passed
+    assert not apply_gate({**GOOD, "latency_p50_ms": 250.0}, BASELINE, CEILING, GOOD_CI).passed
+
+
+def test_no_cost_ceiling_by_default_and_the_reason_says_so() -> None:
+    expensive = {**GOOD, "cost_per_1k_tokens": 1e6}
+    d = apply_gate(expensive, BASELINE, GateConfig(), GOOD_CI)
+    assert d.passed
+    assert "ok: cost per 1 000 tokens 1e+06 (no ceiling configured)" in d.reasons
+
+
+def test_an_unmeasured_cost_fails_a_ceiling_but_not_an_absent_one() -> None:
+    unmeasured = {k: v for k, v in GOOD.items() if k != "cost_per_1k_tokens"}
+    assert apply_gate(unmeasured, BASELINE, GateConfig(), GOOD_CI).passed
+    d = apply_gate(unmeasured, BASELINE, CEILING, GOOD_CI)
+    assert not d.passed and "cost per 1 000 tokens nan" in _failed(d)[0]
+
+
+def test_a_nan_perplexity_fails() -> None:
+    d = apply_gate({**GOOD, "perplexity": math.nan}, BASELINE, CEILING, GOOD_CI)
+    assert len(_failed(d)) == 1 and "perplexity nan" in _failed(d)[0]
+
+
+def test_without_an_interval_the_bound_criterion_is_left_out() -> None:
+    d = apply_gate(GOOD, BASELINE, CEILING)
+    assert d.passed and len(d.reasons) == 5 and not any("CI" in r for r in d.reasons)
+
+
+def test_gate_config_defaults_and_ranges() -> None:
+    cfg = GateConfig()
+    assert (cfg.min_accuracy_gain, cfg.max_perplexity_increase, cfg.max_latency_increase_ms) == (0.05, 0.0, 200)
+    assert (cfg.min_lower_bound_gain, cfg.confidence, cfg.bootstrap_resamples) == (0.0, 0.95, 2000)
+    assert cfg.max_cost_per_1k_tokens is None and cfg.compute_cost_per_hour == 0.0
+    for bad in ({"confidence": 1.0}, {"confidence": 0.0}, {"bootstrap_resamples": 10},
+                {"max_cost_per_1k_tokens": -1}, {"compute_cost_per_hour": -0.1}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            GateConfig(**bad)
+
+
+def test_the_markdown_report_carries_the_interval_and_every_reason() -> None:
+    from ftops.stages import _markdown_table
+
+    gain = {"diff": 0.2, "low": 0.11, "high": 0.29, "confidence": 0.95, "resamples": 2000,
+            "method": "paired bootstrap, percentile"}  # fmt: skip
+    d = apply_gate(GOOD, BASELINE, CEILING, GOOD_CI)
+    table = _markdown_table(GOOD, BASELINE, "champion v1", gain, d.reasons)
+    assert "| accuracy | 0.6 | 0.4 | +0.2 |" in table
+    assert "+0.2000 [+0.1100, +0.2900]" in table and "95% CI" in table
+    assert all(f"- {r}" in table for r in d.reasons)
