@@ -53,13 +53,13 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
         "base_model": Param(None, type=["null", "string"], title="Base model",
                             description="Local path, hub id, or local:tiny-gpt2. Empty = config."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Epochs",
-                        description="Empty = config."),
+                        description="Passes over the training split (n_epochs on the openai backend). Empty = config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               title="Learning rate", description="Empty = config."),
+                               title="Learning rate", description="huggingface backend only. Empty = config."),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=1024, title="Batch size",
                             description="Empty = config."),
         "lora_r": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
-                        description="Empty = config."),
+                        description="huggingface backend only. Empty = config."),
         "reason": Param(None, type=["null", "string"], title="Reason",
                         description="Why this run; recorded on the model version."),
     },
@@ -67,13 +67,10 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
 def ftops_finetune():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
+        from ftops.config import load_config, training_overrides
         from ftops.stages import check_training_request
 
-        config = resolve_config({
-            "training.backend.kind": params["backend"], "training.backend.base_model": params["base_model"],
-            "training.backend.epochs": params["epochs"], "training.backend.batch_size": params["batch_size"],
-            "training.backend.learning_rate": params["learning_rate"], "training.backend.lora_r": params["lora_r"],
-        })  # fmt: skip
+        config = resolve_config(training_overrides(load_config(), params["backend"], params))
         check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
         return config
 

@@ -233,6 +233,36 @@ def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConf
     return FtopsConfig.model_validate(data)
 
 
+# Trigger-form fields of ftops_finetune -> the backend field each sets, per backend (None: does not apply).
+_TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
+    "huggingface": {"base_model": "base_model", "epochs": "epochs", "learning_rate": "learning_rate",
+                    "batch_size": "batch_size", "lora_r": "lora_r"},
+    "openai": {"base_model": "base_model", "epochs": "n_epochs", "learning_rate": None,
+               "batch_size": "batch_size", "lora_r": None},
+}  # fmt: skip
+
+
+def training_overrides(config: FtopsConfig, backend: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """Dotted config overrides from ``ftops_finetune``'s trigger form, mapped onto the chosen backend.
+
+    ``epochs`` sets ``n_epochs`` on the OpenAI backend; a form field that the backend has no use for is an
+    error rather than silently ignored.
+
+    Raises:
+        ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
+    """
+    kind = backend or config.training.backend.kind
+    overrides: dict[str, Any] = {"training.backend.kind": backend}
+    for name, field in _TRAINING_PARAMS[kind].items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if field is None:
+            raise ValueError(f"{name}={value!r} does not apply to the {kind} backend; leave it empty")
+        overrides[f"training.backend.{field}"] = value
+    return overrides
+
+
 def ftops_home() -> Path:
     """Folder of the embedded defaults: ``$FTOPS_HOME`` or ``.ftops/`` in the project."""
     return Path(os.environ.get("FTOPS_HOME") or PROJECT_ROOT / ".ftops").resolve()

@@ -66,3 +66,16 @@ def test_switching_backend_starts_from_its_own_defaults() -> None:
     assert isinstance(cfg.training.backend, OpenAIBackend)
     assert cfg.training.backend.base_model == "gpt-x"
     assert cfg.training.backend.n_epochs == 3
+
+
+def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
+    from ftops.config import FtopsConfig, apply_overrides, training_overrides
+
+    base = FtopsConfig()
+    api = apply_overrides(base, training_overrides(base, "openai", {"epochs": 5, "batch_size": 8}))
+    assert api.training.backend.kind == "openai"
+    assert (api.training.backend.n_epochs, api.training.backend.batch_size) == (5, 8)
+    local = apply_overrides(base, training_overrides(base, None, {"epochs": 4, "lora_r": 8, "base_model": "x"}))
+    assert (local.training.backend.epochs, local.training.backend.lora_r) == (4, 8)
+    with pytest.raises(ValueError, match="lora_r=8 does not apply to the openai backend"):
+        training_overrides(base, "openai", {"lora_r": 8})
