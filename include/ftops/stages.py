@@ -322,11 +322,11 @@ def _evaluate_model(
             raise ValueError("an API model is to be evaluated but no API connection was given")
         return evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test)
     base = _check_base_model(tags["base_model"])
-    adapter = mlflow_download(adapter_uri, folder) if adapter_uri else None
+    adapter = _mlflow_download(adapter_uri, folder) if adapter_uri else None
     return evaluate(load_model(base, adapter), test, cost_per_hour=cfg.gate.compute_cost_per_hour)
 
 
-def mlflow_download(uri: str, folder: str) -> str:
+def _mlflow_download(uri: str, folder: str) -> str:
     import mlflow
 
     return str(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
