@@ -158,16 +158,16 @@ def main() -> None:
     bench_model(f"base model {base}", load_model(str(base)), rows, args)
 
     if args.finetune_epochs:
-        from ftops.training import train_lora
+        from ftops.training import fine_tune
 
         test_prompts = {r["messages"][0]["content"] for r in rows}
         train = [r for r in chat_rows(args.task, 400 + args.n, seed=22) if r["messages"][0]["content"] not in test_prompts]
         with tempfile.TemporaryDirectory() as tmp:
             params = HuggingFaceBackend(epochs=args.finetune_epochs, learning_rate=5e-3, batch_size=16)
-            result = train_lora(str(base), train[:400], Path(tmp) / "adapter", params)
+            result = fine_tune(str(base), train[:400], Path(tmp) / "adapter", params)
             print(f"\n(trained {result.steps} LoRA steps in {result.seconds:.0f} s, loss {result.first_loss:.2f} -> "
                   f"{result.final_loss:.2f})")  # fmt: skip
-            bench_model("fine-tuned (base + LoRA, merged)", load_model(str(base), result.adapter_dir), rows, args)
+            bench_model("fine-tuned (base + LoRA, merged)", load_model(str(base), result.output_dir), rows, args)
     with open("/proc/loadavg") as f:
         print(f"\nload after: {f.read().strip()}")
 

@@ -1,4 +1,4 @@
-"""Benchmark LoRA training throughput: the configured trainer (``ftops.training.train_lora``) vs a plain Trainer.
+"""Benchmark LoRA training throughput: the configured trainer (``ftops.training.fine_tune``) vs a plain Trainer.
 
 Usage::
 
@@ -11,8 +11,11 @@ optimiser settings and the same number of optimiser steps (``ceil(n / batch) * e
 
 Methods, run ``--repeat`` times round-robin, reported by the median tokens/s:
 
-* configured: :func:`ftops.training.train_lora` itself: prompt and reply tokenised separately, loss only on
-  the reply, each batch right-padded to its longest example; its ``TrainResult.train_tokens / seconds``;
+* configured: :func:`ftops.training.fine_tune` itself: prompt and reply tokenised separately, loss only on
+  the reply, each batch right-padded to its longest example (``padding_free: auto`` pads under sdpa
+  attention); its ``TrainResult.train_tokens / seconds``;
+* configured, padding-free: the same with ``padding_free: on``: each batch is one packed row with
+  restarting ``position_ids`` (sdpa then masks a dense n x n block-diagonal);
 * plain Trainer, padded to max_length: ``transformers.Trainer`` on the chat-template-rendered text tokenised
   with ``padding="max_length"`` (``max_seq_len``), ``DataCollatorForLanguageModeling(mlm=False)``, the usual
   recipe (loss on every non-pad token, the prompt included);
@@ -20,7 +23,7 @@ Methods, run ``--repeat`` times round-robin, reported by the median tokens/s:
   separate what padding costs from the rest.
 
 Tokens/s counts real (non-pad) tokens, the ``attention_mask`` sum of every batch trained on, over the time
-from building the Trainer to the end of ``train()`` (as ``train_lora`` measures; model loading excluded).
+from building the Trainer to the end of ``train()`` (as ``fine_tune`` measures; model loading excluded).
 Torch runs on one thread (2 shared cores). CPU only: no MFU figure.
 """
 
@@ -41,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
-from ftops.training import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, train_lora  # noqa: E402
+from ftops.training import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, fine_tune  # noqa: E402
 
 Run = tuple[int, float, int]  # real tokens, seconds, padded tokens computed
 
@@ -62,9 +65,9 @@ def chat_rows(task: str, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def configured(base: str, rows: list[dict[str, Any]], params: Any) -> Run:
-    """``train_lora`` as the pipeline calls it (its batches are padded to their longest example)."""
+    """``fine_tune`` with ``params`` (by default its batches are padded to their longest example)."""
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
-        result = train_lora(base, rows, Path(out), params)
+        result = fine_tune(base, rows, Path(out), params)
     return result.train_tokens, result.seconds, -1
 
 
@@ -120,7 +123,7 @@ def plain_trainer(base: str, rows: list[dict[str, Any]], params: Any, pad_to_max
         )  # fmt: skip
         trainer = Counting(model=model, args=args, train_dataset=data,
                            data_collator=DataCollatorForLanguageModeling(tok, mlm=False))  # fmt: skip
-        trainer.remove_callback(PrinterCallback)  # as train_lora does: no log dicts on stdout
+        trainer.remove_callback(PrinterCallback)  # as fine_tune does: no log dicts on stdout
         output = trainer.train()
     seconds = time.monotonic() - started
     if output.global_step != max_steps:
@@ -158,7 +161,10 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, load before {load_before}")  # fmt: skip
 
     methods: dict[str, Callable[[], Run]] = {
-        "configured (`train_lora`)": lambda: configured(base, rows, params),
+        "configured (`fine_tune`)": lambda: configured(base, rows, params),
+        "configured, padding-free (`padding_free: on`)": lambda: configured(
+            base, rows, params.model_copy(update={"padding_free": "on"})
+        ),
         "plain Trainer, padded to max_length": lambda: plain_trainer(base, rows, params, pad_to_max=True),
         "plain Trainer, dynamic padding": lambda: plain_trainer(base, rows, params, pad_to_max=False),
     }

@@ -5,15 +5,21 @@
 
 1. `resolve_run_config` validates every training choice from the form before any work starts: the values,
    that the dataset version exists and that the base model can be found.
-2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT) on the dataset version's train
-   split and logs the adapter, params and losses as an MLflow run in experiment `ftops-<task_type>`. With the
+2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT; `method=full` trains every
+   weight) on the dataset version's train split, as an MLflow run in experiment `ftops-<task_type>`: params,
+   the dataset as an input, progress by step (`train_loss`, `tokens_per_s`, `eta_s`), the weights and the
+   model in MLflow's `transformers` flavour (`mlflow.transformers.load_model("models:/ftops-<task_type>@champion")`).
+   Checkpoints go to `storage.checkpoints` (default `FTOPS_HOME/checkpoints`): a retry after a crash or a
+   killed worker continues the same MLflow run from the newest checkpoint. bf16 on a GPU that supports it;
+   out of memory and a NaN loss fail at once (no retry) with the step and what to lower. With the
    `openai` backend it estimates the cost (refused above `max_cost_usd`), uploads the split and creates a
    fine-tuning job on the API of the `openai_default` connection (key = password, base URL = host), with the
    run id as the job's idempotency key; `wait_for_model` then polls the job in reschedule mode (no worker
    slot held between pokes, every `FTOPS_API_POKE_SECONDS`, default 60), streams the job's events into its
    log and fails with the API's message if the job fails or is cancelled.
 3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
-   none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency; applies the deployment gate.
+   none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency, cost; applies the deployment
+   gate (accuracy gain and its confidence bound, an absolute accuracy floor, perplexity, latency, cost).
 4. `register_candidate` makes the run a version of `ftops-<task_type>` tagged with the dataset version,
    content hash, base model, backend, metrics, decision and reasons.
 5. `choose_path` branches: `deploy_canary` (the first passing model of a task type becomes `champion`
@@ -52,6 +58,9 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
                          description="Empty = config (huggingface)."),
         "base_model": Param(None, type=["null", "string"], title="Base model",
                             description="Local path, hub id, or local:tiny-gpt2. Empty = config."),
+        "method": Param(None, type=["null", "string"], enum=[None, "lora", "full"], title="Method",
+                        description="huggingface backend only: lora (a PEFT adapter) or full (every weight). "
+                        "Empty = config (lora)."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Epochs",
                         description="Passes over the training split (n_epochs on the openai backend). Empty = config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,

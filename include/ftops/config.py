@@ -66,7 +66,10 @@ class CurationConfig(_Strict):
 
 
 class HuggingFaceBackend(_Strict):
-    kind: Literal["huggingface"] = Field("huggingface", description="Train locally with Transformers + PEFT LoRA.")
+    kind: Literal["huggingface"] = Field("huggingface", description="Train locally with Transformers (+ PEFT LoRA).")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: train a PEFT LoRA adapter; full: train every weight of the base model."
+    )
     base_model: str = Field(
         LOCAL_BASE_MODEL,
         description="A local path, a hub id, or 'local:tiny-gpt2' for the model `ftops build-base-model` builds.",
@@ -79,6 +82,18 @@ class HuggingFaceBackend(_Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
     max_seq_len: int = Field(256, ge=16, description="Tokens per example after the chat template; longer ones are cut.")
     seed: int = Field(0, description="Seed for data order and weight initialisation.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 otherwise."
+    )
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Concatenate a batch's examples into one row, no padding. on: whenever the model supports "
+        "it (probed at start); auto: only with flash attention, whose kernels skip the other examples (with "
+        "sdpa or eager attention one row of n tokens costs n² attention); off: pad each batch to its longest.",
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every this many steps; empty: about every 10 %."
+    )
 
 
 class OpenAIBackend(_Strict):
@@ -119,6 +134,13 @@ class TrainingConfig(_Strict):
 
 class GateConfig(_Strict):
     min_accuracy_gain: float = Field(0.05, description="Accuracy the candidate must add over the baseline.")
+    min_accuracy: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Accuracy the candidate must reach on the test split, whatever the baseline. Guards the first "
+        "model of a task type, which is compared only with the untuned base model (0 = no floor).",
+    )
     max_perplexity_increase: float = Field(0.0, ge=0, description="Allowed perplexity rise over the baseline (0 = none).")
     max_latency_increase_ms: float = Field(200, ge=0, description="Allowed p50 latency rise over the baseline, ms.")
     min_test_examples: int = Field(20, ge=1, description="Fewest test examples a decision may rest on.")
@@ -162,6 +184,15 @@ class StorageConfig(_Strict):
     embedding_cache: str | None = Field(
         None, description="SQLite file caching prompt embeddings by content hash; empty: FTOPS_HOME/embeddings.db."
     )
+    checkpoints: str | None = Field(
+        None,
+        description="Folder for training checkpoints, shared by every worker that may retry a training task "
+        "(e.g. a network mount); empty: FTOPS_HOME/checkpoints.",
+    )
+
+    def checkpoint_root(self) -> Path:
+        """Where training checkpoints go, with the FTOPS_HOME default filled in."""
+        return Path(self.checkpoints or ftops_home() / "checkpoints")
 
     def resolved(self) -> tuple[Path, str, Path]:
         """(dataset repo, DVC remote, embedding cache) with FTOPS_HOME defaults filled in."""
@@ -235,9 +266,9 @@ def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConf
 
 # Trigger-form fields of ftops_finetune -> the backend field each sets, per backend (None: does not apply).
 _TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
-    "huggingface": {"base_model": "base_model", "epochs": "epochs", "learning_rate": "learning_rate",
-                    "batch_size": "batch_size", "lora_r": "lora_r"},
-    "openai": {"base_model": "base_model", "epochs": "n_epochs", "learning_rate": None,
+    "huggingface": {"base_model": "base_model", "method": "method", "epochs": "epochs",
+                    "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r"},
+    "openai": {"base_model": "base_model", "method": None, "epochs": "n_epochs", "learning_rate": None,
                "batch_size": "batch_size", "lora_r": None},
 }  # fmt: skip
 

@@ -151,35 +151,44 @@ def paired_bootstrap(
     return float(d.mean()), float(low), float(high)
 
 
-def load_model(base_model: str, adapter_dir: str | Path | None = None) -> LoadedModel:
-    """Load a base model, optionally with a LoRA adapter merged in, for evaluation.
+def load_model(base_model: str, weights_dir: str | Path | None = None) -> LoadedModel:
+    """Load a base model, optionally with trained weights, for evaluation.
 
     Args:
         base_model: A resolved local path or hub id.
-        adapter_dir: A PEFT adapter folder saved by :func:`ftops.training.train_lora`; its tokenizer is used
-            when it holds one.
+        weights_dir: What :func:`ftops.training.fine_tune` saved: a PEFT adapter folder (merged into the base)
+            or a fully fine-tuned model folder (loaded instead of the base). Its tokenizer is used when it
+            holds one.
 
     Returns:
         The model in eval mode with its tokenizer (left padding).
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    weights = Path(weights_dir) if weights_dir is not None else None
     tokenizer_source = base_model
-    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
-        tokenizer_source = str(adapter_dir)
+    if weights is not None and (weights / "tokenizer_config.json").is_file():
+        tokenizer_source = str(weights)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model)
     name = base_model
-    if adapter_dir is not None:
+    if weights is not None and not (weights / "adapter_config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(weights))  # a full fine-tune
+        name = f"{base_model} fully fine-tuned ({weights})"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_model)
+    if weights is not None and (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
         # Merged, so generation costs what the base costs; the adapter folder is left unchanged.
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-        name = f"{base_model}+{adapter_dir}"
+        model = PeftModel.from_pretrained(model, str(weights)).merge_and_unload()
+        name = f"{base_model}+{weights}"
     model.eval()
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda"))  # type: ignore[arg-type]
     stops = {tokenizer.eos_token_id}
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
     if isinstance(end_id, int) and end_id != tokenizer.unk_token_id:
@@ -211,8 +220,10 @@ def _reference_nll(loaded: LoadedModel, conversations: Sequence[Sequence[Mapping
         chunk = conversations[i : i + _NLL_CHUNK]
         encoded = [encode_conversation(loaded.tokenizer, messages, max_len) for messages in chunk]
         batch = pad_batch(encoded, loaded.tokenizer.pad_token_id)  # right padding: positions need no care
+        device = loaded.model.device
         with torch.no_grad():
-            logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = loaded.model(input_ids=batch["input_ids"].to(device),
+                                  attention_mask=batch["attention_mask"].to(device)).logits.cpu()  # fmt: skip
         shifted_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
         targets = batch["labels"][:, 1:].reshape(-1)
         nll = torch.nn.functional.cross_entropy(shifted_logits, targets, ignore_index=-100, reduction="sum")
@@ -245,11 +256,12 @@ def _greedy_batch(
     size = input_ids.size(0)
     tokens: list[list[int]] = [[] for _ in range(size)]
     finished_at = [0.0] * size
-    rows = torch.arange(size)  # batch position -> row of this batch still decoding
+    rows = torch.arange(size)  # batch position -> row of this batch still decoding (on the CPU)
     cache = DynamicCache(config=lm.config)
-    ids, mask = input_ids, attention_mask
+    device = lm.device
+    ids, mask = input_ids.to(device), attention_mask.to(device)
     # Positions count real tokens only, so a left-padded prompt sees the positions it would see alone.
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         for step in range(max_new_tokens):
             logits = lm(  # type: ignore[operator]
@@ -260,7 +272,7 @@ def _greedy_batch(
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
-            next_ids = logits.float().argmax(dim=-1)
+            next_ids = logits.float().argmax(dim=-1).cpu()
             now = time.perf_counter() - started
             for row, token in zip(rows.tolist(), next_ids.tolist(), strict=True):
                 tokens[row].append(token)
@@ -273,9 +285,10 @@ def _greedy_batch(
             if keep.numel() == 0:
                 break
             if keep.numel() < rows.numel():
-                cache.batch_select_indices(keep)
-                rows, next_ids, mask, positions = rows[keep], next_ids[keep], mask[keep], positions[keep]
-            ids = next_ids[:, None]
+                on_device = keep.to(device)
+                cache.batch_select_indices(on_device)
+                rows, next_ids, mask, positions = rows[keep], next_ids[keep], mask[on_device], positions[on_device]
+            ids = next_ids[:, None].to(device)
             mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=1)
             positions = positions[:, -1:] + 1
     return tokens, finished_at

@@ -1,7 +1,8 @@
 """The deployment gate: a candidate ships only if it beats the baseline on every configured criterion.
 
 Criteria (thresholds in :class:`ftops.config.GateConfig`): enough test examples; an accuracy gain of at
-least ``min_accuracy_gain``; a gain whose lower confidence bound (paired bootstrap over the same examples,
+least ``min_accuracy_gain``; an absolute accuracy of at least ``min_accuracy`` (the first model of a task
+type is compared only with the untuned base model, which any fine-tune beats); a gain whose lower confidence bound (paired bootstrap over the same examples,
 :func:`ftops.evaluation.paired_bootstrap`) is above ``min_lower_bound_gain``, so that a gain the test set
 cannot tell from luck does not ship; no perplexity rise beyond ``max_perplexity_increase``; a p50 latency
 rise under ``max_latency_increase_ms``; and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``.
@@ -57,6 +58,8 @@ def apply_gate(
     checks.append((gain >= cfg.min_accuracy_gain - 1e-12,
                    f"accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: gain {gain:+.3f} "
                    f"(need ≥ {cfg.min_accuracy_gain:+.3f})"))  # fmt: skip
+    checks.append((candidate["accuracy"] >= cfg.min_accuracy - 1e-12,
+                   f"accuracy {candidate['accuracy']:.3f} (floor ≥ {cfg.min_accuracy:.3f}, whatever the baseline)"))
     if accuracy_ci is not None:
         _, low, high = accuracy_ci
         checks.append((low > cfg.min_lower_bound_gain,

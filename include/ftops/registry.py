@@ -37,14 +37,43 @@ def tracking_uri() -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
+class RegistryUnavailableError(ConnectionError):
+    """The MLflow tracking store cannot be reached; retryable (a ``ConnectionError``)."""
+
+
+_checked: set[str] = set()  # tracking URIs this process has reached once
+
+
 def client() -> MlflowClient:
-    """An MLflow client on :func:`tracking_uri` (also made the process default)."""
+    """An MLflow client on :func:`tracking_uri` (also made the process default).
+
+    The first call per URI in a process asks the store for one experiment, so an unreachable store fails
+    here, before any work, with the URI (password hidden) instead of deep inside a training run.
+
+    Raises:
+        RegistryUnavailableError: The store does not answer.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
-    return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    c = MlflowClient(uri, registry_uri=uri)
+    if uri not in _checked:
+        try:
+            c.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps connection, HTTP and SQL errors alike
+            raise RegistryUnavailableError(f"MLflow tracking store {_hide_password(uri)} cannot be reached: "
+                                           f"{_hide_password(str(exc))[:500]}") from None  # fmt: skip
+        _checked.add(uri)
+    return c
+
+
+def _hide_password(text: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def experiment_id(task_type: str) -> str:
@@ -79,6 +108,21 @@ def find_run(task_type: str, run_key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def unfinished_run(task_type: str, run_key: str) -> str | None:
+    """The newest run with tag ``ftops.run_key`` that did not finish (crashed, failed or killed), or None.
+
+    A retried training task continues that run (and its checkpoints) rather than opening a second one.
+    """
+    c = client()
+    runs = c.search_runs(
+        [experiment_id(task_type)],
+        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def _versions(task_type: str) -> list[ModelVersion]:
     c = client()
     try:
@@ -89,14 +133,18 @@ def _versions(task_type: str) -> list[ModelVersion]:
         raise
 
 
-def register(task_type: str, run_id: str, source: str, tags: Mapping[str, Any]) -> str:
+def register(
+    task_type: str, run_id: str, source: str, tags: Mapping[str, Any], *, model_id: str | None = None
+) -> str:
     """Register a run's model as a new version of ``ftops-<task_type>``, once per run.
 
     Args:
         task_type: The task type.
         run_id: The training run; a version of this run already registered is returned instead.
-        source: The artifact URI of the model (adapter folder, or a pointer file for API models).
+        source: The model's URI: ``models:/<model_id>`` of a logged model, or an artifact folder (a pointer
+            file for API models).
         tags: Version tags (dataset version, backend, base model, metrics, decision, reason).
+        model_id: The MLflow logged model behind ``source``, if any (links the version to it).
 
     Returns:
         The version number as a string.
@@ -116,7 +164,8 @@ def register(task_type: str, run_id: str, source: str, tags: Mapping[str, Any]) 
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
             raise
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+                                model_id=model_id)
     log.info("Registered %s version %s from run %s", name, mv.version, run_id)
     return str(mv.version)
 

@@ -254,14 +254,33 @@ def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None
     return dataset_registry(cfg).get(task_type, dataset).tag
 
 
-def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
-    """Fine-tune a candidate on a dataset version and log it (adapter, params, losses) as an MLflow run.
+def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
+    """The durable checkpoint folder of one training run key (a retry finds it again)."""
+    import hashlib
 
-    Retry-safe: a finished run with the same run key is returned instead of training again.
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:16]
+    return cfg.storage.checkpoint_root() / task_type / digest
+
+
+def weights_artifact(tags: dict[str, str]) -> str:
+    """The MLflow artifact folder holding a run's trained weights: ``adapter`` (LoRA) or ``full_model``."""
+    return tags.get("ftops.weights", "adapter")
+
+
+def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
+    """Fine-tune a candidate on a dataset version and log it as an MLflow run.
+
+    The run gets params, the dataset input, progress metrics as training goes (``train_loss``,
+    ``tokens_per_s``, ``eta_s``, ``learning_rate`` by step), the weights (``adapter/`` or ``full_model/``) and
+    the model in MLflow's ``transformers`` flavour (``model/``, loadable with ``mlflow.transformers.load_model``).
+
+    Retry-safe: a finished run with the same run key is returned instead of training again; an unfinished
+    one (the worker crashed or was killed) is continued, and training resumes from the newest checkpoint in
+    :func:`checkpoint_dir`. Checkpoints are deleted once the run has its model.
     """
     import mlflow
 
-    from ftops.training import train_lora
+    from ftops.training import Progress, fine_tune, remove_checkpoints
 
     backend = _hf_backend(cfg)
     base_model = _check_base_model(backend.base_model)
@@ -275,25 +294,71 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     if len(train) < cfg.gate.min_test_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples")
 
-    experiment = registry.experiment_id(task_type)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(
-        experiment_id=experiment, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}"
-    ) as run:
-        mlflow.set_tags({
-            "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
-            "backend": backend.kind, "base_model": backend.base_model, "task_type": task_type,
-        })  # fmt: skip
-        mlflow.log_params(backend.model_dump(mode="json") | {"train_examples": len(train)})
-        _log_dataset_input(version, datasets.root)
-        result = train_lora(base_model, train, Path(tmp) / "adapter", backend)
-        for step, loss in enumerate(result.losses, start=1):
-            mlflow.log_metric("train_loss", loss, step=step)
+    def log_progress(p: Progress) -> None:
+        mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
+                            "learning_rate": p.learning_rate, "epoch": p.epoch}, step=p.step)  # fmt: skip
+
+    resumed = registry.unfinished_run(task_type, run_key)
+    checkpoints = checkpoint_dir(cfg, task_type, run_key)
+    weights = "adapter" if backend.method == "lora" else "full_model"
+    if resumed:
+        log.info("Continuing MLflow run %s of run key %s (checkpoints in %s)", resumed, run_key, checkpoints)
+        context = mlflow.start_run(run_id=resumed)
+    else:
+        context = mlflow.start_run(experiment_id=registry.experiment_id(task_type),
+                                   run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, context as run:
+        if not resumed:
+            mlflow.set_tags({
+                "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
+                "backend": backend.kind, "base_model": backend.base_model, "task_type": task_type,
+                "ftops.weights": weights,
+            })  # fmt: skip
+            mlflow.log_params(backend.model_dump(mode="json") | {"train_examples": len(train)})
+            _log_dataset_input(version, datasets.root)
+        result = fine_tune(base_model, train, Path(tmp) / weights, backend, checkpoint_dir=checkpoints,
+                           on_progress=log_progress)  # fmt: skip
         mlflow.log_metrics({
             "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
             "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
+            "train_resumed_from_step": result.resumed_from_step,
         })  # fmt: skip
-        mlflow.log_artifacts(str(result.adapter_dir), "adapter")
+        mlflow.set_tags({"padding_free": str(result.padding_free), "precision": result.precision})
+        mlflow.log_artifacts(str(result.output_dir), weights)
+        mlflow.set_tag("ftops.model_id", _log_transformers_model(base_model, result.output_dir, backend.method))
+    remove_checkpoints(checkpoints)
     return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": result.final_loss}
+
+
+def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> str:
+    """Log the model in MLflow's ``transformers`` flavour (``text-generation``) and return its model id.
+
+    A LoRA adapter on a hub base model is logged as the adapter plus a reference to the hub model (MLflow's
+    PEFT support). On a local base model (a path, which another machine may not have) the adapter is merged
+    into the base and the merged model is logged whole, so ``mlflow.transformers.load_model`` works
+    anywhere: MLflow would otherwise save the PEFT wrapper's weights under names the base model does not
+    load (measured: every weight re-initialised). A full fine-tune is logged whole.
+    """
+    from importlib.metadata import version
+
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
+    model: Any
+    if method == "full":
+        model = AutoModelForCausalLM.from_pretrained(str(weights_dir))
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), str(weights_dir))
+        if Path(base_model).exists():
+            model = model.merge_and_unload()
+    # Pinned from what is installed; MLflow's own inference also asks for torchvision, which we do not use.
+    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("transformers", "torch", "peft", "accelerate")]
+    info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="model",
+                                         task="text-generation", pip_requirements=requirements)  # fmt: skip
+    return str(info.model_id)
 
 
 def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
@@ -360,12 +425,15 @@ def evaluate_candidate(
     test = datasets.read(version, "test")
     with tempfile.TemporaryDirectory() as tmp:
         tags = run.data.tags
-        candidate = _evaluate_model(tags, f"{run.info.artifact_uri}/adapter", test, cfg, f"{tmp}/c", api_client)
+        candidate = _evaluate_model(tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}", test, cfg,
+                                    f"{tmp}/c", api_client)  # fmt: skip
         champion = registry.alias_version(task_type, registry.CHAMPION)
         if champion is not None:
             baseline_name = f"champion v{champion.version}"
-            champ_tags = {**c.get_run(champion.run_id).data.tags, **champion.tags} if champion.run_id else champion.tags
-            baseline = _evaluate_model(champ_tags, champion.source or "", test, cfg, f"{tmp}/b", api_client)
+            champ_run = c.get_run(str(champion.run_id))
+            champ_tags = {**champ_run.data.tags, **champion.tags}
+            champ_uri = f"{champ_run.info.artifact_uri}/{weights_artifact(champ_tags)}"
+            baseline = _evaluate_model(champ_tags, champ_uri, test, cfg, f"{tmp}/b", api_client)
         else:
             baseline_name = f"base model {tags['base_model']}"
             untuned = {"backend": tags["backend"], "base_model": tags["base_model"]}
@@ -445,8 +513,9 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
     }
     tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items() if v is not None}
     tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items() if v is not None}
-    artifact = "model" if run.data.tags["backend"] == "openai" else "adapter"  # API: a pointer to the model id
-    return registry.register(task_type, run_id, f"{run.info.artifact_uri}/{artifact}", tags)
+    model_id = run.data.tags.get("ftops.model_id")  # the transformers-flavour model (HF backend)
+    source = f"models:/{model_id}" if model_id else f"{run.info.artifact_uri}/model"  # API: the model id's pointer
+    return registry.register(task_type, run_id, source, tags, model_id=model_id)
 
 
 def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:

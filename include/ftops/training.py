@@ -1,19 +1,36 @@
-"""LoRA fine-tuning of a causal language model with Transformers + PEFT.
+"""Fine-tuning of a causal language model with Transformers: LoRA (PEFT) or all weights.
 
 Training rows are chat conversations (``{"messages": [...]}``) rendered with the tokenizer's chat template;
 the loss covers only the final assistant turn (labels are -100 on the prompt and on padding). Training runs
-through :class:`transformers.Trainer`, with a callback that writes progress lines to the log and a check that
-fails the run with :class:`TrainingError` at the first non-finite loss (the Trainer's own logging would
-otherwise filter NaN/inf out of its averages and carry on). The result is a PEFT adapter plus the tokenizer.
+through :class:`transformers.Trainer` with:
+
+* **padding-free batches** where they pay: a batch is one row of concatenated examples with
+  ``position_ids`` restarting at 0 per example, so no compute goes to padding. Support is probed on the
+  loaded model (packed logits must equal separate ones). ``padding_free: auto`` uses them only with flash
+  attention, whose kernels attend within each example; with sdpa or eager attention the packed row gets a
+  dense block-diagonal mask, n² for n packed tokens (on the tiny CPU model: no faster, no slower, see
+  benchmarks/README.md). Otherwise batches are padded to their longest example.
+* **bf16 on a GPU** that supports it (``precision: auto``), fp32 on the CPU; fixed seeds.
+* **durable checkpoints**: given a checkpoint folder, the Trainer saves a resumable checkpoint (weights,
+  optimiser, scheduler, RNG state) every ``checkpoint_every_steps``; a retried task calling again with the
+  same folder resumes from the newest complete checkpoint instead of starting over.
+* **progress** (step, loss, tokens/s, ETA) in the log and to an ``on_progress`` callback (MLflow metrics).
+* a check that fails the run with :class:`TrainingError` at the first non-finite loss (the Trainer's own
+  logging would otherwise filter NaN/inf out of its averages and carry on), and a clear
+  :class:`TrainingOutOfMemoryError` that names the batch size and sequence length.
+
+The result is a PEFT adapter (``method: lora``) or the full model (``method: full``), plus the tokenizer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,15 +53,36 @@ LORA_TARGET_MODULES: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
 LORA_MODULES_TO_SAVE: tuple[str, ...] = ("ln_f",)
 
 
-class TrainingError(RuntimeError):
-    """Training could not go on: bad input data or a diverged (NaN/inf) loss."""
+class TrainingError(ValueError):
+    """Training cannot succeed as configured: bad input data, a diverged (NaN/inf) loss, out of memory.
+
+    A ``ValueError``, so the pipeline does not retry it: the same data and settings fail the same way.
+    """
+
+
+class TrainingOutOfMemoryError(TrainingError):
+    """The device ran out of memory; the message names the step, batch size and sequence length."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report, as logged every ``logging_steps``."""
+
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_s: float
+    eta_s: float
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a LoRA training run produced and how it went."""
+    """What a training run produced and how it went."""
 
-    adapter_dir: Path
+    output_dir: Path  # adapter (lora) or full model (full), with the tokenizer
+    method: str
     steps: int
     epochs: int
     train_examples: int
@@ -53,6 +91,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     first_loss: float = math.nan
     final_loss: float = math.nan
+    resumed_from_step: int = 0  # 0: started from scratch
+    padding_free: bool = False
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -131,6 +172,99 @@ def pad_batch(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def flatten_batch(examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+    """Concatenate encoded examples into one row with per-example ``position_ids`` (padding-free).
+
+    No attention mask: the model derives a block-diagonal causal mask from the restarting positions. The
+    first label of every example is ``-100`` (it is a prompt token), so no example learns to predict the
+    next one's start.
+    """
+    import torch
+
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [t for e in examples for t in e.labels]
+    positions = [p for e in examples for p in range(len(e.input_ids))]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+    }
+
+
+def supports_padding_free(model: Any, vocab_size: int) -> bool:
+    """Whether ``model`` gives packed examples the same logits as separate ones.
+
+    Models whose attention honours restarting ``position_ids`` (Transformers' packed-sequence masks, or
+    flash attention) pass; others would let examples attend to each other and must be padded instead.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(0, vocab_size, (1, 7), generator=generator)
+    b = torch.randint(0, vocab_size, (1, 5), generator=generator)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            separate = torch.cat([model(input_ids=x.to(device), use_cache=False).logits[0] for x in (a, b)])
+            packed = model(
+                input_ids=torch.cat([a, b], dim=1).to(device),
+                position_ids=torch.tensor([list(range(7)) + list(range(5))], device=device),
+                use_cache=False,  # with a cache Transformers does not look for packed sequences
+            ).logits[0]
+    except (TypeError, ValueError, RuntimeError) as exc:
+        logger.info("Padding-free batches not supported by this model (%s)", exc)
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(separate.float(), packed.float(), atol=1e-3, rtol=1e-3))
+
+
+# Attention kernels that compute each packed example on its own (varlen); others build a dense n x n mask.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+
+
+def _use_padding_free(setting: str, model: Any, vocab_size: int) -> bool:
+    if setting == "off":
+        return False
+    attention = str(getattr(model.config, "_attn_implementation", ""))
+    if setting == "auto" and attention not in VARLEN_ATTENTION:
+        return False
+    return supports_padding_free(model, vocab_size)
+
+
+def choose_precision(setting: str) -> str:
+    """``bf16`` or ``fp32``: ``auto`` picks bf16 on a CUDA GPU that supports it, fp32 otherwise."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint under ``folder`` (``trainer_state.json`` is written last)."""
+    complete = []
+    for path in folder.glob("checkpoint-*"):
+        try:
+            step = int(path.name.removeprefix("checkpoint-"))
+            json.loads((path / "trainer_state.json").read_text())
+        except (ValueError, OSError):  # a checkpoint cut short by a crash
+            continue
+        complete.append((step, path))
+    return max(complete)[1] if complete else None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def _make_trainer_class() -> type:
     """Build the Trainer subclass lazily, so importing this module stays free of transformers."""
     import torch
@@ -142,7 +276,8 @@ def _make_trainer_class() -> type:
         tokens_seen = 0
 
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
+            self.tokens_seen += int(inputs["input_ids"].numel() if "attention_mask" not in inputs
+                                    else inputs["attention_mask"].sum())  # fmt: skip
             loss = super().training_step(model, inputs, *args, **kwargs)
             if not torch.isfinite(loss).all():
                 step = self.state.global_step + 1
@@ -152,10 +287,17 @@ def _make_trainer_class() -> type:
     return _CheckedTrainer
 
 
-def _progress_callback(trainer_ref: list[Any], started: float, losses: list[float]) -> Any:
+def _progress_callback(
+    trainer_ref: list[Any], started: float, losses: list[float], on_progress: Callable[[Progress], None] | None
+) -> Any:
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
+        first_step: int | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.first_step = state.global_step  # > 0 when resumed from a checkpoint
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
                 return
@@ -163,69 +305,53 @@ def _progress_callback(trainer_ref: list[Any], started: float, losses: list[floa
             elapsed = time.monotonic() - started
             step, total = state.global_step, state.max_steps
             tokens = trainer_ref[0].tokens_seen if trainer_ref else 0
-            eta = elapsed / max(step, 1) * (total - step)
+            done = max(step - (self.first_step or 0), 1)
+            progress = Progress(
+                step=step,
+                max_steps=total,
+                epoch=float(state.epoch or 0.0),
+                loss=float(logs["loss"]),
+                learning_rate=float(logs.get("learning_rate", math.nan)),
+                tokens_per_s=tokens / max(elapsed, 1e-9),
+                eta_s=elapsed / done * (total - step),
+            )
             logger.info(
                 "train step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s ETA %.0fs",
-                step,
-                total,
-                state.epoch or 0.0,
-                logs["loss"],
-                logs.get("learning_rate", float("nan")),
-                tokens / max(elapsed, 1e-9),
-                eta,
+                progress.step,
+                progress.max_steps,
+                progress.epoch,
+                progress.loss,
+                progress.learning_rate,
+                progress.tokens_per_s,
+                progress.eta_s,
             )
+            if on_progress is not None:
+                on_progress(progress)
 
     return _Progress()
 
 
-def train_lora(
-    base_model: str,
-    train_rows: Sequence[Mapping[str, Any]],
-    out_dir: Path,
-    params: HuggingFaceBackend,
-) -> TrainResult:
-    """Fine-tune a LoRA adapter on chat conversations and save it with the tokenizer.
-
-    Args:
-        base_model: A resolved local path or hub id of a causal LM with a chat template.
-        train_rows: Rows ``{"messages": [{"role": ..., "content": ...}, ...]}`` ending with the assistant turn.
-        out_dir: Where the adapter (``adapter_config.json``, ``adapter_model.safetensors``) and tokenizer go.
-        params: Hyperparameters: epochs, learning_rate, batch_size, lora_r/alpha/dropout, max_seq_len, seed.
-
-    Returns:
-        The run's :class:`TrainResult`.
-
-    Raises:
-        TrainingError: No usable examples, or the loss became NaN/inf (the message names the step).
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments, set_seed
-    from transformers.pytorch_utils import Conv1D
-
-    out_dir = Path(out_dir)
-    set_seed(params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise TrainingError(f"tokenizer of {base_model} has no chat template")
-
+def _encode_rows(tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_seq_len: int) -> list[EncodedExample]:
     examples: list[EncodedExample] = []
-    for i, row in enumerate(train_rows):
+    for i, row in enumerate(rows):
         try:
-            encoded = encode_conversation(tokenizer, row["messages"], params.max_seq_len)
+            encoded = encode_conversation(tokenizer, row["messages"], max_seq_len)
         except (KeyError, TypeError) as exc:
             raise TrainingError(f"training row {i} is not a chat conversation: {exc!r}") from exc
         if any(label != IGNORE_INDEX for label in encoded.labels):
             examples.append(encoded)
-    dropped = len(train_rows) - len(examples)
+    dropped = len(rows) - len(examples)
     if dropped:
-        logger.warning("Dropped %d examples whose reply lies beyond max_seq_len=%d", dropped, params.max_seq_len)
+        logger.warning("Dropped %d examples whose reply lies beyond max_seq_len=%d", dropped, max_seq_len)
     if not examples:
         raise TrainingError("no training examples")
+    return examples
 
-    base = AutoModelForCausalLM.from_pretrained(base_model)
+
+def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
     modules = {name.rsplit(".", 1)[-1]: module for name, module in base.named_modules()}
     targets = [name for name in LORA_TARGET_MODULES if name in modules]
     lora = LoraConfig(
@@ -238,30 +364,88 @@ def train_lora(
         fan_in_fan_out=any(isinstance(modules[name], Conv1D) for name in targets),
         modules_to_save=[name for name in LORA_MODULES_TO_SAVE if name in modules] or None,
     )
-    model = get_peft_model(base, lora)
-    trainable, total = model.get_nb_trainable_parameters()
+    return get_peft_model(base, lora)
+
+
+def fine_tune(
+    base_model: str,
+    train_rows: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    params: HuggingFaceBackend,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> TrainResult:
+    """Fine-tune on chat conversations and save the adapter (or full model) with the tokenizer.
+
+    Args:
+        base_model: A resolved local path or hub id of a causal LM with a chat template.
+        train_rows: Rows ``{"messages": [{"role": ..., "content": ...}, ...]}`` ending with the assistant turn.
+        out_dir: Where the adapter (``adapter_config.json``, ``adapter_model.safetensors``) or the full model
+            (``config.json``, ``model.safetensors``) and the tokenizer go.
+        params: Method and hyperparameters: method, epochs, learning_rate, batch_size, lora_*, max_seq_len,
+            seed, precision, padding_free, checkpoint_every_steps.
+        checkpoint_dir: A durable folder for resumable checkpoints; one that already holds a complete
+            checkpoint is resumed from. ``None``: no checkpoints.
+        on_progress: Called with every progress report (e.g. to log MLflow metrics).
+
+    Returns:
+        The run's :class:`TrainResult`.
+
+    Raises:
+        TrainingError: No usable examples, or the loss became NaN/inf (the message names the step).
+        TrainingOutOfMemoryError: The device ran out of memory.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments, set_seed
+
+    out_dir = Path(out_dir)
+    set_seed(params.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise TrainingError(f"tokenizer of {base_model} has no chat template")
+    examples = _encode_rows(tokenizer, train_rows, params.max_seq_len)
+
+    precision = choose_precision(params.precision)
+    base = AutoModelForCausalLM.from_pretrained(base_model)
+    padding_free = _use_padding_free(params.padding_free, base, len(tokenizer))
+    base.config.use_cache = False  # training needs no cache, and packed sequences are only found without one
+    model = _with_lora(base, params) if params.method == "lora" else base
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     steps_per_epoch = math.ceil(len(examples) / params.batch_size)
     max_steps = steps_per_epoch * params.epochs
     logger.info(
-        "LoRA on %s: %d examples, %d epochs x %d steps, batch %d, lr %.1e, r=%d; %d of %d parameters trainable",
+        "%s on %s: %d examples, %d epochs x %d steps, batch %d (%s), lr %.1e, %s; %d of %d parameters trainable",
+        f"LoRA (r={params.lora_r})" if params.method == "lora" else "Full fine-tuning",
         base_model,
         len(examples),
         params.epochs,
         steps_per_epoch,
         params.batch_size,
+        "padding-free" if padding_free else "padded to the longest example",
         params.learning_rate,
-        params.lora_r,
+        precision,
         trainable,
         total,
     )
 
+    resume: Path | None = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        resume = latest_checkpoint(checkpoint_dir)
+        if resume is not None:
+            logger.info("Resuming from checkpoint %s", resume)
     pad_id = tokenizer.pad_token_id
     losses: list[float] = []
     started = time.monotonic()
     trainer_ref: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="ftops-train-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(checkpoint_dir or scratch),
             num_train_epochs=params.epochs,
             per_device_train_batch_size=params.batch_size,
             learning_rate=params.learning_rate,
@@ -272,35 +456,51 @@ def train_lora(
             logging_strategy="steps",
             logging_steps=max(1, max_steps // 20),
             logging_first_step=True,
-            save_strategy="no",
+            save_strategy="steps" if checkpoint_dir is not None else "no",
+            save_steps=params.checkpoint_every_steps or max(1, max_steps // 10),
+            save_total_limit=2,  # the newest and one before it, should the newest be cut short
             eval_strategy="no",
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
             remove_unused_columns=False,
+            bf16=precision == "bf16",
             use_cpu=not torch.cuda.is_available(),
             seed=params.seed,
             data_seed=params.seed,
         )
+        collate = flatten_batch if padding_free else (lambda batch: pad_batch(batch, pad_id))
         trainer = _make_trainer_class()(
             model=model,
             args=args,
             train_dataset=examples,
-            data_collator=lambda batch: pad_batch(batch, pad_id),
-            callbacks=[_progress_callback(trainer_ref, started, losses)],
+            data_collator=collate,
+            callbacks=[_progress_callback(trainer_ref, started, losses, on_progress)],
         )
         # With tqdm off the Trainer prints each log dict to stdout; our callback logs them instead.
         trainer.remove_callback(PrinterCallback)
         trainer_ref.append(trainer)
-        output = trainer.train()
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise TrainingOutOfMemoryError(
+                    f"out of memory at step {trainer.state.global_step + 1}/{max_steps} with batch_size "
+                    f"{params.batch_size} and max_seq_len {params.max_seq_len}: lower either (or use LoRA "
+                    f"instead of full fine-tuning) and trigger again"
+                ) from exc
+            raise
     seconds = time.monotonic() - started
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    base.config.use_cache = True  # for generation with the saved model
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(out_dir)
+    resumed_from = int(resume.name.removeprefix("checkpoint-")) if resume else 0
     result = TrainResult(
-        adapter_dir=out_dir,
+        output_dir=out_dir,
+        method=params.method,
         steps=int(output.global_step),
         epochs=params.epochs,
         train_examples=len(examples),
@@ -309,9 +509,13 @@ def train_lora(
         losses=losses,
         first_loss=losses[0] if losses else math.nan,
         final_loss=losses[-1] if losses else math.nan,
+        resumed_from_step=resumed_from,
+        padding_free=padding_free,
+        precision=precision,
     )
     logger.info(
-        "Trained %d steps in %.1fs (%d tokens, %.0f tokens/s); loss %.4f -> %.4f; adapter at %s",
+        "Trained steps %d-%d in %.1fs (%d tokens, %.0f tokens/s); loss %.4f -> %.4f; saved to %s",
+        resumed_from + 1,
         result.steps,
         seconds,
         result.train_tokens,
@@ -321,3 +525,10 @@ def train_lora(
         out_dir,
     )
     return result
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """Delete a run's checkpoints once its result is stored durably elsewhere."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+

@@ -14,7 +14,7 @@ from ftops.gate import apply_gate
 BASELINE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "cost_per_1k_tokens": 0.002, "n": 100}
 GOOD = {**BASELINE, "accuracy": 0.60, "perplexity": 8.0, "latency_p50_ms": 60.0}
 GOOD_CI = (0.20, 0.11, 0.29)
-CEILING = GateConfig(max_cost_per_1k_tokens=0.01)
+CEILING = GateConfig(max_cost_per_1k_tokens=0.01, min_accuracy=0.4)
 
 
 def _failed(d: Any) -> list[str]:
@@ -24,9 +24,9 @@ def _failed(d: Any) -> list[str]:
 def test_a_clear_improvement_passes_and_every_criterion_is_listed() -> None:
     d = apply_gate(GOOD, BASELINE, CEILING, GOOD_CI)
     assert d.passed and d.decision == "deploy" and d.as_dict()["decision"] == "deploy"
-    assert len(d.reasons) == 6 and all(r.startswith("ok: ") for r in d.reasons)
+    assert len(d.reasons) == 7 and all(r.startswith("ok: ") for r in d.reasons)
     text = "\n".join(d.reasons)
-    for words in ("test examples 100", "gain +0.200", "95% CI [+0.110, +0.290]", "perplexity 8.00 vs 10.00",
+    for words in ("test examples 100", "gain +0.200", "accuracy 0.600 (floor ≥ 0.400", "95% CI [+0.110, +0.290]", "perplexity 8.00 vs 10.00",
                   "p50 latency 60.0 ms vs 50.0 ms", "cost per 1 000 tokens 0.002 (ceiling 0.01)"):  # fmt: skip
         assert words in text
 
@@ -35,13 +35,14 @@ def test_a_clear_improvement_passes_and_every_criterion_is_listed() -> None:
     ("change", "ci", "cfg", "words"),
     [
         ({"n": 19}, GOOD_CI, CEILING, "test examples 19 (need ≥ 20)"),
+        ({}, GOOD_CI, CEILING.model_copy(update={"min_accuracy": 0.7}), "accuracy 0.600 (floor ≥ 0.700"),
         ({"accuracy": 0.44}, (0.04, 0.01, 0.07), CEILING, "gain +0.040 (need ≥ +0.050)"),
         ({}, (0.20, -0.01, 0.41), CEILING, "lower bound -0.010 (need > +0.000)"),
         ({"perplexity": 10.5}, GOOD_CI, CEILING, "perplexity 10.50 vs 10.00"),
         ({"latency_p50_ms": 250.0}, GOOD_CI, CEILING, "p50 latency 250.0 ms vs 50.0 ms"),
         ({"cost_per_1k_tokens": 0.02}, GOOD_CI, CEILING, "cost per 1 000 tokens 0.02 (ceiling 0.01)"),
     ],
-    ids=["test size", "accuracy gain", "lower confidence bound", "perplexity", "latency", "cost ceiling"],
+    ids=["test size", "accuracy floor", "accuracy gain", "lower confidence bound", "perplexity", "latency", "cost ceiling"],
 )
 def test_each_criterion_failing_alone_archives_with_its_reason(
     change: dict[str, float], ci: tuple[float, float, float], cfg: GateConfig, words: str
@@ -51,7 +52,7 @@ def test_each_criterion_failing_alone_archives_with_its_reason(
     failed = _failed(d)
     assert len(failed) == 1, d.reasons
     assert words in failed[0]
-    assert len(d.reasons) == 6  # the passed criteria are still listed
+    assert len(d.reasons) == 7  # the passed criteria are still listed
 
 
 def test_the_lower_bound_must_be_strictly_above_the_threshold() -> None:
@@ -88,7 +89,7 @@ def test_a_nan_perplexity_fails() -> None:
 
 def test_without_an_interval_the_bound_criterion_is_left_out() -> None:
     d = apply_gate(GOOD, BASELINE, CEILING)
-    assert d.passed and len(d.reasons) == 5 and not any("CI" in r for r in d.reasons)
+    assert d.passed and len(d.reasons) == 6 and not any("CI" in r for r in d.reasons)
 
 
 def test_gate_config_defaults_and_ranges() -> None:
@@ -112,3 +113,17 @@ def test_the_markdown_report_carries_the_interval_and_every_reason() -> None:
     assert "| accuracy | 0.6 | 0.4 | +0.2 |" in table
     assert "+0.2000 [+0.1100, +0.2900]" in table and "95% CI" in table
     assert all(f"- {r}" in table for r in d.reasons)
+
+
+def test_a_first_model_that_only_beats_the_untuned_base_is_held_by_the_floor() -> None:
+    # measured in test_degraded: a model trained on shuffled replies scores 0.06 where the untuned base
+    # scores 0.00; the gain's CI clears zero, so only the absolute floor of the shipped config stops it
+    from ftops.config import load_config
+
+    base = {**BASELINE, "accuracy": 0.0, "perplexity": 150.0}
+    shuffled = {**GOOD, "accuracy": 0.06, "perplexity": 9.0}
+    shipped = load_config().gate
+    assert apply_gate(shuffled, base, shipped.model_copy(update={"min_accuracy": 0.0}), (0.06, 0.02, 0.11)).passed
+    d = apply_gate(shuffled, base, shipped, (0.06, 0.02, 0.11))
+    assert not d.passed and _failed(d) == [f"FAIL: accuracy 0.060 (floor ≥ {shipped.min_accuracy:.3f}, whatever "
+                                           "the baseline)"]

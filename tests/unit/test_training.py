@@ -1,4 +1,6 @@
-"""LoRA training on a tiny real model: the loss falls, the adapter moves, held-out scores improve.
+"""Training on a tiny real model: the loss falls, the adapter moves, held-out scores improve; a killed run
+resumes from its checkpoint to the same weights; padding-free batches give the padded loss; full
+fine-tuning; out of memory and NaN are clear errors.
 
 One module-scoped fixture builds a small base model (60 pre-training steps) and trains one adapter (80 steps);
 the fast tests read that run. That budget teaches the reply template (perplexity ~20x lower) but not yet the
@@ -23,7 +25,19 @@ from chat_rows import clean_chat_rows  # noqa: E402
 from ftops.basemodel import build_base_model, is_complete  # noqa: E402
 from ftops.config import HuggingFaceBackend  # noqa: E402
 from ftops.evaluation import METRIC_KEYS, EvalResult, evaluate, load_model, normalise  # noqa: E402
-from ftops.training import TrainingError, TrainResult, train_lora  # noqa: E402
+from ftops.training import (  # noqa: E402
+    Progress,
+    TrainingError,
+    TrainingOutOfMemoryError,
+    TrainResult,
+    _encode_rows,
+    choose_precision,
+    fine_tune,
+    flatten_batch,
+    latest_checkpoint,
+    pad_batch,
+    supports_padding_free,
+)
 
 TASK = "sentiment"
 N_TRAIN = 128
@@ -51,17 +65,20 @@ def data() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return train, rows[N_TRAIN:]
 
 
+PROGRESS: list[Progress] = []
+
+
 @pytest.fixture(scope="module")
 def run(base_dir: Path, data: tuple[list, list], tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     train, _ = data
-    return train_lora(str(base_dir), train, tmp_path_factory.mktemp("adapter"), PARAMS)
+    return fine_tune(str(base_dir), train, tmp_path_factory.mktemp("adapter"), PARAMS, on_progress=PROGRESS.append)
 
 
 @pytest.fixture(scope="module")
 def before_after(base_dir: Path, run: TrainResult, data: tuple[list, list]) -> tuple[EvalResult, EvalResult]:
     _, test = data
     before = evaluate(load_model(str(base_dir)), test, max_new_tokens=24)
-    after = evaluate(load_model(str(base_dir), run.adapter_dir), test, max_new_tokens=24)
+    after = evaluate(load_model(str(base_dir), run.output_dir), test, max_new_tokens=24)
     return before, after
 
 
@@ -75,14 +92,23 @@ def test_base_model_is_built_once(base_dir: Path) -> None:
 def test_loss_falls(run: TrainResult) -> None:
     assert run.steps == math.ceil(run.train_examples / PARAMS.batch_size) * PARAMS.epochs
     assert run.train_tokens > 0 and run.seconds > 0
+    assert not run.padding_free and run.precision == "fp32"  # auto: padded under sdpa attention, fp32 on a CPU
     assert all(math.isfinite(x) for x in run.losses)
     assert run.final_loss < 0.6 * run.first_loss  # measured 5.01 -> 2.02
+
+
+def test_progress_reports_step_loss_speed_and_eta(run: TrainResult) -> None:
+    assert [p.loss for p in PROGRESS] == run.losses
+    steps = [p.step for p in PROGRESS]
+    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == run.steps
+    assert all(p.tokens_per_s > 0 and p.max_steps == run.steps for p in PROGRESS)
+    assert PROGRESS[-1].eta_s == 0 and PROGRESS[0].eta_s > 0
 
 
 def test_adapter_weights_moved(run: TrainResult) -> None:
     from safetensors.torch import load_file
 
-    weights = load_file(str(run.adapter_dir / "adapter_model.safetensors"))
+    weights = load_file(str(run.output_dir / "adapter_model.safetensors"))
     lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
     assert lora_b, sorted(weights)
     # LoRA initialises B to zero: any norm above zero is training's doing
@@ -120,9 +146,103 @@ def test_non_finite_loss_names_the_step(
     monkeypatch.setattr(Trainer, "compute_loss", poisoned)
     train, _ = data
     with pytest.raises(TrainingError, match="at step 2/"):
-        train_lora(str(base_dir), train[:32], tmp_path, PARAMS.model_copy(update={"epochs": 1}))
+        fine_tune(str(base_dir), train[:32], tmp_path, PARAMS.model_copy(update={"epochs": 1}))
 
 
 def test_rejects_rows_that_are_not_conversations(base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError):
-        train_lora(str(base_dir), [{"messages": [{"role": "user", "content": "hi"}]}], tmp_path, PARAMS)
+        fine_tune(str(base_dir), [{"messages": [{"role": "user", "content": "hi"}]}], tmp_path, PARAMS)
+
+
+def test_out_of_memory_is_a_clear_error(
+    base_dir: Path, data: tuple[list, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import Trainer
+
+    def out_of_memory(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "training_step", out_of_memory)
+    train, _ = data
+    with pytest.raises(TrainingOutOfMemoryError, match="at step 1/2 with batch_size 16 and max_seq_len 256"):
+        fine_tune(str(base_dir), train[:32], tmp_path, PARAMS.model_copy(update={"epochs": 1}))
+
+
+def test_padding_free_batches_give_the_padded_loss(base_dir: Path, data: tuple[list, list]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    assert supports_padding_free(model, len(tokenizer))
+    examples = _encode_rows(tokenizer, data[0][:8], 256)
+    padded, flat = pad_batch(examples, tokenizer.pad_token_id or 0), flatten_batch(examples)
+    assert flat["input_ids"].numel() == int(padded["attention_mask"].sum()) < padded["input_ids"].numel()
+    with torch.no_grad():
+        loss_padded = model(**padded, use_cache=False).loss
+        loss_flat = model(**flat, use_cache=False).loss
+        few = flatten_batch(examples[:2])  # short enough for the model's positions when they do not restart
+        few_padded = model(**pad_batch(examples[:2], tokenizer.pad_token_id or 0), use_cache=False).loss
+        leaky = model(input_ids=few["input_ids"], labels=few["labels"], use_cache=False).loss
+    assert torch.allclose(loss_padded, loss_flat, atol=1e-5)
+    assert not torch.allclose(few_padded, leaky, atol=1e-3)  # without restarting positions examples see each other
+
+
+def test_precision_auto_is_bf16_only_on_a_gpu_that_supports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert choose_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert choose_precision("auto") == "bf16"
+    assert choose_precision("fp32") == "fp32"
+
+
+def test_full_fine_tuning_changes_the_base_weights(base_dir: Path, data: tuple[list, list], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    params = PARAMS.model_copy(update={"method": "full", "epochs": 1, "learning_rate": 1e-3})
+    result = fine_tune(str(base_dir), data[0][:32], tmp_path / "full", params)
+    assert result.method == "full" and result.steps == 2
+    assert not (tmp_path / "full" / "adapter_config.json").exists()
+    before, after = load_file(str(base_dir / "model.safetensors")), load_file(str(tmp_path / "full" / "model.safetensors"))
+    moved = [k for k in before if k in after and not torch.equal(before[k], after[k])]
+    assert len(moved) > len(before) // 2, moved  # every weight is trained, not an adapter
+    loaded = load_model(str(base_dir), tmp_path / "full")
+    assert "fully fine-tuned" in loaded.name
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(
+    base_dir: Path, data: tuple[list, list], tmp_path: Path
+) -> None:
+    from kill_training import run_killed
+    from safetensors.torch import load_file
+
+    rows = data[0][:48]
+    params = PARAMS.model_copy(update={"epochs": 2, "batch_size": 8, "checkpoint_every_steps": 4,
+                                       "padding_free": "on"})  # 12 steps, on packed batches  # fmt: skip
+    reference = fine_tune(str(base_dir), rows, tmp_path / "reference", params)
+    spec = {"call": "fine_tune", "base": str(base_dir), "rows": rows, "out": str(tmp_path / "killed"),
+            "checkpoints": str(tmp_path / "checkpoints"), "params": params.model_dump()}  # fmt: skip
+    killed = run_killed(9, spec, tmp_path / "spec.json")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "killed").exists()
+    assert latest_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "checkpoint-8"
+
+    resumed = fine_tune(str(base_dir), rows, tmp_path / "resumed", params, checkpoint_dir=tmp_path / "checkpoints")
+    assert resumed.resumed_from_step == 8 and resumed.steps == reference.steps == 12
+    assert resumed.padding_free and reference.padding_free
+    assert len(resumed.losses) < len(reference.losses)  # steps 1-8 were not trained again
+    want = load_file(str(reference.output_dir / "adapter_model.safetensors"))
+    got = load_file(str(resumed.output_dir / "adapter_model.safetensors"))
+    assert want.keys() == got.keys()
+    for key in want:  # same data order, same RNG state: the resumed run ends where the uninterrupted one did
+        assert torch.allclose(want[key], got[key], atol=1e-5), key
+
+
+def test_a_checkpoint_cut_short_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()  # the crash came before trainer_state.json was written
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert latest_checkpoint(tmp_path / "missing") is None
