@@ -283,6 +283,8 @@ def training_overrides(config: FtopsConfig, backend: str | None, params: dict[st
         ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
     """
     kind = backend or config.training.backend.kind
+    if params.get("method") == "full" and params.get("lora_r") is not None:
+        raise ValueError(f"lora_r={params['lora_r']!r} does not apply to method 'full'; leave it empty")
     overrides: dict[str, Any] = {"training.backend.kind": backend}
     for name, field in _TRAINING_PARAMS[kind].items():
         value = params.get(name)

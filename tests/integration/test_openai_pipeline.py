@@ -96,3 +96,41 @@ def test_an_api_job_that_fails_fails_the_run_with_the_apis_message_and_registers
     assert server.failure_error["message"] in caplog.text
     assert len(registry._versions(TASK_TYPE)) == before
     assert API_KEY not in caplog.text and os.environ.get("OPENAI_API_KEY") is None
+
+
+def test_a_task_retried_after_its_job_was_created_finds_the_job_and_its_run(server, dataset, monkeypatch) -> None:
+    """The worker dies between creating the job and recording it on the MLflow run; the retry (same run key)
+    finds the job by its idempotency key and continues the same MLflow run: one job, one run."""
+    import mlflow
+
+    from ftops import registry
+    from ftops.api_training import JOB_TAG, submit_candidate
+    from ftops.config import apply_overrides, load_config
+    from ftops.openai_ft import make_client
+
+    cfg = apply_overrides(load_config(), {"training.backend.kind": "openai"})
+    client = make_client(API_KEY, server.base_url)
+    jobs, creates = len(server.jobs), server.calls["POST /v1/fine_tuning/jobs"]
+    record = mlflow.set_tag
+
+    def crash(key: str, value: str) -> None:
+        if key == JOB_TAG:
+            raise ConnectionError("worker lost right after the job was created")
+        record(key, value)
+
+    monkeypatch.setattr(mlflow, "set_tag", crash)
+    with pytest.raises(ConnectionError):
+        submit_candidate(client, cfg, TASK_TYPE, dataset, run_key="retry-after-create")
+    monkeypatch.setattr(mlflow, "set_tag", record)
+    assert len(server.jobs) == jobs + 1  # the first attempt did create it
+    (crashed,) = registry.client().search_runs([registry.experiment_id(TASK_TYPE)],
+                                               "tags.`ftops.run_key` = 'retry-after-create'")  # fmt: skip
+    assert crashed.info.status == "FAILED"
+
+    retried = submit_candidate(client, cfg, TASK_TYPE, dataset, run_key="retry-after-create")
+    assert len(server.jobs) == jobs + 1 and server.calls["POST /v1/fine_tuning/jobs"] == creates + 1
+    assert retried["job_id"] == server.jobs[-1]["id"] and retried["run_id"] == crashed.info.run_id
+    runs = registry.client().search_runs([registry.experiment_id(TASK_TYPE)],
+                                         "tags.`ftops.run_key` = 'retry-after-create'")  # fmt: skip
+    assert [r.info.run_id for r in runs] == [crashed.info.run_id]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags[JOB_TAG] == retried["job_id"]

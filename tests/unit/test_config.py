@@ -83,3 +83,5 @@ def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
     assert full.training.backend.method == "full"
     with pytest.raises(ValueError, match="method='full' does not apply to the openai backend"):
         training_overrides(base, "openai", {"method": "full"})
+    with pytest.raises(ValueError, match="lora_r=8 does not apply to method 'full'"):
+        training_overrides(base, None, {"method": "full", "lora_r": 8})

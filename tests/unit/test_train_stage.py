@@ -132,6 +132,10 @@ def test_a_crash_between_registration_and_alias_is_completed_by_the_rerun(
     assert [str(v.version) for v in versions] == [version]
     assert versions[0].source == f"models:/{registry.client().get_run(resumed['run_id']).data.tags['ftops.model_id']}"
     assert str(registry.alias_version(TASK, registry.CHAMPION).version) == version
+    import mlflow
+
+    served = mlflow.transformers.load_model(f"models:/{registry.model_name(TASK)}@champion")  # as a server would
+    assert served("How was the film?", max_new_tokens=4)[0]["generated_text"].startswith("How was the film?")
 
 
 def test_an_unreachable_mlflow_store_is_a_clear_retryable_error_before_any_work(
