@@ -69,6 +69,15 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
                             description="Empty = config."),
         "lora_r": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
                         description="huggingface backend only. Empty = config."),
+        "lora_alpha": Param(None, type=["null", "integer"], minimum=1, title="LoRA alpha",
+                            description="huggingface backend, method lora: the update is scaled by alpha / rank. "
+                            "Empty = config."),
+        "max_seq_len": Param(None, type=["null", "integer"], minimum=16, title="Max sequence length",
+                             description="huggingface backend: tokens per example after the chat template; longer "
+                             "ones are cut. Empty = config."),
+        "precision": Param(None, type=["null", "string"], enum=[None, "auto", "bf16", "fp32"], title="Precision",
+                           description="huggingface backend: auto = bf16 on a GPU that supports it, else fp32. "
+                           "Empty = config."),
         "reason": Param(None, type=["null", "string"], title="Reason",
                         description="Why this run; recorded on the model version."),
     },

@@ -80,6 +80,11 @@ class HuggingFaceBackend(_Strict):
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (alpha / r scales the update).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    lora_target_modules: tuple[str, ...] | None = Field(
+        None,
+        description="Names (last part) of the layers LoRA adapts, e.g. [q_proj, v_proj]; empty: GPT-2's "
+        "c_attn, c_proj and c_fc where the model has them, else every linear layer.",
+    )
     max_seq_len: int = Field(256, ge=16, description="Tokens per example after the chat template; longer ones are cut.")
     seed: int = Field(0, description="Seed for data order and weight initialisation.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
@@ -267,9 +272,11 @@ def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConf
 # Trigger-form fields of ftops_finetune -> the backend field each sets, per backend (None: does not apply).
 _TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
     "huggingface": {"base_model": "base_model", "method": "method", "epochs": "epochs",
-                    "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r"},
+                    "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r",
+                    "lora_alpha": "lora_alpha", "max_seq_len": "max_seq_len", "precision": "precision"},
     "openai": {"base_model": "base_model", "method": None, "epochs": "n_epochs", "learning_rate": None,
-               "batch_size": "batch_size", "lora_r": None},
+               "batch_size": "batch_size", "lora_r": None, "lora_alpha": None, "max_seq_len": None,
+               "precision": None},
 }  # fmt: skip
 
 
@@ -283,8 +290,10 @@ def training_overrides(config: FtopsConfig, backend: str | None, params: dict[st
         ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
     """
     kind = backend or config.training.backend.kind
-    if params.get("method") == "full" and params.get("lora_r") is not None:
-        raise ValueError(f"lora_r={params['lora_r']!r} does not apply to method 'full'; leave it empty")
+    if params.get("method") == "full":
+        for name in ("lora_r", "lora_alpha"):
+            if params.get(name) is not None:
+                raise ValueError(f"{name}={params[name]!r} does not apply to method 'full'; leave it empty")
     overrides: dict[str, Any] = {"training.backend.kind": backend}
     for name, field in _TRAINING_PARAMS[kind].items():
         value = params.get(name)

@@ -349,11 +349,19 @@ def _encode_rows(tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_seq_len:
 
 
 def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     modules = {name.rsplit(".", 1)[-1]: module for name, module in base.named_modules()}
-    targets = [name for name in LORA_TARGET_MODULES if name in modules]
+    if params.lora_target_modules:
+        targets = [name for name in params.lora_target_modules if name in modules]
+        missing = sorted(set(params.lora_target_modules) - set(targets))
+        if missing:
+            linear = sorted(n for n, m in modules.items() if isinstance(m, torch.nn.Linear | Conv1D))
+            raise TrainingError(f"lora_target_modules {missing} are not in the model; its linear layers: {linear}")
+    else:
+        targets = [name for name in LORA_TARGET_MODULES if name in modules]
     lora = LoraConfig(
         r=params.lora_r,
         lora_alpha=params.lora_alpha,

@@ -20,7 +20,8 @@ PARAMS = {
     "ftops_curate": {"task_types", "since", "min_rating", "target_size", "dry_run"},
     "ftops_governor": {"task_type", "force", "reason"},
     "ftops_finetune": {"task_type", "dataset_version", "backend", "base_model", "epochs", "learning_rate",
-                       "batch_size", "lora_r", "method", "reason"},  # fmt: skip
+                       "batch_size", "lora_r", "method", "lora_alpha", "max_seq_len", "precision",
+                       "reason"},  # fmt: skip
     "ftops_canary": {"task_type"},
     "ftops_rollback": {"task_type", "to_version"},
 }

@@ -246,3 +246,9 @@ def test_a_checkpoint_cut_short_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-8").mkdir()  # the crash came before trainer_state.json was written
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_lora_target_modules_the_model_lacks_are_named_with_the_ones_it_has(base_dir: Path, tmp_path: Path) -> None:
+    params = PARAMS.model_copy(update={"lora_target_modules": ("q_proj", "c_attn")})
+    with pytest.raises(TrainingError, match=r"\['q_proj'\] are not in the model; its linear layers: .*c_attn"):
+        fine_tune(str(base_dir), clean_chat_rows(TASK, 8, seed=3), tmp_path, params)
