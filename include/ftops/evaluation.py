@@ -175,12 +175,13 @@ def load_model(base_model: str, weights_dir: str | Path | None = None) -> Loaded
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     name = base_model
-    if weights is not None and not (weights / "adapter_config.json").is_file():
+    adapter = weights is not None and (weights / "adapter_config.json").is_file()
+    if weights is not None and not adapter:
         model = AutoModelForCausalLM.from_pretrained(str(weights))  # a full fine-tune
         name = f"{base_model} fully fine-tuned ({weights})"
     else:
         model = AutoModelForCausalLM.from_pretrained(base_model)
-    if weights is not None and (weights / "adapter_config.json").is_file():
+    if adapter:
         from peft import PeftModel
 
         # Merged, so generation costs what the base costs; the adapter folder is left unchanged.

@@ -334,7 +334,7 @@ def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> 
     """Log the model in MLflow's ``transformers`` flavour (``text-generation``) and return its model id.
 
     A LoRA adapter on a hub base model is logged as the adapter plus a reference to the hub model (MLflow's
-    PEFT support). On a local base model (a path, which another machine may not have) the adapter is merged
+    PEFT support; not exercised here, where no hub is reachable). On a local base model (a path, which another machine may not have) the adapter is merged
     into the base and the merged model is logged whole, so ``mlflow.transformers.load_model`` works
     anywhere: MLflow would otherwise save the PEFT wrapper's weights under names the base model does not
     load (measured: every weight re-initialised). A full fine-tune is logged whole.
