@@ -1,4 +1,4 @@
-"""Test-wide settings: a throw-away FTOPS_HOME and AIRFLOW_HOME unless the caller set them."""
+"""Test-wide settings: a throw-away FTOPS_HOME and AIRFLOW_HOME unless the caller set others than the demo's."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-if "FTOPS_HOME" not in os.environ:
+# Never the demo's state: `. scripts/env.sh` points FTOPS_HOME (and AIRFLOW_HOME) at the project's .ftops/,
+# whose warehouse watermark and registries would change what the end-to-end tests read and count.
+_DEMO_HOME = str(ROOT / ".ftops")
+if os.environ.get("FTOPS_HOME", _DEMO_HOME) == _DEMO_HOME:
     os.environ["FTOPS_HOME"] = tempfile.mkdtemp(prefix="ftops-test-")
+    if os.environ.get("AIRFLOW_HOME", "").startswith(_DEMO_HOME):
+        del os.environ["AIRFLOW_HOME"]
 os.environ.setdefault("AIRFLOW_HOME", os.path.join(os.environ["FTOPS_HOME"], "airflow"))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -366,6 +366,39 @@ def generate_answers(
     return Generation(texts=texts, token_counts=counts, latencies_ms=latencies, seconds=seconds)
 
 
+def render_prompts(model: LoadedModel, test_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows' prompt turns rendered with the model's chat template and its generation prompt."""
+    return [
+        str(model.tokenizer.apply_chat_template(split_conversation(row["messages"])[0], tokenize=False,
+                                                add_generation_prompt=True))
+        for row in test_rows
+    ]  # fmt: skip
+
+
+def time_single_requests(
+    models: Sequence[LoadedModel], test_rows: Sequence[Mapping[str, Any]], *, sample: int = 32,
+    max_new_tokens: int = 48,
+) -> list[dict[str, float]]:
+    """Latency p50/p95 (ms) of single requests to each model, timed interleaved on the same prompts.
+
+    Prompt ``i`` of the first ``sample`` rows goes to every model in turn, the order rotated per prompt, so
+    load on the machine that comes and goes during the measurement falls on all models alike (timed one
+    model after the other, a candidate measured under load was compared with a baseline measured idle).
+
+    Returns:
+        ``{"latency_p50_ms", "latency_p95_ms"}`` per model, in ``models`` order.
+    """
+    rows = list(test_rows[:sample])
+    prompts = [render_prompts(m, rows) for m in models]
+    latencies: list[list[float]] = [[] for _ in models]
+    for i in range(len(rows)):
+        for k in (i + j for j in range(len(models))):
+            k %= len(models)
+            timed = generate_answers(models[k], [prompts[k][i]], batch_size=1, max_new_tokens=max_new_tokens)
+            latencies[k].append(timed.latencies_ms[0])
+    return [{"latency_p50_ms": _percentile(t, 0.5), "latency_p95_ms": _percentile(t, 0.95)} for t in latencies]
+
+
 def score_answers(outputs: Sequence[str], references: Sequence[str]) -> tuple[dict[str, float], list[bool]]:
     """Accuracy (exact match after :func:`normalise`), corpus BLEU and mean ROUGE-L F1 of answers.
 
@@ -399,7 +432,8 @@ def evaluate(
     Latency p50/p95 are those of single requests: the first ``latency_sample`` prompts (the same ones for
     any model evaluated on the same rows) are answered again one at a time, each timed from prompt to stop
     token. Within a batch a request's time depends on the batch (size, its neighbours' answers), which is
-    not what a latency criterion is about.
+    not what a latency criterion is about. ``latency_sample=0`` leaves them NaN, for a caller that times
+    several models together with :func:`time_single_requests`.
 
     Cost per 1 000 tokens prices the measured generation time (prompt processing included) at
     ``cost_per_hour`` for the machine doing it and spreads it over the generated tokens::
@@ -426,20 +460,14 @@ def evaluate(
     """
     if not test_rows:
         raise ValueError("no test rows to evaluate")
-    if latency_sample < 1:
-        raise ValueError(f"latency_sample must be >= 1, got {latency_sample}")
+    if latency_sample < 0:
+        raise ValueError(f"latency_sample must be >= 0, got {latency_sample}")
     conversations = [row["messages"] for row in test_rows]
-    splits = [split_conversation(messages) for messages in conversations]
-    references = [reply for _, reply in splits]
-    prompts = [
-        str(model.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
-        for turns, _ in splits
-    ]
+    references = [split_conversation(messages)[1] for messages in conversations]
+    prompts = render_prompts(model, test_rows)
     generation = generate_answers(model, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    timed = generate_answers(model, prompts[:latency_sample], batch_size=1, max_new_tokens=max_new_tokens)
-    differ = sum(a != b for a, b in zip(timed.texts, generation.texts, strict=False))
-    if differ:  # numerically near-tied logits can flip; the batched answers are the ones scored
-        logger.warning("%d of %d answers differ between batched and one-at-a-time generation", differ, len(timed.texts))
+    latency = (time_single_requests([model], test_rows, sample=latency_sample, max_new_tokens=max_new_tokens)[0]
+               if latency_sample else {"latency_p50_ms": math.nan, "latency_p95_ms": math.nan})  # fmt: skip
     nll_sum, nll_tokens = _reference_nll(model, conversations)
     scores, correct = score_answers(generation.texts, references)
     tokens = generation.tokens
@@ -448,8 +476,7 @@ def evaluate(
         "perplexity": math.exp(nll_sum / nll_tokens) if nll_tokens else math.nan,
         "bleu": scores["bleu"],
         "rouge_l": scores["rouge_l"],
-        "latency_p50_ms": _percentile(timed.latencies_ms, 0.5),
-        "latency_p95_ms": _percentile(timed.latencies_ms, 0.95),
+        **latency,
         "tokens_per_s": tokens / max(generation.seconds, 1e-9),
         "cost_per_1k_tokens": cost_per_hour * generation.seconds / 3600 / max(tokens, 1) * 1000,
         "n": float(len(prompts)),

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from ftops.embedding import Embedder
-    from ftops.evaluation import EvalResult
+    from ftops.evaluation import EvalResult, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -372,23 +372,49 @@ def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
     mlflow.log_input(dataset, context="training")
 
 
-def _evaluate_model(
-    tags: dict[str, str], adapter_uri: str, test: list[dict[str, Any]], cfg: FtopsConfig, folder: str,
-    api_client: Callable[[], Any] | None,
-) -> EvalResult:
-    """Evaluate one model given its training run's tags: a local base model plus LoRA adapter, or an API
-    model by its fine-tuned model id (``openai.fine_tuned_model``), or an untuned model (no adapter, no id)."""
-    from ftops.evaluation import evaluate, load_model
+def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> LoadedModel | None:
+    """The local model a training run's tags describe: the base model plus its trained weights (adapter or
+    full model) downloaded from ``weights_uri``, or the untuned base when the URI is empty. None for an API
+    model (``backend: openai``), which is evaluated through the API."""
+    from ftops.evaluation import load_model
 
     if tags.get("backend") == "openai":
-        from ftops.api_training import MODEL_TAG, evaluate_api_model
-
-        if api_client is None:
-            raise ValueError("an API model is to be evaluated but no API connection was given")
-        return evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test)
+        return None
     base = _check_base_model(tags["base_model"])
-    adapter = _mlflow_download(adapter_uri, folder) if adapter_uri else None
-    return evaluate(load_model(base, adapter), test, cost_per_hour=cfg.gate.compute_cost_per_hour)
+    return load_model(base, _mlflow_download(weights_uri, folder) if weights_uri else None)
+
+
+def _evaluate_models(
+    specs: list[tuple[dict[str, str], str]], test: list[dict[str, Any]], cfg: FtopsConfig, folder: str,
+    api_client: Callable[[], Any] | None,
+) -> list[EvalResult]:
+    """Evaluate models given as (training run tags, weights URI) on the same test rows.
+
+    An API model is asked through chat completions (``openai.fine_tuned_model``, or its base model when
+    untuned). When every model is local, single-request latency is timed with all of them loaded,
+    interleaved prompt by prompt (:func:`ftops.evaluation.time_single_requests`), so a load spike on the
+    machine cannot favour one of them.
+    """
+    from ftops.evaluation import evaluate, time_single_requests
+
+    loaded = [_load_local_model(tags, uri, f"{folder}/{i}") for i, (tags, uri) in enumerate(specs)]
+    local = [m for m in loaded if m is not None]
+    together = len(local) == len(loaded) > 1
+    results = []
+    for (tags, _), model in zip(specs, loaded, strict=True):
+        if model is None:
+            from ftops.api_training import MODEL_TAG, evaluate_api_model
+
+            if api_client is None:
+                raise ValueError("an API model is to be evaluated but no API connection was given")
+            results.append(evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test))
+        else:
+            results.append(evaluate(model, test, cost_per_hour=cfg.gate.compute_cost_per_hour,
+                                    latency_sample=0 if together else 32))  # fmt: skip
+    if together:
+        for result, latency in zip(results, time_single_requests(local, test), strict=True):
+            result.metrics.update(latency)
+    return results
 
 
 def _mlflow_download(uri: str, folder: str) -> str:
@@ -423,21 +449,19 @@ def evaluate_candidate(
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, run.data.tags["dataset_version"])
     test = datasets.read(version, "test")
+    tags = run.data.tags
+    champion = registry.alias_version(task_type, registry.CHAMPION)
+    if champion is not None:
+        baseline_name = f"champion v{champion.version}"
+        champ_run = c.get_run(str(champion.run_id))
+        champ_tags = {**champ_run.data.tags, **champion.tags}
+        baseline_spec = (champ_tags, f"{champ_run.info.artifact_uri}/{weights_artifact(champ_tags)}")
+    else:
+        baseline_name = f"base model {tags['base_model']}"
+        baseline_spec = ({"backend": tags["backend"], "base_model": tags["base_model"]}, "")  # untuned
     with tempfile.TemporaryDirectory() as tmp:
-        tags = run.data.tags
-        candidate = _evaluate_model(tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}", test, cfg,
-                                    f"{tmp}/c", api_client)  # fmt: skip
-        champion = registry.alias_version(task_type, registry.CHAMPION)
-        if champion is not None:
-            baseline_name = f"champion v{champion.version}"
-            champ_run = c.get_run(str(champion.run_id))
-            champ_tags = {**champ_run.data.tags, **champion.tags}
-            champ_uri = f"{champ_run.info.artifact_uri}/{weights_artifact(champ_tags)}"
-            baseline = _evaluate_model(champ_tags, champ_uri, test, cfg, f"{tmp}/b", api_client)
-        else:
-            baseline_name = f"base model {tags['base_model']}"
-            untuned = {"backend": tags["backend"], "base_model": tags["base_model"]}
-            baseline = _evaluate_model(untuned, "", test, cfg, f"{tmp}/b", api_client)
+        candidate_spec = (tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}")
+        candidate, baseline = _evaluate_models([candidate_spec, baseline_spec], test, cfg, tmp, api_client)
     ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
                           confidence=cfg.gate.confidence, seed=0)  # fmt: skip
     gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci)

@@ -222,3 +222,30 @@ def test_an_overlong_prompt_keeps_its_end_and_is_reported(
 def test_evaluate_rejects_an_empty_split(tiny: LoadedModel) -> None:
     with pytest.raises(ValueError, match="no test rows"):
         evaluate(tiny, [])
+
+
+def test_interleaved_timing_spreads_a_load_ramp_over_both_models(
+    tiny: LoadedModel, rows: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two identical models while the machine gets steadily busier: each request takes 1 ms longer than the
+    one before. Timed one model after the other the second looks ~32 ms slower; interleaved, they match."""
+    import ftops.evaluation as evaluation
+    from ftops.evaluation import Generation, time_single_requests
+
+    calls: list[str] = []
+    real = evaluation.generate_answers
+
+    def ramp(model: LoadedModel, prompts: list[str], **kw: Any) -> Generation:
+        calls.append(model.name)
+        out = real(model, prompts, **kw)
+        return Generation(out.texts, out.token_counts, [float(len(calls))], out.seconds)
+
+    monkeypatch.setattr(evaluation, "generate_answers", ramp)
+    other = LoadedModel(tiny.model, tiny.tokenizer, "tiny-random-2", tiny.stop_token_ids)
+    sequential = [time_single_requests([m], rows, sample=32, max_new_tokens=2)[0] for m in (tiny, other)]
+    assert sequential[1]["latency_p50_ms"] - sequential[0]["latency_p50_ms"] == 32
+    calls.clear()
+    first, second = time_single_requests([tiny, other], rows, sample=32, max_new_tokens=2)
+    assert calls[:4] == ["tiny-random", "tiny-random-2", "tiny-random-2", "tiny-random"]  # order rotates
+    assert len(calls) == 64 and abs(first["latency_p50_ms"] - second["latency_p50_ms"]) <= 1
+    assert first["latency_p95_ms"] > first["latency_p50_ms"]
