@@ -28,7 +28,6 @@ Torch runs on one thread, as evaluation does in the tests on these shared 2-core
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,24 +40,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 from ftops.evaluation import LoadedModel, evaluate, generate_answers, load_model  # noqa: E402
+from ftops.simulate import clean_chat_rows  # noqa: E402
 from ftops.training import split_conversation  # noqa: E402
 
 Answers = tuple[list[str], int]  # texts, generated tokens
-
-
-def chat_rows(task: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` distinct, clean simulator prompts with their reference replies, as chat rows."""
-    from ftops.simulate import generate_interactions, reference_response
-
-    rows, seen = [], set()
-    for r in generate_interactions(6 * n, seed=seed, task_types=[task]):
-        prompt = r["prompt"].strip()
-        if not r["success"] or r["metadata"] is None or prompt in seen or len(prompt) > 400:
-            continue
-        seen.add(prompt)
-        answer = reference_response(task, json.loads(r["metadata"])["expected"])
-        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
-    return rows[:n]
 
 
 def hf_generate(loaded: LoadedModel, prompts: list[str], batch_size: int, max_new: int) -> Answers:
@@ -154,14 +139,15 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         print(f"load before: {f.read().strip()}; torch threads: {torch.get_num_threads()}")
     base = build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL)))
-    rows = chat_rows(args.task, args.n, seed=21)
+    rows = clean_chat_rows(args.task, args.n, 21, oversample=6, max_prompt_chars=400)
     bench_model(f"base model {base}", load_model(str(base)), rows, args)
 
     if args.finetune_epochs:
         from ftops.training import fine_tune
 
         test_prompts = {r["messages"][0]["content"] for r in rows}
-        train = [r for r in chat_rows(args.task, 400 + args.n, seed=22) if r["messages"][0]["content"] not in test_prompts]
+        pool = clean_chat_rows(args.task, 400 + args.n, 22, oversample=6, max_prompt_chars=400)
+        train = [r for r in pool if r["messages"][0]["content"] not in test_prompts]
         with tempfile.TemporaryDirectory() as tmp:
             params = HuggingFaceBackend(epochs=args.finetune_epochs, learning_rate=5e-3, batch_size=16)
             result = fine_tune(str(base), train[:400], Path(tmp) / "adapter", params)

@@ -30,7 +30,6 @@ Torch runs on one thread (2 shared cores). CPU only: no MFU figure.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -44,24 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
+from ftops.simulate import clean_chat_rows  # noqa: E402
 from ftops.training import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, fine_tune  # noqa: E402
 
 Run = tuple[int, float, int]  # real tokens, seconds, padded tokens computed
-
-
-def chat_rows(task: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` distinct, clean simulator prompts with their reference replies, as chat rows."""
-    from ftops.simulate import generate_interactions, reference_response
-
-    rows, seen = [], set()
-    for r in generate_interactions(4 * n, seed=seed, task_types=[task]):
-        prompt = r["prompt"].strip()
-        if not r["success"] or r["metadata"] is None or prompt in seen:
-            continue
-        seen.add(prompt)
-        answer = reference_response(task, json.loads(r["metadata"])["expected"])
-        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
-    return rows[:n]
 
 
 def configured(base: str, rows: list[dict[str, Any]], params: Any) -> Run:
@@ -152,7 +137,7 @@ def main() -> None:
 
     base = str(build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL))))
     params = HuggingFaceBackend(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-    rows = chat_rows(args.task, args.n, args.seed)
+    rows = clean_chat_rows(args.task, args.n, args.seed)
     steps = math.ceil(len(rows) / params.batch_size) * params.epochs
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[0]

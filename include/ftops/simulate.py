@@ -478,3 +478,24 @@ def generate_interactions(
         row["timestamp"] = start - timedelta(seconds=round(offset, 3))
     logger.info("Generated %d interactions over %d days (seed %d, %d task types)", n, days, seed, len(types))
     return rows
+
+
+def clean_chat_rows(
+    task_type: str, n: int, seed: int, *, oversample: int = 4, max_prompt_chars: int | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``n`` distinct chat examples whose replies are the simulator's ground truth (no wrong answers).
+
+    For tests and benchmarks that train or evaluate: ``{"messages": [user prompt, assistant reference]}``,
+    drawn from ``oversample * n`` simulated calls (failed calls, repeats and prompts longer than
+    ``max_prompt_chars`` are skipped).
+    """
+    rows, seen = [], set()
+    for r in generate_interactions(oversample * n, seed=seed, task_types=[task_type]):
+        prompt = r["prompt"].strip()
+        too_long = max_prompt_chars is not None and len(prompt) > max_prompt_chars
+        if not r["success"] or r["metadata"] is None or prompt in seen or too_long:
+            continue
+        seen.add(prompt)
+        answer = reference_response(task_type, json.loads(r["metadata"])["expected"])
+        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+    return rows[:n]

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chat_rows import clean_chat_rows
+
+from ftops.simulate import clean_chat_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 ROOT = Path(__file__).resolve().parents[2]

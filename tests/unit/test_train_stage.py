@@ -16,12 +16,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from chat_rows import clean_chat_rows  # noqa: E402
 from kill_training import run_killed  # noqa: E402
 
 from ftops import registry, stages  # noqa: E402
 from ftops.basemodel import build_base_model  # noqa: E402
 from ftops.config import FtopsConfig  # noqa: E402
+from ftops.simulate import clean_chat_rows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("mlflow_store", "one_torch_thread")
 TASK = "sentiment"

@@ -20,11 +20,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from chat_rows import clean_chat_rows  # noqa: E402
-
 from ftops.basemodel import build_base_model, is_complete  # noqa: E402
 from ftops.config import HuggingFaceBackend  # noqa: E402
 from ftops.evaluation import METRIC_KEYS, EvalResult, evaluate, load_model, normalise  # noqa: E402
+from ftops.simulate import clean_chat_rows  # noqa: E402
 from ftops.training import (  # noqa: E402
     Progress,
     TrainingError,
