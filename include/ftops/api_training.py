@@ -55,7 +55,7 @@ def submit_candidate(
     import mlflow
 
     from ftops.openai_ft import estimate_cost, submit_job
-    from ftops.stages import _log_dataset_input, dataset_registry
+    from ftops.stages import candidate_run, dataset_registry
 
     backend = _backend(cfg)
     datasets = dataset_registry(cfg)
@@ -69,21 +69,11 @@ def submit_candidate(
     if len(train) < cfg.gate.min_test_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples")
     estimate = estimate_cost(train, backend)
-    resumed = registry.unfinished_run(task_type, run_key)  # an attempt that crashed: continue its run
-    context = mlflow.start_run(run_id=resumed) if resumed else mlflow.start_run(
-        experiment_id=registry.experiment_id(task_type), run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}-api"
-    )  # fmt: skip
-    with context as run:
-        if not resumed:
-            mlflow.set_tags({
-                "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
-                "backend": "openai", "base_model": backend.base_model, "task_type": task_type,
-            })  # fmt: skip
-            params = backend.model_dump(mode="json", exclude={"price_per_1m_training_tokens"})
-            mlflow.log_params(params | {"train_examples": len(train)})
-            mlflow.log_metrics({"estimated_cost_usd": estimate.usd,
-                                "estimated_training_tokens": estimate.billable_tokens})  # fmt: skip
-            _log_dataset_input(version, datasets.root)
+    params = backend.model_dump(mode="json", exclude={"price_per_1m_training_tokens"}) | {"train_examples": len(train)}
+    with candidate_run(task_type, run_key, version, datasets.root,
+                       run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}-api",
+                       tags={"backend": "openai", "base_model": backend.base_model}, params=params) as (run, _):  # fmt: skip
+        mlflow.log_metrics({"estimated_cost_usd": estimate.usd, "estimated_training_tokens": estimate.billable_tokens})
         job_id = submit_job(client, train_rows=train, validation_rows=None, backend=backend, idempotency_key=run_key,
                             metadata={"task_type": task_type, "dataset_version": version.tag})  # fmt: skip
         mlflow.set_tag(JOB_TAG, job_id)

@@ -375,8 +375,12 @@ def render_prompts(model: LoadedModel, test_rows: Sequence[Mapping[str, Any]]) -
     ]  # fmt: skip
 
 
+# Prompts answered one at a time for the latency percentiles (the same first ones for every model).
+LATENCY_SAMPLE = 32
+
+
 def time_single_requests(
-    models: Sequence[LoadedModel], test_rows: Sequence[Mapping[str, Any]], *, sample: int = 32,
+    models: Sequence[LoadedModel], test_rows: Sequence[Mapping[str, Any]], *, sample: int = LATENCY_SAMPLE,
     max_new_tokens: int = 48,
 ) -> list[dict[str, float]]:
     """Latency p50/p95 (ms) of single requests to each model, timed interleaved on the same prompts.
@@ -425,7 +429,7 @@ def evaluate(
     batch_size: int = 64,
     max_new_tokens: int = 48,
     cost_per_hour: float = 0.0,
-    latency_sample: int = 32,
+    latency_sample: int = LATENCY_SAMPLE,
 ) -> EvalResult:
     """Generate answers to the test prompts and score them against the reference replies.
 

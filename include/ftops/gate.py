@@ -4,8 +4,9 @@ Criteria (thresholds in :class:`ftops.config.GateConfig`): enough test examples;
 least ``min_accuracy_gain``; an absolute accuracy of at least ``min_accuracy`` (the first model of a task
 type is compared only with the untuned base model, which almost any fine-tune beats); a gain whose lower
 confidence bound (paired bootstrap over the same examples, :func:`ftops.evaluation.paired_bootstrap`) is
-above ``min_lower_bound_gain``, so that a gain the test set cannot tell from luck does not ship; no perplexity rise beyond ``max_perplexity_increase``; a p50 latency
-rise under ``max_latency_increase_ms``; and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``.
+above ``min_lower_bound_gain``, so that a gain the test set cannot tell from luck does not ship; no
+perplexity rise beyond ``max_perplexity_increase``; a p50 latency rise under ``max_latency_increase_ms``;
+and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``.
 Every criterion is reported in words, passed or failed.
 """
 

@@ -12,6 +12,8 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,8 +225,9 @@ def govern(
 def _hf_backend(cfg: FtopsConfig) -> HuggingFaceBackend:
     backend = cfg.training.backend
     if not isinstance(backend, HuggingFaceBackend):
-        raise NotImplementedError(
-            "the OpenAI-compatible backend is not built yet (issue 4); use backend 'huggingface'"
+        raise ValueError(
+            "train_candidate trains with the huggingface backend; the openai backend submits a job through "
+            "ftops.api_training.submit_candidate"
         )
     return backend
 
@@ -298,24 +301,14 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
         mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
                             "learning_rate": p.learning_rate, "epoch": p.epoch}, step=p.step)  # fmt: skip
 
-    resumed = registry.unfinished_run(task_type, run_key)
     checkpoints = checkpoint_dir(cfg, task_type, run_key)
     weights = "adapter" if backend.method == "lora" else "full_model"
-    if resumed:
-        log.info("Continuing MLflow run %s of run key %s (checkpoints in %s)", resumed, run_key, checkpoints)
-        context = mlflow.start_run(run_id=resumed)
-    else:
-        context = mlflow.start_run(experiment_id=registry.experiment_id(task_type),
-                                   run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp, context as run:
-        if not resumed:
-            mlflow.set_tags({
-                "ftops.run_key": run_key, "dataset_version": version.tag, "content_hash": version.content_hash,
-                "backend": backend.kind, "base_model": backend.base_model, "task_type": task_type,
-                "ftops.weights": weights,
-            })  # fmt: skip
-            mlflow.log_params(backend.model_dump(mode="json") | {"train_examples": len(train)})
-            _log_dataset_input(version, datasets.root)
+    lineage = {"backend": backend.kind, "base_model": backend.base_model, "ftops.weights": weights}
+    params = backend.model_dump(mode="json") | {"train_examples": len(train)}
+    with tempfile.TemporaryDirectory() as tmp, candidate_run(
+        task_type, run_key, version, datasets.root, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}",
+        tags=lineage, params=params,
+    ) as (run, _):
         result = fine_tune(base_model, train, Path(tmp) / weights, backend, checkpoint_dir=checkpoints,
                            on_progress=log_progress)  # fmt: skip
         mlflow.log_metrics({
@@ -334,9 +327,9 @@ def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> 
     """Log the model in MLflow's ``transformers`` flavour (``text-generation``) and return its model id.
 
     A LoRA adapter on a hub base model is logged as the adapter plus a reference to the hub model (MLflow's
-    PEFT support; not exercised here, where no hub is reachable). On a local base model (a path, which another machine may not have) the adapter is merged
-    into the base and the merged model is logged whole, so ``mlflow.transformers.load_model`` works
-    anywhere: MLflow would otherwise save the PEFT wrapper's weights under names the base model does not
+    PEFT support; not exercised here, where no hub is reachable). On a local base model (a path, which
+    another machine may not have) the adapter is merged into the base and the merged model is logged whole,
+    so ``mlflow.transformers.load_model`` works anywhere: MLflow would otherwise save the PEFT wrapper's weights under names the base model does not
     load (measured: every weight re-initialised). A full fine-tune is logged whole.
     """
     from importlib.metadata import version
@@ -372,6 +365,34 @@ def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
     mlflow.log_input(dataset, context="training")
 
 
+@contextmanager
+def candidate_run(
+    task_type: str, run_key: str, version: DatasetVersion, repo: Path, *, run_name: str, tags: dict[str, str],
+    params: dict[str, Any],
+) -> Iterator[tuple[Any, bool]]:
+    """The MLflow run of one training run key, as ``(active run, resumed)``.
+
+    A new run gets the lineage: run key, dataset version and content hash, task type, ``tags`` (backend,
+    base model...), ``params`` and the dataset version as an input. The unfinished run a crashed or killed
+    attempt left is continued as it is, so a run key has one run however many attempts it takes.
+    """
+    import mlflow
+
+    resumed = registry.unfinished_run(task_type, run_key)
+    if resumed:
+        log.info("Continuing MLflow run %s of run key %s", resumed, run_key)
+    context = mlflow.start_run(run_id=resumed) if resumed else mlflow.start_run(
+        experiment_id=registry.experiment_id(task_type), run_name=run_name
+    )  # fmt: skip
+    with context as run:
+        if not resumed:
+            mlflow.set_tags({"ftops.run_key": run_key, "dataset_version": version.tag,
+                             "content_hash": version.content_hash, "task_type": task_type, **tags})  # fmt: skip
+            mlflow.log_params(params)
+            _log_dataset_input(version, repo)
+        yield run, resumed is not None
+
+
 def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> LoadedModel | None:
     """The local model a training run's tags describe: the base model plus its trained weights (adapter or
     full model) downloaded from ``weights_uri``, or the untuned base when the URI is empty. None for an API
@@ -395,7 +416,7 @@ def _evaluate_models(
     interleaved prompt by prompt (:func:`ftops.evaluation.time_single_requests`), so a load spike on the
     machine cannot favour one of them.
     """
-    from ftops.evaluation import evaluate, time_single_requests
+    from ftops.evaluation import LATENCY_SAMPLE, evaluate, time_single_requests
 
     loaded = [_load_local_model(tags, uri, f"{folder}/{i}") for i, (tags, uri) in enumerate(specs)]
     local = [m for m in loaded if m is not None]
@@ -410,7 +431,7 @@ def _evaluate_models(
             results.append(evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test))
         else:
             results.append(evaluate(model, test, cost_per_hour=cfg.gate.compute_cost_per_hour,
-                                    latency_sample=0 if together else 32))  # fmt: skip
+                                    latency_sample=0 if together else LATENCY_SAMPLE))  # fmt: skip
     if together:
         for result, latency in zip(results, time_single_requests(local, test), strict=True):
             result.metrics.update(latency)
