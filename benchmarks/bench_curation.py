@@ -59,8 +59,8 @@ class CountingEmbedder:
 
 
 def _setup(folder: Path):
-    from ftops.config import FtopsConfig, StorageConfig
-    from ftops.warehouse import ensure_schema
+    from ftops.core.config import FtopsConfig, StorageConfig
+    from ftops.warehouse.schema import ensure_schema
 
     engine = sa.create_engine(f"sqlite:///{folder / 'warehouse.db'}")
     ensure_schema(engine)
@@ -70,7 +70,7 @@ def _setup(folder: Path):
 
 
 def _curate(engine, cfg, run_key: str, now: datetime, embedder, **kwargs) -> tuple[dict, float]:  # noqa: ANN001
-    from ftops.stages import curate_task_type
+    from ftops.pipeline.curate import curate_task_type
 
     started = time.perf_counter()
     result = curate_task_type(engine, cfg, TASK, run_key=run_key, now=now, embedder=embedder, **kwargs)
@@ -78,8 +78,9 @@ def _curate(engine, cfg, run_key: str, now: datetime, embedder, **kwargs) -> tup
 
 
 def rerun_share(rows: int, embedder) -> None:  # noqa: ANN001
-    from ftops.simulate import generate_interactions
-    from ftops.warehouse import insert_interactions
+    from ftops_dev.simulate import generate_interactions
+
+    from ftops.warehouse.schema import insert_interactions
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, cfg = _setup(Path(tmp))
@@ -104,8 +105,9 @@ def rerun_share(rows: int, embedder) -> None:  # noqa: ANN001
 
 
 def warm_at_scale(rows: int, embedder) -> None:  # noqa: ANN001
-    from ftops.simulate import generate_interactions
-    from ftops.warehouse import insert_interactions
+    from ftops_dev.simulate import generate_interactions
+
+    from ftops.warehouse.schema import insert_interactions
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, cfg = _setup(Path(tmp))
@@ -132,7 +134,7 @@ def main() -> None:
     parser.add_argument("--fast-embedder", action="store_true", help="hash stand-in for the warm-cache measurement")
     args = parser.parse_args()
     os.environ.setdefault("FTOPS_HOME", tempfile.mkdtemp(prefix="ftops-bench-"))  # Data Docs land here
-    from ftops.embedding import SentenceEmbedder
+    from ftops.curation.embedding import SentenceEmbedder
 
     real = SentenceEmbedder()
     print(f"# bench_curation: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.1f}")

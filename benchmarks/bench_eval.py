@@ -39,9 +39,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
-from ftops.evaluation import LoadedModel, evaluate, generate_answers, load_model  # noqa: E402
-from ftops.simulate import clean_chat_rows  # noqa: E402
-from ftops.training import split_conversation  # noqa: E402
+from ftops_dev.simulate import clean_chat_rows  # noqa: E402
+
+from ftops.core.chat import split_conversation  # noqa: E402
+from ftops.evaluation.evaluate import evaluate  # noqa: E402
+from ftops.evaluation.generate import LoadedModel, generate_answers, load_model  # noqa: E402
 
 Answers = tuple[list[str], int]  # texts, generated tokens
 
@@ -133,8 +135,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if not os.environ.get("FTOPS_HOME"):
         os.environ["FTOPS_HOME"] = str(Path(tempfile.gettempdir()) / "ftops-bench-eval")
-    from ftops.basemodel import build_base_model
-    from ftops.config import LOCAL_BASE_MODEL, HuggingFaceBackend, resolve_base_model
+    from ftops.core.config import LOCAL_BASE_MODEL, HuggingFaceBackend, resolve_base_model
+    from ftops.training.basemodel import build_base_model
 
     with open("/proc/loadavg") as f:
         print(f"load before: {f.read().strip()}; torch threads: {torch.get_num_threads()}")
@@ -143,7 +145,7 @@ def main() -> None:
     bench_model(f"base model {base}", load_model(str(base)), rows, args)
 
     if args.finetune_epochs:
-        from ftops.training import fine_tune
+        from ftops.training.hf import fine_tune
 
         test_prompts = {r["messages"][0]["content"] for r in rows}
         pool = clean_chat_rows(args.task, 400 + args.n, 22, oversample=6, max_prompt_chars=400)

@@ -136,7 +136,7 @@ def child(method: str, url: str, table: str, variant: str) -> dict[str, Any]:
         import adbc_driver_postgresql.dbapi  # noqa: F401  (imported untimed, like pandas for the baseline)
         import pyarrow  # noqa: F401
 
-        from ftops.sqlread import read_frame
+        from ftops.warehouse.sqlread import read_frame
 
         def read() -> pd.DataFrame:
             return read_frame(engine, query)
@@ -257,7 +257,7 @@ def main() -> int:
         print(json.dumps(child(args.child, args.url, args.table, args.variant)))
         return 0
 
-    from ftops import warehouse as wh
+    from ftops.warehouse import schema as wh
 
     methods = tuple(m for m in args.methods.split(",") if m)
     if "read_sql" not in methods:

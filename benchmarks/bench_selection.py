@@ -32,11 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
-from ftops.selection import (  # noqa: E402  (path set up above for running as a script)
-    select_diverse,
-    select_diverse_faiss_per_candidate,
-    select_diverse_naive,
-)
+from ftops_dev.baselines import select_diverse_faiss_per_candidate, select_diverse_naive
+
+from ftops.curation.selection import select_diverse
 
 
 def make_candidates(n: int, dim: int, bases: int, fresh: int, noise: float, seed: int) -> np.ndarray:

@@ -43,8 +43,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
-from ftops.simulate import clean_chat_rows  # noqa: E402
-from ftops.training import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, fine_tune  # noqa: E402
+from ftops_dev.simulate import clean_chat_rows  # noqa: E402
+
+from ftops.training.hf import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, fine_tune  # noqa: E402
 
 Run = tuple[int, float, int]  # real tokens, seconds, padded tokens computed
 
@@ -132,8 +133,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if not os.environ.get("FTOPS_HOME"):
         os.environ["FTOPS_HOME"] = str(Path(tempfile.gettempdir()) / "ftops-bench-eval")
-    from ftops.basemodel import build_base_model
-    from ftops.config import LOCAL_BASE_MODEL, HuggingFaceBackend, resolve_base_model
+    from ftops.core.config import LOCAL_BASE_MODEL, HuggingFaceBackend, resolve_base_model
+    from ftops.training.basemodel import build_base_model
 
     base = str(build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL))))
     params = HuggingFaceBackend(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)

@@ -36,7 +36,7 @@ from ftops_airflow.common import DEFAULT_ARGS, TAGS, resolve_config, snapshot, w
 def ftops_canary():
     @task
     def list_canaries(params: dict | None = None) -> list[str]:
-        from ftops.stages import dataset_registry
+        from ftops.pipeline.common import dataset_registry
 
         if params["task_type"]:
             return [params["task_type"]]
@@ -47,7 +47,7 @@ def ftops_canary():
     def review_canary(task_type: str) -> dict:
         from airflow.sdk import get_current_context
 
-        from ftops.stages import review_canary as review
+        from ftops.pipeline.canary import review_canary as review
 
         get_current_context()["task_type"] = task_type
         cfg = snapshot(resolve_config({}))

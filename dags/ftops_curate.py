@@ -69,7 +69,7 @@ def ftops_curate():
 
     @task
     def list_task_types(config: dict, params: dict | None = None) -> list[str]:
-        from ftops.warehouse import list_task_types as from_logs
+        from ftops.warehouse.schema import list_task_types as from_logs
 
         cfg = snapshot(config)
         chosen = params["task_types"] or list(cfg.task_types)
@@ -77,7 +77,7 @@ def ftops_curate():
 
     @task(pool=VERSIONING_POOL, outlets=[DATASETS], map_index_template="{{ task_type }}")
     def curate_dataset(task_type: str, config: dict, params: dict | None = None) -> dict:
-        from ftops.stages import curate_task_type
+        from ftops.pipeline.curate import curate_task_type
 
         ctx = get_current_context()
         ctx["task_type"] = task_type  # names the mapped instance in the UI

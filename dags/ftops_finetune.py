@@ -85,8 +85,8 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
 def ftops_finetune():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
-        from ftops.config import load_config, training_overrides
-        from ftops.stages import check_training_request
+        from ftops.core.config import load_config, training_overrides
+        from ftops.pipeline.finetune import check_training_request
 
         config = resolve_config(training_overrides(load_config(), params["backend"], params))
         check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
@@ -97,11 +97,11 @@ def ftops_finetune():
         cfg, task_type = snapshot(config), params["task_type"]
         run_key = f"{get_current_context()['run_id']}/{task_type}"
         if cfg.training.backend.kind == "openai":  # submits the job and returns; wait_for_model waits
-            from ftops.api_training import submit_candidate
+            from ftops.pipeline.finetune_api import submit_candidate
 
             client = openai_client(cfg.training.backend.conn_id)
             return submit_candidate(client, cfg, task_type, params["dataset_version"], run_key=run_key)
-        from ftops.stages import train_candidate as train
+        from ftops.pipeline.finetune import train_candidate as train
 
         return train(cfg, task_type, params["dataset_version"], run_key=run_key)
 
@@ -109,7 +109,7 @@ def ftops_finetune():
     def wait_for_model(config: dict, trained: dict) -> PokeReturnValue:
         if trained.get("backend") != "openai":  # trained in train_candidate itself
             return PokeReturnValue(is_done=True, xcom_value=trained)
-        from ftops.api_training import poll_candidate
+        from ftops.pipeline.finetune_api import poll_candidate
 
         cfg = snapshot(config)
         backend = cfg.training.backend
@@ -118,7 +118,7 @@ def ftops_finetune():
 
     @task(pool=TRAINING_POOL)
     def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:
-        from ftops.stages import evaluate_candidate as evaluate
+        from ftops.pipeline.finetune_eval import evaluate_candidate as evaluate
 
         cfg = snapshot(config)
         conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
@@ -126,8 +126,8 @@ def ftops_finetune():
 
     @task
     def register_candidate(trained: dict, evaluation: dict, params: dict | None = None) -> dict:
-        from ftops import registry
-        from ftops.stages import register_candidate as register
+        from ftops.pipeline.finetune import register_candidate as register
+        from ftops.registry import models as registry
 
         version = register(params["task_type"], trained["run_id"], evaluation)
         if params["reason"]:
@@ -140,13 +140,13 @@ def ftops_finetune():
 
     @task
     def deploy_canary(config: dict, registered: dict, params: dict | None = None) -> dict:
-        from ftops.stages import deploy_candidate
+        from ftops.pipeline.finetune import deploy_candidate
 
         return deploy_candidate(snapshot(config), params["task_type"], registered["version"])
 
     @task
     def archive(registered: dict, params: dict | None = None) -> dict:
-        from ftops.stages import archive_candidate
+        from ftops.pipeline.finetune import archive_candidate
 
         return archive_candidate(params["task_type"], registered["version"], registered["reasons"])
 

@@ -43,7 +43,7 @@ from ftops_airflow.common import DATASETS, DEFAULT_ARGS, TAGS, resolve_config, s
 def ftops_governor():
     @task
     def decide_training(params: dict | None = None) -> list[dict]:
-        from ftops.stages import govern
+        from ftops.pipeline.governor import govern
 
         cfg = snapshot(resolve_config({}))
         task_types = [params["task_type"]] if params["task_type"] else list(cfg.task_types)

@@ -33,7 +33,7 @@ from ftops_airflow.common import DEFAULT_ARGS, TAGS
 def ftops_rollback():
     @task
     def rollback_champion(params: dict | None = None) -> dict:
-        from ftops.stages import rollback
+        from ftops.pipeline.rollback import rollback
 
         return rollback(params["task_type"], params["to_version"])
 

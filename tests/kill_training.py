@@ -26,9 +26,9 @@ def run_killed(step: int, spec: dict[str, Any], spec_path: Path) -> subprocess.C
 def _main(step: int, spec: dict[str, Any]) -> None:
     import torch
 
-    import ftops.training as training
-    from ftops import stages
-    from ftops.config import FtopsConfig, HuggingFaceBackend
+    import ftops.training.hf as training
+    from ftops.core.config import FtopsConfig, HuggingFaceBackend
+    from ftops.pipeline import finetune as stages
 
     torch.set_num_threads(1)
     make = training._make_trainer_class

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ftops.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
+from ftops.core.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
 
 log = logging.getLogger("ftops")
 
@@ -37,9 +37,9 @@ def warehouse_url(explicit: str | None = None) -> str:
 
 def _simulate(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
+    from ftops_dev.simulate import generate_interactions
 
-    from ftops.simulate import generate_interactions
-    from ftops.warehouse import ensure_schema, insert_interactions
+    from ftops.warehouse.schema import ensure_schema, insert_interactions
 
     cfg = load_config()
     engine = sa.create_engine(warehouse_url(args.warehouse_url))
@@ -55,7 +55,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _build_base_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ftops.basemodel import build_base_model
+    from ftops.training.basemodel import build_base_model
 
     out = Path(resolve_base_model(LOCAL_BASE_MODEL))
     build_base_model(out, force=args.force)
@@ -64,8 +64,8 @@ def _build_base_model(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from ftops import registry
-    from ftops.stages import dataset_registry
+    from ftops.pipeline.common import dataset_registry
+    from ftops.registry import models as registry
 
     cfg = load_config()
     datasets = dataset_registry(cfg)

@@ -14,7 +14,7 @@ from airflow.sdk import Asset, BaseHook
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from ftops.config import FtopsConfig, apply_overrides, ftops_home, load_config
+from ftops.core.config import FtopsConfig, apply_overrides, ftops_home, load_config
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -83,7 +83,7 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
 def openai_client(conn_id: str) -> Any:
     """An ``openai`` client for an OpenAI-compatible API: key from the connection's password, base URL from
     its host (or ``extra.openai_client_kwargs.base_url``, as the OpenAI provider reads it)."""
-    from ftops.openai_ft import make_client
+    from ftops.core.openai_api import make_client
 
     conn = BaseHook.get_connection(conn_id)
     base_url = conn.host or (conn.extra_dejson.get("openai_client_kwargs") or {}).get("base_url")

@@ -44,7 +44,7 @@ def airflow_cli():
 
 @pytest.fixture(scope="module")
 def base_model() -> Path:
-    from ftops.basemodel import build_base_model
-    from ftops.config import LOCAL_BASE_MODEL, resolve_base_model
+    from ftops.core.config import LOCAL_BASE_MODEL, resolve_base_model
+    from ftops.training.basemodel import build_base_model
 
     return build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL)))

@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from ftops.simulate import clean_chat_rows
+from ftops_dev.simulate import clean_chat_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +58,8 @@ def dags(own_stores: Path, airflow_db) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def datasets(own_stores: Path) -> dict[str, Any]:
     """v1: good rows. v2: the same rows with training responses permuted in one cycle (none keeps its own)."""
-    from ftops.config import load_config
-    from ftops.stages import dataset_registry
+    from ftops.core.config import load_config
+    from ftops.pipeline.common import dataset_registry
 
     rows = clean_chat_rows(TASK_TYPE, N_TRAIN + N_TEST, seed=31)
     test, train = rows[:N_TEST], rows[N_TEST:]
@@ -79,7 +78,7 @@ def datasets(own_stores: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def champion(dags: dict[str, Any], datasets: dict[str, Any], base_model: Path) -> str:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "dataset_version": "v1"})
     assert run.state == "success"
@@ -103,7 +102,7 @@ def test_the_degraded_run_takes_the_archive_branch(degraded_run: Any) -> None:
 def test_the_degraded_version_is_registered_archived_with_its_reasons(
     degraded_run: Any, datasets: dict[str, Any], champion: str
 ) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     versions = {str(v.version): v for v in registry._versions(TASK_TYPE)}
     assert set(versions) == {champion, str(int(champion) + 1)}
@@ -123,7 +122,7 @@ def test_the_degraded_version_is_registered_archived_with_its_reasons(
 
 
 def test_the_champion_alias_is_untouched(degraded_run: Any, champion: str) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     assert str(registry.alias_version(TASK_TYPE, registry.CHAMPION).version) == champion
     assert registry.alias_version(TASK_TYPE, registry.CANARY) is None
@@ -136,7 +135,7 @@ def test_the_evaluation_report_is_logged_with_the_interval_and_every_example(
 ) -> None:
     import mlflow
 
-    from ftops import registry
+    from ftops.registry import models as registry
 
     version = next(v for v in registry._versions(TASK_TYPE) if str(v.version) != champion)
     metrics = registry.client().get_run(version.run_id).data.metrics

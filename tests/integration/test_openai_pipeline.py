@@ -38,10 +38,12 @@ def api_dags(server, airflow_db):
 
 @pytest.fixture(scope="module")
 def dataset() -> str:
-    from ftops.config import load_config
-    from ftops.curation import split_of, to_example
-    from ftops.simulate import generate_interactions
-    from ftops.stages import dataset_registry
+    from ftops_dev.simulate import generate_interactions
+
+    from ftops.core.config import load_config
+    from ftops.curation.curate import to_example
+    from ftops.curation.rules import split_of
+    from ftops.pipeline.common import dataset_registry
 
     rows = [r for r in generate_interactions(400, seed=5, task_types=["sentiment"])
             if r["success"] and (r["user_feedback"] or 0) >= 4 and len(r["prompt"]) < 2000]  # fmt: skip
@@ -60,7 +62,7 @@ def _conf(**extra) -> dict:
 
 def test_api_fine_tune_survives_a_lost_create_response_with_one_job_and_registers_it(api_dags, server, dataset,
                                                                                       caplog) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     server.lose_create_response = True  # the job is created, the response is a 500: the client sees a failure
     run = api_dags["ftops_finetune"].test(run_conf=_conf())
@@ -85,7 +87,7 @@ def test_api_fine_tune_survives_a_lost_create_response_with_one_job_and_register
 
 def test_an_api_job_that_fails_fails_the_run_with_the_apis_message_and_registers_nothing(api_dags, server,
                                                                                           dataset, caplog) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     before = len(registry._versions(TASK_TYPE))
     server.fail_next_job = True
@@ -103,10 +105,10 @@ def test_a_task_retried_after_its_job_was_created_finds_the_job_and_its_run(serv
     finds the job by its idempotency key and continues the same MLflow run: one job, one run."""
     import mlflow
 
-    from ftops import registry
-    from ftops.api_training import JOB_TAG, submit_candidate
-    from ftops.config import apply_overrides, load_config
-    from ftops.openai_ft import make_client
+    from ftops.core.config import apply_overrides, load_config
+    from ftops.core.openai_api import make_client
+    from ftops.pipeline.finetune_api import JOB_TAG, submit_candidate
+    from ftops.registry import models as registry
 
     cfg = apply_overrides(load_config(), {"training.backend.kind": "openai"})
     client = make_client(API_KEY, server.base_url)

@@ -51,9 +51,10 @@ def planted() -> list[str]:
 
 @pytest.fixture(scope="module")
 def simulated_logs(task_logs, planted) -> list[dict]:
-    from ftops import simulate
+    from ftops_dev import simulate
+
     from ftops.cli import warehouse_url
-    from ftops.warehouse import ensure_schema, insert_interactions
+    from ftops.warehouse.schema import ensure_schema, insert_interactions
 
     real_pii = simulate._pii
 
@@ -76,8 +77,8 @@ def simulated_logs(task_logs, planted) -> list[dict]:
 def curated(dags, simulated_logs) -> dict:
     run = dags["ftops_curate"].test(run_conf={"task_types": [TASK_TYPE]})
     assert run.state == "success"
-    from ftops.config import load_config
-    from ftops.stages import dataset_registry
+    from ftops.core.config import load_config
+    from ftops.pipeline.common import dataset_registry
 
     registry = dataset_registry(load_config())
     version = registry.latest(TASK_TYPE)
@@ -104,9 +105,10 @@ def test_recurating_the_same_logs_makes_no_new_version(dags, curated) -> None:
 
 
 def test_a_failing_task_type_does_not_stop_the_others(dags, curated) -> None:
+    from ftops_dev.simulate import generate_interactions
+
     from ftops.cli import warehouse_url
-    from ftops.simulate import generate_interactions
-    from ftops.warehouse import insert_interactions
+    from ftops.warehouse.schema import insert_interactions
 
     broken = generate_interactions(40, seed=11, task_types=["sentiment"])
     for i, r in enumerate(broken):
@@ -121,7 +123,7 @@ def test_a_failing_task_type_does_not_stop_the_others(dags, curated) -> None:
 
 def test_governor_decides_to_train_and_records_why(dags, curated) -> None:
     from ftops.cli import warehouse_url
-    from ftops.warehouse import read_decisions
+    from ftops.warehouse.state import read_decisions
 
     run = dags["ftops_governor"].test(run_conf={"task_type": TASK_TYPE})
     assert run.state == "success"
@@ -131,7 +133,7 @@ def test_governor_decides_to_train_and_records_why(dags, curated) -> None:
 
 
 def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curated, base_model) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "reason": "integration test"})
     assert run.state == "success"
@@ -170,8 +172,9 @@ def postgres_config(postgres_url, tmp_path) -> tuple[Path, str]:
 
 
 def test_airflow_dags_test_curate_on_postgres(airflow_db, airflow_cli, postgres_url, postgres_config, tmp_path) -> None:
-    from ftops.simulate import generate_interactions
-    from ftops.warehouse import ensure_schema, insert_interactions, read_interactions
+    from ftops_dev.simulate import generate_interactions
+
+    from ftops.warehouse.schema import ensure_schema, insert_interactions, read_interactions
 
     config_path, table = postgres_config
     engine = sa.create_engine(postgres_url)
@@ -189,7 +192,7 @@ def test_airflow_dags_test_curate_on_postgres(airflow_db, airflow_cli, postgres_
 
 
 def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothing(dags, curated) -> None:
-    from ftops import registry
+    from ftops.registry import models as registry
 
     run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "dataset_version": "v99"})
     assert run.state == "failed"
@@ -201,7 +204,7 @@ def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothi
 def test_planted_pii_and_secrets_appear_nowhere_downstream(curated, planted, task_logs) -> None:
     """Runs last in this module, after curation, governance and fine-tuning have written everything."""
     from ftops.cli import warehouse_url
-    from ftops.config import ftops_home
+    from ftops.core.config import ftops_home
 
     home = ftops_home()
     scanned = [p for p in home.rglob("*") if p.is_file() and p.name != "warehouse.db"]  # raw logs live there

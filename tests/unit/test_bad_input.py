@@ -18,10 +18,12 @@ import pytest
 import sqlalchemy as sa
 from fakes import HashEmbedder, row
 
-from ftops.config import CurationConfig, FtopsConfig, StorageConfig
-from ftops.curation import curate_frame, examples_of
-from ftops.stages import curate_task_type, dataset_registry
-from ftops.warehouse import ensure_schema, insert_interactions, read_pool
+from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
+from ftops.curation.curate import curate_frame, examples_of
+from ftops.pipeline.common import dataset_registry
+from ftops.pipeline.curate import curate_task_type
+from ftops.warehouse.schema import ensure_schema, insert_interactions
+from ftops.warehouse.state import read_pool
 
 CFG = CurationConfig(min_examples=1, target_size=100, test_split=0.2, burst_top_ratings=5)
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -185,7 +187,7 @@ def test_an_unknown_task_type_reads_nothing(setup) -> None:
 
 
 def test_the_warehouse_unreachable_is_a_clear_retryable_error(setup) -> None:
-    from ftops.warehouse import WarehouseUnavailableError
+    from ftops.warehouse.schema import WarehouseUnavailableError
 
     _, cfg = setup
     engine = sa.create_engine("postgresql+psycopg://ftops:s3cret-pw@127.0.0.1:1/nowhere", connect_args={"connect_timeout": 2})
@@ -207,7 +209,7 @@ def test_invalid_utf8_stored_in_sqlite_is_quarantined_not_a_crash(setup, tmp_pat
 
 
 def test_a_text_rating_column_in_a_users_table_stops_the_batch_naming_the_reason(setup) -> None:
-    from ftops.validation import ValidationFailedError
+    from ftops.curation.validation import ValidationFailedError
 
     engine, cfg = setup
     with engine.begin() as conn:  # a user's table where the rating is text: SQLite stores every rating as '5'
@@ -222,7 +224,7 @@ def test_a_text_rating_column_in_a_users_table_stops_the_batch_naming_the_reason
 
 
 def test_too_many_malformed_rows_stop_the_batch_with_a_clear_message(setup) -> None:
-    from ftops.validation import ValidationFailedError
+    from ftops.curation.validation import ValidationFailedError
 
     engine, cfg = setup
     ensure_schema(engine)

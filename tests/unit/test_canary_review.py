@@ -6,10 +6,13 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 
-from ftops import registry
-from ftops.config import FtopsConfig
-from ftops.stages import review_canary, rollback, served_model_version
-from ftops.warehouse import ensure_schema, insert_interactions
+from ftops.core.config import FtopsConfig
+from ftops.deployment import rollout
+from ftops.pipeline.canary import review_canary
+from ftops.pipeline.common import served_model_version
+from ftops.pipeline.rollback import rollback
+from ftops.registry import models as registry
+from ftops.warehouse.schema import ensure_schema, insert_interactions
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
@@ -22,8 +25,8 @@ def _version(task_type: str) -> str:
 
 def _setup(task_type: str, tmp_path, error_every: int, age_hours: float):
     champion, canary = _version(task_type), _version(task_type)
-    assert registry.deploy(task_type, champion, 10) == "champion"
-    assert registry.deploy(task_type, canary, 10) == "canary"
+    assert rollout.deploy(task_type, champion, 10) == "champion"
+    assert rollout.deploy(task_type, canary, 10) == "canary"
     now = datetime.now(UTC)
     registry.set_tags(task_type, canary, {"deployed_at": (now - timedelta(hours=age_hours)).isoformat()})
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")

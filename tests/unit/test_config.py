@@ -4,7 +4,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ftops.config import FtopsConfig, HuggingFaceBackend, OpenAIBackend, apply_overrides, load_config
+from ftops.core.config import FtopsConfig, HuggingFaceBackend, OpenAIBackend, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_switching_backend_starts_from_its_own_defaults() -> None:
 
 
 def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
-    from ftops.config import FtopsConfig, apply_overrides, training_overrides
+    from ftops.core.config import FtopsConfig, apply_overrides, training_overrides
 
     base = FtopsConfig()
     api = apply_overrides(base, training_overrides(base, "openai", {"epochs": 5, "batch_size": 8}))

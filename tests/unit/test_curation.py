@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from fakes import HashEmbedder, row
+from ftops_dev.simulate import generate_interactions
 
-from ftops.config import CurationConfig
-from ftops.curation import curate_frame, examples_of, split_of
-from ftops.scrub import find_leaks
-from ftops.simulate import generate_interactions
+from ftops.core.config import CurationConfig
+from ftops.curation.curate import curate_frame, examples_of
+from ftops.curation.rules import split_of
+from ftops.curation.scrub import find_leaks
 
 CFG = CurationConfig(min_examples=1, target_size=100, test_split=0.2)
 

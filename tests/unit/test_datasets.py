@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ftops.datasets import DatasetNotFoundError, DatasetRegistry
+from ftops.datasets.versions import DatasetNotFoundError, DatasetRegistry
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
@@ -66,7 +66,7 @@ def test_unknown_version_is_a_clear_error(registry: DatasetRegistry) -> None:
 
 _KILL_SCRIPT = """
 import os, signal, sys
-from ftops.datasets import DatasetRegistry
+from ftops.datasets.versions import DatasetRegistry
 rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(6)]
 registry = DatasetRegistry(sys.argv[1], sys.argv[2])
 point = sys.argv[3]

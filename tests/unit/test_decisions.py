@@ -1,9 +1,9 @@
 """The gate, the governor's policy and the canary judge: pure decision functions."""
 
-from ftops.canary import judge
-from ftops.config import CanaryConfig, GateConfig, GovernorConfig
-from ftops.gate import apply_gate
-from ftops.policy import decide
+from ftops.core.config import CanaryConfig, GateConfig, GovernorConfig
+from ftops.deployment.canary import judge
+from ftops.deployment.gate import apply_gate
+from ftops.governance.policy import decide
 
 BASE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "n": 100}
 

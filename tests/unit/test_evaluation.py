@@ -15,15 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from ftops.evaluation import (
-    METRIC_KEYS,
-    LoadedModel,
-    evaluate,
-    generate_answers,
-    paired_bootstrap,
-    score_answers,
-)
+from ftops.evaluation.evaluate import evaluate
+from ftops.evaluation.generate import LoadedModel, generate_answers
+from ftops.evaluation.metrics import METRIC_KEYS, paired_bootstrap, score_answers
 
 MAX_NEW = 16
 
@@ -106,7 +102,6 @@ def test_scoring_is_exact_match_after_normalisation_per_example() -> None:
 
 
 # -- generation on a tiny random model ------------------------------------------------------------------
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,7 +114,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict[str, Any]]:
-    from ftops.simulate import generate_interactions
+    from ftops_dev.simulate import generate_interactions
 
     return [
         {"messages": [{"role": "user", "content": r["prompt"][:200]}, {"role": "assistant", "content": r["response"]}]}
@@ -132,7 +127,7 @@ def tiny(rows: list[dict[str, Any]]) -> LoadedModel:
     """A random 2-layer GPT-2 whose stop tokens are ones it emits often, at different steps."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ftops.basemodel import build_tokenizer
+    from ftops.training.basemodel import build_tokenizer
 
     texts = [m["content"] for r in rows for m in r["messages"]]
     tokenizer = build_tokenizer(texts, vocab_size=600)
@@ -213,7 +208,7 @@ def test_an_overlong_prompt_keeps_its_end_and_is_reported(
     tiny: LoadedModel, rows: list, caplog: pytest.LogCaptureFixture
 ) -> None:
     long_row = {"messages": [{"role": "user", "content": "word " * 600}, {"role": "assistant", "content": "x"}]}
-    with caplog.at_level(logging.WARNING, logger="ftops.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="ftops.evaluation.generate"):
         result = evaluate(tiny, [long_row, *rows[:3]], max_new_tokens=MAX_NEW)
     assert result.metrics["n"] == 4
     assert "1 prompts are longer than" in caplog.text
@@ -229,8 +224,8 @@ def test_interleaved_timing_spreads_a_load_ramp_over_both_models(
 ) -> None:
     """Two identical models while the machine gets steadily busier: each request takes 1 ms longer than the
     one before. Timed one model after the other the second looks ~32 ms slower; interleaved, they match."""
-    import ftops.evaluation as evaluation
-    from ftops.evaluation import Generation, time_single_requests
+    import ftops.evaluation.generate as evaluation
+    from ftops.evaluation.generate import Generation, time_single_requests
 
     calls: list[str] = []
     real = evaluation.generate_answers

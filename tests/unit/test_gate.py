@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ftops.config import GateConfig
-from ftops.gate import apply_gate
+from ftops.core.config import GateConfig
+from ftops.deployment.gate import apply_gate
 
 BASELINE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "cost_per_1k_tokens": 0.002, "n": 100}
 GOOD = {**BASELINE, "accuracy": 0.60, "perplexity": 8.0, "latency_p50_ms": 60.0}
@@ -104,7 +104,7 @@ def test_gate_config_defaults_and_ranges() -> None:
 
 
 def test_the_markdown_report_carries_the_interval_and_every_reason() -> None:
-    from ftops.stages import _markdown_table
+    from ftops.pipeline.finetune_eval import _markdown_table
 
     gain = {"diff": 0.2, "low": 0.11, "high": 0.29, "confidence": 0.95, "resamples": 2000,
             "method": "paired bootstrap, percentile"}  # fmt: skip
@@ -118,7 +118,7 @@ def test_the_markdown_report_carries_the_interval_and_every_reason() -> None:
 def test_a_first_model_that_only_beats_the_untuned_base_is_held_by_the_floor() -> None:
     # measured in test_degraded: a model trained on shuffled replies scores 0.06 where the untuned base
     # scores 0.00; the gain's CI clears zero, so only the absolute floor of the shipped config stops it
-    from ftops.config import load_config
+    from ftops.core.config import load_config
 
     base = {**BASELINE, "accuracy": 0.0, "perplexity": 150.0}
     shuffled = {**GOOD, "accuracy": 0.06, "perplexity": 9.0}

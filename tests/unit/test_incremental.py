@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 from fakes import HashEmbedder, row
 
-from ftops.config import CurationConfig, FtopsConfig, StorageConfig
-from ftops.stages import curate_task_type, dataset_registry
-from ftops.warehouse import ensure_schema, insert_interactions, read_pool, watermark
+from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
+from ftops.pipeline.common import dataset_registry
+from ftops.pipeline.curate import curate_task_type
+from ftops.warehouse.schema import ensure_schema, insert_interactions
+from ftops.warehouse.state import read_pool, watermark
 
 DAY1 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -10,22 +10,21 @@ import openai
 import pytest
 from fake_openai import BASE_MODEL_REPLY, FAIL_MARKER, FakeOpenAI
 
-from ftops.config import FtopsConfig, OpenAIBackend, apply_overrides
-from ftops.openai_ft import (
-    APIRequestError,
+from ftops.core.config import FtopsConfig, OpenAIBackend, apply_overrides
+from ftops.core.openai_api import APIRequestError, RetryableAPIError, chat_complete, make_client
+from ftops.training.openai_cost import (
     BudgetExceededError,
-    FineTuneJobFailed,
-    JobStatus,
-    RetryableAPIError,
-    cancel_job,
-    chat_complete,
     check_budget,
     count_example_tokens,
     estimate_cost,
-    find_job,
-    make_client,
-    poll_job,
     price_per_1m,
+)
+from ftops.training.openai_jobs import (
+    FineTuneJobFailed,
+    JobStatus,
+    cancel_job,
+    find_job,
+    poll_job,
     raise_for_terminal_failure,
     submit_job,
     to_training_jsonl,
@@ -74,7 +73,7 @@ def poll_until_done(client: openai.OpenAI, job_id: str, limit: int = 20) -> tupl
 
 # -- end to end ----------------------------------------------------------------------------------------------
 def test_submit_poll_succeed_stream_events_and_the_model_learned(server, client, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="ftops.openai_ft")
+    caplog.set_level(logging.INFO, logger="ftops.training.openai_jobs")
     train = rows()
     job_id = submit(client, train=train, metadata={"task_type": "code"})
 
@@ -334,7 +333,7 @@ def test_importing_the_module_does_not_import_openai() -> None:
     import subprocess
     import sys
 
-    code = "import sys, ftops.openai_ft; assert 'openai' not in sys.modules, 'openai imported'"
+    code = "import sys, ftops.training.openai_jobs, ftops.training.openai_cost, ftops.core.openai_api; assert 'openai' not in sys.modules, 'openai imported'"
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
     assert time.perf_counter() - started < 10

@@ -3,7 +3,8 @@
 import mlflow
 import pytest
 
-from ftops import registry
+from ftops.deployment import rollout
+from ftops.registry import models as registry
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
@@ -30,23 +31,23 @@ def test_first_deploy_is_champion_then_canary_promote_and_rollback() -> None:
     v1 = registry.register("t", _run("t", "a"), "file:///a", {})
     v2 = registry.register("t", _run("t", "b"), "file:///b", {})
     v3 = registry.register("t", _run("t", "c"), "file:///c", {})
-    assert registry.deploy("t", v1, 10) == "champion"
-    assert registry.deploy("t", v2, 10) == "canary"
+    assert rollout.deploy("t", v1, 10) == "champion"
+    assert rollout.deploy("t", v2, 10) == "canary"
     canary = registry.alias_version("t", registry.CANARY)
     assert str(canary.version) == v2 and canary.tags["traffic_percent"] == "10"
-    assert registry.promote_canary("t") == v2
+    assert rollout.promote_canary("t") == v2
     assert registry.alias_version("t", registry.CHAMPION).version == int(v2)
     assert registry.alias_version("t", registry.PREVIOUS).version == int(v1)
     assert registry.alias_version("t", registry.CANARY) is None
-    registry.deploy("t", v3, 10)
-    assert registry.retire_canary("t", "error rate too high") == v3
+    rollout.deploy("t", v3, 10)
+    assert rollout.retire_canary("t", "error rate too high") == v3
     assert registry.alias_version("t", registry.CHAMPION).version == int(v2)  # untouched by the canary's failure
-    old, new = registry.restore_champion("t")
+    old, new = rollout.restore_champion("t")
     assert (old, new) == (v2, v1)
     assert registry.alias_version("t", registry.CHAMPION).version == int(v1)
 
 
 def test_rollback_without_previous_is_a_clear_error() -> None:
-    registry.deploy("solo", registry.register("solo", _run("solo", "a"), "file:///a", {}), 10)
+    rollout.deploy("solo", registry.register("solo", _run("solo", "a"), "file:///a", {}), 10)
     with pytest.raises(LookupError, match="no 'previous' alias"):
-        registry.restore_champion("solo")
+        rollout.restore_champion("solo")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ftops.scrub import LEAK_PATTERN, ScrubResult, find_leaks, scrub
+from ftops.curation.scrub import LEAK_PATTERN, ScrubResult, find_leaks, scrub
 
 # Fake credentials, built so that no real secret sits in the repository.
 OPENAI_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2

@@ -6,17 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from ftops_dev.baselines import select_diverse_faiss_per_candidate, select_diverse_naive
 from threadpoolctl import threadpool_info
 
-from ftops.selection import (
-    _head_dims,
-    _rounding_margin,
-    _with_tail_bound,
-    diversity_score,
-    select_diverse,
-    select_diverse_faiss_per_candidate,
-    select_diverse_naive,
-)
+from ftops.curation.selection import _head_dims, _with_tail_bound, diversity_score, rounding_margin, select_diverse
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
@@ -133,7 +126,7 @@ def test_tail_bound_is_an_upper_bound(seed: int, scale: float) -> None:
     rng = np.random.default_rng(seed)
     rows = (scale * _planted(seed, n=200, dim=384, noise=0.6)).astype(np.float32)
     rows[:20] *= rng.random((20, 1)).astype(np.float32)  # some shorter rows too
-    margin = _rounding_margin(rows)
+    margin = rounding_margin(rows)
     exact = rows.astype(np.float64) @ rows.T.astype(np.float64)
     for head in (32, 96, 192):
         bounded = _with_tail_bound(rows, head)

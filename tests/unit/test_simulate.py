@@ -8,15 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-
-from ftops.simulate import (
-    CITIES,
-    GAMER_USER_ID,
-    SENTIMENT_LABELS,
-    TASK_TYPES,
-    generate_interactions,
-    reference_response,
-)
+from ftops_dev.simulate import GAMER_USER_ID, generate_interactions
+from ftops_dev.task_types import CITIES, SENTIMENT_LABELS, TASK_TYPES, reference_response
 
 KEYS = {
     "id", "timestamp", "task_type", "prompt", "response", "model_version", "user_id", "user_feedback",

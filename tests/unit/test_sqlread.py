@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from ftops.sqlread import read_frame
+from ftops.warehouse.sqlread import read_frame
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -117,7 +117,7 @@ def test_filtered_query_binds_datetime_and_text(engine, log_table, caplog) -> No
         .where(t.id.in_(["r005", "r008", "r011", "r014", "r017"]))
         .order_by(t.timestamp.desc())
     )
-    with caplog.at_level(logging.INFO, logger="ftops.sqlread"):
+    with caplog.at_level(logging.INFO, logger="ftops.warehouse.sqlread"):
         got = read_frame(engine, query)
     _assert_same(got, _read_sql(engine, query))
     assert list(got["id"]) == ["r017", "r014", "r011", "r008"]  # r005 has a null prompt: `!=` drops it

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from ftops_dev.simulate import clean_chat_rows
+from kill_training import run_killed
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-
-from kill_training import run_killed  # noqa: E402
-
-from ftops import registry, stages  # noqa: E402
-from ftops.basemodel import build_base_model  # noqa: E402
-from ftops.config import FtopsConfig  # noqa: E402
-from ftops.simulate import clean_chat_rows  # noqa: E402
+from ftops.core.config import FtopsConfig
+from ftops.pipeline import finetune as stages
+from ftops.pipeline.common import dataset_registry
+from ftops.registry import models as registry
+from ftops.training.basemodel import build_base_model
 
 pytestmark = pytest.mark.usefixtures("mlflow_store", "one_torch_thread")
 TASK = "sentiment"
@@ -40,7 +39,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> FtopsConfig:
                     "checkpoints": str(tmp / "checkpoints")},
     })  # fmt: skip
     rows = clean_chat_rows(TASK, 60, seed=5)
-    stages.dataset_registry(config).publish(TASK, rows[:40], rows[40:], {"source": "test_train_stage"})
+    dataset_registry(config).publish(TASK, rows[:40], rows[40:], {"source": "test_train_stage"})
     return config
 
 
@@ -90,7 +89,7 @@ def test_progress_is_logged_to_mlflow_by_step(killed: str, resumed: dict[str, An
 def test_the_transformers_flavour_model_is_the_trained_model(resumed: dict[str, Any], tmp_path: Path) -> None:
     import mlflow
 
-    from ftops.evaluation import load_model
+    from ftops.evaluation.generate import load_model
 
     run = registry.client().get_run(resumed["run_id"])
     model_id = run.data.tags["ftops.model_id"]
@@ -152,10 +151,10 @@ def test_an_unreachable_mlflow_store_is_a_clear_retryable_error_before_any_work(
 
 
 def test_bad_training_requests_fail_before_any_work(cfg: FtopsConfig) -> None:
-    from ftops.datasets import DatasetNotFoundError
+    from ftops.datasets.versions import DatasetNotFoundError
 
     rows = clean_chat_rows(TASK, 8, seed=6)
-    stages.dataset_registry(cfg).publish("tiny", rows[:3], rows[3:], {"source": "test_train_stage: tiny"})
+    dataset_registry(cfg).publish("tiny", rows[:3], rows[3:], {"source": "test_train_stage: tiny"})
     with pytest.raises(ValueError, match="dataset/tiny/v1 has only 3 training examples"):
         stages.train_candidate(cfg, "tiny", None, run_key="tiny-run")
     with pytest.raises(DatasetNotFoundError, match="v9.*known: dataset/sentiment/v1"):

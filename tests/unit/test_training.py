@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from ftops_dev.simulate import clean_chat_rows
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-
-from ftops.basemodel import build_base_model, is_complete  # noqa: E402
-from ftops.config import HuggingFaceBackend  # noqa: E402
-from ftops.evaluation import METRIC_KEYS, EvalResult, evaluate, load_model, normalise  # noqa: E402
-from ftops.simulate import clean_chat_rows  # noqa: E402
-from ftops.training import (  # noqa: E402
+from ftops.core.chat import pad_batch
+from ftops.core.config import HuggingFaceBackend
+from ftops.evaluation.evaluate import evaluate
+from ftops.evaluation.generate import load_model
+from ftops.evaluation.metrics import METRIC_KEYS, EvalResult, normalise
+from ftops.training.basemodel import build_base_model, is_complete
+from ftops.training.hf import (
     Progress,
     TrainingError,
     TrainingOutOfMemoryError,
@@ -32,11 +33,9 @@ from ftops.training import (  # noqa: E402
     _encode_rows,
     choose_precision,
     fine_tune,
-    flatten_batch,
     latest_checkpoint,
-    pad_batch,
-    supports_padding_free,
 )
+from ftops.training.packing import flatten_batch, supports_padding_free
 
 TASK = "sentiment"
 N_TRAIN = 128

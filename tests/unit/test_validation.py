@@ -8,17 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ftops.config import CurationConfig
-from ftops.curation import to_example
-from ftops.validation import (
-    ValidationFailedError,
-    ValidationReport,
-    curated_profile,
-    raw_profile,
-    require,
-    validate_curated,
-    validate_raw,
-)
+from ftops.core.config import CurationConfig
+from ftops.curation.curate import to_example
+from ftops.curation.profiles import curated_profile, raw_profile
+from ftops.curation.validation import ValidationFailedError, ValidationReport, require, validate_curated, validate_raw
 
 CFG = CurationConfig(min_examples=10, target_size=200, test_split=0.2, max_malformed_share=0.2)
 ANSWER = "Sentiment: positive. The review describes a satisfying experience with the product."
@@ -213,7 +206,7 @@ def test_data_docs_of_a_failed_raw_batch_hold_no_planted_pii(tmp_path: Path, cap
     reasons = ["null_response"] * 30 + ["rating_out_of_range"] * 6 + [None] * (n - 36)
     docs_dir = tmp_path / "docs"
 
-    with caplog.at_level(logging.INFO, logger="ftops.validation"):
+    with caplog.at_level(logging.INFO, logger="ftops.curation.validation"):
         report = validate_raw(frame, reasons, "sentiment", CFG, docs_dir=docs_dir)
 
     assert not report.success

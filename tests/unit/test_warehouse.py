@@ -2,9 +2,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from ftops_dev.simulate import generate_interactions
 
-from ftops import warehouse as wh
-from ftops.simulate import generate_interactions
+from ftops.warehouse import schema as wh
+from ftops.warehouse import state
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -61,8 +62,8 @@ def test_quarantine_is_replaced_per_run_key(tmp_path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
     wh.ensure_schema(engine)
     bad = [{"row_id": "a", "task_type": "t", "reason": "null_prompt", "row": {"id": "a"}}]
-    assert wh.write_quarantine(engine, "run1", bad) == 1
-    assert wh.write_quarantine(engine, "run1", bad) == 1  # a retry does not duplicate
+    assert state.write_quarantine(engine, "run1", bad) == 1
+    assert state.write_quarantine(engine, "run1", bad) == 1  # a retry does not duplicate
     with engine.connect() as conn:
         assert conn.exec_driver_sql("select count(*) from interactions_quarantine").scalar() == 1
 
@@ -77,8 +78,8 @@ def test_live_metrics(tmp_path) -> None:
         for i in range(100)
     ]
     wh.insert_interactions(engine, rows)
-    m = wh.live_metrics(engine, "t", "ftops-t/2", now - timedelta(days=1))
+    m = state.live_metrics(engine, "t", "ftops-t/2", now - timedelta(days=1))
     assert m["requests"] == 100
     assert m["error_rate"] == pytest.approx(0.1)
     assert 190 <= m["latency_p95_ms"] <= 199
-    assert wh.live_metrics(engine, "t", "ftops-t/9", now - timedelta(days=1))["requests"] == 0
+    assert state.live_metrics(engine, "t", "ftops-t/9", now - timedelta(days=1))["requests"] == 0

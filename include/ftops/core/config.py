@@ -1,0 +1,317 @@
+"""The one FT-Ops configuration: a YAML file validated by one pydantic model.
+
+Every field carries a description; the defaults are the original design's (DESIGN.md). A manual trigger's
+params override fields for one run through :func:`apply_overrides`; the first task of each DAG resolves the
+merged config once and later tasks use that snapshot, so a retry sees the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "ftops.yaml"
+LOCAL_BASE_MODEL = "local:tiny-gpt2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CurationConfig(_Strict):
+    min_examples: int = Field(100, ge=1, description="Fewest accepted examples a dataset version may hold.")
+    quality_threshold: float = Field(4.0, ge=1, le=5, description="Lowest user rating (1-5) a kept example may have.")
+    min_response_chars: int = Field(50, ge=0, description="Shortest response kept, in characters.")
+    max_response_chars: int = Field(5000, ge=1, description="Longest response kept, in characters.")
+    max_prompt_chars: int = Field(20000, ge=1, description="Longest prompt kept; longer ones are quarantined.")
+    max_latency_ms: int = Field(10_000, ge=1, description="Slowest call kept, in milliseconds.")
+    error_markers: tuple[str, ...] = Field(
+        ("error:", "exception", "traceback", "i cannot", "i'm sorry", "as an ai"),
+        description="Case-insensitive substrings that mark a response as error text.",
+    )
+    diversity_threshold: float = Field(
+        0.9, gt=0, le=1, description="Cosine similarity at or above which a prompt counts as a near duplicate."
+    )
+    target_size: int = Field(500, ge=1, description="Most examples selected into one dataset version.")
+    test_split: float = Field(0.2, gt=0, lt=1, description="Share of examples assigned (by prompt hash) to the test split.")
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence-embedding model for diversity selection: the packaged all-MiniLM-L6-v2, a path or a hub id.",
+    )
+    embedding_batch_size: int = Field(64, ge=1, description="Prompts embedded per batch.")
+    max_malformed_share: float = Field(
+        0.2, ge=0, le=1, description="Largest share of a raw batch that may be quarantined as malformed before the batch fails."
+    )
+    max_user_share: float = Field(
+        0.1, gt=0, le=1, description="Largest share of a dataset version one user_id may contribute (feedback gaming)."
+    )
+    burst_top_ratings: int = Field(
+        20, ge=2, description="Top ratings (5) from one user within burst_window_minutes that count as a rating burst."
+    )
+    burst_window_minutes: float = Field(10, gt=0, description="Window in which a burst of top ratings is counted.")
+    future_tolerance_minutes: float = Field(
+        5, ge=0, description="Clock skew allowed on log timestamps; later ones are quarantined as in the future."
+    )
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> CurationConfig:
+        if self.min_response_chars > self.max_response_chars:
+            raise ValueError("min_response_chars must not exceed max_response_chars")
+        return self
+
+
+class HuggingFaceBackend(_Strict):
+    kind: Literal["huggingface"] = Field("huggingface", description="Train locally with Transformers (+ PEFT LoRA).")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: train a PEFT LoRA adapter; full: train every weight of the base model."
+    )
+    base_model: str = Field(
+        LOCAL_BASE_MODEL,
+        description="A local path, a hub id, or 'local:tiny-gpt2' for the model `ftops build-base-model` builds.",
+    )
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the training split.")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate for the LoRA weights.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Examples per optimiser step.")
+    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (alpha / r scales the update).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    lora_target_modules: tuple[str, ...] | None = Field(
+        None,
+        description="Names (last part) of the layers LoRA adapts, e.g. [q_proj, v_proj]; empty: GPT-2's "
+        "c_attn, c_proj and c_fc where the model has them, else every linear layer.",
+    )
+    max_seq_len: int = Field(256, ge=16, description="Tokens per example after the chat template; longer ones are cut.")
+    seed: int = Field(0, description="Seed for data order and weight initialisation.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 otherwise."
+    )
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Concatenate a batch's examples into one row, no padding. on: whenever the model supports "
+        "it (probed at start); auto: only with flash attention, whose kernels skip the other examples (with "
+        "sdpa or eager attention one row of n tokens costs n² attention); off: pad each batch to its longest.",
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every this many steps; empty: about every 10 %."
+    )
+
+
+class OpenAIBackend(_Strict):
+    kind: Literal["openai"] = Field("openai", description="Fine-tune through an OpenAI-compatible fine-tuning API.")
+    base_model: str = Field("gpt-4o-mini-2024-07-18", description="Model id the API fine-tunes.")
+    conn_id: str = Field("openai_default", description="Airflow connection: API key in password, base URL in host.")
+    n_epochs: int = Field(3, ge=1, le=50, description="Epochs the API trains for.")
+    batch_size: int = Field(4, ge=1, description="API batch size.")
+    learning_rate_multiplier: float = Field(0.1, gt=0, le=10, description="API learning-rate multiplier.")
+    suffix: str | None = Field(
+        None, max_length=64, description="Text the API adds to the fine-tuned model's name (ft:<base>:<org>:<suffix>:<id>)."
+    )
+    # Illustrative OpenAI list prices (USD per 1M trained tokens) when this was written: check the provider's
+    # pricing page. A model missing here cannot be trained, so an unpriced model never runs unbudgeted.
+    price_per_1m_training_tokens: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini-2024-07-18": 3.0,
+            "gpt-4o-2024-08-06": 25.0,
+            "gpt-4.1-2025-04-14": 25.0,
+            "gpt-4.1-mini-2025-04-14": 5.0,
+            "gpt-4.1-nano-2025-04-14": 1.5,
+            "gpt-3.5-turbo-0125": 8.0,
+        },
+        description="Training price per 1M tokens by base model (USD; illustrative list prices, check them).",
+    )
+    max_cost_usd: float = Field(
+        50, ge=0, description="Largest estimated training cost (tokens × epochs × price) a job may start with, USD."
+    )
+    timeout_hours: float = Field(24, gt=0, description="How long to wait for a job before giving up and cancelling it.")
+
+
+Backend = Annotated[HuggingFaceBackend | OpenAIBackend, Field(discriminator="kind")]
+
+
+class TrainingConfig(_Strict):
+    backend: Backend = Field(default_factory=HuggingFaceBackend, description="Which trainer, with its own options.")
+
+
+class GateConfig(_Strict):
+    min_accuracy_gain: float = Field(0.05, description="Accuracy the candidate must add over the baseline.")
+    min_accuracy: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Accuracy the candidate must reach on the test split, whatever the baseline. Guards the first "
+        "model of a task type, which is compared only with the untuned base model (0 = no floor).",
+    )
+    max_perplexity_increase: float = Field(0.0, ge=0, description="Allowed perplexity rise over the baseline (0 = none).")
+    max_latency_increase_ms: float = Field(200, ge=0, description="Allowed p50 latency rise over the baseline, ms.")
+    min_test_examples: int = Field(20, ge=1, description="Fewest test examples a decision may rest on.")
+    min_lower_bound_gain: float = Field(
+        0.0, description="The lower confidence bound of the accuracy gain (paired bootstrap) must exceed this."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the accuracy-gain confidence interval.")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Paired bootstrap resamples for that interval.")
+    max_cost_per_1k_tokens: float | None = Field(
+        None, ge=0, description="Cost ceiling per 1 000 generated tokens for the candidate; empty = no ceiling."
+    )
+    compute_cost_per_hour: float = Field(
+        0.0,
+        ge=0,
+        description="Price of one hour of the machine that runs a local (Hugging Face) model, in the ceiling's "
+        "currency; turns measured generation time into cost per 1 000 tokens. 0 = not priced (cost 0).",
+    )
+
+
+class CanaryConfig(_Strict):
+    traffic_percent: int = Field(10, ge=1, le=100, description="Share of traffic a new canary serves.")
+    duration_hours: float = Field(24, gt=0, description="How long a canary is observed before it is promoted.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Highest canary error rate that may be promoted.")
+    max_latency_p95_ms: float = Field(2000, gt=0, description="Highest canary p95 latency that may be promoted, ms.")
+    min_requests: int = Field(20, ge=1, description="Fewest canary calls a promote or roll-back decision needs.")
+
+
+class GovernorConfig(_Strict):
+    min_new_examples: int = Field(100, ge=1, description="New accepted examples that justify training.")
+    error_pattern_min: int = Field(10, ge=1, description="Similar failures that count as a recurring error pattern.")
+    plateau_days: int = Field(30, ge=1, description="Days without improvement that count as a plateau.")
+
+
+class StorageConfig(_Strict):
+    dataset_repo: str | None = Field(
+        None, description="Folder of the git + DVC dataset registry; empty: FTOPS_HOME/datasets."
+    )
+    dvc_remote: str | None = Field(
+        None, description="DVC remote URL (s3://, gs://, azure://, a folder); empty: FTOPS_HOME/dvc-remote."
+    )
+    embedding_cache: str | None = Field(
+        None, description="SQLite file caching prompt embeddings by content hash; empty: FTOPS_HOME/embeddings.db."
+    )
+    checkpoints: str | None = Field(
+        None,
+        description="Folder for training checkpoints, shared by every worker that may retry a training task "
+        "(e.g. a network mount); empty: FTOPS_HOME/checkpoints.",
+    )
+
+    def checkpoint_root(self) -> Path:
+        """Where training checkpoints go, with the FTOPS_HOME default filled in."""
+        return Path(self.checkpoints or ftops_home() / "checkpoints")
+
+    def resolved(self) -> tuple[Path, str, Path]:
+        """(dataset repo, DVC remote, embedding cache) with FTOPS_HOME defaults filled in."""
+        home = ftops_home()
+        return (
+            Path(self.dataset_repo or home / "datasets"),
+            self.dvc_remote or str(home / "dvc-remote"),
+            Path(self.embedding_cache or home / "embeddings.db"),
+        )
+
+
+class FtopsConfig(_Strict):
+    task_types: tuple[str, ...] = Field(
+        (), description="Task types to curate and train; empty means every task type found in the logs."
+    )
+    interactions_table: str = Field("interactions", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Log table name.")
+    warehouse_conn_id: str = Field("ftops_warehouse", description="Airflow connection of the SQL warehouse.")
+    curation: CurationConfig = Field(default_factory=CurationConfig, description="Nightly curation.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Fine-tuning.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Deployment gate.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary roll-out.")
+    governor: GovernorConfig = Field(default_factory=GovernorConfig, description="When to train.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where datasets and caches live.")
+
+
+def load_config(path: str | Path | None = None) -> FtopsConfig:
+    """Load and validate the YAML config.
+
+    Args:
+        path: The file; default ``$FTOPS_CONFIG`` or ``include/config/ftops.yaml``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        pydantic.ValidationError: A field is unknown or out of range.
+    """
+    path = Path(path or os.environ.get("FTOPS_CONFIG") or DEFAULT_CONFIG_PATH)
+    data = yaml.safe_load(path.read_text()) or {}
+    return FtopsConfig.model_validate(data)
+
+
+def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConfig:
+    """Return ``config`` with dotted-key overrides applied and re-validated.
+
+    ``None`` values mean "keep the configured value", which is how an empty trigger-form field arrives.
+
+    Args:
+        config: The base config.
+        overrides: e.g. ``{"curation.target_size": 200, "training.backend.kind": "openai"}``.
+
+    Returns:
+        A new validated config.
+    """
+    data = config.model_dump()
+    # a backend switch first, so the new backend's own overrides land on its defaults
+    ordered = sorted(overrides.items(), key=lambda kv: kv[0] != "training.backend.kind")
+    for dotted, value in ordered:
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if dotted == "training.backend.kind" and value != node.get("kind"):
+            node.clear()  # a different backend starts from its own defaults
+        node[leaf] = value
+    return FtopsConfig.model_validate(data)
+
+
+# Trigger-form fields of ftops_finetune -> the backend field each sets, per backend (None: does not apply).
+_TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
+    "huggingface": {"base_model": "base_model", "method": "method", "epochs": "epochs",
+                    "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r",
+                    "lora_alpha": "lora_alpha", "max_seq_len": "max_seq_len", "precision": "precision"},
+    "openai": {"base_model": "base_model", "method": None, "epochs": "n_epochs", "learning_rate": None,
+               "batch_size": "batch_size", "lora_r": None, "lora_alpha": None, "max_seq_len": None,
+               "precision": None},
+}  # fmt: skip
+
+
+def training_overrides(config: FtopsConfig, backend: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """Dotted config overrides from ``ftops_finetune``'s trigger form, mapped onto the chosen backend.
+
+    ``epochs`` sets ``n_epochs`` on the OpenAI backend; a form field that the backend has no use for is an
+    error rather than silently ignored.
+
+    Raises:
+        ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
+    """
+    kind = backend or config.training.backend.kind
+    if params.get("method") == "full":
+        for name in ("lora_r", "lora_alpha"):
+            if params.get(name) is not None:
+                raise ValueError(f"{name}={params[name]!r} does not apply to method 'full'; leave it empty")
+    overrides: dict[str, Any] = {"training.backend.kind": backend}
+    for name, field in _TRAINING_PARAMS[kind].items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if field is None:
+            raise ValueError(f"{name}={value!r} does not apply to the {kind} backend; leave it empty")
+        overrides[f"training.backend.{field}"] = value
+    return overrides
+
+
+def ftops_home() -> Path:
+    """Folder of the embedded defaults: ``$FTOPS_HOME`` or ``.ftops/`` in the project."""
+    return Path(os.environ.get("FTOPS_HOME") or PROJECT_ROOT / ".ftops").resolve()
+
+
+def resolve_base_model(name: str) -> str:
+    """Map ``local:<name>`` to the model built under ``FTOPS_HOME/models``; other names pass through."""
+    if name.startswith("local:"):
+        return str(ftops_home() / "models" / name.removeprefix("local:"))
+    return name

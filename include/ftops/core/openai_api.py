@@ -1,0 +1,160 @@
+"""An ``openai`` client for any OpenAI-compatible API, with its errors mapped to retryable or not.
+
+:func:`api_errors` turns the client's exceptions into :class:`RetryableAPIError` (a ``ConnectionError``:
+rate limits, 408/409, 5xx, timeouts, connection failures) and :class:`APIRequestError` (a ``ValueError``:
+the request is wrong; retrying cannot help). Both carry the API's own message. ``openai`` is imported
+inside the functions, so importing this module is cheap and opens no connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+if TYPE_CHECKING:
+    import openai
+
+
+log = logging.getLogger(__name__)
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+class RetryableAPIError(ConnectionError):
+    """The API could not answer now (rate limit, timeout, 5xx, no connection): retry later with backoff.
+
+    Attributes:
+        status_code: HTTP status, or None when no response came.
+        code: The API's error code, when it gave one.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+
+
+class APIRequestError(ValueError):
+    """The API refused the request (bad parameters, unknown model or job, rejected key): do not retry.
+
+    Attributes:
+        status_code: HTTP status, or None when the client refused before sending.
+        code: The API's error code, when it gave one.
+        param: The parameter the API blamed, when it named one.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.param = param
+
+
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def _api_message(exc: Exception) -> str:
+    """The API's own message from an error body ``{"message": ...}``, else the client's text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(getattr(exc, "message", None) or exc)
+
+
+@contextmanager
+def api_errors(action: str) -> Iterator[None]:
+    """Map the ``openai`` client's exceptions to :class:`RetryableAPIError` or :class:`APIRequestError`.
+
+    Args:
+        action: What was being done, for the message (``"create fine-tuning job"``).
+
+    Raises:
+        RetryableAPIError: 408, 409, 429, 5xx, a timeout or a connection failure.
+        APIRequestError: Any other API error (400, 401, 403, 404, 422, an invalid client setting).
+    """
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        status, message = exc.status_code, _api_message(exc)
+        text = f"{action} failed: HTTP {status}" + (f" ({exc.code})" if exc.code else "") + f": {message}"
+        if status in _RETRYABLE_STATUSES or status >= 500:
+            raise RetryableAPIError(text, status_code=status, code=exc.code) from exc
+        raise APIRequestError(text, status_code=status, code=exc.code, param=exc.param) from exc
+    except openai.APITimeoutError as exc:
+        raise RetryableAPIError(f"{action} failed: the request timed out") from exc
+    except openai.APIConnectionError as exc:
+        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+        raise RetryableAPIError(f"{action} failed: {exc.message}{cause}") from exc
+    except openai.OpenAIError as exc:
+        raise APIRequestError(f"{action} failed: {_api_message(exc)}") from exc
+
+
+# -- client --------------------------------------------------------------------------------------------------
+def make_client(
+    api_key: str | None, base_url: str | None, *, max_retries: int = 3, timeout: float = 60
+) -> openai.OpenAI:
+    """An ``openai.OpenAI`` client for any OpenAI-compatible API.
+
+    Args:
+        api_key: The key (the Airflow connection's password); None falls back to ``OPENAI_API_KEY``.
+        base_url: e.g. ``https://api.openai.com/v1`` (the connection's host); empty falls back to
+            ``OPENAI_BASE_URL`` or OpenAI.
+        max_retries: Retries the client makes by itself on 408/409/429/5xx and connection errors, with
+            exponential backoff or the server's ``Retry-After``. :func:`submit_job` turns them off for the
+            create and does its own look-up-then-retry instead.
+        timeout: Seconds per request.
+
+    Returns:
+        The client (it holds the key; do not log it).
+
+    Raises:
+        APIRequestError: No key was given and ``OPENAI_API_KEY`` is not set.
+    """
+    import openai
+
+    with api_errors("create OpenAI client"):
+        client = openai.OpenAI(api_key=api_key or None, base_url=base_url or None, max_retries=max_retries,
+                               timeout=timeout)  # fmt: skip
+    log.info("OpenAI-compatible API at %s (max_retries=%d, timeout=%ss)", client.base_url, max_retries, timeout)
+    return client
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+class ChatReply(NamedTuple):
+    """One chat completion: its text, wall time and token usage."""
+
+    text: str
+    latency_ms: float
+    usage_tokens: int
+
+
+def chat_complete(client: openai.OpenAI, model: str, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> ChatReply:
+    """Ask ``model`` for one reply (for evaluating an API model).
+
+    Args:
+        client: The API client.
+        model: A base or fine-tuned model name.
+        messages: Chat turns to answer.
+        **kwargs: Passed to ``chat.completions.create`` (``temperature=0``, ``max_tokens``...).
+
+    Returns:
+        ``(text, latency_ms, usage_tokens)``; usage is 0 when the server reports none.
+
+    Raises:
+        APIRequestError: Unknown model or bad request.
+        RetryableAPIError: The API is unavailable now.
+    """
+    started = time.perf_counter()
+    with api_errors(f"chat completion with {model}"):
+        # plain role/content dicts are valid message params; the client's TypedDict union cannot see that
+        turns = cast(Any, [dict(m) for m in messages])
+        response = client.chat.completions.create(model=model, messages=turns, **kwargs)
+    latency_ms = (time.perf_counter() - started) * 1000
+    text = (response.choices[0].message.content or "") if response.choices else ""
+    return ChatReply(text, latency_ms, response.usage.total_tokens if response.usage else 0)

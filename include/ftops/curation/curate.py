@@ -1,0 +1,300 @@
+"""Curation: from raw interaction logs to a scrubbed, deduplicated, diverse, split chat dataset.
+
+Every row read is accounted for: it is accepted, filtered with a reason code, or quarantined with a reason
+(malformed rows). ``Curated.accounting`` holds the counts and they add up to the rows read.
+
+Order of work, cheapest first so that only survivors are embedded:
+quarantine malformed rows → quality filters (incl. bursts of top ratings from one user) → scrub PII/secrets
+→ merge with the candidates of earlier runs (the curated pool) → exact duplicates (normalised text hash)
+→ per-user cap → embed (cached) → quality-ordered greedy diversity selection with FAISS → stable hash split.
+
+Quality order, used wherever one of several candidates must win (exact duplicates, the user cap, and the
+greedy diversity selection): rating (high first), then confidence (high first), then latency (low first),
+then row id, so that of two near duplicates the better-rated, more confident, faster answer is kept, and
+the order never depends on the order rows were read in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.config import CurationConfig
+from ftops.curation.rules import (
+    as_utc,
+    duplicate_ids,
+    filter_reason,
+    is_missing,
+    malformed_reason,
+    quality_key,
+    rating_bursts,
+    split_of,
+    text_hash,
+    user_key,
+)
+from ftops.curation.scrub import scrub
+from ftops.warehouse.schema import REQUIRED_COLUMNS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from numpy.typing import NDArray
+
+    from ftops.curation.embedding import Embedder, EmbeddingCache
+
+
+log = logging.getLogger(__name__)
+_QUARANTINE_TEXT_CHARS = 4000  # quarantined text is kept (scrubbed) up to this length, for a person to look at
+
+
+@dataclass
+class Curated:
+    """The result of curating one task type's batch."""
+
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    rows_read: int
+    accounting: Counter[str] = field(default_factory=Counter)  # "accepted", "filtered:<rule>", "quarantined:<why>"
+    reasons: list[str | None] = field(default_factory=list)  # quarantine reason per row read, in order
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # this batch's survivors, for the pool
+    scrubbed: Counter[str] = field(default_factory=Counter)
+    capped_users: Counter[str] = field(default_factory=Counter)  # user key -> candidates dropped by the cap
+    burst_users: list[str] = field(default_factory=list)  # user keys with a burst of top ratings
+    embedded_new: int = 0
+    pool_size: int = 0  # candidates considered: earlier runs' and this batch's
+    from_earlier_runs: int = 0  # selected examples that came from earlier runs' candidates
+    diversity_score: float = 0.0
+    max_cross_split_similarity: float = 0.0  # highest cosine between a test and a train prompt
+    max_user_share: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    def lap(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` to ``phase``; returns now."""
+        now = time.perf_counter()
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + now - since, 3)
+        return now
+
+    def balanced(self) -> bool:
+        """True when accepted + filtered + quarantined equals the rows read."""
+        return sum(self.accounting.values()) == self.rows_read
+
+
+def _quarantine_copy(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as stored in quarantine: text cut to a readable length, then scrubbed."""
+    safe: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, str):
+            text = value[:_QUARANTINE_TEXT_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+            safe[key] = scrub(text.replace("\x00", "\\0")).text
+        else:
+            safe[key] = None if is_missing(value) else value
+    return safe
+
+
+def _select_with_user_cap(
+    vectors: NDArray[np.float32], users: Sequence[str | None], cfg: CurationConfig
+) -> tuple[list[int], set[int]]:
+    """Greedy diversity selection in which no user fills more than ``max_user_share`` of the result.
+
+    Selects; where a user has more than their share of the selection, that user's candidates from the first
+    one over the share onwards (in quality order) are left out, and the selection is made again. The prefix
+    before a removed candidate never changes, so each round keeps the capped users' best examples; rounds end
+    when no user is over their share (each round removes candidates, so they do end).
+
+    Returns:
+        The selected positions (in order) and the positions left out by the cap.
+    """
+    from ftops.curation.selection import select_diverse
+
+    capped: set[int] = set()
+    while True:
+        keep = [i for i in range(len(users)) if i not in capped]
+        chosen = [keep[j] for j in select_diverse(vectors[keep], cfg.target_size, cfg.diversity_threshold)]
+        limit = max(1, math.floor(cfg.max_user_share * len(chosen)))
+        counts: Counter[str] = Counter()
+        over: dict[str, int] = {}
+        for i in chosen:
+            user = users[i]
+            if user is not None:
+                counts[user] += 1
+                if counts[user] == limit + 1:
+                    over[user] = i
+        if not over:
+            return chosen, capped
+        capped |= {j for user, first in over.items() for j in range(first, len(users)) if users[j] == user}
+
+
+def to_example(prompt: str, response: str) -> dict[str, Any]:
+    """A chat-format training example (the OpenAI fine-tuning JSONL shape)."""
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+
+
+def curate_frame(
+    frame: pd.DataFrame,
+    cfg: CurationConfig,
+    embedder: Embedder,
+    cache: EmbeddingCache | None = None,
+    *,
+    earlier: Sequence[dict[str, Any]] = (),
+    future_after: datetime | None = None,
+) -> Curated:
+    """Curate one task type's raw rows, together with the candidates earlier runs kept.
+
+    Args:
+        frame: Raw log rows (the interaction log schema).
+        cfg: Curation settings.
+        embedder: Prompt embedder for diversity selection.
+        cache: Embedding cache; without one every candidate is embedded.
+        earlier: Candidates from earlier runs (the curated pool: scrubbed, with ``row_id`` and
+            ``user_key``); rows of this batch replace earlier copies with the same id.
+        future_after: Rows stamped at or after this instant are quarantined as ``timestamp_in_future``.
+
+    Returns:
+        The curated dataset with its accounting of this batch's rows.
+
+    Raises:
+        KeyError: A required column is missing (schema drift), naming the columns.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise KeyError(f"interaction log is missing columns {missing}; found {sorted(frame.columns)}")
+    clock = time.perf_counter()
+    records: list[dict[str, Any]] = frame.to_dict("records")
+    result = Curated(train=[], test=[], rows_read=len(records), reasons=[None] * len(records))
+    outcome: dict[int, str] = duplicate_ids(records)  # row index -> accounting key, for rows not accepted
+
+    for i, row in enumerate(records):
+        if i not in outcome and (reason := malformed_reason(row, cfg, future_after)):
+            outcome[i] = f"quarantined:{reason}"
+        elif i not in outcome and (reason := filter_reason(row, cfg)):
+            outcome[i] = f"filtered:{reason}"
+    passed = [i for i in range(len(records)) if i not in outcome]
+    burst_rows = rating_bursts(records, passed, cfg)
+    result.burst_users = sorted({k for i in burst_rows if (k := user_key(records[i].get("user_id")))})
+    outcome.update(dict.fromkeys(burst_rows, "filtered:rating_burst"))
+
+    clock = result.lap("rules", clock)
+    fresh: list[dict[str, Any]] = []
+    for i in passed:
+        if i in burst_rows:
+            continue
+        row = records[i]
+        prompt, response = scrub(row["prompt"]), scrub(row["response"])
+        if prompt.unsafe or response.unsafe:
+            outcome[i] = "quarantined:unremovable_secret"
+            continue
+        result.scrubbed.update(prompt.counts)
+        result.scrubbed.update(response.counts)
+        fresh.append({
+            "row_id": str(row["id"]), "index": i, "task_type": row.get("task_type"), "prompt": prompt.text,
+            "response": response.text, "user_key": user_key(row.get("user_id")),
+            "user_feedback": float(row["user_feedback"]),
+            "confidence": None if is_missing(row.get("confidence")) else float(row["confidence"]),
+            "latency_ms": None if is_missing(row.get("latency_ms")) else float(row["latency_ms"]),
+            "timestamp": as_utc(row.get("timestamp")),
+        })  # fmt: skip
+    for i, key in outcome.items():
+        if key.startswith("quarantined:"):
+            reason = key.split(":", 1)[1]
+            result.reasons[i] = reason
+            result.quarantined.append({"row_id": str(records[i].get("id")), "task_type": records[i].get("task_type"),
+                                       "reason": reason, "row": _quarantine_copy(records[i])})  # fmt: skip
+    result.candidates = [{k: v for k, v in c.items() if k != "index"} for c in fresh]
+
+    clock = result.lap("scrub", clock)
+    batch_ids = {c["row_id"] for c in fresh}
+    pool = [dict(c, index=None) for c in earlier if c["row_id"] not in batch_ids] + fresh
+    pool.sort(key=quality_key)
+    result.pool_size = len(pool)
+
+    unique: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for cand in pool:
+        key = text_hash(cand["prompt"])
+        if key in seen:
+            if cand["index"] is not None:
+                outcome[cand["index"]] = "filtered:duplicate"
+            continue
+        seen.add(key)
+        unique.append(cand)
+
+    clock = result.lap("dedup", clock)
+    selected: list[int] = []
+    if unique:
+        from ftops.curation.embedding import embed_with_cache
+        from ftops.curation.selection import diversity_score
+
+        prompts = [c["prompt"] for c in unique]
+        if cache is not None:
+            vectors, result.embedded_new = embed_with_cache(embedder, prompts, cache)
+        else:
+            vectors, result.embedded_new = embedder.embed(prompts), len(prompts)
+        clock = result.lap("embed", clock)
+        selected, capped = _select_with_user_cap(vectors, [c["user_key"] for c in unique], cfg)
+        for i in capped:
+            result.capped_users[unique[i]["user_key"]] += 1
+            if unique[i]["index"] is not None:
+                outcome[unique[i]["index"]] = "filtered:user_cap"
+        result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
+        chosen = set(selected)
+        # A rejected candidate is either too similar to a kept one, or came after the target was reached.
+        # Candidates after the last kept one were never examined when the target was reached.
+        last = selected[-1] if len(selected) == cfg.target_size else len(unique)
+        for i, cand in enumerate(unique):
+            if i not in chosen and i not in capped and cand["index"] is not None:
+                outcome[cand["index"]] = "filtered:near_duplicate" if i < last else "filtered:over_target"
+        splits = [split_of(unique[i]["prompt"], cfg.test_split) for i in selected]
+        test_rows = [i for i, s in zip(selected, splits, strict=True) if s == "test"]
+        train_rows = [i for i, s in zip(selected, splits, strict=True) if s == "train"]
+        if test_rows and train_rows:
+            result.max_cross_split_similarity = float((vectors[test_rows] @ vectors[train_rows].T).max())
+
+    clock = result.lap("select_and_split", clock)
+    users: Counter[str] = Counter()
+    for i in selected:
+        cand = unique[i]
+        example = to_example(cand["prompt"], cand["response"])
+        (result.test if split_of(cand["prompt"], cfg.test_split) == "test" else result.train).append(example)
+        if cand["index"] is None:
+            result.from_earlier_runs += 1
+        if cand["user_key"] is not None:
+            users[cand["user_key"]] += 1
+    result.max_user_share = max(users.values()) / len(selected) if users else 0.0
+    result.accounting.update(outcome.values())
+    result.accounting["accepted"] += len(selected) - result.from_earlier_runs
+    log.info(
+        "Curated %d rows: %d accepted; dataset %d examples (%d train, %d test, %d from earlier runs); %s",
+        result.rows_read, len(selected) - result.from_earlier_runs, len(selected), len(result.train),
+        len(result.test), result.from_earlier_runs,
+        ", ".join(f"{k}={v}" for k, v in sorted(result.accounting.items()) if k != "accepted") or "nothing dropped",
+    )  # fmt: skip
+    if result.capped_users:
+        log.warning("User cap (%.0f %% of a dataset) left out %d candidates of %d users", 100 * cfg.max_user_share,
+                    sum(result.capped_users.values()), len(result.capped_users))  # fmt: skip
+    if result.burst_users:
+        log.warning("Bursts of top ratings from %d users: %d rows left out (%s)", len(result.burst_users),
+                    result.accounting["filtered:rating_burst"], ", ".join(result.burst_users))  # fmt: skip
+    return result
+
+
+def summarise_accounting(accounting: Counter[str] | dict[str, int]) -> dict[str, int]:
+    """Plain sorted dict of the counts (for XCom, metadata and logs)."""
+    return {k: int(v) for k, v in sorted(accounting.items())}
+
+
+def examples_of(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(prompt, reference response) pairs of chat examples."""
+    pairs = []
+    for row in rows:
+        msgs = row["messages"]
+        prompt = next(m["content"] for m in msgs if m["role"] == "user")
+        answer = next(m["content"] for m in reversed(msgs) if m["role"] == "assistant")
+        pairs.append((prompt, answer))
+    return pairs

@@ -1,0 +1,87 @@
+"""The deployment gate: a candidate ships only if it beats the baseline on every configured criterion.
+
+Criteria (thresholds in :class:`ftops.config.GateConfig`): enough test examples; an accuracy gain of at
+least ``min_accuracy_gain``; an absolute accuracy of at least ``min_accuracy`` (the first model of a task
+type is compared only with the untuned base model, which almost any fine-tune beats); a gain whose lower
+confidence bound (paired bootstrap over the same examples, :func:`ftops.evaluation.paired_bootstrap`) is
+above ``min_lower_bound_gain``, so that a gain the test set cannot tell from luck does not ship; no
+perplexity rise beyond ``max_perplexity_increase``; a p50 latency rise under ``max_latency_increase_ms``;
+and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``.
+Every criterion is reported in words, passed or failed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from ftops.core.config import GateConfig
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]  # every criterion, passed or failed, in words
+
+    @property
+    def decision(self) -> str:
+        return "deploy" if self.passed else "archive"
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "decision": self.decision}
+
+
+def apply_gate(
+    candidate: Mapping[str, float],
+    baseline: Mapping[str, float],
+    cfg: GateConfig,
+    accuracy_ci: tuple[float, float, float] | None = None,
+) -> GateDecision:
+    """Compare candidate and baseline metrics evaluated on the same test examples.
+
+    Args:
+        candidate: ``accuracy``, ``perplexity``, ``latency_p50_ms``, ``n`` and, for the cost ceiling,
+            ``cost_per_1k_tokens``.
+        baseline: The same keys for the baseline (champion or base model).
+        cfg: The thresholds.
+        accuracy_ci: ``(diff, low, high)`` of the accuracy gain from
+            :func:`ftops.evaluation.paired_bootstrap` at ``cfg.confidence``. The pipeline always passes it;
+            without it (aggregate metrics only) the lower-bound criterion is left out of the decision.
+
+    Returns:
+        The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
+    """
+    checks: list[tuple[bool, str]] = []
+    n = int(candidate["n"])
+    checks.append((n >= cfg.min_test_examples, f"test examples {n} (need ≥ {cfg.min_test_examples})"))
+    gain = candidate["accuracy"] - baseline["accuracy"]
+    checks.append((gain >= cfg.min_accuracy_gain - 1e-12,
+                   f"accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: gain {gain:+.3f} "
+                   f"(need ≥ {cfg.min_accuracy_gain:+.3f})"))  # fmt: skip
+    checks.append((candidate["accuracy"] >= cfg.min_accuracy - 1e-12,
+                   f"accuracy {candidate['accuracy']:.3f} (floor ≥ {cfg.min_accuracy:.3f}, whatever the baseline)"))
+    if accuracy_ci is not None:
+        _, low, high = accuracy_ci
+        checks.append((low > cfg.min_lower_bound_gain,
+                       f"accuracy gain {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] on the same {n} examples: "
+                       f"lower bound {low:+.3f} (need > {cfg.min_lower_bound_gain:+.3f})"))  # fmt: skip
+    if math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
+        checks.append((True, "perplexity not measured: API models return no log-likelihood of a reference"))
+    else:
+        ppl_rise = candidate["perplexity"] - baseline["perplexity"]  # one NaN fails: NaN <= x is False
+        checks.append((ppl_rise <= cfg.max_perplexity_increase,
+                       f"perplexity {candidate['perplexity']:.2f} vs {baseline['perplexity']:.2f} "
+                       f"(rise allowed ≤ {cfg.max_perplexity_increase:g})"))  # fmt: skip
+    lat_rise = candidate["latency_p50_ms"] - baseline["latency_p50_ms"]
+    checks.append((lat_rise < cfg.max_latency_increase_ms,
+                   f"p50 latency {candidate['latency_p50_ms']:.1f} ms vs {baseline['latency_p50_ms']:.1f} ms "
+                   f"(rise allowed < {cfg.max_latency_increase_ms:g} ms)"))  # fmt: skip
+    cost = candidate.get("cost_per_1k_tokens", math.nan)
+    if cfg.max_cost_per_1k_tokens is None:
+        shown = "not measured" if math.isnan(cost) else f"{cost:.6g}"
+        checks.append((True, f"cost per 1 000 tokens {shown} (no ceiling configured)"))
+    else:
+        checks.append((cost <= cfg.max_cost_per_1k_tokens,  # an unmeasured (NaN) cost fails a ceiling
+                       f"cost per 1 000 tokens {cost:.6g} (ceiling {cfg.max_cost_per_1k_tokens:g})"))  # fmt: skip
+    return GateDecision(all(ok for ok, _ in checks), [f"{'ok' if ok else 'FAIL'}: {text}" for ok, text in checks])

@@ -1,0 +1,54 @@
+"""Evaluate a model served by an OpenAI-compatible API through chat completions, scored like a local model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.stats import percentile
+
+if TYPE_CHECKING:
+    import openai
+
+    from ftops.evaluation.metrics import EvalResult
+
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Mapping[str, Any]]) -> EvalResult:
+    """Answer the test prompts with an API model through chat completions and score them like a local model.
+
+    Perplexity and cost per 1 000 tokens are NaN: a chat completion returns no reference log-likelihood, and
+    serving prices are the provider's. Latency is each request's wall time, network included.
+    """
+    from ftops.core.chat import split_conversation
+    from ftops.core.openai_api import chat_complete
+    from ftops.evaluation.metrics import EvalResult, score_answers
+
+    if not test_rows:
+        raise ValueError("no test rows to evaluate")
+    outputs, references, latencies, tokens = [], [], [], 0
+    for row in test_rows:
+        turns, reference = split_conversation(row["messages"])
+        reply = chat_complete(client, model, turns, temperature=0, max_tokens=64)
+        outputs.append(reply.text.strip())
+        references.append(reference)
+        latencies.append(reply.latency_ms)
+        tokens += reply.usage_tokens or 0
+    scores, correct = score_answers(outputs, references)
+    metrics = {
+        **scores,
+        "perplexity": math.nan,
+        "latency_p50_ms": percentile(latencies, 0.5),
+        "latency_p95_ms": percentile(latencies, 0.95),
+        "tokens_per_s": tokens / max(sum(latencies) / 1000, 1e-9),
+        "cost_per_1k_tokens": math.nan,
+        "n": float(len(outputs)),
+    }
+    log.info("Evaluated %s on %d examples: accuracy %.3f, BLEU %.1f, ROUGE-L %.3f, p50 %.0f ms", model,
+             len(outputs), metrics["accuracy"], metrics["bleu"], metrics["rouge_l"], metrics["latency_p50_ms"])  # fmt: skip
+    return EvalResult(metrics=metrics, outputs=outputs, correct=correct)

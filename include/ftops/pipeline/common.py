@@ -1,0 +1,59 @@
+"""What several pipeline steps share: the dataset registry of a config, served version names, base-model
+checks, MLflow artifact downloads and strict-JSON results for XCom.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.config import FtopsConfig, resolve_base_model
+from ftops.datasets.versions import DatasetRegistry
+from ftops.registry import models as registry
+
+if TYPE_CHECKING:
+
+
+    pass
+
+
+def dataset_registry(cfg: FtopsConfig) -> DatasetRegistry:
+    repo, remote, _ = cfg.storage.resolved()
+    return DatasetRegistry(repo, remote)
+
+
+def served_model_version(task_type: str, version: str) -> str:
+    """The ``model_version`` string the router logs for a registered version."""
+    return f"{registry.model_name(task_type)}/{version}"
+
+
+def check_base_model(name: str) -> str:
+    path = resolve_base_model(name)
+    if name.startswith("local:") and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model {name!r} is not built at {path}: run `ftops build-base-model`")
+    if path.startswith(("/", ".")) and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model path {path} does not exist")
+    return path
+
+
+def weights_artifact(tags: dict[str, str]) -> str:
+    """The MLflow artifact folder holding a run's trained weights: ``adapter`` (LoRA) or ``full_model``."""
+    return tags.get("ftops.weights", "adapter")
+
+
+def mlflow_download(uri: str, folder: str) -> str:
+    import mlflow
+
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (an API model's perplexity) become None: XCom is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,224 @@
+"""One function per pipeline step: what each Airflow task calls.
+
+Each takes the validated config snapshot and small values (task type, versions, run ids), reads its inputs
+from durable shared stores (warehouse, DVC remote, MLflow) and returns a small JSON-able dict, so the same
+steps run on workers that share no disk. Each is safe to retry: see the notes on every function.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.config import FtopsConfig, HuggingFaceBackend
+from ftops.datasets.versions import DatasetVersion
+from ftops.deployment import rollout
+from ftops.pipeline.common import check_base_model, dataset_registry
+from ftops.registry import models as registry
+
+if TYPE_CHECKING:
+
+
+    pass
+
+
+log = logging.getLogger(__name__)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------------
+def _hf_backend(cfg: FtopsConfig) -> HuggingFaceBackend:
+    backend = cfg.training.backend
+    if not isinstance(backend, HuggingFaceBackend):
+        raise ValueError(
+            "train_candidate trains with the huggingface backend; the openai backend submits a job through "
+            "ftops.pipeline.finetune_api.submit_candidate"
+        )
+    return backend
+
+
+def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None) -> str:
+    """Fail before any work when the backend, dataset version or base model cannot be used.
+
+    Returns:
+        The dataset version's tag.
+    """
+    backend = cfg.training.backend
+    if isinstance(backend, HuggingFaceBackend):
+        check_base_model(backend.base_model)
+    else:
+        from ftops.training.openai_cost import price_per_1m
+
+        price_per_1m(backend.base_model, backend.price_per_1m_training_tokens)  # no price: no budget check
+    return dataset_registry(cfg).get(task_type, dataset).tag
+
+
+def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
+    """The durable checkpoint folder of one training run key (a retry finds it again)."""
+    import hashlib
+
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:16]
+    return cfg.storage.checkpoint_root() / task_type / digest
+
+
+def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
+    """Fine-tune a candidate on a dataset version and log it as an MLflow run.
+
+    The run gets params, the dataset input, progress metrics as training goes (``train_loss``,
+    ``tokens_per_s``, ``eta_s``, ``learning_rate`` by step), the weights (``adapter/`` or ``full_model/``) and
+    the model in MLflow's ``transformers`` flavour (``model/``, loadable with ``mlflow.transformers.load_model``).
+
+    Retry-safe: a finished run with the same run key is returned instead of training again; an unfinished
+    one (the worker crashed or was killed) is continued, and training resumes from the newest checkpoint in
+    :func:`checkpoint_dir`. Checkpoints are deleted once the run has its model.
+    """
+    import mlflow
+
+    from ftops.training.hf import Progress, fine_tune, remove_checkpoints
+
+    backend = _hf_backend(cfg)
+    base_model = check_base_model(backend.base_model)
+    datasets = dataset_registry(cfg)
+    version = datasets.get(task_type, dataset)
+    existing = registry.find_run(task_type, run_key)
+    if existing:
+        log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)
+        return {"run_id": existing, "dataset_version": version.tag}
+    train = datasets.read(version, "train")
+    if len(train) < cfg.gate.min_test_examples:
+        raise ValueError(f"{version.tag} has only {len(train)} training examples")
+
+    def log_progress(p: Progress) -> None:
+        mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
+                            "learning_rate": p.learning_rate, "epoch": p.epoch}, step=p.step)  # fmt: skip
+
+    checkpoints = checkpoint_dir(cfg, task_type, run_key)
+    weights = "adapter" if backend.method == "lora" else "full_model"
+    lineage = {"backend": backend.kind, "base_model": backend.base_model, "ftops.weights": weights}
+    params = backend.model_dump(mode="json") | {"train_examples": len(train)}
+    with tempfile.TemporaryDirectory() as tmp, candidate_run(
+        task_type, run_key, version, datasets.root, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}",
+        tags=lineage, params=params,
+    ) as (run, _):
+        result = fine_tune(base_model, train, Path(tmp) / weights, backend, checkpoint_dir=checkpoints,
+                           on_progress=log_progress)  # fmt: skip
+        mlflow.log_metrics({
+            "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
+            "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
+            "train_resumed_from_step": result.resumed_from_step,
+        })  # fmt: skip
+        mlflow.set_tags({"padding_free": str(result.padding_free), "precision": result.precision})
+        mlflow.log_artifacts(str(result.output_dir), weights)
+        mlflow.set_tag("ftops.model_id", _log_transformers_model(base_model, result.output_dir, backend.method))
+    remove_checkpoints(checkpoints)
+    return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": result.final_loss}
+
+
+def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> str:
+    """Log the model in MLflow's ``transformers`` flavour (``text-generation``) and return its model id.
+
+    A LoRA adapter on a hub base model is logged as the adapter plus a reference to the hub model (MLflow's
+    PEFT support; not exercised here, where no hub is reachable). On a local base model (a path, which
+    another machine may not have) the adapter is merged into the base and the merged model is logged whole,
+    so ``mlflow.transformers.load_model`` works anywhere: MLflow would otherwise save the PEFT wrapper's weights under names the base model does not
+    load (measured: every weight re-initialised). A full fine-tune is logged whole.
+    """
+    from importlib.metadata import version
+
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
+    model: Any
+    if method == "full":
+        model = AutoModelForCausalLM.from_pretrained(str(weights_dir))
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), str(weights_dir))
+        if Path(base_model).exists():
+            model = model.merge_and_unload()
+    # Pinned from what is installed; MLflow's own inference also asks for torchvision, which we do not use.
+    requirements = [f"{pkg}=={version(pkg)}" for pkg in ("transformers", "torch", "peft", "accelerate")]
+    info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="model",
+                                         task="text-generation", pip_requirements=requirements)  # fmt: skip
+    return str(info.model_id)
+
+
+def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
+    """Lineage: the dataset version as an MLflow dataset input (source = DVC repo at the tag)."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = HTTPDatasetSource(url=f"{repo.as_uri()}@{version.tag}")
+    dataset = MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32])  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="training")
+
+
+@contextmanager
+def candidate_run(
+    task_type: str, run_key: str, version: DatasetVersion, repo: Path, *, run_name: str, tags: dict[str, str],
+    params: dict[str, Any],
+) -> Iterator[tuple[Any, bool]]:
+    """The MLflow run of one training run key, as ``(active run, resumed)``.
+
+    A new run gets the lineage: run key, dataset version and content hash, task type, ``tags`` (backend,
+    base model...), ``params`` and the dataset version as an input. The unfinished run a crashed or killed
+    attempt left is continued as it is, so a run key has one run however many attempts it takes.
+    """
+    import mlflow
+
+    resumed = registry.unfinished_run(task_type, run_key)
+    if resumed:
+        log.info("Continuing MLflow run %s of run key %s", resumed, run_key)
+    context = mlflow.start_run(run_id=resumed) if resumed else mlflow.start_run(
+        experiment_id=registry.experiment_id(task_type), run_name=run_name
+    )  # fmt: skip
+    with context as run:
+        if not resumed:
+            mlflow.set_tags({"ftops.run_key": run_key, "dataset_version": version.tag,
+                             "content_hash": version.content_hash, "task_type": task_type, **tags})  # fmt: skip
+            mlflow.log_params(params)
+            _log_dataset_input(version, repo)
+        yield run, resumed is not None
+
+
+def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) -> str:
+    """Register the candidate with lineage and its gate decision. Retry-safe: once per run."""
+    c = registry.client()
+    run = c.get_run(run_id)
+    gate = evaluation["gate"]
+    tags: dict[str, Any] = {
+        "dataset_version": run.data.tags["dataset_version"],
+        "content_hash": run.data.tags["content_hash"],
+        "backend": run.data.tags["backend"],
+        "base_model": run.data.tags["base_model"],
+        "baseline": evaluation["baseline"],
+        "decision": gate["decision"],
+        "reason": "; ".join(gate["reasons"]),
+    }
+    tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items() if v is not None}
+    tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items() if v is not None}
+    model_id = run.data.tags.get("ftops.model_id")  # the transformers-flavour model (HF backend)
+    source = f"models:/{model_id}" if model_id else f"{run.info.artifact_uri}/model"  # API: the model id's pointer
+    return registry.register(task_type, run_id, source, tags, model_id=model_id)
+
+
+def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:
+    """Champion if the task type has none, else canary at the configured traffic share. Idempotent."""
+    role = rollout.deploy(task_type, version, cfg.canary.traffic_percent)
+    registry.set_tags(task_type, version, {"deployed_at": datetime.now(UTC).isoformat()})
+    log.info("%s version %s deployed as %s", registry.model_name(task_type), version, role)
+    return {"task_type": task_type, "version": version, "role": role}
+
+
+def archive_candidate(task_type: str, version: str, reasons: list[str]) -> dict[str, Any]:
+    """Mark a failed candidate archived with its reasons; aliases are untouched. Idempotent."""
+    registry.set_tags(task_type, version, {"deployment": "archived", "archive_reason": "; ".join(reasons)})
+    log.info("%s version %s archived: %s", registry.model_name(task_type), version, "; ".join(reasons))
+    return {"task_type": task_type, "version": version, "role": "archived"}

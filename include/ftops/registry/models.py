@@ -1,0 +1,191 @@
+"""The MLflow model registry: one registered model ``ftops-<task_type>`` per task type, aliases for serving.
+
+Aliases: ``champion`` serves, ``canary`` serves the share in its version tag ``traffic_percent``, ``previous``
+is the rollback target. Registration is idempotent on a run key, so a re-run after a crash between
+registration and aliasing completes without a second version. Stages are deprecated and never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.config import ftops_home
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+
+log = logging.getLogger(__name__)
+CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
+
+
+def model_name(task_type: str) -> str:
+    return f"ftops-{task_type}"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, or a SQLite store under ``FTOPS_HOME`` (four slashes: absolute path)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = ftops_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+class RegistryUnavailableError(ConnectionError):
+    """The MLflow tracking store cannot be reached; retryable (a ``ConnectionError``)."""
+
+
+_checked: set[str] = set()  # tracking URIs this process has reached once
+
+
+def client() -> MlflowClient:
+    """An MLflow client on :func:`tracking_uri` (also made the process default).
+
+    The first call per URI in a process asks the store for one experiment, so an unreachable store fails
+    here, before any work, with the URI (password hidden) instead of deep inside a training run.
+
+    Raises:
+        RegistryUnavailableError: The store does not answer.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    c = MlflowClient(uri, registry_uri=uri)
+    if uri not in _checked:
+        try:
+            c.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps connection, HTTP and SQL errors alike
+            raise RegistryUnavailableError(f"MLflow tracking store {_hide_password(uri)} cannot be reached: "
+                                           f"{_hide_password(str(exc))[:500]}") from None  # fmt: skip
+        _checked.add(uri)
+    return c
+
+
+def _hide_password(text: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def experiment_id(task_type: str) -> str:
+    """The experiment of a task type, created with artifacts under ``FTOPS_HOME`` when missing.
+
+    An explicit artifact location matters: MLflow's default for a SQLite store is ``./mlruns`` relative to
+    the worker's working directory.
+    """
+    c = client()
+    name = model_name(task_type)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = os.environ.get("FTOPS_ARTIFACT_ROOT") or (ftops_home() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=f"{location}/{name}")
+    except Exception:  # another worker created it between our get and create
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(task_type: str, run_key: str) -> str | None:
+    """The finished run carrying tag ``ftops.run_key``, or None (makes training retry-safe)."""
+    c = client()
+    runs = c.search_runs(
+        [experiment_id(task_type)],
+        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def unfinished_run(task_type: str, run_key: str) -> str | None:
+    """The newest run with tag ``ftops.run_key`` that did not finish (crashed, failed or killed), or None.
+
+    A retried training task continues that run (and its checkpoints) rather than opening a second one.
+    """
+    c = client()
+    runs = c.search_runs(
+        [experiment_id(task_type)],
+        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _versions(task_type: str) -> list[ModelVersion]:
+    c = client()
+    try:
+        return list(c.search_model_versions(f"name = '{model_name(task_type)}'"))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises a generic error for an unknown model
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+            return []
+        raise
+
+
+def register(
+    task_type: str, run_id: str, source: str, tags: Mapping[str, Any], *, model_id: str | None = None
+) -> str:
+    """Register a run's model as a new version of ``ftops-<task_type>``, once per run.
+
+    Args:
+        task_type: The task type.
+        run_id: The training run; a version of this run already registered is returned instead.
+        source: The model's URI: ``models:/<model_id>`` of a logged model, or an artifact folder (a pointer
+            file for API models).
+        tags: Version tags (dataset version, backend, base model, metrics, decision, reason).
+        model_id: The MLflow logged model behind ``source``, if any (links the version to it).
+
+    Returns:
+        The version number as a string.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    name = model_name(task_type)
+    for mv in _versions(task_type):
+        if mv.run_id == run_id:
+            log.info("Run %s is already %s version %s", run_id, name, mv.version)
+            for k, v in tags.items():
+                c.set_model_version_tag(name, mv.version, k, str(v))
+            return str(mv.version)
+    try:
+        c.create_registered_model(name, description=f"FT-Ops fine-tuned models for task type {task_type}")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
+            raise
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
+                                model_id=model_id)
+    log.info("Registered %s version %s from run %s", name, mv.version, run_id)
+    return str(mv.version)
+
+
+def alias_version(task_type: str, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(model_name(task_type), alias)
+    except MlflowException:
+        return None
+
+
+def set_tags(task_type: str, version: str, tags: Mapping[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name(task_type), version, k, str(v))
+
+
+def trained_dataset_versions(task_type: str) -> set[str]:
+    """Dataset tags that some registered version was trained on (the governor's memory)."""
+    return {mv.tags.get("dataset_version", "") for mv in _versions(task_type)} - {""}
