@@ -13,23 +13,21 @@ warehouse table `interactions` (the router logs `model_version` as `ftops-<task_
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS, resolve_config, snapshot, warehouse_engine
+from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE, resolve_config, snapshot, warehouse_engine
 
 
 @dag(
     schedule="*/30 * * * *",
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=TAGS["deployment"],
     doc_md=__doc__,
     params={
-        "task_type": Param(None, type=["null", "string"], title="Task type",
+        "task_type": Param(None, type=["null", "string"], **TASK_TYPE, title="Task type",
                            description="Review this task type's canary only. Empty = every task type."),
     },
 )

@@ -31,7 +31,9 @@ from airflow.sdk import Param, dag, get_current_context, task
 from ftops_airflow.common import (
     DATASETS,
     DEFAULT_ARGS,
+    START_DATE,
     TAGS,
+    TASK_TYPE,
     VERSIONING_POOL,
     resolve_config,
     snapshot,
@@ -41,14 +43,14 @@ from ftops_airflow.common import (
 
 @dag(
     schedule="0 2 * * *",
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=TAGS["curation"],
     doc_md=__doc__,
     params={
-        "task_types": Param([], type="array", items={"type": "string"}, title="Task types",
+        "task_types": Param([], type="array", items={"type": "string", **TASK_TYPE}, title="Task types",
                             description="Task types to curate; empty = every task type in the logs."),
         "since": Param(None, type=["null", "string"], format="date-time", title="Since",
                        description="Re-read logs from this time on (ISO 8601). Empty = from the watermark "

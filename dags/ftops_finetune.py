@@ -31,11 +31,19 @@ Training runs in the one-slot `ftops_training` pool.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 
 from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS, TRAINING_POOL, openai_client, resolve_config, snapshot
+from ftops_airflow.common import (
+    DEFAULT_ARGS,
+    START_DATE,
+    TAGS,
+    TASK_TYPE,
+    TRAINING_POOL,
+    openai_client,
+    resolve_config,
+    snapshot,
+)
 
 # How often the sensor asks the fine-tuning API about a job; between pokes it holds no worker slot.
 API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
@@ -43,14 +51,14 @@ API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
 
 @dag(
     schedule=None,
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     # evaluating a trained candidate goes before training the next run's (they share the training pool)
     default_args={**DEFAULT_ARGS, "weight_rule": "upstream"},
     tags=TAGS["training"],
     doc_md=__doc__,
     params={
-        "task_type": Param("sentiment", type="string", minLength=1, title="Task type",
+        "task_type": Param("sentiment", type="string", **TASK_TYPE, minLength=1, title="Task type",
                            description="Which task type's model to fine-tune."),
         "dataset_version": Param(None, type=["null", "string"], title="Dataset version",
                                  description="e.g. v3 or dataset/sentiment/v3. Empty = the latest version."),

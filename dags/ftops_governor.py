@@ -15,24 +15,31 @@ written with its reason to the warehouse table `ftops_decisions`.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
-from ftops_airflow.common import DATASETS, DEFAULT_ARGS, TAGS, resolve_config, snapshot, warehouse_engine
+from ftops_airflow.common import (
+    DATASETS,
+    DEFAULT_ARGS,
+    START_DATE,
+    TAGS,
+    TASK_TYPE,
+    resolve_config,
+    snapshot,
+    warehouse_engine,
+)
 
 
 @dag(
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 * * * *", timezone="UTC"), assets=[DATASETS]),
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=TAGS["governance"],
     doc_md=__doc__,
     params={
-        "task_type": Param(None, type=["null", "string"], title="Task type",
+        "task_type": Param(None, type=["null", "string"], **TASK_TYPE, title="Task type",
                            description="Decide for this task type only. Empty = every task type with a dataset."),
         "force": Param(False, type="boolean", title="Force training",
                        description="Train now even if the policy would wait."),

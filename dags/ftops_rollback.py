@@ -8,24 +8,22 @@ nothing new keeps serving traffic. Every alias move is logged and tagged on the 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, TAGS
+from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE
 
 
 @dag(
     schedule=None,
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=TAGS["deployment"],
     doc_md=__doc__,
     params={
-        "task_type": Param("sentiment", type="string", minLength=1, title="Task type",
-                           description="Whose champion to roll back."),
+        "task_type": Param(type="string", **TASK_TYPE, minLength=1, title="Task type",
+                           description="Whose champion to roll back (required: a rollback changes what serves traffic)."),
         "to_version": Param(None, type=["null", "string"], pattern=r"^[0-9]+$", title="To version",
                             description="Registered version number to restore. Empty = the 'previous' alias."),
     },

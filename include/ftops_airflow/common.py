@@ -7,7 +7,7 @@ module at import time.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseHook
@@ -15,6 +15,7 @@ from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryActi
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from ftops.core.config import FtopsConfig, apply_overrides, ftops_home, load_config
+from ftops.core.names import TASK_TYPE_PATTERN
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -39,6 +40,10 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "retry_policy": NOT_RETRYABLE,
 }
+# Every DAG's start: time-zone aware (a naive datetime would be read in the deployment's default time zone).
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+# JSON-schema pattern of every task_type param: the trigger form refuses a name that could leave a folder.
+TASK_TYPE = {"pattern": TASK_TYPE_PATTERN}
 TAGS = {
     "curation": ["ftops", "curation"],
     "governance": ["ftops", "governance"],
