@@ -80,7 +80,7 @@ def _summary(args: argparse.Namespace) -> int:
         lines.append(f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
                      f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}")  # fmt: skip
         client = registry.client()
-        for listed in sorted(registry._versions(task_type), key=lambda m: int(m.version)):
+        for listed in sorted(registry.versions(task_type), key=lambda m: int(m.version)):
             mv = client.get_model_version(listed.name, listed.version)  # search results carry no aliases
             t = mv.tags
             aliases = ",".join(mv.aliases or []) or "no alias"
@@ -90,6 +90,8 @@ def _summary(args: argparse.Namespace) -> int:
                 if f"metric.{metric}" in t:
                     lines.append(f"    {metric:15s} {float(t[f'metric.{metric}']):10.3f}  vs baseline "
                                  f"{float(t.get(f'baseline.{metric}', 'nan')):10.3f}  ({t.get('baseline')})")  # fmt: skip
+            if "trivial.accuracy" in t:
+                lines.append(f"    {'trivial':15s} {float(t['trivial.accuracy']):10.3f}  ({t.get('trivial_baseline')})")
             lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -104,7 +104,7 @@ def test_the_degraded_version_is_registered_archived_with_its_reasons(
 ) -> None:
     from ftops.registry import models as registry
 
-    versions = {str(v.version): v for v in registry._versions(TASK_TYPE)}
+    versions = {str(v.version): v for v in registry.versions(TASK_TYPE)}
     assert set(versions) == {champion, str(int(champion) + 1)}
     tags = versions[str(int(champion) + 1)].tags
     assert tags["dataset_version"] == datasets["bad"].tag
@@ -126,7 +126,7 @@ def test_the_champion_alias_is_untouched(degraded_run: Any, champion: str) -> No
 
     assert str(registry.alias_version(TASK_TYPE, registry.CHAMPION).version) == champion
     assert registry.alias_version(TASK_TYPE, registry.CANARY) is None
-    versions = {str(v.version): v for v in registry._versions(TASK_TYPE)}
+    versions = {str(v.version): v for v in registry.versions(TASK_TYPE)}
     assert versions[champion].tags["deployment"] == "champion"
 
 
@@ -137,7 +137,7 @@ def test_the_evaluation_report_is_logged_with_the_interval_and_every_example(
 
     from ftops.registry import models as registry
 
-    version = next(v for v in registry._versions(TASK_TYPE) if str(v.version) != champion)
+    version = next(v for v in registry.versions(TASK_TYPE) if str(v.version) != champion)
     metrics = registry.client().get_run(version.run_id).data.metrics
     assert metrics["accuracy_gain_ci_low"] <= metrics["accuracy_gain"] <= metrics["accuracy_gain_ci_high"] < 0
     report = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/evaluation/report.json")

@@ -137,7 +137,7 @@ def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curat
 
     run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "reason": "integration test"})
     assert run.state == "success"
-    versions = registry._versions(TASK_TYPE)
+    versions = registry.versions(TASK_TYPE)
     assert len(versions) == 1
     tags = versions[0].tags
     assert tags["dataset_version"] == curated["version"].tag
@@ -198,7 +198,7 @@ def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothi
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["resolve_run_config"] == "failed" and states["train_candidate"] != "success"
-    assert all(v.tags.get("dataset_version") != f"dataset/{TASK_TYPE}/v99" for v in registry._versions(TASK_TYPE))
+    assert all(v.tags.get("dataset_version") != f"dataset/{TASK_TYPE}/v99" for v in registry.versions(TASK_TYPE))
 
 
 def test_planted_pii_and_secrets_appear_nowhere_downstream(curated, planted, task_logs) -> None:

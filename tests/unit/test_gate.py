@@ -127,3 +127,55 @@ def test_a_first_model_that_only_beats_the_untuned_base_is_held_by_the_floor() -
     d = apply_gate(shuffled, base, shipped, (0.06, 0.02, 0.11))
     assert not d.passed and _failed(d) == [f"FAIL: accuracy 0.060 (floor ≥ {shipped.min_accuracy:.3f}, whatever "
                                            "the baseline)"]
+
+
+# -- trivial baselines: a constant answer never ships ---------------------------------------------------
+def test_a_model_that_always_gives_the_most_common_reply_is_archived_even_against_a_base_model_of_zero() -> None:
+    """The demo's failure: a sentiment "champion" that says "negative" to every review, compared only with an
+    untuned base model that scores 0. Scored on real simulator data with the real metrics and bootstrap."""
+    from ftops_dev.simulate import clean_chat_rows
+
+    from ftops.core.chat import split_conversation
+    from ftops.deployment.gate import TrivialComparison
+    from ftops.evaluation.baselines import best_trivial, trivial_baselines
+    from ftops.evaluation.metrics import paired_bootstrap, score_answers
+
+    rows = clean_chat_rows("sentiment", 300, seed=3)
+    train, test = rows[:240], rows[240:]
+    trivial = best_trivial(trivial_baselines(train, test))
+    assert trivial is not None and trivial.name == "majority label"  # three templates: label-like
+    assert trivial.answer.startswith("Sentiment: ") and 0.2 < trivial.accuracy < 0.6
+    references = [split_conversation(r["messages"])[1] for r in test]
+    scores, constant_correct = score_answers([trivial.answer] * len(test), references)  # the constant model
+    base_scores, base_correct = score_answers(["I do not know."] * len(test), references)  # an untuned base
+    assert base_scores["accuracy"] == 0 and constant_correct == trivial.correct
+    candidate = {**BASELINE, "accuracy": scores["accuracy"], "n": len(test)}
+    baseline = {**BASELINE, "accuracy": 0.0, "n": len(test)}
+    versus = TrivialComparison(f'{trivial.name} "{trivial.answer[:20]}"', trivial.accuracy,
+                               paired_bootstrap(constant_correct, trivial.correct, seed=0))  # fmt: skip
+    d = apply_gate(candidate, baseline, GateConfig(), paired_bootstrap(constant_correct, base_correct, seed=0), trivial=versus)
+    assert not d.passed and d.decision == "archive"
+    (failed,) = _failed(d)  # it beats the base model by a mile; only the trivial baseline stops it
+    assert "trivial baseline majority label" in failed and "need lower bound > 0" in failed
+
+
+def test_a_model_that_beats_the_trivial_baseline_clearly_passes_that_criterion() -> None:
+    from ftops.deployment.gate import TrivialComparison
+
+    d = apply_gate(GOOD, BASELINE, CEILING, GOOD_CI, trivial=TrivialComparison('majority label "x"', 0.3, (0.3, 0.2, 0.4)))
+    assert d.passed and any("trivial baseline majority label" in r and r.startswith("ok") for r in d.reasons)
+
+
+def test_trivial_baselines_of_free_text_are_the_most_common_reply() -> None:
+    from ftops.evaluation.baselines import is_label_like, trivial_baselines
+
+    def conv(prompt: str, reply: str) -> dict:
+        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]}
+
+    train = [conv(f"q{i}", f"answer number {i}") for i in range(100)] + [conv("r", "Paris.")] * 3
+    test = [conv("a", "paris"), conv("b", "answer number 7"), conv("c", "Rome")]
+    (trivial,) = trivial_baselines(train, test)
+    assert trivial.name == "most common training reply" and trivial.answer == "Paris."
+    assert trivial.correct == [True, False, False] and trivial.accuracy == pytest.approx(1 / 3)
+    assert not is_label_like([f"answer {i}" for i in range(100)]) and is_label_like(["yes", "no"] * 50)
+    assert trivial_baselines([], test) == []

@@ -127,7 +127,7 @@ def test_a_crash_between_registration_and_alias_is_completed_by_the_rerun(
 
     assert stages.register_candidate(TASK, resumed["run_id"], evaluation) == version  # the re-run
     assert stages.deploy_candidate(cfg, TASK, version)["role"] == "champion"
-    versions = registry._versions(TASK)
+    versions = registry.versions(TASK)
     assert [str(v.version) for v in versions] == [version]
     assert versions[0].source == f"models:/{registry.client().get_run(resumed['run_id']).data.tags['ftops.model_id']}"
     assert str(registry.alias_version(TASK, registry.CHAMPION).version) == version

@@ -6,7 +6,10 @@ type is compared only with the untuned base model, which almost any fine-tune be
 confidence bound (paired bootstrap over the same examples, :func:`ftops.evaluation.paired_bootstrap`) is
 above ``min_lower_bound_gain``, so that a gain the test set cannot tell from luck does not ship; no
 perplexity rise beyond ``max_perplexity_increase``; a p50 latency rise under ``max_latency_increase_ms``;
-and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``.
+and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``. Whatever the baseline, the candidate must also
+beat the best trivial baseline of its dataset (a constant answer: the most common training reply, the
+majority label for a label-like task, :mod:`ftops.evaluation.baselines`), with the paired confidence interval
+of that gain excluding zero: a model that answers the same thing to every prompt never ships.
 Every criterion is reported in words, passed or failed.
 """
 
@@ -17,6 +20,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ftops.core.config import GateConfig
+
+
+@dataclass(frozen=True)
+class TrivialComparison:
+    """The candidate against the best trivial baseline, on the same test examples."""
+
+    name: str  # e.g. 'majority label "Sentiment: negative."'
+    accuracy: float
+    gain_ci: tuple[float, float, float]  # (candidate - trivial, CI low, CI high) from a paired bootstrap
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ def apply_gate(
     baseline: Mapping[str, float],
     cfg: GateConfig,
     accuracy_ci: tuple[float, float, float] | None = None,
+    trivial: TrivialComparison | None = None,
 ) -> GateDecision:
     """Compare candidate and baseline metrics evaluated on the same test examples.
 
@@ -48,6 +61,8 @@ def apply_gate(
         accuracy_ci: ``(diff, low, high)`` of the accuracy gain from
             :func:`ftops.evaluation.paired_bootstrap` at ``cfg.confidence``. The pipeline always passes it;
             without it (aggregate metrics only) the lower-bound criterion is left out of the decision.
+        trivial: The best trivial baseline of the dataset and the paired CI of the candidate's gain over it.
+            The pipeline always passes it; the gain's lower bound must be above zero.
 
     Returns:
         The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
@@ -66,6 +81,12 @@ def apply_gate(
         checks.append((low > cfg.min_lower_bound_gain,
                        f"accuracy gain {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] on the same {n} examples: "
                        f"lower bound {low:+.3f} (need > {cfg.min_lower_bound_gain:+.3f})"))  # fmt: skip
+    if trivial is not None:
+        _, low, high = trivial.gain_ci
+        checks.append((low > 0,
+                       f"accuracy {candidate['accuracy']:.3f} vs trivial baseline {trivial.name} {trivial.accuracy:.3f}: "
+                       f"gain {trivial.gain_ci[0]:+.3f}, {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] "
+                       "(need lower bound > 0, whatever the baseline)"))  # fmt: skip
     if math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
         checks.append((True, "perplexity not measured: API models return no log-likelihood of a reference"))
     else:

@@ -181,7 +181,7 @@ def candidate_run(
     )  # fmt: skip
     with context as run:
         if not resumed:
-            mlflow.set_tags({"ftops.run_key": run_key, "dataset_version": version.tag,
+            mlflow.set_tags({**registry.run_key_tags(run_key), "dataset_version": version.tag,
                              "content_hash": version.content_hash, "task_type": task_type, **tags})  # fmt: skip
             mlflow.log_params(params)
             _log_dataset_input(version, repo)
@@ -204,6 +204,9 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
     }
     tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items() if v is not None}
     tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items() if v is not None}
+    for trivial in evaluation.get("trivial_baselines") or []:  # beside the baseline: what a constant answer scores
+        tags |= {"trivial_baseline": f"{trivial['name']}: {trivial['answer'][:200]}",
+                 "trivial.accuracy": round(float(trivial["accuracy"]), 4)}  # fmt: skip
     model_id = run.data.tags.get("ftops.model_id")  # the transformers-flavour model (HF backend)
     source = f"models:/{model_id}" if model_id else f"{run.info.artifact_uri}/model"  # API: the model id's pointer
     return registry.register(task_type, run_id, source, tags, model_id=model_id)

@@ -15,8 +15,9 @@ from ftops.pipeline.common import check_base_model, dataset_registry, json_safe,
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
+    from ftops.evaluation.baselines import TrivialBaseline
     from ftops.evaluation.generate import LoadedModel
     from ftops.evaluation.metrics import EvalResult
 
@@ -89,7 +90,8 @@ def evaluate_candidate(
     """
     import mlflow
 
-    from ftops.deployment.gate import apply_gate
+    from ftops.deployment.gate import TrivialComparison, apply_gate
+    from ftops.evaluation.baselines import best_trivial, trivial_baselines
     from ftops.evaluation.metrics import paired_bootstrap
 
     c = registry.client()
@@ -97,6 +99,7 @@ def evaluate_candidate(
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, run.data.tags["dataset_version"])
     test = datasets.read(version, "test")
+    trivials = trivial_baselines(datasets.read(version, "train"), test)
     tags = run.data.tags
     champion = registry.alias_version(task_type, registry.CHAMPION)
     if champion is not None:
@@ -112,21 +115,32 @@ def evaluate_candidate(
         candidate, baseline = _evaluate_models([candidate_spec, baseline_spec], test, cfg, tmp, api_client)
     ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
                           confidence=cfg.gate.confidence, seed=0)  # fmt: skip
-    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci)
-    accuracy_gain = {"diff": ci[0], "low": ci[1], "high": ci[2], "confidence": cfg.gate.confidence,
-                     "resamples": cfg.gate.bootstrap_resamples, "method": "paired bootstrap, percentile"}  # fmt: skip
+    trivial = best_trivial(trivials)
+    versus_trivial = None
+    if trivial is not None:
+        trivial_ci = paired_bootstrap(candidate.correct, trivial.correct, resamples=cfg.gate.bootstrap_resamples,
+                                      confidence=cfg.gate.confidence, seed=0)  # fmt: skip
+        versus_trivial = TrivialComparison(f"{trivial.name} {_quoted(trivial.answer)}", trivial.accuracy, trivial_ci)
+    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial)
+    accuracy_gain = _gain(ci, cfg)
     report = {
         "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name,
         "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics,
         "accuracy_gain": accuracy_gain, "gate": gate.as_dict(),
+        "trivial_baselines": [t.as_dict() for t in trivials],
+        "accuracy_gain_over_trivial": _gain(versus_trivial.gain_ci, cfg) if versus_trivial else None,
+        "distinct_candidate_answers": len(set(candidate.outputs)),
     }  # fmt: skip
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": float(v) for k, v in baseline.metrics.items()})
         mlflow.log_metrics({"accuracy_gain": ci[0], "accuracy_gain_ci_low": ci[1], "accuracy_gain_ci_high": ci[2]})
+        if trivial is not None and versus_trivial is not None:
+            mlflow.log_metrics({"trivial_accuracy": trivial.accuracy, "accuracy_gain_over_trivial_ci_low":
+                                versus_trivial.gain_ci[1]})  # fmt: skip
         mlflow.log_dict(report, "evaluation/report.json")
         mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name, accuracy_gain,
-                                        gate.reasons), "evaluation/report.md")  # fmt: skip
+                                        gate.reasons, trivials), "evaluation/report.md")  # fmt: skip
         outputs = [
             {"prompt": p, "reference": r, "candidate": co, "baseline": bo, "candidate_correct": cc,
              "baseline_correct": bc}
@@ -135,7 +149,23 @@ def evaluate_candidate(
         ]  # fmt: skip
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
+    log.info("What the candidate says (%d distinct answers to %d test prompts), first %d:\n%s",
+             len(set(candidate.outputs)), len(test), min(SHOWN_ANSWERS, len(test)),
+             "\n".join(f"  {p[:80]!r}\n    -> {a[:120]!r} (reference {r[:60]!r})"
+                       for (p, r), a in list(zip(examples_of(test), candidate.outputs, strict=True))[:SHOWN_ANSWERS]))  # fmt: skip
     return json_safe(report)
+
+
+SHOWN_ANSWERS = 5  # answers of the candidate printed in the task log: look at what the model says
+
+
+def _quoted(answer: str, limit: int = 40) -> str:
+    return '"' + (answer if len(answer) <= limit else answer[: limit - 1] + "…") + '"'
+
+
+def _gain(ci: tuple[float, float, float], cfg: FtopsConfig) -> dict[str, Any]:
+    return {"diff": ci[0], "low": ci[1], "high": ci[2], "confidence": cfg.gate.confidence,
+            "resamples": cfg.gate.bootstrap_resamples, "method": "paired bootstrap, percentile"}  # fmt: skip
 
 
 def _markdown_table(
@@ -144,6 +174,7 @@ def _markdown_table(
     baseline_name: str,
     accuracy_gain: dict[str, Any] | None = None,
     reasons: list[str] | None = None,
+    trivials: Sequence[TrivialBaseline] = (),
 ) -> str:
     lines = [f"| metric | candidate | {baseline_name} | difference |", "|---|---|---|---|"]
     for k in candidate:
@@ -153,6 +184,8 @@ def _markdown_table(
         g = accuracy_gain
         lines.append(f"| accuracy gain, {g['confidence']:.0%} CI ({g['method']}, {g['resamples']} resamples) "
                      f"| | | {g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] |")  # fmt: skip
+    for t in trivials:
+        lines.append(f"| accuracy of the trivial baseline: {t.name} {_quoted(t.answer)} | | {t.accuracy:.4g} | |")
     if reasons:
         lines += ["", "Gate:", ""] + [f"- {r}" for r in reasons]
     return "\n".join(lines) + "\n"

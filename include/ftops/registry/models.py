@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import ftops_home
+from ftops.core.names import check_task_type, filter_literal, key_digest
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -24,7 +26,12 @@ CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
 
 
 def model_name(task_type: str) -> str:
-    return f"ftops-{task_type}"
+    """The registered model (and experiment) of a task type: ``ftops-<task_type>``.
+
+    Raises:
+        InvalidNameError: The task type is not a valid name.
+    """
+    return f"ftops-{check_task_type(task_type)}"
 
 
 def tracking_uri() -> str:
@@ -88,21 +95,33 @@ def experiment_id(task_type: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = os.environ.get("FTOPS_ARTIFACT_ROOT") or (ftops_home() / "mlartifacts").as_uri()
-    try:
+    with store_errors(f"create experiment {name}", exists_ok=True):
         return c.create_experiment(name, artifact_location=f"{location}/{name}")
-    except Exception:  # another worker created it between our get and create
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    exp = c.get_experiment_by_name(name)  # another worker created it between our get and create
+    if exp is None:
+        raise RegistryUnavailableError(f"experiment {name} exists and cannot be read")
+    return exp.experiment_id
+
+
+RUN_KEY_TAG, RUN_KEY_DIGEST_TAG = "ftops.run_key", "ftops.run_key_digest"
+
+
+def run_key_tags(run_key: str) -> dict[str, str]:
+    """Tags that mark a training run as a run key's: the key itself (for people) and its digest (for lookups).
+
+    Runs are found by the digest, never by the key: a key is an Airflow run id plus a task type, which may
+    hold characters an MLflow filter string cannot carry.
+    """
+    return {RUN_KEY_TAG: run_key, RUN_KEY_DIGEST_TAG: key_digest(run_key)}
 
 
 def find_run(task_type: str, run_key: str) -> str | None:
-    """The finished run carrying tag ``ftops.run_key``, or None (makes training retry-safe)."""
+    """The finished run of a run key, or None (makes training retry-safe)."""
     c = client()
     runs = c.search_runs(
         [experiment_id(task_type)],
-        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{RUN_KEY_DIGEST_TAG}` = {filter_literal(key_digest(run_key))} "
+        "and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -116,21 +135,24 @@ def unfinished_run(task_type: str, run_key: str) -> str | None:
     c = client()
     runs = c.search_runs(
         [experiment_id(task_type)],
-        filter_string=f"tags.`ftops.run_key` = '{run_key}' and attributes.status != 'FINISHED'",
+        filter_string=f"tags.`{RUN_KEY_DIGEST_TAG}` = {filter_literal(key_digest(run_key))} "
+        "and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
-def _versions(task_type: str) -> list[ModelVersion]:
+def versions(task_type: str) -> list[ModelVersion]:
+    """Every registered version of a task type's model (none when the model does not exist yet).
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer.
+    """
     c = client()
-    try:
-        return list(c.search_model_versions(f"name = '{model_name(task_type)}'"))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises a generic error for an unknown model
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc):
-            return []
-        raise
+    with store_errors(f"list versions of {model_name(task_type)}", missing_ok=True):
+        return list(c.search_model_versions(f"name = {filter_literal(model_name(task_type))}"))
+    return []
 
 
 def register(
@@ -149,21 +171,16 @@ def register(
     Returns:
         The version number as a string.
     """
-    from mlflow.exceptions import MlflowException
-
     c = client()
     name = model_name(task_type)
-    for mv in _versions(task_type):
+    for mv in versions(task_type):
         if mv.run_id == run_id:
             log.info("Run %s is already %s version %s", run_id, name, mv.version)
             for k, v in tags.items():
                 c.set_model_version_tag(name, mv.version, k, str(v))
             return str(mv.version)
-    try:
+    with store_errors(f"create registered model {name}", exists_ok=True):
         c.create_registered_model(name, description=f"FT-Ops fine-tuned models for task type {task_type}")
-    except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-            raise
     mv = c.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()},
                                 model_id=model_id)
     log.info("Registered %s version %s from run %s", name, mv.version, run_id)
@@ -171,13 +188,24 @@ def register(
 
 
 def alias_version(task_type: str, alias: str) -> ModelVersion | None:
-    """The version an alias points at, or None."""
-    from mlflow.exceptions import MlflowException
+    """The version an alias points at, or None when the model or the alias does not exist.
 
-    try:
-        return client().get_model_version_by_alias(model_name(task_type), alias)
-    except MlflowException:
-        return None
+    Only a missing model or alias means "none". Any other failure (the store unreachable, a server error,
+    a half-written database) raises, because the callers decide from "none": a candidate with no champion is
+    evaluated against the untuned base model and deployed as champion with all the traffic.
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer (retryable).
+    """
+    c = client()
+    name = model_name(task_type)
+    with store_errors(f"read alias {alias!r} of {name}", missing_ok=True):
+        # The model's alias map says whether the alias exists, without reading an error message.
+        aliases = c.get_registered_model(name).aliases
+        if alias not in aliases:
+            return None
+        return c.get_model_version(name, str(aliases[alias]))
+    return None
 
 
 def set_tags(task_type: str, version: str, tags: Mapping[str, Any]) -> None:
@@ -188,4 +216,35 @@ def set_tags(task_type: str, version: str, tags: Mapping[str, Any]) -> None:
 
 def trained_dataset_versions(task_type: str) -> set[str]:
     """Dataset tags that some registered version was trained on (the governor's memory)."""
-    return {mv.tags.get("dataset_version", "") for mv in _versions(task_type)} - {""}
+    return {mv.tags.get("dataset_version", "") for mv in versions(task_type)} - {""}
+
+
+@contextmanager
+def store_errors(action: str, *, missing_ok: bool = False, exists_ok: bool = False) -> Iterator[None]:
+    """Classify what the MLflow store raised during ``action`` by its error code, never by its message.
+
+    ``RESOURCE_DOES_NOT_EXIST`` is swallowed with ``missing_ok`` (the caller then returns its "none"), and
+    ``RESOURCE_ALREADY_EXISTS`` with ``exists_ok``; a request the store refuses (an invalid parameter)
+    re-raises as it is. Everything else, MLflow's own errors with other codes as well as connection, HTTP
+    and database errors, becomes a retryable :class:`RegistryUnavailableError`.
+
+    Raises:
+        RegistryUnavailableError: The store failed to answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        code = exc.error_code
+        if (missing_ok and code == "RESOURCE_DOES_NOT_EXIST") or (exists_ok and code == "RESOURCE_ALREADY_EXISTS"):
+            return
+        if code == "INVALID_PARAMETER_VALUE":
+            raise
+        raise RegistryUnavailableError(f"MLflow store failed to {action}: {code}: "
+                                       f"{_hide_password(str(exc))[:300]}") from exc  # fmt: skip
+    except (RegistryUnavailableError, ValueError, LookupError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - connection, HTTP and SQL errors from the store's backend
+        raise RegistryUnavailableError(f"MLflow store failed to {action}: {type(exc).__name__}: "
+                                       f"{_hide_password(str(exc))[:300]}") from exc  # fmt: skip
