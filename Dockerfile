@@ -6,5 +6,4 @@ ENV FTOPS_HOME=/usr/local/airflow/.ftops \
     PYTHONPATH=/usr/local/airflow/include \
     GX_ANALYTICS_ENABLED=False \
     DVC_NO_ANALYTICS=1 \
-    HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false

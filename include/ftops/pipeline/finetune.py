@@ -89,8 +89,9 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
         log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)
         return {"run_id": existing, "dataset_version": version.tag}
     train = datasets.read(version, "train")
-    if len(train) < cfg.gate.min_test_examples:
-        raise ValueError(f"{version.tag} has only {len(train)} training examples")
+    if len(train) < cfg.training.min_train_examples:
+        raise ValueError(f"{version.tag} has only {len(train)} training examples "
+                         f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip
 
     def log_progress(p: Progress) -> None:
         mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
