@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ftops.core.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
+from ftops.core.names import check_task_type
 
 log = logging.getLogger("ftops")
 
@@ -97,6 +98,13 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_type(value: str) -> str:
+    try:
+        return check_task_type(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="ftops", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -104,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="write simulated interaction logs into the warehouse")
     sim.add_argument("--rows", type=int, default=3000)
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--task-types", nargs="*", default=None)
+    sim.add_argument("--task-types", nargs="*", default=None, type=_task_type,
+                     help="letters, digits, '_' and '-' (default: all simulated task types)")
     sim.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     sim.set_defaults(func=_simulate)
     base = sub.add_parser("build-base-model", help="build the small local base model (once)")

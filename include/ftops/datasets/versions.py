@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftops.core.names import check_task_type, contained_path
+
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 _GIT_IDENTITY = {
@@ -113,7 +115,12 @@ class DatasetRegistry:
 
     # -- queries ----------------------------------------------------------------------------------------
     def versions(self, task_type: str) -> list[DatasetVersion]:
-        """All versions of a task type, oldest first."""
+        """All versions of a task type, oldest first.
+
+        Raises:
+            InvalidNameError: The task type is not a valid name.
+        """
+        check_task_type(task_type)
         if not (self.root / ".git").exists():
             return []
         out = self._git(
@@ -187,6 +194,7 @@ class DatasetRegistry:
         Raises:
             RuntimeError: The push could not be verified against the remote, or git failed.
         """
+        check_task_type(task_type)
         train_text, test_text = to_jsonl(train), to_jsonl(test)
         digest = content_hash(train_text, test_text)
         self.ensure()
@@ -195,7 +203,7 @@ class DatasetRegistry:
                 log.info("Content %s is already %s: nothing to version", digest[:12], existing.tag)
                 return existing
 
-        folder = self.root / task_type
+        folder = contained_path(self.root, check_task_type(task_type))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "train.jsonl").write_text(train_text)
         (folder / "test.jsonl").write_text(test_text)

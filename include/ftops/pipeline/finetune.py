@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig, HuggingFaceBackend
+from ftops.core.names import check_task_type, contained_path, key_digest
 from ftops.datasets.versions import DatasetVersion
 from ftops.deployment import rollout
 from ftops.pipeline.common import check_base_model, dataset_registry
@@ -58,11 +59,12 @@ def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None
 
 
 def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
-    """The durable checkpoint folder of one training run key (a retry finds it again)."""
-    import hashlib
+    """The durable checkpoint folder of one training run key (a retry finds it again).
 
-    digest = hashlib.sha256(run_key.encode()).hexdigest()[:16]
-    return cfg.storage.checkpoint_root() / task_type / digest
+    Raises:
+        InvalidNameError: The task type is not a valid name (the folder could leave the checkpoint root).
+    """
+    return contained_path(cfg.storage.checkpoint_root(), check_task_type(task_type), key_digest(run_key))
 
 
 def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
