@@ -127,7 +127,12 @@ class OpenAIBackend(_Strict):
     max_cost_usd: float = Field(
         50, ge=0, description="Largest estimated training cost (tokens × epochs × price) a job may start with, USD."
     )
-    timeout_hours: float = Field(24, gt=0, description="How long to wait for a job before giving up and cancelling it.")
+    timeout_hours: float = Field(
+        24, gt=0, description="How long a job may take, counted from its creation, before it is cancelled and fails."
+    )
+    poll_seconds: float = Field(
+        60, gt=0, description="Seconds between two looks at a running job (the triggerer polls; no worker is held)."
+    )
 
 
 Backend = Annotated[HuggingFaceBackend | OpenAIBackend, Field(discriminator="kind")]
@@ -135,6 +140,9 @@ Backend = Annotated[HuggingFaceBackend | OpenAIBackend, Field(discriminator="kin
 
 class TrainingConfig(_Strict):
     backend: Backend = Field(default_factory=HuggingFaceBackend, description="Which trainer, with its own options.")
+    min_train_examples: int = Field(
+        20, ge=1, description="Fewest examples a training split may hold; a smaller one fails before any work."
+    )
 
 
 class GateConfig(_Strict):
