@@ -1,4 +1,4 @@
-"""Unit tests for ftops.selection: the batched greedy selection must match the naive rule exactly."""
+"""Unit tests for ftops.curation.selection: the batched greedy selection must match the naive rule exactly."""
 
 from __future__ import annotations
 
