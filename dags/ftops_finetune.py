@@ -14,9 +14,12 @@
    out of memory and a NaN loss fail at once (no retry) with the step and what to lower. With the
    `openai` backend it estimates the cost (refused above `max_cost_usd`), uploads the split and creates a
    fine-tuning job on the API of the `openai_default` connection (key = password, base URL = host), with the
-   run id as the job's idempotency key; `wait_for_model` then polls the job in reschedule mode (no worker
-   slot held between pokes, every `FTOPS_API_POKE_SECONDS`, default 60), streams the job's events into its
-   log and fails with the API's message if the job fails or is cancelled.
+   run id as the job's idempotency key. `wait_for_model` then defers to the triggerer (no worker slot held
+   while the job trains): the trigger polls the job with the async client every `poll_seconds` and streams its
+   events into the task log; once the job is over the task resumes, records status, events and the model id on
+   the MLflow run, and fails with the API's message if the job failed or was cancelled, or cancels it when it
+   runs past `timeout_hours` from its creation (both in `training.backend` of the config). With the
+   `huggingface` backend it passes the trained model straight on.
 3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
    none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency, cost; applies the deployment
    gate (accuracy gain and its confidence bound, an absolute accuracy floor, perplexity, latency, cost).
@@ -30,9 +33,7 @@ Training runs in the one-slot `ftops_training` pool.
 
 from __future__ import annotations
 
-import os
-
-from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from ftops_airflow.common import (
     DEFAULT_ARGS,
@@ -44,9 +45,7 @@ from ftops_airflow.common import (
     resolve_config,
     snapshot,
 )
-
-# How often the sensor asks the fine-tuning API about a job; between pokes it holds no worker slot.
-API_POKE_SECONDS = float(os.environ.get("FTOPS_API_POKE_SECONDS", "60"))
+from ftops_airflow.openai_wait import WaitForFineTuneOperator
 
 
 @dag(
@@ -113,17 +112,6 @@ def ftops_finetune():
 
         return train(cfg, task_type, params["dataset_version"], run_key=run_key)
 
-    @task.sensor(mode="reschedule", poke_interval=API_POKE_SECONDS, timeout=48 * 3600)
-    def wait_for_model(config: dict, trained: dict) -> PokeReturnValue:
-        if trained.get("backend") != "openai":  # trained in train_candidate itself
-            return PokeReturnValue(is_done=True, xcom_value=trained)
-        from ftops.pipeline.finetune_api import poll_candidate
-
-        cfg = snapshot(config)
-        backend = cfg.training.backend
-        model = poll_candidate(openai_client(backend.conn_id), trained["run_id"], timeout_hours=backend.timeout_hours)
-        return PokeReturnValue(is_done=model is not None, xcom_value={**trained, "fine_tuned_model": model})
-
     @task(pool=TRAINING_POOL)
     def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:
         from ftops.pipeline.finetune_eval import evaluate_candidate as evaluate
@@ -159,7 +147,7 @@ def ftops_finetune():
         return archive_candidate(params["task_type"], registered["version"], registered["reasons"])
 
     config = resolve_run_config()
-    trained = wait_for_model(config, train_candidate(config))
+    trained = WaitForFineTuneOperator(task_id="wait_for_model", config=config, trained=train_candidate(config)).output
     registered = register_candidate(trained, evaluate_candidate(config, trained))
     choose_path(registered) >> [deploy_canary(config, registered), archive(registered)]
 

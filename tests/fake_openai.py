@@ -18,7 +18,7 @@ no idempotency header and retries a 500 by itself, so a bare ``jobs.create`` the
 caller's own look-up by metadata prevents duplicates (an ``Idempotency-Key`` header, if sent, is only recorded).
 
 ``calls`` counts requests per route (ids replaced by ``{id}``), ``jobs`` holds every job created and
-``api_keys_seen`` every bearer token received.
+``api_keys_seen`` every bearer token received. :meth:`FakeOpenAI.age_job` backdates a job, to test timeouts.
 """
 
 from __future__ import annotations
@@ -170,6 +170,11 @@ class FakeOpenAI:
     def job(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             return json.loads(json.dumps(self._jobs[job_id].data))
+
+    def age_job(self, job_id: str, seconds: int) -> None:
+        """Move a job's creation ``seconds`` into the past, as if it had been waiting that long."""
+        with self._lock:
+            self._jobs[job_id].data["created_at"] -= seconds
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _tick(self) -> int:

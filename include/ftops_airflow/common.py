@@ -19,6 +19,7 @@ from ftops.core.names import TASK_TYPE_PATTERN
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from airflow.sdk import Connection
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,38 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
     return conn.get_hook().get_sqlalchemy_engine()
 
 
+def _api_settings(conn: Connection) -> dict[str, Any]:
+    """Key and base URL of an OpenAI-compatible API from its connection: key = password, base URL = host (or
+    ``extra.openai_client_kwargs.base_url``, as the OpenAI provider reads it)."""
+    base_url = conn.host or (conn.extra_dejson.get("openai_client_kwargs") or {}).get("base_url")
+    # An empty password is an error, never a fallback to the worker's OPENAI_API_KEY.
+    return {"api_key": conn.password or "", "base_url": base_url,
+            "key_source": f"the password of Airflow connection {conn.conn_id!r}"}  # fmt: skip
+
+
 def openai_client(conn_id: str) -> Any:
-    """An ``openai`` client for an OpenAI-compatible API: key from the connection's password, base URL from
-    its host (or ``extra.openai_client_kwargs.base_url``, as the OpenAI provider reads it)."""
+    """An ``openai.OpenAI`` client for the API of connection ``conn_id`` (see :func:`_api_settings`).
+
+    Raises:
+        APIRequestError: The connection has no password (the key).
+    """
     from ftops.core.openai_api import make_client
 
-    conn = BaseHook.get_connection(conn_id)
-    base_url = conn.host or (conn.extra_dejson.get("openai_client_kwargs") or {}).get("base_url")
-    return make_client(conn.password, base_url)
+    return make_client(**_api_settings(BaseHook.get_connection(conn_id)))
+
+
+async def async_openai_client(conn_id: str) -> Any:
+    """An ``openai.AsyncOpenAI`` client for connection ``conn_id``, read without blocking the event loop
+    (``BaseHook.aget_connection``: in a triggerer it asks the API server, as tasks do).
+
+    Raises:
+        APIRequestError: The connection has no password (the key).
+    """
+    import asyncio
+    import importlib
+
+    from ftops.core.openai_api import make_async_client
+
+    conn = await BaseHook.aget_connection(conn_id)
+    await asyncio.to_thread(importlib.import_module, "openai")  # ~1 s the first time: not on the event loop
+    return make_async_client(**_api_settings(conn))

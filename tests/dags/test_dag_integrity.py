@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,18 +77,30 @@ def test_finetune_structure(dagbag) -> None:
     assert downstream["train_candidate"] == {"wait_for_model"}
     assert "evaluate_candidate" in downstream["wait_for_model"]
     wait = dag.get_task("wait_for_model")
-    assert wait.mode == "reschedule"  # an API job's hours of training hold no worker slot
+    # an API job's hours of training hold no worker slot: the wait defers to the triggerer
+    assert type(wait).__name__ == "WaitForFineTuneOperator" and set(wait.template_fields) == {"config", "trained"}
     assert "register_candidate" in downstream["evaluate_candidate"]
     assert downstream["choose_path"] == {"deploy_canary", "archive"}
     assert dag.get_task("train_candidate").pool == "ftops_training"
 
 
-def test_curate_maps_per_task_type_and_emits_the_dataset_asset(dagbag) -> None:
+def test_curate_maps_per_task_type_and_only_publishing_holds_the_versioning_pool(dagbag) -> None:
     dag = dagbag.dags["ftops_curate"]
-    curate = dag.get_task("curate_dataset")
-    assert curate.pool == "ftops_versioning"
-    assert [o.name for o in curate.outlets] == ["ftops_datasets"]
-    assert "curate_dataset" in dag.get_task("list_task_types").downstream_task_ids
+    downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert set(downstream) == {"resolve_run_config", "list_task_types", "curate_dataset", "publish_dataset",
+                               "report_curation"}  # fmt: skip
+    assert downstream["list_task_types"] == {"curate_dataset"}
+    assert downstream["curate_dataset"] == {"publish_dataset", "report_curation"}
+    assert downstream["publish_dataset"] == {"report_curation"}
+    curate, publish = dag.get_task("curate_dataset"), dag.get_task("publish_dataset")
+    # task types curate in parallel; only the DVC publish step is serialised, and only it emits the Asset
+    assert curate.pool != "ftops_versioning" and curate.outlets == []
+    assert publish.pool == "ftops_versioning"
+    assert [o.name for o in publish.outlets] == ["ftops_datasets"]
+    # curate[i] -> publish[i] per task type (a mapped task group), so one failing task type stops no other
+    group = curate.task_group
+    assert group is publish.task_group and type(group).__name__ == "MappedTaskGroup"
+    assert dag.get_task("report_curation").trigger_rule == "none_failed"  # skipped publishes are fine
 
 
 def test_governor_triggers_finetune(dagbag) -> None:
@@ -126,3 +139,36 @@ def test_parsing_imports_nothing_heavy_and_opens_no_connection(dag_file: Path) -
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"
     assert result["opened"] == [], f"{dag_file.name} opened {result['opened']} at parse time"
+
+
+FINETUNE_PARSE_PROBE = r"""
+import importlib.util, json, os, sys
+read = []
+get = os._Environ.__getitem__
+def record(self, key):
+    frame = sys._getframe(1)  # the first caller outside os.getenv and Mapping.get: is it the project's code?
+    while frame and (frame.f_code.co_filename.endswith(("_collections_abc>", "_collections_abc.py"))
+                     or frame.f_code.co_filename == os.__file__):
+        frame = frame.f_back
+    if frame and frame.f_code.co_filename.startswith((sys.argv[2] + "/dags/", sys.argv[2] + "/include/")):
+        read.append(key)
+    return get(self, key)
+spec = importlib.util.spec_from_file_location("probe_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+os._Environ.__getitem__ = record
+spec.loader.exec_module(module)
+os._Environ.__getitem__ = get
+print(json.dumps({"env": sorted(set(read)), "modules": sorted(m for m in ("openai", "mlflow") if m in sys.modules)}))
+"""
+
+
+def test_parsing_finetune_reads_no_environment_and_imports_no_api_client() -> None:
+    """The wait's interval and timeout come from the run's config snapshot, not from the environment at parse
+    time; the openai client and mlflow are imported by the task and the trigger, never by the DAG file."""
+    dag_file = ROOT / "dags" / "ftops_finetune.py"
+    env = {**os.environ, "FTOPS_API_POKE_SECONDS": "0.1"}
+    out = subprocess.run([sys.executable, "-c", FINETUNE_PARSE_PROBE, str(dag_file), str(ROOT)], capture_output=True,
+                         text=True, timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"env": [], "modules": []}

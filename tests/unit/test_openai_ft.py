@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -252,8 +253,6 @@ def test_events_cursor_by_id_or_time_and_across_pages(server, client) -> None:
 
 
 def test_status_is_small_json(server, client) -> None:
-    import json
-
     job_id = submit(client)
     data = poll_job(client, job_id).as_dict()
     assert json.loads(json.dumps(data))["status"] == "queued"
@@ -337,3 +336,188 @@ def test_importing_the_module_does_not_import_openai() -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
     assert time.perf_counter() - started < 10
+
+
+# -- no key from the environment -------------------------------------------------------------------------------
+def test_an_empty_key_is_an_error_and_OPENAI_API_KEY_is_never_used(server, monkeypatch) -> None:  # noqa: N802
+    """The worker's OPENAI_API_KEY (here even the right key) must not stand in for a connection's missing password."""
+    import asyncio
+
+    from ftops.core.openai_api import make_async_client
+    from ftops_airflow.common import async_openai_client, openai_client
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_NOKEY", json.dumps({"conn_type": "openai", "host": server.base_url}))
+    for make in (make_client, make_async_client):
+        for empty in ("", None, "  "):
+            with pytest.raises(APIRequestError, match="no API key in the settings"):
+                make(empty, server.base_url)  # type: ignore[arg-type]
+    with pytest.raises(APIRequestError, match="no API key in the password of Airflow connection 'openai_nokey'"):
+        openai_client("openai_nokey")
+    with pytest.raises(APIRequestError, match="'openai_nokey'.*OPENAI_API_KEY from the environment is never used"):
+        asyncio.run(async_openai_client("openai_nokey"))
+    assert server.api_keys_seen == []  # no request went out with the environment's key
+
+
+# -- the deferrable wait (Airflow glue: ftops_airflow.openai_wait) ---------------------------------------------------
+CONN = "openai_ft_test"
+
+
+@pytest.fixture
+def conn(server, monkeypatch) -> str:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
+                       json.dumps({"conn_type": "openai", "host": server.base_url, "password": API_KEY}))  # fmt: skip
+    return CONN
+
+
+def run_trigger(trigger) -> list[dict]:
+    """Every event the trigger's ``run()`` yields (the triggerer stops after the first; there must be one)."""
+    import asyncio
+
+    async def collect() -> list[dict]:
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(collect())
+
+
+def trigger_for(job_id: str, conn_id: str = CONN, **kw):
+    from ftops_airflow.openai_wait import FineTuneJobTrigger
+
+    kw = {"poll_seconds": 0.01, "timeout_hours": 1.0, **kw}
+    return FineTuneJobTrigger(conn_id=conn_id, job_id=job_id, **kw)
+
+
+def logged_events(caplog, job_id: str) -> list[str]:
+    return [r.getMessage().split(" UTC ", 1)[1] for r in caplog.records if r.getMessage().startswith(f"[{job_id}] ")]
+
+
+def test_trigger_waits_for_success_and_streams_each_event_once(server, client, conn, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    job_id = submit(client)
+    first = poll_job(client, job_id)  # an earlier look (e.g. a previous attempt) logged the first events
+    caplog.clear()
+    (event,) = run_trigger(trigger_for(job_id, after_event_id=first.last_event_id))
+    assert event["outcome"] == "done" and event["status"] == "succeeded" and not event["timed_out"]
+    assert event["fine_tuned_model"] == server.job(job_id)["fine_tuned_model"]
+    streamed = logged_events(caplog, job_id)
+    assert [e.message for e in first.events] + streamed == [e["message"] for e in reversed(
+        server.list_events(job_id, {"limit": "100"})["data"])]  # fmt: skip
+    assert len(streamed) == len(set(streamed)) == event["events_logged"] == 8 - len(first.events)
+    assert event["last_event_id"] == server.list_events(job_id, {"limit": "1"})["data"][0]["id"]
+    assert server.calls["GET /v1/fine_tuning/jobs/{id}"] >= 4  # it polled the job to the end
+    assert API_KEY not in caplog.text
+
+
+def test_trigger_reports_a_failed_job_and_the_task_raises_the_api_message(server, client, conn, caplog) -> None:
+    from ftops_airflow.openai_wait import WaitForFineTuneOperator
+
+    caplog.set_level(logging.INFO)
+    server.fail_next_job = True
+    job_id = submit(client)
+    (event,) = run_trigger(trigger_for(job_id))
+    assert event["outcome"] == "done" and event["status"] == "failed" and event["fine_tuned_model"] is None
+    assert server.failure_error["message"] in logged_events(caplog, job_id)[-1]  # the API's message is in the log
+    # the task records and raises it on resume (poll_candidate needs MLflow: covered end to end); an error event:
+    wait = WaitForFineTuneOperator(task_id="w", config=_openai_config(), trained=_trained(job_id))
+    with pytest.raises(APIRequestError, match=f"waiting for fine-tuning job {job_id}: HTTP 404"):
+        wait.execute_complete({}, {"outcome": "error", "error": "HTTP 404: gone", "retryable": False})
+    with pytest.raises(RetryableAPIError, match="unavailable"):
+        wait.execute_complete({}, {"outcome": "error", "error": "API unavailable", "retryable": True})
+
+
+def test_trigger_times_out_from_the_jobs_creation_without_cancelling_it_itself(server, client, conn) -> None:
+    job_id = submit(client)
+    server.age_job(job_id, 2 * 3600)  # created two hours ago
+    started = time.perf_counter()
+    (event,) = run_trigger(trigger_for(job_id, poll_seconds=30, timeout_hours=1.5))
+    assert event["outcome"] == "timeout" and event["timed_out"] and event["status"] not in ("succeeded", "failed")
+    assert 1.99 < event["waited_hours"] < 2.1  # the fake's clock runs a few seconds ahead
+    assert time.perf_counter() - started < 5  # noticed at the first poll, not after poll_seconds
+    assert server.job(job_id)["status"] != "cancelled"  # cancelling is the resumed task's part (poll_candidate)
+
+
+def test_trigger_shortens_its_last_sleep_to_meet_the_deadline(server, client, conn) -> None:
+    server.running_polls = 10_000  # never finishes
+    job_id = submit(client)
+    server.age_job(job_id, 3600 - 1)  # one second left of a one-hour timeout
+    started = time.perf_counter()
+    (event,) = run_trigger(trigger_for(job_id, poll_seconds=60, timeout_hours=1.0))
+    assert event["outcome"] == "timeout" and time.perf_counter() - started < 10
+
+
+def test_trigger_turns_api_refusals_into_an_error_event(server, client, conn, monkeypatch) -> None:
+    (unknown,) = run_trigger(trigger_for("ftjob-missing"))
+    assert unknown["outcome"] == "error" and not unknown["retryable"] and "HTTP 404" in unknown["error"]
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_NOKEY", json.dumps({"conn_type": "openai", "host": server.base_url}))
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    (nokey,) = run_trigger(trigger_for(submit(client), conn_id="openai_nokey"))
+    assert nokey["outcome"] == "error" and not nokey["retryable"] and "'openai_nokey'" in nokey["error"]
+    (missing,) = run_trigger(trigger_for("ftjob-x", conn_id="openai_not_defined"))
+    assert missing["outcome"] == "error" and "openai_not_defined" in missing["error"]
+
+
+def test_wait_rides_out_brief_outages_and_gives_up_after_a_run_of_them(server, client) -> None:
+    import asyncio
+
+    from ftops.core.openai_api import make_async_client
+    from ftops.training.openai_watch import wait_for_job
+
+    job_id = submit(client)
+
+    async def wait(**kw):
+        async with make_async_client(API_KEY, server.base_url, max_retries=0) as c:
+            return await wait_for_job(c, job_id, poll_seconds=0.01, timeout_hours=1, **kw)
+
+    server.fail_next(2, 503)
+    assert asyncio.run(wait(max_consecutive_errors=3)).status == "succeeded"
+    server.fail_next(3, 503, route="GET /v1/fine_tuning/jobs/{id}")
+    with pytest.raises(RetryableAPIError, match="HTTP 503"):
+        asyncio.run(wait(max_consecutive_errors=3))
+
+
+def _openai_config(**backend) -> dict:
+    cfg = apply_overrides(FtopsConfig(), {"training.backend.kind": "openai",
+                                          **{f"training.backend.{k}": v for k, v in backend.items()}})  # fmt: skip
+    return cfg.model_dump(mode="json")
+
+
+def _trained(job_id: str) -> dict:
+    return {"run_id": "r0", "job_id": job_id, "dataset_version": "dataset/x/v1", "backend": "openai"}
+
+
+def test_the_operator_defers_with_settings_from_the_config_and_no_key_in_the_trigger_kwargs(conn, monkeypatch) -> None:
+    import importlib
+
+    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.sdk.serde import serialize
+
+    import ftops.pipeline.finetune_api as finetune_api
+    from ftops_airflow.openai_wait import FineTuneJobTrigger, WaitForFineTuneOperator
+
+    monkeypatch.setattr(finetune_api, "event_cursor", lambda run_id: "ftevent-cursor")  # MLflow's tag
+    config = _openai_config(conn_id=CONN, poll_seconds=7, timeout_hours=3)
+    wait = WaitForFineTuneOperator(task_id="wait_for_model", config=config, trained=_trained("ftjob-1"))
+    with pytest.raises(TaskDeferred) as info:
+        wait.execute({})
+    trigger, method = info.value.trigger, info.value.method_name
+    assert method == "execute_complete" and isinstance(trigger, FineTuneJobTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert kwargs == {"conn_id": CONN, "job_id": "ftjob-1", "poll_seconds": 7, "timeout_hours": 3,
+                      "after_event_id": "ftevent-cursor"}  # fmt: skip
+    stored = json.dumps(serialize(kwargs))  # what the task hands the triggerer, and the metadata DB keeps
+    assert API_KEY not in stored and API_KEY[-12:] not in stored and "password" not in stored
+    module, name = classpath.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name)(**kwargs).serialize() == (classpath, kwargs)
+    # a local model passes straight through, without deferring
+    local = {"run_id": "r1", "backend": "huggingface", "dataset_version": "dataset/x/v1"}
+    assert WaitForFineTuneOperator(task_id="w2", config=config, trained=local).execute({}) == local
+
+
+def test_an_empty_base_url_means_openai_never_the_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key goes only where the connection says: OPENAI_BASE_URL in a worker's environment is ignored."""
+    from ftops.core.openai_api import DEFAULT_BASE_URL, make_async_client, make_client
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://attacker.invalid/v1")
+    assert str(make_client("sk-test", None).base_url).rstrip("/") == DEFAULT_BASE_URL
+    assert str(make_async_client("sk-test", "").base_url).rstrip("/") == DEFAULT_BASE_URL
+    assert str(make_client("sk-test", "http://127.0.0.1:9/v1").base_url).rstrip("/") == "http://127.0.0.1:9/v1"

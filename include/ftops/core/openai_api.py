@@ -96,32 +96,66 @@ def api_errors(action: str) -> Iterator[None]:
 
 
 # -- client --------------------------------------------------------------------------------------------------
+def _require_key(api_key: str | None, key_source: str) -> str:
+    """The key, or an error: an empty key must not let the client read ``OPENAI_API_KEY`` from the environment,
+    which would send a key nobody configured for this API (possibly to another server)."""
+    if not api_key or not api_key.strip():
+        raise APIRequestError(
+            f"no API key in {key_source}: set it there (for a server without auth, any placeholder); "
+            "OPENAI_API_KEY from the environment is never used"
+        )
+    return api_key
+
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
 def make_client(
-    api_key: str | None, base_url: str | None, *, max_retries: int = 3, timeout: float = 60
+    api_key: str, base_url: str | None, *, max_retries: int = 3, timeout: float = 60, key_source: str = "the settings"
 ) -> openai.OpenAI:
     """An ``openai.OpenAI`` client for any OpenAI-compatible API.
 
     Args:
-        api_key: The key (the Airflow connection's password); None falls back to ``OPENAI_API_KEY``.
-        base_url: e.g. ``https://api.openai.com/v1`` (the connection's host); empty falls back to
-            ``OPENAI_BASE_URL`` or OpenAI.
+        api_key: The key (the Airflow connection's password). Required: it never falls back to
+            ``OPENAI_API_KEY``.
+        base_url: e.g. ``https://api.openai.com/v1`` (the connection's host); empty means OpenAI's own
+            :data:`DEFAULT_BASE_URL`, never ``OPENAI_BASE_URL`` from the environment (the key must not go to a
+            URL the worker's environment chose).
         max_retries: Retries the client makes by itself on 408/409/429/5xx and connection errors, with
             exponential backoff or the server's ``Retry-After``. :func:`submit_job` turns them off for the
             create and does its own look-up-then-retry instead.
         timeout: Seconds per request.
+        key_source: Where the key came from, for the error when it is empty (``"Airflow connection
+            'openai_default' (password)"``).
 
     Returns:
         The client (it holds the key; do not log it).
 
     Raises:
-        APIRequestError: No key was given and ``OPENAI_API_KEY`` is not set.
+        APIRequestError: The key is empty (the message names ``key_source``).
     """
     import openai
 
+    key = _require_key(api_key, key_source)
     with api_errors("create OpenAI client"):
-        client = openai.OpenAI(api_key=api_key or None, base_url=base_url or None, max_retries=max_retries,
-                               timeout=timeout)  # fmt: skip
+        client = openai.OpenAI(api_key=key, base_url=base_url or DEFAULT_BASE_URL, max_retries=max_retries, timeout=timeout)
     log.info("OpenAI-compatible API at %s (max_retries=%d, timeout=%ss)", client.base_url, max_retries, timeout)
+    return client
+
+
+def make_async_client(
+    api_key: str, base_url: str | None, *, max_retries: int = 3, timeout: float = 60, key_source: str = "the settings"
+) -> openai.AsyncOpenAI:
+    """An ``openai.AsyncOpenAI`` client (for an asyncio poll loop); arguments and errors as :func:`make_client`.
+
+    Close it after use (``async with client:``).
+    """
+    import openai
+
+    key = _require_key(api_key, key_source)
+    with api_errors("create OpenAI client"):
+        client = openai.AsyncOpenAI(api_key=key, base_url=base_url or DEFAULT_BASE_URL, max_retries=max_retries, timeout=timeout)
+    log.info("OpenAI-compatible API at %s (async, max_retries=%d, timeout=%ss)", client.base_url, max_retries, timeout)
     return client
 
 

@@ -1,8 +1,10 @@
 """Fine-tuning through an OpenAI-compatible API, as short retry-safe steps for Airflow tasks.
 
 The DAG wires them as: a task that estimates the cost, refuses it above the budget and submits the job
-(:func:`submit_job`), a sensor in reschedule mode that calls :func:`poll_job` once per poke (no worker slot is
-held between pokes) and :func:`raise_for_terminal_failure`, then evaluation with :func:`chat_complete`.
+(:func:`submit_job`); a deferrable wait whose trigger polls the job with the async client
+(:func:`ftops.training.openai_watch.wait_for_job`: no worker slot is held while the job trains), after which
+the task calls :func:`poll_job` once more and :func:`raise_for_terminal_failure`; then evaluation with
+:func:`chat_complete`.
 
 Retry safety. Airflow runs a task at least once, a retry clears XCom, and the ``openai`` client retries a
 request that timed out or got a 5xx, though the server may already have acted on it. So every job carries an
@@ -49,7 +51,7 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 FAILED_STATUSES = frozenset({"failed", "cancelled"})
 _MESSAGE_KEYS = ("role", "content", "name", "weight")  # what a chat fine-tuning example's message may carry
 _LOOKUP_LIMIT = 1000  # newest jobs scanned for a key when a server ignores the metadata filter
-_MAX_EVENTS = 1000  # newest events read in one poll
+MAX_EVENTS = 1000  # newest events read in one poll
 _EVENT_LEVELS = {"info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
 
@@ -247,6 +249,7 @@ class JobStatus:
         events: Events newer than the poll's cursor, oldest first (already logged by :func:`poll_job`).
         last_event_id: The cursor for the next poll (the newest event seen, or the one passed in).
         last_event_at: Unix time of that event, or the ``since`` passed in.
+        created_at: Unix time the job was created (on the server's clock): timeouts count from it.
     """
 
     job_id: str
@@ -258,6 +261,7 @@ class JobStatus:
     events: tuple[JobEvent, ...] = field(default_factory=tuple)
     last_event_id: str | None = None
     last_event_at: int | None = None
+    created_at: int | None = None
 
     @property
     def done(self) -> bool:
@@ -272,6 +276,36 @@ class JobStatus:
         return asdict(self)
 
 
+def event_of(event: Any) -> JobEvent:
+    """A :class:`JobEvent` from the client's ``FineTuningJobEvent``."""
+    return JobEvent(event.id, event.created_at, event.level, event.message)
+
+
+def is_seen(event: JobEvent, after_event_id: str | None, since: int | None) -> bool:
+    """Whether a poll with this cursor has already returned ``event`` (events come newest first)."""
+    return event.id == after_event_id or (since is not None and event.created_at <= since)
+
+
+def log_events(job_id: str, events: Sequence[JobEvent]) -> None:
+    """Log events (oldest first) at their own level, with their UTC time."""
+    for seen in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seen.created_at))
+        log.log(_EVENT_LEVELS.get(seen.level, logging.INFO), "[%s] %s UTC %s", job_id, stamp, seen.message)
+
+
+def status_of(
+    job: FineTuningJob, new: Sequence[JobEvent], *, after_event_id: str | None, since: int | None
+) -> JobStatus:
+    """The :class:`JobStatus` of a retrieved job and the events (oldest first) read after it."""
+    error = job.error
+    return JobStatus(
+        job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
+        error_code=error.code if error else None, error_message=error.message if error else None, events=tuple(new),
+        last_event_id=new[-1].id if new else after_event_id, last_event_at=new[-1].created_at if new else since,
+        created_at=job.created_at,
+    )  # fmt: skip
+
+
 def poll_job(
     client: openai.OpenAI, job_id: str, *, after_event_id: str | None = None, since: int | None = None
 ) -> JobStatus:
@@ -284,7 +318,7 @@ def poll_job(
         job_id: The job.
         after_event_id: Return only events newer than this one (the previous poll's ``last_event_id``).
         since: Return only events created after this Unix time (for a caller that keeps a time instead of
-            an id, e.g. a reschedule-mode sensor using its previous poke's time).
+            an id).
 
     Returns:
         The status; ``done`` tells whether to stop polling. Call :func:`raise_for_terminal_failure` on it.
@@ -298,24 +332,32 @@ def poll_job(
     new: list[JobEvent] = []
     with api_errors(f"list events of fine-tuning job {job_id}"):
         # The API lists events newest first; page back until the cursor.
-        for event in client.fine_tuning.jobs.list_events(job_id, limit=100):
-            if event.id == after_event_id or (since is not None and event.created_at <= since):
+        for raw in client.fine_tuning.jobs.list_events(job_id, limit=100):
+            event = event_of(raw)
+            if is_seen(event, after_event_id, since) or len(new) >= MAX_EVENTS:
                 break
-            new.append(JobEvent(event.id, event.created_at, event.level, event.message))
-            if len(new) >= _MAX_EVENTS:
-                break
+            new.append(event)
     new.reverse()
-    for seen in new:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seen.created_at))
-        log.log(_EVENT_LEVELS.get(seen.level, logging.INFO), "[%s] %s UTC %s", job_id, stamp, seen.message)
-    error = job.error
-    status = JobStatus(
-        job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
-        error_code=error.code if error else None, error_message=error.message if error else None, events=tuple(new),
-        last_event_id=new[-1].id if new else after_event_id, last_event_at=new[-1].created_at if new else since,
-    )  # fmt: skip
+    log_events(job_id, new)
+    status = status_of(job, new, after_event_id=after_event_id, since=since)
     log.info("job %s: %s%s", job.id, job.status, f" → {job.fine_tuned_model}" if job.fine_tuned_model else "")
     return status
+
+
+def job_events(client: openai.OpenAI, job_id: str) -> list[JobEvent]:
+    """The job's events, oldest first (the newest ``MAX_EVENTS`` of them), without logging them: a record.
+
+    Raises:
+        APIRequestError: The job does not exist (404) or the key is refused.
+        RetryableAPIError: The API is unavailable now.
+    """
+    events: list[JobEvent] = []
+    with api_errors(f"list events of fine-tuning job {job_id}"):
+        for raw in client.fine_tuning.jobs.list_events(job_id, limit=100):
+            if len(events) >= MAX_EVENTS:
+                break
+            events.append(event_of(raw))
+    return events[::-1]
 
 
 def raise_for_terminal_failure(status: JobStatus) -> None:
@@ -332,7 +374,7 @@ def raise_for_terminal_failure(status: JobStatus) -> None:
 
 
 def cancel_job(client: openai.OpenAI, job_id: str) -> str:
-    """Cancel a job (e.g. when the sensor times out) and return its status afterwards.
+    """Cancel a job (e.g. when the wait times out) and return its status afterwards.
 
     Raises:
         APIRequestError: The job does not exist or has already finished.
