@@ -4,20 +4,26 @@
 **Reads** the warehouse table `interactions` through the `ftops_warehouse` connection (embedded SQLite under
 `FTOPS_HOME` when the connection is not defined).
 
-**Does**, per task type (one mapped task each, so a failing task type does not stop the others):
-read the rows logged since the watermark (where the last completed run stopped; a retry reads the same
-window) → quarantine malformed rows with a reason → quality filters (rating ≥ 4, success, response length,
-no error text, latency, bursts of top ratings from one user) → scrub PII and secrets → merge with earlier
-runs' candidates → drop exact duplicates → cap each user's share → validate the raw batch with Great
-Expectations → embed prompts (all-MiniLM-L6-v2, cached by content hash) → FAISS diversity selection in
-quality order → stable train/test split by prompt hash → validate the dataset → chat JSONL.
+**Does**, per task type (a mapped `curate_dataset` → `publish_dataset` pair each, so a failing task type does
+not stop the others). `curate_dataset`, in parallel across task types: read the rows logged since the
+watermark (where the last completed run stopped; a retry reads the same window) → quarantine malformed rows
+with a reason (all rows of a task type whose name is invalid, with nothing else done for it) → quality filters
+(rating ≥ 4, success, response length, no error text, latency, bursts of top ratings from one user) → scrub
+PII and secrets → merge with earlier runs' candidates → drop exact duplicates → cap each user's share →
+validate the raw batch with Great Expectations → embed prompts (all-MiniLM-L6-v2, cached by content hash) →
+FAISS diversity selection in quality order → stable train/test split by prompt hash → validate the dataset →
+chat JSONL, staged in the warehouse. `publish_dataset`, one at a time (pool `ftops_versioning`, as DVC holds a
+repository lock): version the staged dataset, add the candidates to the pool, mark the window done.
 
 **Writes** a DVC-tracked dataset version, tagged `dataset/<task_type>/v<N>` in the dataset registry and pushed
 to the DVC remote (same content ⇒ same version), with `metadata.json` (counts per reason, scrubbed counts,
-capped users, diversity score, window, validation results, config); quarantined rows (scrubbed) to
-`interactions_quarantine`; candidates to `interactions_curated`; the window to `ftops_curation_runs`; Data
-Docs under `FTOPS_HOME/data_docs` (path in the task log); and one event on the `ftops_datasets` Asset per
-task type (task type, status, version, row counts, content hash), which wakes `ftops_governor`.
+capped users, diversity score, window, validation results, config); quarantined rows (scrubbed, every copy of
+a repeated id) to `interactions_quarantine`; the curated result, until it is published, to
+`ftops_curation_staged`; candidates to `interactions_curated`; the window to `ftops_curation_runs`; Data Docs
+under `FTOPS_HOME/data_docs` (path in the task log); and one event on the `ftops_datasets` Asset per task type
+published (task type, status, version, row counts, content hash), which wakes `ftops_governor`. A dry run, a
+window with no new rows and an invalid task type publish nothing: their `publish_dataset` is skipped and emits
+no event.
 
 **Trigger** nightly at 02:00, or by hand with the form below.
 """
@@ -26,7 +32,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowSkipException
 
 from ftops_airflow.common import (
     DATASETS,
@@ -60,7 +67,7 @@ from ftops_airflow.common import (
         "target_size": Param(None, type=["null", "integer"], minimum=1, title="Target size",
                              description="Most examples per dataset version. Empty = config (500)."),
         "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Curate and validate, but do not version (the Asset event says dry_run)."),
+                         description="Curate and validate, but write and version nothing (and emit no Asset event)."),
     },
 )
 def ftops_curate():
@@ -71,34 +78,54 @@ def ftops_curate():
 
     @task
     def list_task_types(config: dict, params: dict | None = None) -> list[str]:
-        from ftops.warehouse.schema import list_task_types as from_logs
+        from ftops.pipeline.curate import task_types_to_curate
 
         cfg = snapshot(config)
-        chosen = params["task_types"] or list(cfg.task_types)
-        return chosen or from_logs(warehouse_engine(cfg.warehouse_conn_id), cfg.interactions_table)
+        return task_types_to_curate(warehouse_engine(cfg.warehouse_conn_id), cfg, params["task_types"])
 
-    @task(pool=VERSIONING_POOL, outlets=[DATASETS], map_index_template="{{ task_type }}")
+    @task(map_index_template="{{ task_type }}", multiple_outputs=False)
     def curate_dataset(task_type: str, config: dict, params: dict | None = None) -> dict:
-        from ftops.pipeline.curate import curate_task_type
+        from ftops.pipeline.curate import curate_window
 
         ctx = get_current_context()
         ctx["task_type"] = task_type  # names the mapped instance in the UI
         cfg = snapshot(config)
         since = datetime.fromisoformat(params["since"]) if params["since"] else None
-        result = curate_task_type(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type,
-                                  run_key=ctx["run_id"], since=since, dry_run=params["dry_run"])
+        return curate_window(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type, run_key=ctx["run_id"],
+                             since=since, dry_run=params["dry_run"])
+
+    @task(pool=VERSIONING_POOL, outlets=[DATASETS], map_index_template="{{ task_type }}", multiple_outputs=False)
+    def publish_dataset(curated: dict, config: dict) -> dict:
+        ctx = get_current_context()
+        ctx["task_type"] = curated["task_type"]
+        if not curated["staged"]:  # a skipped instance emits no Asset event
+            raise AirflowSkipException(f"{curated['task_type']}: {curated['status']}, nothing to publish")
+        from ftops.pipeline.curate import publish_window
+
+        cfg = snapshot(config)
+        result = publish_window(warehouse_engine(cfg.warehouse_conn_id), cfg, curated["task_type"],
+                                run_key=ctx["run_id"])
         ctx["outlet_events"][DATASETS].extra = {k: result.get(k) for k in
             ("task_type", "status", "dataset_version", "content_hash", "rows_read", "accepted", "train_rows",
              "test_rows", "window")}
         return result
 
-    @task
-    def report_curation(results: list[dict]) -> dict:
-        return {r["task_type"]: r.get("dataset_version") or r["status"] for r in results}
+    @task_group(prefix_group_id=False)
+    def curate_and_publish(task_type: str, config: dict):
+        curated = curate_dataset(task_type, config)
+        return curated, publish_dataset(curated, config)
+
+    # none_failed: runs when publish_dataset instances were skipped. One XCom, not one per task type (a task
+    # type that is not a valid name, like "../x", would break an XCom key)
+    @task(trigger_rule="none_failed", multiple_outputs=False)
+    def report_curation(curated: list[dict], published: list[dict]) -> dict:
+        from ftops.pipeline.curate import summarise_results
+
+        return summarise_results(curated, published)
 
     config = resolve_run_config()
     task_types = list_task_types(config)
-    report_curation(curate_dataset.partial(config=config).expand(task_type=task_types))
-
+    curated, published = curate_and_publish.partial(config=config).expand(task_type=task_types)
+    report_curation(curated, published)
 
 ftops_curate()

@@ -94,6 +94,7 @@ def _summary(args: argparse.Namespace) -> int:
             if "trivial.accuracy" in t:
                 lines.append(f"    {'trivial':15s} {float(t['trivial.accuracy']):10.3f}  ({t.get('trivial_baseline')})")
             lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
+            lines += _answers(str(mv.run_id))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -103,6 +104,31 @@ def _task_type(value: str) -> str:
         return check_task_type(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SHOWN_ANSWERS = 3
+
+
+def _answers(run_id: str) -> list[str]:
+    """What the model said: its first test answers and how many distinct answers it gave (a model that says
+    the same thing to every prompt shows here, whatever its score)."""
+    import json
+
+    import mlflow
+
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/outputs.jsonl")
+    except Exception as exc:  # noqa: BLE001 - a summary line, not a failure: say what is missing
+        return [f"    answers: not available ({type(exc).__name__})"]
+    outputs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    distinct = len({o["candidate"] for o in outputs})
+    references = len({o["reference"] for o in outputs})
+    lines = [f"    answers: {distinct} distinct to {len(outputs)} test prompts (the references: {references} distinct); "
+             f"the first {SHOWN_ANSWERS}:"]  # fmt: skip
+    for o in outputs[:SHOWN_ANSWERS]:
+        mark = "right" if o["candidate_correct"] else "wrong"
+        lines.append(f"      {o['prompt'][:70]!r}\n        -> {o['candidate'][:90]!r} ({mark})")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

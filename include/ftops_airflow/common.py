@@ -82,7 +82,8 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
         path = ftops_home() / "warehouse.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("No connection %r: using the embedded SQLite warehouse %s", conn_id, path)
-        return sa.create_engine(f"sqlite:///{path}")
+        # task types curate in parallel: wait for the file lock rather than fail after SQLite's default 5 s
+        return sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
     return conn.get_hook().get_sqlalchemy_engine()
 
 

@@ -152,6 +152,25 @@ def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curat
     mlrun = client.get_run(versions[0].run_id)
     assert mlrun.inputs.dataset_inputs[0].dataset.name == curated["version"].tag
     assert mlrun.data.metrics["train_final_loss"] < mlrun.data.metrics["train_first_loss"]
+    # it beats the constant answer too, not only the untuned base model
+    assert float(tags["metric.accuracy"]) > float(tags["trivial.accuracy"]), tags
+    assert "ok: accuracy" in tags["reason"] and "vs trivial baseline" in tags["reason"]
+
+
+def test_the_summary_shows_what_the_deployed_model_says(dags, capsys) -> None:
+    from ftops.cli import main
+
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index(f"[{TASK_TYPE}]") :]
+    assert "[champion]" in section and "trivial" in section
+    counts = re.search(r"answers: (\d+) distinct to (\d+) test prompts \(the references: (\d+) distinct\)", section)
+    assert counts, section
+    distinct, total, references = (int(x) for x in counts.groups())
+    print(section)  # look at what the model says
+    # a model that answers the same few things to every prompt fails, whatever its score
+    assert total >= 20 and distinct >= max(2, references // 2), f"{distinct} distinct answers, {references} references"
+    assert section.count("\n        -> ") == 3
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ ROW_CASES = [
     ("success as text", {"success": "yes"}, "quarantined:success_not_boolean"),
     ("null success", {"success": None}, "quarantined:null_success"),
     ("null id", {"id": None}, "quarantined:null_id"),
+    ("invalid task type", {"task_type": "../../escape"}, "quarantined:invalid_task_type"),
     ("timestamp in the future", {"timestamp": pd.Timestamp("2027-01-01", tz="UTC")}, "quarantined:timestamp_in_future"),
     ("null timestamp", {"timestamp": None}, "quarantined:null_timestamp"),
     ("timestamp that is not a time", {"timestamp": "yesterday-ish"}, "quarantined:timestamp_not_a_time"),
@@ -272,3 +273,14 @@ def test_a_full_disk_while_writing_is_a_clear_error_and_a_rerun_versions_once(se
     monkeypatch.setattr(Path, "write_text", real_write)
     assert _run(engine, cfg)["status"] == "versioned"
     assert [v.tag for v in dataset_registry(cfg).versions("sentiment")] == ["dataset/sentiment/v1"]
+
+
+def test_a_timestamp_that_is_not_a_time_in_sqlite_is_quarantined_not_a_crash(setup, tmp_path: Path) -> None:
+    engine, cfg = setup
+    ensure_schema(engine)
+    insert_interactions(engine, _good_rows(40))
+    with sqlite3.connect(tmp_path / "warehouse.db") as raw:  # SQLite keeps any text in a DATETIME column
+        raw.execute("UPDATE interactions SET timestamp = 'yesterday-ish' WHERE id = 'r3'")
+    result = _run(engine, cfg)
+    assert result["accounting"]["quarantined:timestamp_not_a_time"] == 1
+    assert sum(result["accounting"].values()) == result["rows_read"] == 40

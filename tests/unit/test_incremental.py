@@ -1,5 +1,6 @@
 """Incremental curation on a real SQLite warehouse and a real git + DVC registry: the watermark, the
-same window on a re-run, ``since`` on purpose, candidates carried across runs, the embedding cache."""
+same window on a re-run, ``since`` on purpose, candidates carried across runs, the embedding cache, and the
+hand-over from curating (staged in the warehouse) to publishing."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from fakes import HashEmbedder, row
 
 from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
 from ftops.pipeline.common import dataset_registry
-from ftops.pipeline.curate import curate_task_type
+from ftops.pipeline.curate import curate_task_type, curate_window, publish_window
 from ftops.warehouse.schema import ensure_schema, insert_interactions
-from ftops.warehouse.state import read_pool, watermark
+from ftops.warehouse.state import read_pool, read_staged, watermark
 
 DAY1 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -99,3 +100,29 @@ def test_a_dry_run_moves_no_watermark_and_writes_nothing(setup) -> None:
     assert watermark(engine, "sentiment") is None and read_pool(engine, "sentiment") == []
     assert dataset_registry(cfg).versions("sentiment") == []
     assert _curate(engine, cfg, "night-1", DAY1 + timedelta(days=1))["rows_read"] == 40
+
+
+def test_curating_stages_and_only_publishing_moves_the_watermark(setup) -> None:
+    engine, cfg = setup
+    insert_interactions(engine, _rows(0, 40, DAY1))
+    now = DAY1 + timedelta(days=1)
+    staged = curate_window(engine, cfg, "sentiment", run_key="night-1", now=now, embedder=HashEmbedder())
+    assert staged["status"] == "staged" and staged["staged"] and staged["dataset_version"] is None
+    # curated and staged in the warehouse, nothing published: a crash here re-reads the same rows next time
+    assert read_staged(engine, "night-1", "sentiment") is not None
+    assert watermark(engine, "sentiment") is None and read_pool(engine, "sentiment") == []
+    assert dataset_registry(cfg).versions("sentiment") == []
+    published = publish_window(engine, cfg, "sentiment", run_key="night-1")  # on any worker
+    assert published["status"] == "versioned" and published["dataset_version"] == "dataset/sentiment/v1"
+    assert published["accounting"] == staged["accounting"] and published["rows_read"] == 40
+    assert watermark(engine, "sentiment") == now and len(read_pool(engine, "sentiment")) == 40
+    assert read_staged(engine, "night-1", "sentiment") is None  # dropped with the window marked done
+    again = publish_window(engine, cfg, "sentiment", run_key="night-1")  # a retry after it finished
+    assert (again["status"], again["dataset_version"]) == ("versioned", "dataset/sentiment/v1")
+    assert [v.tag for v in dataset_registry(cfg).versions("sentiment")] == ["dataset/sentiment/v1"]
+
+
+def test_publishing_what_was_never_curated_is_a_clear_error(setup) -> None:
+    engine, cfg = setup
+    with pytest.raises(LookupError, match="nothing is staged for 'sentiment' in run 'night-9'"):
+        publish_window(engine, cfg, "sentiment", run_key="night-9")

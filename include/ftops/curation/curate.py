@@ -98,6 +98,25 @@ def _quarantine_copy(row: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
+def _row_id(row: dict[str, Any]) -> str:
+    """The id a quarantined row is stored under: ``""`` when it has none (not ``"None"`` or ``"nan"``)."""
+    return "" if is_missing(row.get("id")) else str(row["id"])
+
+
+def quarantine_all(frame: pd.DataFrame, reason: str) -> Curated:
+    """Every row of a batch quarantined with one reason (e.g. ``invalid_task_type``): nothing is curated.
+
+    The stored copies are cut and scrubbed like any quarantined row, and the accounting adds up.
+    """
+    records: list[dict[str, Any]] = frame.to_dict("records")
+    result = Curated(train=[], test=[], rows_read=len(records), reasons=[reason] * len(records))
+    result.quarantined = [{"row_id": _row_id(r), "task_type": r.get("task_type"), "reason": reason,
+                           "row": _quarantine_copy(r)} for r in records]  # fmt: skip
+    if records:
+        result.accounting[f"quarantined:{reason}"] = len(records)
+    return result
+
+
 def _select_with_user_cap(
     vectors: NDArray[np.float32], users: Sequence[str | None], cfg: CurationConfig
 ) -> tuple[list[int], set[int]]:
@@ -204,7 +223,7 @@ def curate_frame(
         if key.startswith("quarantined:"):
             reason = key.split(":", 1)[1]
             result.reasons[i] = reason
-            result.quarantined.append({"row_id": str(records[i].get("id")), "task_type": records[i].get("task_type"),
+            result.quarantined.append({"row_id": _row_id(records[i]), "task_type": records[i].get("task_type"),
                                        "reason": reason, "row": _quarantine_copy(records[i])})  # fmt: skip
     result.candidates = [{k: v for k, v in c.items() if k != "index"} for c in fresh]
 

@@ -12,15 +12,10 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ftops.core.config import CurationConfig
-
-if TYPE_CHECKING:
-
-    pass
-
-
+from ftops.core.names import is_task_type
 
 
 def normalise_text(text: str) -> str:
@@ -92,8 +87,11 @@ def _text_problem(value: Any, column: str) -> str | None:
 
 
 def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: datetime | None) -> str | None:
+    """The quarantine reason of a malformed row (the first problem found), or None when it is well formed."""
     if is_missing(row.get("id")) or not str(row["id"]).strip():
         return "null_id"
+    if "task_type" in row and not is_task_type(row["task_type"]):
+        return "invalid_task_type"  # it would name folders, tags and models: see ftops.core.names
     for column in ("prompt", "response"):
         problem = _text_problem(row.get(column), column)
         if problem:

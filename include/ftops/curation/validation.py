@@ -27,6 +27,7 @@ Everything runs on an in-process ephemeral GX context: no project files elsewher
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import os
 import re
@@ -166,13 +167,28 @@ def _run(
     hints: dict[str, str],
 ) -> ValidationReport:
     """Validate each (suite name, frame, expectations) part, build Data Docs once, and report them as one."""
+    docs_root = docs_dir.resolve() if docs_dir is not None else None
+    if docs_root is None:
+        return _run_locked(suite, parts, None, details, hints)
+    docs_root.mkdir(parents=True, exist_ok=True)
+    # Task types curate in parallel; their suites and results share one file store and one site index, so
+    # one validation at a time writes them (an advisory lock on this machine's Data Docs folder).
+    with open(docs_root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_locked(suite, parts, docs_root, details, hints)
+
+
+def _run_locked(
+    suite: str,
+    parts: list[tuple[str, pd.DataFrame, list[Any]]],
+    docs_root: Path | None,
+    details: dict[str, Any],
+    hints: dict[str, str],
+) -> ValidationReport:
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     started = time.perf_counter()
-    docs_root = docs_dir.resolve() if docs_dir is not None else None
-    if docs_root is not None:
-        docs_root.mkdir(parents=True, exist_ok=True)
     ctx = _context(docs_root)
     run_id = RunIdentifier(run_time=datetime.datetime.now(datetime.UTC))
     results, keys = [], []

@@ -1,13 +1,17 @@
-"""The ``ftops_curate`` step: read a task type's new logs, curate, validate and version them.
+"""The ``ftops_curate`` steps: curate a task type's new logs and stage the result in the warehouse
+(:func:`curate_window`), then version what was staged (:func:`publish_window`).
 
-Reads its inputs from durable shared stores and returns a small JSON-able dict, so the step runs on
-workers that share no disk, and is safe to retry (see :func:`curate_task_type`).
+Both read their inputs from durable shared stores (the warehouse, the DVC remote) and return small JSON-able
+dicts, so they run on workers that share no disk. Curating runs in parallel across task types; only publishing
+is serialised (DVC holds a repository lock). Both are safe to retry (see :func:`curate_task_type`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +19,6 @@ from ftops.core.config import FtopsConfig
 from ftops.pipeline.common import dataset_registry
 
 if TYPE_CHECKING:
-
     import sqlalchemy as sa
 
     from ftops.curation.embedding import Embedder
@@ -24,7 +27,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# -- curation -------------------------------------------------------------------------------------------
+def task_types_to_curate(engine: sa.Engine, cfg: FtopsConfig, chosen: Sequence[str] = ()) -> list[str]:
+    """The task types a run curates: ``chosen``, else the config's, else every task type in the log.
+
+    Every distinct task type of the log is listed, valid name or not: :func:`curate_window` quarantines the
+    rows of an invalid one. Also creates (or upgrades) FT-Ops' tables once, before the per-task-type steps
+    start together.
+
+    Raises:
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    from ftops.warehouse.schema import ensure_state_tables, list_task_types
+
+    ensure_state_tables(engine, cfg.interactions_table)
+    return list(chosen) or list(cfg.task_types) or list_task_types(engine, cfg.interactions_table)
+
+
 def curate_task_type(
     engine: sa.Engine,
     cfg: FtopsConfig,
@@ -38,15 +56,53 @@ def curate_task_type(
 ) -> dict[str, Any]:
     """Read one task type's new logs, curate them with the earlier runs' candidates, validate and version.
 
-    The run reads the window from ``since`` (default: the watermark, where the last completed run stopped)
-    to the run's first attempt; a retry or re-run of the same run key reads the same window. Order of
-    writes, each idempotent: quarantine (replaced per run key) → dataset version (same content ⇒ same
-    version) → curated pool (replaced per row id) → the window marked done, which moves the watermark.
-    A crash anywhere leaves the watermark where it was, so the next attempt reads the same rows again.
+    :func:`curate_window` then :func:`publish_window`, as the DAG runs them. The run reads the window from
+    ``since`` (default: the watermark, where the last completed run stopped) to the run's first attempt; a
+    retry or re-run of the same run key reads the same window. Order of writes, each idempotent: quarantine
+    (replaced per run key and task type) → staged result (replaced per run key and task type) → dataset
+    version (same content ⇒ same version) → curated pool (replaced per row id) → the window marked done,
+    which moves the watermark, and the staged result dropped (one transaction). A crash anywhere leaves the
+    watermark where it was, so the next attempt reads the same rows again.
 
     Returns:
-        ``status`` (``versioned``, ``unchanged``, ``no_new_rows``, ``insufficient``, ``dry_run``) with the
-        version, counts, window and content hash.
+        ``status`` (``versioned``, ``unchanged``, ``insufficient``, ``no_new_rows``, ``invalid_task_type``,
+        ``dry_run``) with the version, counts, window and content hash.
+
+    Raises:
+        LookupError: The log table or a required column is missing.
+        ValidationFailedError: A Great Expectations suite failed (the message names it and the Data Docs).
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    curated = curate_window(engine, cfg, task_type, run_key=run_key, since=since, dry_run=dry_run, now=now,
+                            embedder=embedder)  # fmt: skip
+    if not curated["staged"]:
+        return curated
+    return publish_window(engine, cfg, task_type, run_key=run_key)
+
+
+def curate_window(
+    engine: sa.Engine,
+    cfg: FtopsConfig,
+    task_type: str,
+    *,
+    run_key: str,
+    since: datetime | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    embedder: Embedder | None = None,
+) -> dict[str, Any]:
+    """Curate one task type's window of logs, validate it, and stage the result in the warehouse.
+
+    Quarantines malformed rows (replacing what an earlier attempt of the run stored), curates, validates the
+    raw batch and the dataset with Great Expectations, and stages the dataset's JSONL, its metadata and the
+    batch's candidates for :func:`publish_window`. A task type that is not a valid name (see
+    ``ftops.core.names``) has all its rows quarantined as ``invalid_task_type``, and nothing is embedded,
+    validated or written to any file. A window with nothing to publish is marked done here.
+
+    Returns:
+        The summary: ``staged`` (True when :func:`publish_window` has work), ``status`` (``staged``: a
+        dataset version is due; ``insufficient``: candidates only, fewer than ``min_examples``;
+        ``no_new_rows``, ``invalid_task_type``, ``dry_run``: nothing to publish), counts and window.
 
     Raises:
         LookupError: The log table or a required column is missing.
@@ -54,11 +110,19 @@ def curate_task_type(
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
     from ftops.core.config import ftops_home
-    from ftops.curation.curate import curate_frame, summarise_accounting
+    from ftops.core.names import TASK_TYPE_PATTERN, is_task_type
+    from ftops.curation.curate import Curated, curate_frame, quarantine_all, summarise_accounting
     from ftops.curation.embedding import EmbeddingCache, SentenceEmbedder
     from ftops.curation.validation import require, validate_curated, validate_raw
+    from ftops.datasets.versions import to_jsonl
     from ftops.warehouse.schema import ensure_state_tables, read_interactions
-    from ftops.warehouse.state import curation_window, finish_curation_run, read_pool, upsert_pool, write_quarantine
+    from ftops.warehouse.state import (
+        curation_window,
+        finish_curation_run,
+        read_pool,
+        stage_curation,
+        write_quarantine,
+    )
 
     started = time.perf_counter()
     table = cfg.interactions_table
@@ -73,29 +137,39 @@ def curate_task_type(
                               future_after=future_after)  # fmt: skip
     window = {"since": window_since.isoformat() if window_since else None, "until": until.isoformat()}
     read_s = time.perf_counter() - started
-    log.info("Read %d %s rows from %s to %s (%.1f s)", len(frame), task_type, window["since"] or "the start",
+    log.info("Read %d %r rows from %s to %s (%.1f s)", len(frame), task_type, window["since"] or "the start",
              window["until"], read_s)  # fmt: skip
     base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame), "window": window}
 
-    def finish(status: str, version: str | None = None, **extra: Any) -> dict[str, Any]:
-        summary = {**base, **extra, "status": status, "dataset_version": version}
+    def done(status: str, **extra: Any) -> dict[str, Any]:
+        summary = {**base, **extra, "status": status, "dataset_version": None, "staged": False}
         if not dry_run:
-            finish_curation_run(engine, run_key, task_type, dataset_version=version, summary=summary, table=table)
-        log.info("%s: %s in %.1f s", task_type, status, time.perf_counter() - started)
+            finish_curation_run(engine, run_key, task_type, dataset_version=None, summary=summary, table=table)
+        log.info("%r: %s in %.1f s", task_type, status, time.perf_counter() - started)
         return summary
 
+    def quarantine(curated: Curated) -> None:
+        if not curated.balanced():
+            raise RuntimeError(f"accounting does not add up: {dict(curated.accounting)} vs {curated.rows_read} read")
+        if not dry_run:
+            write_quarantine(engine, run_key, curated.quarantined, table, task_type=task_type)
+
+    if not is_task_type(task_type):
+        log.warning("%r is not a valid task type (pattern %s): its %d rows are quarantined as invalid_task_type "
+                    "and nothing is curated", task_type, TASK_TYPE_PATTERN, len(frame))  # fmt: skip
+        invalid = quarantine_all(frame, "invalid_task_type")
+        quarantine(invalid)
+        accounting = summarise_accounting(invalid.accounting)
+        return done("invalid_task_type", accounting=accounting, accepted=0)
     if frame.empty:
-        return finish("no_new_rows")
+        return done("no_new_rows")
     _, _, cache_path = cfg.storage.resolved()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     docs_dir = ftops_home() / "data_docs"
     embedder = embedder or SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
                            earlier=read_pool(engine, task_type, table), future_after=future_after)  # fmt: skip
-    if not curated.balanced():
-        raise RuntimeError(f"accounting does not add up: {dict(curated.accounting)} vs {curated.rows_read} read")
-    if not dry_run:
-        write_quarantine(engine, run_key, curated.quarantined, table)
+    quarantine(curated)
     timings = {"read": round(read_s, 3), **curated.timings}
     clock = time.perf_counter()
     raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
@@ -118,13 +192,19 @@ def curate_task_type(
         "max_user_share": round(curated.max_user_share, 4),
         "timings_s": timings,
     }
+
+    def stage(status: str, **dataset: Any) -> dict[str, Any]:
+        summary = {**base, "status": status, "dataset_version": None, "staged": True}
+        stage_curation(engine, run_key, task_type, summary=summary, candidates=curated.candidates, table=table,
+                       **dataset)  # fmt: skip
+        log.info("%s: %s (staged for publishing) in %.1f s", task_type, status, time.perf_counter() - started)
+        return summary
+
     size = len(curated.train) + len(curated.test)
     if size < cfg.curation.min_examples:
         log.warning("%s: %d examples, fewer than min_examples=%d: no version yet; the candidates are kept for "
                     "the next run", task_type, size, cfg.curation.min_examples)  # fmt: skip
-        if not dry_run:
-            upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
-        return finish("dry_run" if dry_run else "insufficient")
+        return done("dry_run") if dry_run else stage("insufficient")
     clock = time.perf_counter()
     curated_report = validate_curated(curated.train, curated.test, cfg.curation, task_type,
                                       max_cross_split_similarity=curated.max_cross_split_similarity,
@@ -132,18 +212,83 @@ def curate_task_type(
     timings["validate_curated"] = round(time.perf_counter() - clock, 3)
     require(curated_report)
     if dry_run:
-        return finish("dry_run")
+        return done("dry_run")
     metadata = {
         **base,
         "run_key": run_key,
         "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }
+    return stage("staged", train_jsonl=to_jsonl(curated.train), test_jsonl=to_jsonl(curated.test), metadata=metadata)
+
+
+def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_key: str) -> dict[str, Any]:
+    """Publish what :func:`curate_window` staged for a run, then mark its window done.
+
+    Versions the staged dataset (same content ⇒ same version), adds the batch's candidates to the curated
+    pool, and marks the window done (the watermark moves) while dropping the staged result. Retry-safe: a
+    run already published returns the summary it recorded.
+
+    Returns:
+        The summary with ``status`` ``versioned``, ``unchanged`` or ``insufficient``, the version and the
+        content hash.
+
+    Raises:
+        InvalidNameError: ``task_type`` is not a valid task type.
+        LookupError: Nothing is staged for the run and it is not done (curate it first).
+        RuntimeError: The DVC push or git failed.
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    from ftops.core.names import check_task_type, contained_path
+    from ftops.warehouse.state import finish_curation_run, finished_run, read_staged, upsert_pool
+
+    table = cfg.interactions_table
+    check_task_type(task_type)
+    staged = read_staged(engine, run_key, task_type, table)
+    if staged is None:
+        recorded = finished_run(engine, run_key, task_type, table)
+        if recorded is None:
+            raise LookupError(f"nothing is staged for {task_type!r} in run {run_key!r}: curate it first")
+        log.info("%s: run %s is already published (%s)", task_type, run_key, recorded["status"])
+        return recorded
+    summary: dict[str, Any] = staged["summary"]
+    timings = summary.setdefault("timings_s", {})
+    version = None
+    if staged["train_jsonl"] is not None:
+        registry = dataset_registry(cfg)
+        contained_path(registry.root, task_type)  # the version's folder stays inside the registry
+        train, test = (_rows(staged[split]) for split in ("train_jsonl", "test_jsonl"))
+        clock = time.perf_counter()
+        version = registry.publish(task_type, train, test, staged["metadata"])
+        timings["version"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
-    version = dataset_registry(cfg).publish(task_type, curated.train, curated.test, metadata)
-    timings["version"] = round(time.perf_counter() - clock, 3)
-    clock = time.perf_counter()
-    upsert_pool(engine, [{**c, "run_key": run_key} for c in curated.candidates], table)
+    upsert_pool(engine, [{**c, "run_key": run_key} for c in staged["candidates"]], table)
     timings["pool"] = round(time.perf_counter() - clock, 3)
-    log.info("%s: time per phase (s): %s", task_type, ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
-    return finish("versioned" if version.created else "unchanged", version.tag, content_hash=version.content_hash)
+    if version is None:
+        result = {**summary, "status": "insufficient", "staged": False}
+    else:
+        result = {**summary, "status": "versioned" if version.created else "unchanged", "staged": False,
+                  "dataset_version": version.tag, "content_hash": version.content_hash}  # fmt: skip
+    finish_curation_run(engine, run_key, task_type, dataset_version=result["dataset_version"], summary=result,
+                        table=table)  # fmt: skip
+    log.info("%s: %s; time per phase (s): %s", task_type, result["status"],
+             ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))  # fmt: skip
+    return result
+
+
+def summarise_results(*steps: Any) -> dict[str, str]:
+    """Task type -> dataset version, else status, from the steps' results; a later step's result wins.
+
+    Each step is a list of results, one result or None: an orchestrator may hand over the results of a
+    step mapped inside a group that way when it has one or none (Airflow 3 does).
+    """
+    final: dict[str, dict[str, Any]] = {}
+    for results in steps:
+        for result in results if isinstance(results, list) else [] if results is None else [results]:
+            final[result["task_type"]] = result
+    return {t: r.get("dataset_version") or r["status"] for t, r in sorted(final.items())}
+
+
+def _rows(jsonl: str) -> list[dict[str, Any]]:
+    # split on "\n" only: JSON escapes it inside strings, but not U+2028 and the other breaks splitlines() knows
+    return [json.loads(line) for line in jsonl.split("\n") if line.strip()]

@@ -1,19 +1,28 @@
 """The warehouse's tables and the interaction log: schema, connection, inserting and reading log rows.
 
 Works on any SQLAlchemy engine (the embedded SQLite default, PostgreSQL, or whatever engine an Airflow
-``common.sql`` hook hands over). Tables are created idempotently when missing.
+``common.sql`` hook hands over). FT-Ops' own tables are created idempotently when missing, and upgraded in
+place, keeping their rows, when a warehouse holds the layout of an earlier release (see
+:func:`ensure_state_tables`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ftops.core.names import key_digest
+
 if TYPE_CHECKING:
     import pandas as pd
+
+
+log = logging.getLogger(__name__)
 
 
 # Columns curation cannot do without; the rest of the log schema may be missing (read as nulls).
@@ -46,12 +55,16 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     quarantine = sa.Table(
         f"{table}_quarantine",
         md,
-        sa.Column("run_key", sa.Text, primary_key=True),
-        sa.Column("row_id", sa.Text, primary_key=True),
-        sa.Column("task_type", sa.Text),
+        sa.Column("run_key", sa.Text, nullable=False),
+        sa.Column("task_type", sa.Text, nullable=False),
+        sa.Column("row_id", sa.Text, nullable=False),  # "" for a row without an id
+        # which copy of row_id in the task type's batch: a user's log table may hold one id several times
+        # (copies quarantined as duplicate_id_conflict, several null ids), or under several task types
+        sa.Column("copy_index", sa.Integer, nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("row_json", sa.Text),
         sa.Column("quarantined_at", sa.DateTime(timezone=True)),
+        _primary_key(f"{table}_quarantine", "run_key", "task_type", "row_id", "copy_index"),
     )
     decisions = sa.Table(
         "ftops_decisions",
@@ -67,7 +80,8 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
     return md, interactions, quarantine, decisions
 
 
-def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    """The curated pool of a log table, and the run and staging tables shared by every log table."""
     md = sa.MetaData()
     pool = sa.Table(
         f"{table}_curated",
@@ -83,20 +97,44 @@ def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
         sa.Column("timestamp", sa.DateTime(timezone=True)),
         sa.Column("run_key", sa.Text, nullable=False),
     )
-    runs = sa.Table(
+    runs = sa.Table(  # keyed by log table too: two projects sharing a warehouse have the same DAG run ids
         "ftops_curation_runs",
         md,
-        sa.Column("run_key", sa.Text, primary_key=True),
-        sa.Column("task_type", sa.Text, primary_key=True),
         sa.Column("log_table", sa.Text, nullable=False),
+        sa.Column("run_key", sa.Text, nullable=False),
+        sa.Column("task_type", sa.Text, nullable=False),
         sa.Column("since", sa.DateTime(timezone=True)),
         sa.Column("until", sa.DateTime(timezone=True), nullable=False),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("dataset_version", sa.Text),
         sa.Column("summary", sa.Text),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
+        _primary_key("ftops_curation_runs", "log_table", "run_key", "task_type"),
     )
-    return md, pool, runs
+    staged = sa.Table(  # the hand-over from curating a window to publishing it; deleted when the run is done
+        "ftops_curation_staged",
+        md,
+        sa.Column("log_table", sa.Text, nullable=False),
+        sa.Column("run_key", sa.Text, nullable=False),
+        sa.Column("task_type", sa.Text, nullable=False),
+        sa.Column("summary", sa.Text, nullable=False),  # JSON: the curate step's result
+        sa.Column("train_jsonl", sa.Text),  # null when the window adds candidates but no version is due
+        sa.Column("test_jsonl", sa.Text),
+        sa.Column("metadata_json", sa.Text),
+        sa.Column("candidates_json", sa.Text, nullable=False),  # JSON: this batch's survivors, for the pool
+        sa.Column("staged_at", sa.DateTime(timezone=True), nullable=False),
+        _primary_key("ftops_curation_staged", "log_table", "run_key", "task_type"),
+    )
+    return md, pool, runs, staged
+
+
+def _primary_key(table: str, *columns: str) -> sa.PrimaryKeyConstraint:
+    """A primary key named ``<table>_pk``: never PostgreSQL's default ``<table>_pkey``, which the table of an
+    earlier layout still holds while it is renamed aside during an upgrade (index names share a namespace)."""
+    name = f"{table}_pk"
+    if len(name) > 60:  # PostgreSQL cuts identifiers at 63 bytes; SQLAlchemy refuses longer explicit names
+        name = f"{table[:40]}_{key_digest(table)[:12]}_pk"
+    return sa.PrimaryKeyConstraint(*columns, name=name)
 
 
 def ensure_schema(engine: sa.Engine, table: str = "interactions") -> None:
@@ -106,16 +144,71 @@ def ensure_schema(engine: sa.Engine, table: str = "interactions") -> None:
     ensure_state_tables(engine, table)
 
 
+# Any constant: PostgreSQL advisory lock that serialises creating and upgrading FT-Ops' tables.
+_STATE_TABLES_LOCK = int.from_bytes(hashlib.sha256(b"ftops.warehouse.state_tables").digest()[:8], "big", signed=True)
+
+
 def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
-    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs), never the log itself.
+    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs, staging), never the log.
+
+    A table in the layout of an earlier release is upgraded, keeping its rows: ``<table>_quarantine`` gains
+    ``task_type`` and ``copy_index`` in its key (existing rows get copy 0), ``ftops_curation_runs`` gains
+    ``log_table`` in its key.
+    On PostgreSQL an advisory lock lets concurrent callers (mapped tasks starting together) take turns.
 
     Raises:
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
     _connect(engine).close()
     md, _, quarantine, decisions = log_tables(table)
-    md.create_all(engine, tables=[quarantine, decisions], checkfirst=True)
-    curation_tables(table)[0].create_all(engine, checkfirst=True)
+    curation_md, _, runs, _ = curation_tables(table)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_STATE_TABLES_LOCK)))
+        _upgrade_layout(conn, quarantine, fill={"copy_index": 0, "task_type": ""})
+        _upgrade_layout(conn, runs)
+        md.create_all(conn, tables=[quarantine, decisions], checkfirst=True)
+        curation_md.create_all(conn, checkfirst=True)
+
+
+def _upgrade_layout(conn: sa.Connection, table: sa.Table, fill: Mapping[str, Any] | None = None) -> None:
+    """Rebuild ``table`` in its current layout if the warehouse holds another one, keeping every row.
+
+    The old table is renamed aside (``<name>_before_upgrade``), the new one created, the rows copied (where
+    the old layout lacks a column of ``fill``, or holds null in it, the value from ``fill``), and the old table
+    dropped. Every step can be repeated, so after a crash the next call finishes the upgrade from where it
+    stopped.
+
+    Raises:
+        RuntimeError: Both the old layout and a table with the aside name exist (left alone for a person).
+    """
+    aside = f"{table.name}_before_upgrade"
+    inspector = sa.inspect(conn)
+    if inspector.has_table(table.name):
+        columns = {c["name"] for c in inspector.get_columns(table.name)}
+        key = set(inspector.get_pk_constraint(table.name)["constrained_columns"])
+        if columns >= set(table.c.keys()) and key == set(table.primary_key.columns.keys()):
+            if not inspector.has_table(aside):
+                return
+        elif inspector.has_table(aside):
+            raise RuntimeError(f"cannot upgrade {table.name!r}: a table {aside!r} is in the way; rename it")
+        else:
+            quote = conn.dialect.identifier_preparer.quote
+            log.warning("Upgrading warehouse table %s to the current layout (rows kept)", table.name)
+            conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} RENAME TO {quote(aside)}")
+    elif not inspector.has_table(aside):
+        return  # a new warehouse: created by the caller
+    table.create(conn, checkfirst=True)
+    old = sa.Table(aside, sa.MetaData(), autoload_with=conn)
+    fill = dict(fill or {})
+    values: dict[str, Any] = {c: old.c[c] for c in table.c.keys() if c in old.c}
+    values |= {c: sa.func.coalesce(old.c[c], v) if c in old.c else sa.literal(v) for c, v in fill.items()}
+    copied = sa.select(*(v.label(c) for c, v in values.items())).where(
+        ~sa.exists().where(*(table.c[c] == values[c] for c in table.primary_key.columns.keys()))
+    )
+    moved = conn.execute(sa.insert(table).from_select(list(values), copied)).rowcount
+    old.drop(conn)
+    log.warning("Upgraded %s: %s rows kept", table.name, moved)
 
 
 def insert_interactions(engine: sa.Engine, rows: Iterable[Mapping[str, Any]], table: str = "interactions") -> int:
@@ -170,12 +263,17 @@ def log_columns(engine: sa.Engine, table: str = "interactions") -> list[str]:
         LookupError: The table does not exist.
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
+    return list(_column_types(engine, table))
+
+
+def _column_types(engine: sa.Engine, table: str) -> dict[str, Any]:
+    """The log table's columns and their types as the warehouse declares them (reflected)."""
     with _connect(engine) as conn:
         inspector = sa.inspect(conn)
         if not inspector.has_table(table):
             raise LookupError(f"warehouse table {table!r} does not exist; run `ftops simulate` or point "
                               "the ftops_warehouse connection at your log table")  # fmt: skip
-        return [c["name"] for c in inspector.get_columns(table)]
+        return {c["name"]: c["type"] for c in inspector.get_columns(table)}
 
 
 def read_interactions(
@@ -191,7 +289,10 @@ def read_interactions(
 
     Rows with no timestamp, and rows stamped at or after ``future_after`` (the future, beyond clock skew),
     are read too, so that curation quarantines them instead of never seeing them. The table's own column
-    types are used (reflected), so a user's table with, say, a text rating column is read as it is.
+    types are used (reflected), so a user's table with, say, a text rating or success column is read as it
+    is (and curation quarantines what is not a number or a boolean). A timestamp that is not a time (text
+    in SQLite, or a text ``timestamp`` column anywhere) is read like a missing one, so curation quarantines
+    it; with a text ``timestamp`` column the window is applied after reading the task type's rows.
 
     Raises:
         LookupError: The table does not exist, or a required column is missing (schema drift).
@@ -199,27 +300,33 @@ def read_interactions(
     """
     import pandas as pd
 
-
-    found = log_columns(engine, table)
+    found = _column_types(engine, table)
     missing = [c for c in ("timestamp", *REQUIRED_COLUMNS) if c not in found]
     if missing:
-        raise LookupError(f"warehouse table {table!r} is missing columns {missing} (renamed?); it has {found}. "
-                          "Rename them back or create a view with the log schema (see DESIGN.md)")  # fmt: skip
-    # our column types (timestamps parsed on SQLite too), only for the columns the table has
+        raise LookupError(f"warehouse table {table!r} is missing columns {missing} (renamed?); it has "
+                          f"{list(found)}. Rename them back or create a view with the log schema (see DESIGN.md)")  # fmt: skip
+    # the table's own types; ours where the warehouse reports none SQLAlchemy knows
     _, schema, _, _ = log_tables(table)
-    t = sa.Table(table, sa.MetaData(), *(sa.Column(c.name, c.type) for c in schema.c if c.name in found))
+    t = sa.Table(table, sa.MetaData(), *(
+        sa.Column(c.name, c.type if isinstance(found[c.name], sa.types.NullType) else found[c.name])
+        for c in schema.c if c.name in found
+    ))  # fmt: skip
     ts = t.c.timestamp
-    in_window = sa.and_(
-        sa.true() if since is None else ts >= since,
-        sa.true() if until is None else ts < until,
-    )
-    if future_after is not None:
-        in_window = sa.or_(in_window, ts >= future_after)
-    query = (
-        sa.select(*(t.c[c] for c in INTERACTION_COLUMNS if c in found))
-        .where(t.c.task_type == task_type, sa.or_(in_window, ts.is_(None)))
-        .order_by(ts, t.c.id)
-    )
+    timed = isinstance(ts.type, sa.DateTime | sa.Date)
+    sqlite = engine.dialect.name == "sqlite"
+    # SQLite keeps times as text: read them as text and parse them here, so one value that is not a time is
+    # quarantined (timestamp_not_a_time) instead of failing the whole read
+    selected = [sa.type_coerce(t.c[c], sa.Text).label(c) if c == "timestamp" and (sqlite or not timed) else t.c[c]
+                for c in INTERACTION_COLUMNS if c in found]  # fmt: skip
+    query = sa.select(*selected).where(t.c.task_type == task_type).order_by(ts, t.c.id)
+    if timed:
+        in_window = sa.and_(sa.true() if since is None else ts >= since, sa.true() if until is None else ts < until)
+        if future_after is not None:
+            in_window = sa.or_(in_window, ts >= future_after)
+        query = query.where(sa.or_(in_window, ts.is_(None)))
+    else:
+        log.warning("The timestamp column of %s is %s, not a time: every %s row is read and the window applied "
+                    "here; declare it as a timestamp to read only new rows", table, found["timestamp"], task_type)  # fmt: skip
     if engine.dialect.name == "postgresql":
         from ftops.warehouse.sqlread import read_frame
 
@@ -227,14 +334,42 @@ def read_interactions(
     else:
         with _connect(engine) as conn:
             frame = pd.read_sql(query, conn)
+    if sqlite or not timed:
+        frame["timestamp"] = _parse_times(frame["timestamp"])
+    if not timed:
+        stamps = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
+        keep = stamps.isna()  # not a time: read, to be quarantined
+        in_window = stamps.notna()
+        if since is not None:
+            in_window &= stamps >= since
+        if until is not None:
+            in_window &= stamps < until
+        keep |= in_window
+        if future_after is not None:
+            keep |= stamps >= future_after
+        frame = frame[keep].reset_index(drop=True)
     for column in INTERACTION_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
     return frame[list(INTERACTION_COLUMNS)]
 
 
+def _parse_times(values: pd.Series) -> pd.Series:
+    """Times as UTC timestamps; where a value is not a time, the value itself (so curation can name it)."""
+    import pandas as pd
+
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    bad = values.notna() & parsed.isna()
+    if not bad.any():
+        return parsed
+    return parsed.astype(object).where(~bad, values)
+
+
 def list_task_types(engine: sa.Engine, table: str = "interactions") -> list[str]:
-    """Distinct task types present in the log, sorted."""
+    """Distinct task types present in the log, sorted: valid names or not (curation quarantines the rows of a
+    task type that is not a valid name, see ``ftops.core.names``)."""
     _, t, _, _ = log_tables(table)
     with engine.connect() as conn:
-        return sorted(x for x in conn.scalars(sa.select(t.c.task_type).distinct()) if x)
+        return sorted(x for x in conn.scalars(sa.select(t.c.task_type).distinct()) if x is not None)

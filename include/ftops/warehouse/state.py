@@ -1,25 +1,23 @@
-"""The SQL warehouse: the interaction log, the quarantine and the governor's decisions.
+"""FT-Ops' state in the SQL warehouse: curation windows and staging, the curated pool, the quarantine and
+the governor's decisions.
 
 Works on any SQLAlchemy engine (the embedded SQLite default, PostgreSQL, or whatever engine an Airflow
-``common.sql`` hook hands over). Tables are created idempotently when missing.
+``common.sql`` hook hands over). The tables are created by :func:`ftops.warehouse.schema.ensure_state_tables`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from ftops.core.stats import percentile
 from ftops.warehouse.schema import as_utc, curation_tables, log_tables
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +37,8 @@ def curation_window(
     A retry or re-run of the same run key gets the same window. A new run starts at ``since`` when given
     (re-reading history on purpose), else at the watermark: the end of the last completed run's window.
     """
-    _, _, runs = curation_tables(table)
-    key = sa.and_(runs.c.run_key == run_key, runs.c.task_type == task_type)
+    _, _, runs, _ = curation_tables(table)
+    key = sa.and_(runs.c.log_table == table, runs.c.run_key == run_key, runs.c.task_type == task_type)
     with engine.begin() as conn:
         row = conn.execute(sa.select(runs.c.since, runs.c.until).where(key)).first()
         if row is not None:
@@ -56,7 +54,7 @@ def watermark(
     engine: sa.Engine, task_type: str, table: str = "interactions", *, conn: sa.Connection | None = None
 ) -> datetime | None:
     """End of the newest completed curation window of a task type (None before the first run)."""
-    _, _, runs = curation_tables(table)
+    _, _, runs, _ = curation_tables(table)
     query = sa.select(sa.func.max(runs.c.until)).where(
         runs.c.task_type == task_type, runs.c.log_table == table, runs.c.status == "done"
     )
@@ -75,15 +73,95 @@ def finish_curation_run(
     summary: Mapping[str, Any],
     table: str = "interactions",
 ) -> None:
-    """Mark a run's window done: the watermark moves to its end."""
-    _, _, runs = curation_tables(table)
+    """Mark a run's window done (the watermark moves to its end) and drop what it staged, in one transaction."""
+    _, _, runs, staged = curation_tables(table)
     with engine.begin() as conn:
         conn.execute(
             sa.update(runs)
-            .where(runs.c.run_key == run_key, runs.c.task_type == task_type)
+            .where(runs.c.log_table == table, runs.c.run_key == run_key, runs.c.task_type == task_type)
             .values(status="done", dataset_version=dataset_version, finished_at=datetime.now(UTC),
                     summary=json.dumps(summary, default=str, sort_keys=True))  # fmt: skip
         )
+        conn.execute(sa.delete(staged).where(*_staged_key(staged, table, run_key, task_type)))
+
+
+def finished_run(engine: sa.Engine, run_key: str, task_type: str, table: str = "interactions") -> dict[str, Any] | None:
+    """The summary a completed run recorded, or None when the run is not done (or unknown)."""
+    _, _, runs, _ = curation_tables(table)
+    query = sa.select(runs.c.summary).where(runs.c.log_table == table, runs.c.run_key == run_key,
+                                            runs.c.task_type == task_type, runs.c.status == "done")  # fmt: skip
+    with engine.connect() as conn:
+        summary = conn.scalar(query)
+    return None if summary is None else dict(json.loads(summary))
+
+
+# -- the hand-over from curating a window to publishing it --------------------------------------------------
+def _staged_key(staged: sa.Table, table: str, run_key: str, task_type: str) -> list[sa.ColumnElement[bool]]:
+    return [staged.c.log_table == table, staged.c.run_key == run_key, staged.c.task_type == task_type]
+
+
+def stage_curation(
+    engine: sa.Engine,
+    run_key: str,
+    task_type: str,
+    *,
+    summary: Mapping[str, Any],
+    candidates: Sequence[Mapping[str, Any]],
+    train_jsonl: str | None = None,
+    test_jsonl: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    table: str = "interactions",
+) -> None:
+    """Store what a run curated until it is published, replacing what an earlier attempt staged.
+
+    Args:
+        engine: The warehouse.
+        run_key: The run (a DAG run id).
+        task_type: The task type curated.
+        summary: The curate step's result (JSON-able).
+        candidates: This batch's survivors for the curated pool (``POOL_COLUMNS``; timestamps as datetimes).
+        train_jsonl: The train split as JSON lines, or None when no version is due.
+        test_jsonl: The test split as JSON lines, or None when no version is due.
+        metadata: The version's metadata (with ``train_jsonl``).
+        table: The log table.
+    """
+    _, _, _, staged = curation_tables(table)
+    row = {
+        "log_table": table, "run_key": run_key, "task_type": task_type,
+        "summary": json.dumps(summary, default=str, sort_keys=True),
+        "train_jsonl": train_jsonl, "test_jsonl": test_jsonl,
+        "metadata_json": None if metadata is None else json.dumps(metadata, default=str, sort_keys=True),
+        "candidates_json": json.dumps([{c: r.get(c) for c in POOL_COLUMNS if c != "run_key"} for r in candidates],
+                                      default=_iso),
+        "staged_at": datetime.now(UTC),
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.delete(staged).where(*_staged_key(staged, table, run_key, task_type)))
+        conn.execute(sa.insert(staged), [row])
+
+
+def read_staged(engine: sa.Engine, run_key: str, task_type: str, table: str = "interactions") -> dict[str, Any] | None:
+    """What :func:`stage_curation` stored (``summary``, ``candidates``, ``train_jsonl``, ``test_jsonl``,
+    ``metadata``), or None when nothing is staged (never staged, or the run is done)."""
+    _, _, _, staged = curation_tables(table)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(staged).where(*_staged_key(staged, table, run_key, task_type))).first()
+    if row is None:
+        return None
+    candidates = json.loads(row.candidates_json)
+    for c in candidates:
+        c["timestamp"] = None if c.get("timestamp") is None else datetime.fromisoformat(c["timestamp"])
+    return {
+        "summary": json.loads(row.summary),
+        "candidates": candidates,
+        "train_jsonl": row.train_jsonl,
+        "test_jsonl": row.test_jsonl,
+        "metadata": None if row.metadata_json is None else json.loads(row.metadata_json),
+    }
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 POOL_COLUMNS = ("row_id", "task_type", "prompt", "response", "user_key", "user_feedback", "confidence",
@@ -92,7 +170,7 @@ POOL_COLUMNS = ("row_id", "task_type", "prompt", "response", "user_key", "user_f
 
 def upsert_pool(engine: sa.Engine, rows: Sequence[Mapping[str, Any]], table: str = "interactions") -> int:
     """Store curated candidates (scrubbed text only), replacing earlier copies of the same row ids."""
-    _, pool, _ = curation_tables(table)
+    _, pool, _, _ = curation_tables(table)
     payload = [{c: r.get(c) for c in POOL_COLUMNS} for r in rows]
     with engine.begin() as conn:
         ids = [r["row_id"] for r in payload]
@@ -105,33 +183,52 @@ def upsert_pool(engine: sa.Engine, rows: Sequence[Mapping[str, Any]], table: str
 
 def read_pool(engine: sa.Engine, task_type: str, table: str = "interactions") -> list[dict[str, Any]]:
     """Every curated candidate of a task type from earlier runs."""
-    _, pool, _ = curation_tables(table)
+    _, pool, _, _ = curation_tables(table)
     with engine.connect() as conn:
         rows = conn.execute(sa.select(pool).where(pool.c.task_type == task_type).order_by(pool.c.row_id))
         return [{**r._mapping, "timestamp": as_utc(r.timestamp)} for r in rows]
 
 
 def write_quarantine(
-    engine: sa.Engine, run_key: str, rows: Sequence[Mapping[str, Any]], table: str = "interactions"
+    engine: sa.Engine,
+    run_key: str,
+    rows: Sequence[Mapping[str, Any]],
+    table: str = "interactions",
+    *,
+    task_type: str | None = None,
 ) -> int:
-    """Store quarantined rows (with ``row_id``, ``task_type``, ``reason``, ``row``); idempotent per run key."""
+    """Store a run's quarantined rows (``row_id``, ``task_type``, ``reason``, ``row``), every copy of an id.
+
+    Idempotent per run key and task type: what the run stored for the task type before (an earlier attempt)
+    is replaced, never added to. Copies of one id under one task type are numbered (``copy_index``) in the
+    order given; a run that reads the same rows again under another run key stores them under that key.
+
+    Args:
+        engine: The warehouse.
+        run_key: The run.
+        rows: The quarantined rows of one task type's batch.
+        table: The log table.
+        task_type: The task type whose earlier rows are replaced; default the task types of ``rows``
+            (give it, so that a retry that quarantines nothing still clears an earlier attempt's rows).
+
+    Returns:
+        How many rows were stored.
+    """
     _, _, q, _ = log_tables(table)
-    now = datetime.now().astimezone()
-    payload = [
-        {
-            "run_key": run_key,
-            "row_id": str(r["row_id"]),
-            "task_type": r.get("task_type"),
-            "reason": r["reason"],
-            "row_json": json.dumps(r.get("row"), default=str),
-            "quarantined_at": now,
-        }
-        for r in rows
-    ]
+    now = datetime.now(UTC)
+    copies: Counter[tuple[str, str]] = Counter()
+    payload = []
+    for r in rows:
+        key = (task_type if task_type is not None else str(r.get("task_type") or ""), str(r["row_id"]))
+        payload.append({"run_key": run_key, "task_type": key[0], "row_id": key[1], "copy_index": copies[key],
+                        "reason": r["reason"], "row_json": json.dumps(r.get("row"), default=str),
+                        "quarantined_at": now})  # fmt: skip
+        copies[key] += 1
+    task_types = {task_type} if task_type is not None else {r["task_type"] for r in payload}
     with engine.begin() as conn:
-        conn.execute(sa.delete(q).where(q.c.run_key == run_key, q.c.task_type.in_({r["task_type"] for r in payload})))
-        if payload:
-            conn.execute(sa.insert(q), payload)
+        conn.execute(sa.delete(q).where(q.c.run_key == run_key, q.c.task_type.in_(task_types)))
+        for i in range(0, len(payload), 5000):
+            conn.execute(sa.insert(q), payload[i : i + 5000])
     return len(payload)
 
 
