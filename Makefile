@@ -25,7 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check dags include plugins tests benchmarks
 	$(VENV)/bin/mypy
 
-ui: install  ## the Airflow UI on http://localhost:8080 (airflow standalone on embedded defaults)
+ui: install  ## the Airflow UI on http://127.0.0.1:8080 (airflow standalone on embedded defaults; login off, so this machine only)
 	bash scripts/setup_airflow.sh && bash -c '. scripts/env.sh && airflow standalone'
 
 clean:  ## forget all embedded state (warehouse, datasets, MLflow, Airflow DB, built base model)

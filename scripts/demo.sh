@@ -11,7 +11,7 @@ ROWS="${FTOPS_DEMO_ROWS:-3000}"
 TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-2400}"
 PORT="${FTOPS_DEMO_PORT:-8080}"
 export AIRFLOW__API__PORT="$PORT"
-export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"  # login off: 127.0.0.1 only (env.sh)
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5 AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
 mkdir -p "$FTOPS_HOME"
 LOG="$FTOPS_HOME/standalone.log"
@@ -28,7 +28,7 @@ step "Simulated production logs ($ROWS rows, seed 0)"
 ftops simulate --rows "$ROWS" --seed 0
 
 step "Starting airflow standalone on port $PORT (log: $LOG)"
-if curl -fs "http://localhost:$PORT" > /dev/null 2>&1; then
+if curl -fs "http://127.0.0.1:$PORT" > /dev/null 2>&1; then
   echo "Port $PORT is in use: stop what listens there or set FTOPS_DEMO_PORT" >&2; exit 1
 fi
 setsid airflow standalone > "$LOG" 2>&1 &  # its own process group, so cleanup stops every component
@@ -40,7 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 180); do
-  curl -fs "http://localhost:$PORT/api/v2/monitor/health" > /dev/null 2>&1 && break
+  curl -fs "http://127.0.0.1:$PORT/api/v2/monitor/health" > /dev/null 2>&1 && break
   kill -0 "$AF_PID" 2>/dev/null || { tail -40 "$LOG"; echo "airflow standalone exited" >&2; exit 1; }
   sleep 2
 done
@@ -91,4 +91,4 @@ PY
 
 step "Summary"
 ftops summary
-printf '\nTotal %d s. Explore it all in the UI: make ui, then http://localhost:8080\n' "$(( $(date +%s) - started ))"
+printf '\nTotal %d s. Explore it all in the UI: make ui, then http://127.0.0.1:8080\n' "$(( $(date +%s) - started ))"
