@@ -77,7 +77,8 @@ def _summary(args: argparse.Namespace) -> int:
         meta = datasets.read_metadata(latest)
         lines.append(f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
                      f"(content {latest.content_hash[:12]}, {len(versions)} version(s))")  # fmt: skip
-        lines.append("  accounting of its run: " + ", ".join(f"{k}={v}" for k, v in meta["accounting"].items()))
+        accounting = meta.get("accounting") or {}  # a version published by hand may carry no curation record
+        lines.append("  accounting of its run: " + (", ".join(f"{k}={v}" for k, v in accounting.items()) or "none"))
         lines.append(f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
                      f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}")  # fmt: skip
         client = registry.client()
