@@ -78,12 +78,17 @@ while time.time() < deadline:
         last = line
     if "failed" in state["ftops_curate"] or "failed" in state["ftops_governor"]:
         sys.exit("curation or governance failed: see the task logs in the UI or under $AIRFLOW_HOME/logs")
-    quiet = done(state["ftops_curate"]) and done(state["ftops_governor"])
+    curated = done(state["ftops_curate"])
+    quiet = curated and done(state["ftops_governor"])
     if quiet and done(state["ftops_finetune"]):
         sys.exit(1 if "failed" in state["ftops_finetune"] else 0)
-    settled = settled + 1 if quiet and not state["ftops_finetune"] else 0
-    if settled >= 3:  # 30 s after the governor finished and nothing was triggered
-        print("The governor decided not to train: see `ftops summary` and the ftops_decisions table.")
+    # Nothing more will come: the governor finished and triggered no fine-tune, or curation published no new
+    # dataset version (no Asset event, so the governor is not woken until its hourly run).
+    idle = (quiet and not state["ftops_finetune"]) or (curated and not state["ftops_governor"])
+    settled = settled + 1 if idle else 0
+    if settled >= 3:  # 30 s of that
+        print("Nothing new to train: no new dataset version, or the governor decided to wait "
+              "(see `ftops summary` and the ftops_decisions table).")
         sys.exit(0)
     time.sleep(10)
 sys.exit(f"timed out after {sys.argv[1]} s")
