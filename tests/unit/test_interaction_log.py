@@ -1,0 +1,225 @@
+"""The interaction logger's spool and the JSONL import, on real SQLite and PostgreSQL warehouses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ftops.serving.interaction_log import InteractionLogger, check_row, import_jsonl
+from ftops.warehouse.schema import curation_tables, ensure_schema, log_tables
+
+DOWN_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test"  # nothing listens on port 1
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[sa.Engine, str]]:
+    """A real warehouse with the interaction tables; a table name of its own on the shared PostgreSQL."""
+    table = f"il_{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    else:
+        engine = sa.create_engine(request.getfixturevalue("postgres_url"))
+    ensure_schema(engine, table)
+    yield engine, table
+    _, interactions, quarantine, _ = log_tables(table)
+    for t in (interactions, quarantine, curation_tables(table)[1]):
+        t.drop(engine, checkfirst=True)
+    engine.dispose()
+
+
+def _row(i: int, **extra: object) -> dict[str, object]:
+    return {"task_type": "summarization", "prompt": f"p{i}", "response": f"r{i}", "model_version": "ftops-x/1",
+            "success": True, "latency_ms": 12, "tokens_used": 30, **extra}  # fmt: skip
+
+
+def _ids(engine: sa.Engine, table: str) -> list[str]:
+    _, t, _, _ = log_tables(table)
+    with engine.connect() as conn:
+        return list(conn.scalars(sa.select(t.c.id)))
+
+
+def test_rows_reach_the_warehouse_once(warehouse: tuple[sa.Engine, str], tmp_path: Path) -> None:
+    engine, table = warehouse
+    with InteractionLogger(engine, table, tmp_path / "spool") as logger:
+        ids = [logger.log(**_row(i)) for i in range(25)]
+        given = logger.log(**_row(99, id="chosen-id", user_feedback=4, metadata={"k": [1, 2]},
+                                  timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))  # fmt: skip
+        assert given == "chosen-id"
+        assert logger.spooled() == 26
+        assert logger.flush() == 26
+        assert logger.flush() == 0
+        assert logger.spooled() == 0
+        logger.log(**_row(100, id="chosen-id"))  # a repeated id is skipped, not an error that blocks the spool
+        assert logger.flush() == 0
+    stored = _ids(engine, table)
+    assert sorted(stored) == sorted([*ids, "chosen-id"])
+    _, t, _, _ = log_tables(table)
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.id == "chosen-id")).mappings().one()
+    assert row["user_feedback"] == 4 and json.loads(row["metadata"]) == {"k": [1, 2]} and row["prompt"] == "p99"
+    assert row["timestamp"].replace(tzinfo=UTC) == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_invalid_rows_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with InteractionLogger(engine, spool_dir=tmp_path / "spool") as logger:
+        for bad, message in [({"task_type": "../x"}, "invalid task type"), (_row(1, user_feedback=6), "user_feedback"),
+                             (_row(1, colour="red"), "unknown fields"), (_row(1, success="yes"), "success"),
+                             (_row(1, latency_ms=-1), "latency_ms"), (_row(1, timestamp="yesterday"), "ISO")]:  # fmt: skip
+            with pytest.raises(ValueError, match=message):
+                logger.log(**bad)
+        assert logger.spooled() == 0
+
+
+def test_a_down_warehouse_keeps_rows_and_a_later_flush_catches_up(
+    warehouse: tuple[sa.Engine, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, table = warehouse
+    down = sa.create_engine(DOWN_URL)
+    logger = InteractionLogger(down, table, tmp_path / "spool")
+    ids = [logger.log(**_row(i)) for i in range(10)]
+    assert logger.flush() == 0
+    ids += [logger.log(**_row(i)) for i in range(10, 15)]
+    assert logger.flush() == 0
+    assert logger.spooled() == 15
+    assert "Warehouse unavailable, 15 rows stay spooled" in caplog.text
+    logger.engine = engine  # the warehouse is back
+    assert logger.flush() == 15
+    logger.close()
+    assert sorted(_ids(engine, table)) == sorted(ids)
+
+
+def test_one_logger_per_spool_folder(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with InteractionLogger(engine, spool_dir=tmp_path / "spool"):
+        with pytest.raises(RuntimeError, match="in use by another interaction logger"):
+            InteractionLogger(engine, spool_dir=tmp_path / "spool")
+    InteractionLogger(engine, spool_dir=tmp_path / "spool").close()  # released on close
+
+
+CHILD = """
+import os, signal, sys
+import sqlalchemy as sa
+from ftops.serving.interaction_log import InteractionLogger
+
+logger = InteractionLogger(sa.create_engine(sys.argv[1]), sys.argv[2], sys.argv[3], flush_rows=10**9)
+for i in range(int(sys.argv[4])):
+    print(logger.log(task_type="summarization", prompt=f"p{i}", response="r", success=True), flush=True)
+with open(os.path.join(sys.argv[3], "active.jsonl"), "ab") as f:
+    f.write(b'{"task_type": "summarization", "prom')  # a write cut short: its call was never answered
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_rows_of_a_killed_process_are_replayed_exactly_once(warehouse: tuple[sa.Engine, str], tmp_path: Path) -> None:
+    engine, table = warehouse
+    spool = tmp_path / "spool"
+    n = 200
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), engine.url.render_as_string(False), table,
+                            str(spool), str(n)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    acknowledged = child.stdout.split()
+    assert len(acknowledged) == n and _ids(engine, table) == []
+    logger = InteractionLogger(engine, table, spool)
+    logger.start()  # replays what the killed process left
+    assert sorted(_ids(engine, table)) == sorted(acknowledged)
+    logger.close()
+    again = InteractionLogger(engine, table, spool)  # nothing left to replay twice
+    assert again.replay() == 0
+    again.close()
+    assert len(_ids(engine, table)) == n
+
+
+def test_a_segment_inserted_before_a_crash_is_not_duplicated(warehouse: tuple[sa.Engine, str], tmp_path: Path) -> None:
+    engine, table = warehouse
+    spool = tmp_path / "spool"
+    logger = InteractionLogger(engine, table, spool)
+    ids = [logger.log(**_row(i)) for i in range(7)]
+    logger.close()
+    # a crash after the insert committed but before the segment was deleted: the segment is back on disk
+    (spool / "segment-00000009.jsonl").write_text("".join(json.dumps(check_row(_row(0, id=i))) + "\n" for i in ids))
+    with InteractionLogger(engine, table, spool) as replay:
+        assert replay.replay() == 0
+        assert replay.spooled() == 0
+    assert sorted(_ids(engine, table)) == sorted(ids)
+
+
+def test_threads_logging_at_once_lose_nothing(warehouse: tuple[sa.Engine, str], tmp_path: Path) -> None:
+    engine, table = warehouse
+    logger = InteractionLogger(engine, table, tmp_path / "spool", flush_every_s=0.05, flush_rows=50, batch_rows=40)
+    logger.start()
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            mine = [logger.log(**_row(i, user_id=f"t{t}")) for i in range(150)]
+            ids.extend(mine)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    logger.close()
+    assert not errors
+    stored = _ids(engine, table)
+    assert len(stored) == len(set(stored)) == 8 * 150 and set(stored) == set(ids)
+
+
+def test_import_jsonl_accounts_for_every_line(warehouse: tuple[sa.Engine, str], tmp_path: Path) -> None:
+    engine, table = warehouse
+    ts = "2026-03-01T10:00:00+00:00"
+    good = [json.dumps(_row(i, timestamp=ts, id=f"imp-{i}")) for i in range(5)]
+    lines = [
+        *good,
+        json.dumps(_row(7, timestamp=ts)),  # no id: one derived from the content
+        good[0],  # the same id again
+        "{not json",
+        "",
+        json.dumps(_row(8, timestamp=ts, user_feedback=9)),
+        json.dumps(_row(9)),  # no timestamp
+        json.dumps([1, 2]),
+        json.dumps(_row(10, timestamp=ts, task_type="bad type")),
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    first = import_jsonl(path, engine, table, batch_rows=2)
+    assert (first.lines, first.inserted, first.duplicates) == (13, 6, 1)
+    assert [n for n, _ in first.rejected] == [8, 9, 10, 11, 12, 13]
+    reasons = dict(first.rejected)
+    assert "empty line" in reasons[9] and "user_feedback" in reasons[10] and "timestamp is missing" in reasons[11]
+    assert "not a JSON object" in reasons[12] and "invalid task type" in reasons[13]
+    assert first.lines == first.inserted + first.duplicates + len(first.rejected)
+    second = import_jsonl(path, engine, table)  # a rerun inserts nothing twice
+    assert (second.inserted, second.duplicates, len(second.rejected)) == (0, 7, 6)
+    assert len(_ids(engine, table)) == 6
+
+
+def test_an_unreadable_spooled_line_is_kept_aside_once(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    ensure_schema(engine)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = json.dumps(check_row(_row(1)))
+    (spool / "segment-00000001.jsonl").write_text(f"{good}\n{{broken\n")
+    logger = InteractionLogger(sa.create_engine(DOWN_URL), spool_dir=spool)
+    assert logger.flush() == 0 and logger.flush() == 0  # read twice while the warehouse is down
+    logger.engine = engine
+    assert logger.flush() == 1
+    logger.close()
+    assert (spool / "rejected.jsonl").read_text() == "{broken\n"
+    assert len(_ids(engine, "interactions")) == 1
