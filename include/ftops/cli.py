@@ -3,6 +3,10 @@
     ftops simulate --rows 3000 --seed 0      write realistic interaction logs into the warehouse
     ftops build-base-model                   build the small local base model under FTOPS_HOME/models
     ftops summary                            datasets, model versions, metrics and decisions so far
+    ftops serve [--host H --port P]          the OpenAI-compatible gateway over the registry's champions/canaries
+    ftops simulate-traffic --requests 300    simulated users calling the gateway and rating its answers
+    ftops import-logs FILE.jsonl             load interaction rows logged by an application itself
+    ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
 """
 
 from __future__ import annotations
@@ -100,6 +104,73 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+    import uvicorn
+
+    from ftops.serving.gateway import build_gateway, create_app, parse_key_hashes
+
+    cfg = load_config()
+    s = cfg.serving
+    hashes = parse_key_hashes(os.environ.get(s.api_key_hashes_env))
+    host, port = args.host or s.host, args.port or s.port
+    if host not in ("127.0.0.1", "localhost", "::1") and not hashes:
+        log.warning("Serving on %s without API keys: anyone who reaches this port can call the models and read "
+                    "nothing else, but set %s to require keys", host, s.api_key_hashes_env)  # fmt: skip
+    api_client = None
+    if key := os.environ.get("FTOPS_OPENAI_API_KEY"):
+        from functools import partial
+
+        from ftops.core.openai_api import make_client
+
+        base_url = args.openai_base_url or os.environ.get("FTOPS_OPENAI_BASE_URL")
+        api_client = partial(make_client, key, base_url, key_source="FTOPS_OPENAI_API_KEY")
+    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    gateway = build_gateway(s, engine, cfg.interactions_table, api_client=api_client, key_hashes=hashes)
+    log.info("FT-Ops gateway on http://%s:%s/v1 (%s API keys configured)", host, port, len(hashes))
+    uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=args.access_log)
+    return 0
+
+
+def _simulate_traffic(args: argparse.Namespace) -> int:
+    from ftops_dev.traffic import simulate_traffic
+
+    extra = {"task_types": args.task_types} if args.task_types else {}
+    report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
+                              requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
+    print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
+    print("\n".join(report.lines()))
+    return 1 if any(name.startswith("error:") for name in report.versions) else 0
+
+
+def _import_logs(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from ftops.serving.interaction_log import import_jsonl
+    from ftops.warehouse.schema import ensure_schema
+
+    cfg = load_config()
+    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    ensure_schema(engine, cfg.interactions_table)
+    result = import_jsonl(args.file, engine, cfg.interactions_table)
+    print(f"{args.file}: {result.lines} lines, {result.inserted} inserted, {result.duplicates} duplicates, "
+          f"{len(result.rejected)} rejected")  # fmt: skip
+    for line, reason in result.rejected[:20]:
+        print(f"  line {line}: {reason}")
+    return 1 if result.rejected else 0
+
+
+def _hash_api_key(args: argparse.Namespace) -> int:
+    from ftops.serving.gateway import hash_api_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("no key on standard input", file=sys.stderr)
+        return 2
+    print(hash_api_key(key))
+    return 0
+
+
 def _task_type(value: str) -> str:
     try:
         return check_task_type(value)
@@ -147,6 +218,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     base.add_argument("--force", action="store_true", help="rebuild even if it exists")
     base.set_defaults(func=_build_base_model)
     sub.add_parser("summary", help="print datasets, models, metrics and decisions").set_defaults(func=_summary)
+    serve = sub.add_parser("serve", help="the OpenAI-compatible gateway (champion + canary, every call logged)")
+    serve.add_argument("--host", default=None, help="bind address (default serving.host: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default serving.port: 8000)")
+    serve.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    serve.add_argument("--openai-base-url", default=None,
+                       help="OpenAI-compatible endpoint for API-trained versions (key in FTOPS_OPENAI_API_KEY)")
+    serve.add_argument("--access-log", action="store_true", help="log one line per request (never headers)")
+    serve.set_defaults(func=_serve)
+    traffic = sub.add_parser("simulate-traffic", help="simulated users calling the gateway and rating answers")
+    traffic.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    traffic.add_argument("--requests", type=int, default=300)
+    traffic.add_argument("--concurrency", type=int, default=4)
+    traffic.add_argument("--seed", type=int, default=0)
+    traffic.add_argument("--task-types", nargs="*", default=None, type=_task_type)
+    traffic.set_defaults(func=_simulate_traffic)
+    imp = sub.add_parser("import-logs", help="load a JSONL file of interaction rows into the warehouse")
+    imp.add_argument("file")
+    imp.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    imp.set_defaults(func=_import_logs)
+    sub.add_parser("hash-api-key", help="SHA-256 digest of the key on standard input").set_defaults(func=_hash_api_key)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

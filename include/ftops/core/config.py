@@ -187,6 +187,26 @@ class GovernorConfig(_Strict):
     plateau_days: int = Field(30, ge=1, description="Days without improvement that count as a plateau.")
 
 
+class ServingConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address `ftops serve` binds; 0.0.0.0 exposes it to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `ftops serve` listens on.")
+    max_batch: int = Field(16, ge=1, le=256, description="Most requests for one model version decoded together.")
+    batch_wait_ms: float = Field(
+        5, ge=0, le=1000, description="Under load, how long a batch waits for more requests before decoding starts."
+    )
+    default_max_tokens: int = Field(64, ge=1, description="Answer length cap when a request sets none, in tokens.")
+    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
+    max_messages: int = Field(64, ge=1, description="Most messages one request may carry.")
+    max_request_chars: int = Field(20_000, ge=1, description="Most characters of message content per request.")
+    alias_ttl_s: float = Field(5, ge=0, description="Seconds the registry's aliases are cached by the router.")
+    flush_every_s: float = Field(2, gt=0, description="Seconds between two flushes of the log spool to the warehouse.")
+    api_key_hashes_env: str = Field(
+        "FTOPS_API_KEY_HASHES",
+        description="Environment variable holding comma-separated SHA-256 hex digests of the accepted API keys "
+        "(`ftops hash-api-key` makes one); unset or empty: no key needed (bind 127.0.0.1 then).",
+    )
+
+
 class StorageConfig(_Strict):
     dataset_repo: str | None = Field(
         None, description="Folder of the git + DVC dataset registry; empty: FTOPS_HOME/datasets."
@@ -229,6 +249,7 @@ class FtopsConfig(_Strict):
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Canary roll-out.")
     governor: GovernorConfig = Field(default_factory=GovernorConfig, description="When to train.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where datasets and caches live.")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="The `ftops serve` gateway.")
 
 
 def load_config(path: str | Path | None = None) -> FtopsConfig:

@@ -184,7 +184,8 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 def generate_answers(
-    loaded: LoadedModel, prompts: Sequence[str], *, batch_size: int = 64, max_new_tokens: int = 48
+    loaded: LoadedModel, prompts: Sequence[str], *, batch_size: int = 64, max_new_tokens: int = 48,
+    progress: bool = True,
 ) -> Generation:
     """Answer rendered prompts by batched greedy decoding.
 
@@ -197,6 +198,7 @@ def generate_answers(
         prompts: Prompts already rendered with the chat template's generation prompt.
         batch_size: Prompts decoded together.
         max_new_tokens: Cap per answer; an answer also ends at its first stop token.
+        progress: Log a progress line (at most every 5 s, and at the end); off for serving.
 
     Returns:
         The answers, their token counts, per-prompt latencies and the total generation time.
@@ -227,7 +229,7 @@ def generate_answers(
             generated += len(row)
         done = min(b + batch_size, len(order))
         now = time.monotonic()
-        if now - last_log < 5 and done < len(order):
+        if not progress or (now - last_log < 5 and done < len(order)):
             continue  # a progress line every 5 s at most
         last_log, elapsed = now, now - started
         logger.info(

@@ -187,6 +187,27 @@ def register(
     return str(mv.version)
 
 
+def registered_task_types() -> list[str]:
+    """Task types that have a registered model ``ftops-<task_type>``, sorted.
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer.
+    """
+    from ftops.core.names import is_task_type
+
+    c = client()
+    names: list[str] = []
+    token = None
+    with store_errors("list registered models"):
+        while True:
+            page = c.search_registered_models("name LIKE 'ftops-%'", max_results=100, page_token=token)
+            names += [m.name for m in page]
+            token = page.token
+            if not token:
+                break
+    return sorted(n.removeprefix("ftops-") for n in names if is_task_type(n.removeprefix("ftops-")))
+
+
 def alias_version(task_type: str, alias: str) -> ModelVersion | None:
     """The version an alias points at, or None when the model or the alias does not exist.
 

@@ -1,0 +1,187 @@
+"""What answers a request once the router picked a version: a local Hugging Face model, or an API model.
+
+A registered version is loaded from what its training run left in MLflow: the run's ``base_model`` tag plus
+its trained weights (the ``adapter/`` or ``full_model/`` artifact), downloaded once into a cache folder; or,
+for the OpenAI backend, the fine-tuned model's id (``openai.fine_tuned_model``), asked through any
+OpenAI-compatible endpoint. Both answer a *list* of requests in one call, so a gateway can batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ftops.core.config import resolve_base_model
+from ftops.registry import models as registry
+
+if TYPE_CHECKING:
+    import openai
+
+    from ftops.evaluation.generate import LoadedModel
+
+log = logging.getLogger(__name__)
+
+API_MODEL_TAG = "openai.fine_tuned_model"  # the training run's tag naming the API's fine-tuned model
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One chat request as the backends see it: role/content turns and a token cap."""
+
+    messages: tuple[tuple[str, str], ...]
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer: its text, token counts and why it ended (``stop`` or ``length``)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Backend(Protocol):
+    """Answers a batch of requests, in request order. ``exclusive``: needs the machine's compute alone."""
+
+    name: str
+    exclusive: bool
+
+    def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]: ...
+
+
+class LocalBackend:
+    """A Hugging Face causal LM answering by the evaluation's batched greedy decoding.
+
+    Requests with the same ``max_tokens`` are decoded in one batch; greedy decoding gives each the answer it
+    would get alone (see :mod:`ftops.evaluation.generate`), so batching changes throughput, not answers.
+    """
+
+    exclusive = True
+
+    def __init__(self, loaded: LoadedModel, name: str) -> None:
+        self.loaded, self.name = loaded, name
+
+    def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        from ftops.core.chat import render_prompt
+        from ftops.evaluation.generate import generate_answers
+
+        tokenizer = self.loaded.tokenizer
+        prompts = [render_prompt(tokenizer, [{"role": r, "content": c} for r, c in req.messages]) for req in requests]
+        out: list[Completion | None] = [None] * len(requests)
+        by_cap: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            by_cap.setdefault(req.max_tokens, []).append(i)
+        for cap, idx in by_cap.items():
+            gen = generate_answers(self.loaded, [prompts[i] for i in idx], batch_size=len(idx), max_new_tokens=cap,
+                                   progress=False)  # fmt: skip
+            for j, i in enumerate(idx):
+                n_prompt = len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"])
+                count = gen.token_counts[j]
+                out[i] = Completion(gen.texts[j], n_prompt, count, "length" if count >= cap else "stop")
+        return [c for c in out if c is not None]
+
+
+class ApiBackend:
+    """A model behind an OpenAI-compatible chat completions endpoint; a batch is sent as parallel requests."""
+
+    exclusive = False
+
+    def __init__(self, client: openai.OpenAI, model: str, name: str, *, parallel: int = 8) -> None:
+        self.client, self.model, self.name = client, model, name
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ftops-api")
+
+    def _one(self, req: CompletionRequest) -> Completion:
+        from ftops.core.openai_api import api_errors
+
+        with api_errors(f"chat completion with {self.model}"):
+            response = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": r, "content": c} for r, c in req.messages],  # type: ignore[misc]
+                max_tokens=req.max_tokens, temperature=0,
+            )  # fmt: skip
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return Completion(
+            text=(choice.message.content or "") if choice else "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=str(choice.finish_reason) if choice and choice.finish_reason else "stop",
+        )
+
+    def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        return list(self._pool.map(self._one, requests))
+
+
+ApiClientFactory = Callable[[], "openai.OpenAI"]
+
+
+def load_backend(
+    task_type: str, version: str, cache_dir: str | Path, api_client: ApiClientFactory | None = None
+) -> Backend:
+    """Load a registered version of ``ftops-<task_type>`` for serving.
+
+    Args:
+        task_type: The task type.
+        version: The registered version.
+        cache_dir: Where downloaded weights are kept (``<cache_dir>/<task_type>/<version>``), reused on the next
+            load.
+        api_client: Makes the OpenAI-compatible client for API-backed versions; None: such versions fail to
+            load (with a message saying what to configure).
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer.
+        LookupError: The version, its run or its model cannot be found.
+        OSError / ValueError: The weights cannot be loaded.
+    """
+    c = registry.client()
+    name = registry.model_name(task_type)
+    run: Any = None
+    with registry.store_errors(f"read {name} version {version}", missing_ok=True):
+        mv = c.get_model_version(name, str(version))
+        run = c.get_run(mv.run_id) if mv.run_id else None
+    if run is None:
+        raise LookupError(f"{name} version {version} or its training run does not exist")
+    tags: dict[str, str] = dict(run.data.tags)
+    label = f"{name}/{version}"
+    if tags.get("backend") == "openai":
+        model = tags.get(API_MODEL_TAG) or ""
+        if not model:
+            raise LookupError(f"{label}: its run has no {API_MODEL_TAG!r} tag (the fine-tune did not finish)")
+        if api_client is None:
+            raise LookupError(f"{label} is served by an API ({model}): start the gateway with an API key "
+                              "(FTOPS_OPENAI_API_KEY) and base URL (--openai-base-url)")  # fmt: skip
+        log.info("%s: forwarding to API model %s", label, model)
+        return ApiBackend(api_client(), model, label)
+    return LocalBackend(_load_local(tags, run.info.artifact_uri, Path(cache_dir) / task_type / str(version)), label)
+
+
+def _load_local(tags: dict[str, Any], artifact_uri: str, folder: Path) -> LoadedModel:
+    import mlflow
+
+    from ftops.evaluation.generate import load_model
+
+    base_name = tags.get("base_model")
+    if not base_name:
+        raise LookupError("the training run has no base_model tag")
+    base = resolve_base_model(str(base_name))
+    if str(base_name).startswith("local:") and not Path(base).is_dir():
+        raise FileNotFoundError(f"base model {base_name!r} is not built at {base}: run `ftops build-base-model`")
+    weights = str(tags.get("ftops.weights", "adapter"))
+    local = folder / weights
+    if not local.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{weights}.partial"
+        if partial.exists():
+            import shutil
+
+            shutil.rmtree(partial)
+        partial.mkdir()
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{artifact_uri}/{weights}", dst_path=str(partial))
+        (partial / weights).rename(local)  # whole or absent: a crash mid-download leaves only the partial folder
+        partial.rmdir()
+    return load_model(base, local)

@@ -1,0 +1,345 @@
+"""``ftops serve``: an OpenAI-compatible gateway over the registry's champions and canaries.
+
+Routes: ``GET /v1/models`` (``ftops/<task_type>`` for each task type with a champion), ``POST
+/v1/chat/completions`` (plain or ``stream: true``), ``POST /v1/feedback`` (``{"id", "rating", "success"}``) and
+``GET /healthz``. A completion's ``id`` is the id of its ``interactions`` row, which is spooled durably
+before the answer leaves (see :mod:`ftops.serving.interaction_log`); the header ``x-ftops-model-version``
+names the version that answered. Errors are OpenAI error objects; nothing returns a traceback. With API key
+hashes configured every ``/v1`` route needs ``Authorization: Bearer <key>``; keys are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ftops.core.config import ServingConfig
+from ftops.registry.models import RegistryUnavailableError, registered_task_types
+from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
+from ftops.serving.openai_wire import (
+    MODEL_PREFIX,
+    ApiError,
+    ChatRequest,
+    Limits,
+    completion_body,
+    parse_chat_request,
+    parse_json,
+    stream_events,
+)
+from ftops.warehouse.schema import log_tables
+
+if TYPE_CHECKING:
+    from ftops.serving.batcher import Batcher, ModelPool
+    from ftops.serving.interaction_log import InteractionLogger
+    from ftops.serving.router import Route, Router
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = "x-ftops-model-version"
+MAX_BODY_BYTES = 4 * 1024 * 1024
+RECENT_IDS = 100_000  # ids answered by this process, for feedback that arrives before the row is flushed
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest of an API key: what the gateway's configuration holds instead of the key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_key_hashes(raw: str | None) -> frozenset[str]:
+    """Comma- or whitespace-separated SHA-256 hex digests.
+
+    Raises:
+        ValueError: An entry is not 64 hex digits (a key pasted instead of its hash, say).
+    """
+    hashes = [h.strip().lower() for h in (raw or "").replace(",", " ").split()]
+    bad = [i for i, h in enumerate(hashes) if len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h)]
+    if bad:
+        raise ValueError(f"API key hash entries {bad} are not SHA-256 hex digests (64 hex digits): store "
+                         "`ftops hash-api-key` output, never the key itself")  # fmt: skip
+    return frozenset(hashes)
+
+
+@dataclass
+class Gateway:
+    """The gateway's parts; :func:`create_app` serves them.
+
+    Attributes:
+        router: Picks champion or canary per request.
+        pool: Loaded versions and their batchers.
+        logger: The interaction log (spool + warehouse).
+        engine: The warehouse (feedback updates the logged rows there).
+        table: The interaction log table.
+        limits: What one request may ask for.
+        key_hashes: SHA-256 digests of accepted API keys; empty = no key needed.
+    """
+
+    router: Router
+    pool: ModelPool
+    logger: InteractionLogger
+    engine: sa.Engine
+    table: str = "interactions"
+    limits: Limits = field(default_factory=Limits)
+    key_hashes: frozenset[str] = frozenset()
+    preload: bool = True
+    _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    # -- access ------------------------------------------------------------------------------------------
+    def check_key(self, authorization: str | None) -> None:
+        if not self.key_hashes:
+            return
+        scheme, _, key = (authorization or "").partition(" ")
+        digest = hash_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else ""
+        if not any(hmac.compare_digest(digest, h) for h in self.key_hashes):
+            raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")  # fmt: skip
+
+    # -- chat ----------------------------------------------------------------------------------------------
+    async def route(self, task_type: str, key: str) -> tuple[Route, Batcher]:
+        """Route a request and get its version loaded; a version that fails to load is marked unavailable
+        and the request routed again (so its share falls to the other version)."""
+        for _ in range(3):
+            try:
+                route = await asyncio.to_thread(self.router.route, task_type, key)
+            except RegistryUnavailableError as exc:
+                raise ApiError(503, f"the model registry is unreachable and this gateway has no routing for "
+                                    f"{MODEL_PREFIX}{task_type} yet: retry later ({exc})", "server_error",
+                               "registry_unavailable") from None  # fmt: skip
+            except LookupError as exc:
+                raise ApiError(404, f"The model '{MODEL_PREFIX}{task_type}' cannot be served: {exc}",
+                               code="model_not_found", param="model") from None  # fmt: skip
+            routing = self.router.routing(task_type)  # cached by the call above
+            self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
+            try:
+                return route, await self.pool.batcher(task_type, route.version)
+            except RegistryUnavailableError as exc:
+                raise ApiError(503, f"the model registry is unreachable, {route.model_version} cannot be loaded: "
+                                    f"retry later ({exc})", "server_error", "registry_unavailable") from None  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - any load failure: never route to it again
+                log.exception("Loading %s failed", route.model_version)
+                self.router.mark_unavailable(task_type, route.version, f"{type(exc).__name__}: {exc}"[:500])
+        raise ApiError(503, f"no version of {MODEL_PREFIX}{task_type} could be loaded", "server_error", "model_unavailable")
+
+    async def chat(self, req: ChatRequest) -> tuple[str, Route, Completion]:
+        """Answer one checked request; its row is spooled (fsynced) before this returns."""
+        started = time.perf_counter()
+        call_id = f"chatcmpl-{uuid.uuid4().hex}"
+        route, batcher = await self.route(req.task_type, req.user or call_id)
+        try:
+            answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens))
+        except Exception:  # noqa: BLE001 - logged as a failed call, answered as a 500 without a traceback
+            log.exception("%s failed to answer request %s", route.model_version, call_id)
+            answer = None
+        await self._log(call_id, req, route, answer, started)
+        if answer is None:
+            raise ApiError(500, f"{route.model_version} failed to answer; the call is logged as failed (id "
+                                f"{call_id})", "server_error", "model_error")  # fmt: skip
+        return call_id, route, answer
+
+    async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float) -> None:
+        row: dict[str, Any] = {
+            "id": call_id, "task_type": req.task_type, "prompt": req.prompt,
+            "response": answer.text if answer else "", "model_version": route.model_version, "user_id": req.user,
+            "success": answer is not None, "latency_ms": round((time.perf_counter() - started) * 1000),
+            "tokens_used": (answer.prompt_tokens + answer.completion_tokens) if answer else 0,
+            "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
+                         "finish_reason": answer.finish_reason if answer else "error", "stream": req.stream},
+        }  # fmt: skip
+        try:
+            await asyncio.to_thread(self.logger.log, **row)
+        except Exception as exc:  # noqa: BLE001 - no answer leaves without its row
+            log.exception("Could not spool the row of %s", call_id)
+            raise ApiError(503, "the call could not be logged, so it is not answered: retry later", "server_error",
+                           "log_unavailable") from exc  # fmt: skip
+        self._recent[call_id] = None
+        while len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    # -- feedback ------------------------------------------------------------------------------------------
+    def feedback(self, body: Any) -> dict[str, Any]:
+        """Record a rating (1-5) and optionally success on a logged call (blocking: run it in a thread)."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "the body must be a JSON object {id, rating, success}", code="invalid_value")
+        call_id, rating, success = body.get("id"), body.get("rating"), body.get("success")
+        if not isinstance(call_id, str) or not call_id:
+            raise ApiError(422, "id must be the id of a chat completion", code="invalid_value", param="id")
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+            raise ApiError(422, f"rating must be an integer from 1 to 5, got {rating!r}", code="invalid_value",
+                           param="rating")  # fmt: skip
+        if success is not None and not isinstance(success, bool):
+            raise ApiError(422, f"success must be true, false or null, got {success!r}", code="invalid_value",
+                           param="success")  # fmt: skip
+        try:
+            found = self._set_feedback(call_id, rating, success)
+            if not found and call_id in self._recent:  # answered here, maybe still in the spool
+                self.logger.flush()
+                found = self._set_feedback(call_id, rating, success)
+                if not found:
+                    raise ApiError(503, "the call's row is still spooled (the warehouse is unreachable): retry "
+                                        "later", "server_error", "warehouse_unavailable")  # fmt: skip
+        except sa.exc.OperationalError:
+            raise ApiError(503, "the warehouse is unreachable: retry later", "server_error",
+                           "warehouse_unavailable") from None  # fmt: skip
+        if not found:
+            raise ApiError(404, f"no logged call has id {call_id!r}", code="not_found", param="id")
+        return {"id": call_id, "object": "feedback", "rating": rating, "success": success}
+
+    def _set_feedback(self, call_id: str, rating: int, success: bool | None) -> bool:
+        _, t, _, _ = log_tables(self.table)
+        values: dict[str, Any] = {"user_feedback": rating} | ({} if success is None else {"success": success})
+        with self.engine.begin() as conn:
+            return conn.execute(sa.update(t).where(t.c.id == call_id).values(**values)).rowcount > 0
+
+    # -- listing -------------------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Task types with a champion (from the router's cached aliases)."""
+        served = []
+        for task_type in registered_task_types():
+            try:
+                if self.router.routing(task_type).champion:
+                    served.append(task_type)
+            except RegistryUnavailableError:
+                continue
+        return served
+
+    async def warm(self) -> None:
+        """Load the champion and canary of every task type now, so first requests do not wait for a load."""
+        try:
+            task_types = await asyncio.to_thread(registered_task_types)
+        except RegistryUnavailableError as exc:
+            log.warning("Registry unreachable at start, models load on first request: %s", exc)
+            return
+        for task_type in task_types:
+            try:
+                routing = await asyncio.to_thread(self.router.routing, task_type)
+            except RegistryUnavailableError as exc:
+                log.warning("Registry unreachable for %s, it loads on first request: %s", task_type, exc)
+                continue
+            for version in (routing.champion, routing.canary):
+                if version:
+                    try:
+                        await self.pool.batcher(task_type, version)
+                    except Exception as exc:  # noqa: BLE001
+                        log.exception("Loading %s version %s failed", task_type, version)
+                        self.router.mark_unavailable(task_type, version, f"{type(exc).__name__}: {exc}"[:500])
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI app of a gateway (start the logger's flushing on startup, flush it on shutdown)."""
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(gateway.logger.start)  # replays what a crashed gateway left spooled
+        if gateway.preload:
+            await gateway.warm()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(gateway.logger.close)
+            gateway.pool.close()
+
+    app = FastAPI(title="FT-Ops gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse(ApiError(400, str(exc.errors()[:3]), code="invalid_value").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> Response:
+        log.error("Unhandled %s in the gateway", type(exc).__name__, exc_info=exc)
+        return JSONResponse(ApiError(500, "internal error in the FT-Ops gateway (see its log)", "server_error",
+                                     "internal_error").body(), status_code=500)  # fmt: skip
+
+    async def body_of(request: Request) -> Any:
+        gateway.check_key(request.headers.get("authorization"))
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted",
+                           code="request_too_large")  # fmt: skip
+        return parse_json(raw)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "spooled_rows": await asyncio.to_thread(gateway.logger.spooled),
+                "loaded": gateway.pool.loaded(),
+                "unavailable": [f"{t}/{v}: {why}" for (t, v), why in gateway.router.unavailable().items()]}  # fmt: skip
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        gateway.check_key(request.headers.get("authorization"))
+        try:
+            served = await asyncio.to_thread(gateway.models)
+        except RegistryUnavailableError as exc:
+            raise ApiError(503, f"the model registry is unreachable: {exc}", "server_error",
+                           "registry_unavailable") from None  # fmt: skip
+        return {"object": "list", "data": [{"id": f"{MODEL_PREFIX}{t}", "object": "model", "created": 0,
+                                            "owned_by": "ftops"} for t in served]}  # fmt: skip
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        req = parse_chat_request(await body_of(request), gateway.limits)
+        call_id, route, answer = await gateway.chat(req)
+        headers = {VERSION_HEADER: route.model_version}
+        model = f"{MODEL_PREFIX}{req.task_type}"
+        if req.stream:
+            events = stream_events(call_id, model, route.model_version, answer, req.include_usage)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return JSONResponse(completion_body(call_id, model, route.model_version, answer), headers=headers)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        return await asyncio.to_thread(gateway.feedback, await body_of(request))
+
+    return app
+
+
+
+def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interactions", *,
+                  api_client: ApiClientFactory | None = None, key_hashes: frozenset[str] = frozenset(),
+                  spool_dir: str | None = None, preload: bool = True) -> Gateway:  # fmt: skip
+    """A gateway on the registry (``MLFLOW_TRACKING_URI``) and a warehouse, set up from ``serving`` config.
+
+    Downloaded weights are cached under ``FTOPS_HOME/serving/models``; the spool is
+    ``FTOPS_HOME/spool/<table>`` unless ``spool_dir`` says otherwise.
+    """
+    from functools import partial
+
+    from ftops.core.config import ftops_home
+    from ftops.serving.backends import load_backend
+    from ftops.serving.batcher import ModelPool
+    from ftops.serving.interaction_log import InteractionLogger
+    from ftops.serving.router import Router
+    from ftops.warehouse.schema import ensure_schema
+
+    ensure_schema(engine, table)
+    loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client)
+    limits = Limits(default_max_tokens=cfg.default_max_tokens, max_tokens_limit=cfg.max_tokens_limit,
+                    max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars)  # fmt: skip
+    return Gateway(
+        router=Router(cfg.alias_ttl_s),
+        pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000),
+        logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s),
+        engine=engine, table=table, limits=limits, key_hashes=key_hashes, preload=preload,
+    )  # fmt: skip

@@ -1,0 +1,153 @@
+"""Simulated users in front of the gateway: ``ftops simulate-traffic``.
+
+Each user sends the simulator's prompts through ``ftops serve`` with the real ``openai`` client, reads the
+answer, and rates it the way the log simulator's users rate (mostly 4-5 when the answer is right, mostly
+1-2 when it is wrong; some never rate), through ``POST /v1/feedback``. So the warehouse gets the served
+models' own traffic, with versions, latencies and ratings, for the canary judge and the next curation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.stats import percentile
+from ftops.evaluation.metrics import normalise
+from ftops_dev.simulate import GAMER_USER_ID, USER_IDS, _rating
+from ftops_dev.task_types import TASK_TYPES, TASKS, reference_response
+
+if TYPE_CHECKING:
+    import openai
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionStats:
+    """What the simulated users saw from one served version."""
+
+    requests: int = 0
+    correct: int = 0
+    errors: int = 0
+    ratings: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (prompt, answer), the first few
+
+    def summary(self) -> dict[str, Any]:
+        answered = self.requests - self.errors
+        return {
+            "requests": self.requests, "errors": self.errors,
+            "accuracy": round(self.correct / answered, 3) if answered else None,
+            "mean_rating": round(sum(self.ratings) / len(self.ratings), 2) if self.ratings else None,
+            "latency_p50_ms": round(percentile(self.latencies_ms, 0.5)) if self.latencies_ms else None,
+            "latency_p95_ms": round(percentile(self.latencies_ms, 0.95)) if self.latencies_ms else None,
+        }  # fmt: skip
+
+
+@dataclass
+class TrafficReport:
+    """Per served ``model_version`` (``ftops-<task_type>/<version>``, or ``error:<task_type>``)."""
+
+    versions: dict[str, VersionStats]
+    seconds: float
+
+    def lines(self, samples: int = 3) -> list[str]:
+        out = []
+        for name, stats in sorted(self.versions.items()):
+            out.append(f"{name}: {stats.summary()}")
+            out += [f"    {p[:70]!r} -> {a[:90]!r}" for p, a in stats.samples[:samples]]
+        return out
+
+
+async def _user_calls(
+    client: openai.AsyncOpenAI, jobs: asyncio.Queue[tuple[str, str, str, str]], report: dict[str, VersionStats],
+    rng: random.Random, max_tokens: int, feedback: bool,
+) -> None:  # fmt: skip
+    import httpx
+    import openai
+
+    while not jobs.empty():
+        task_type, user, prompt, reference = jobs.get_nowait()
+        started = time.perf_counter()
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=f"ftops/{task_type}", messages=[{"role": "user", "content": prompt}], user=user,
+                max_tokens=max_tokens, temperature=0,
+            )  # fmt: skip
+        except openai.APIError as exc:
+            stats = report[f"error:{task_type}"]
+            stats.requests += 1
+            stats.errors += 1
+            log.warning("Request for ftops/%s failed: %s", task_type, exc)
+            continue
+        completion = raw.parse()
+        version = raw.headers.get("x-ftops-model-version", f"unknown:{task_type}")
+        answer = completion.choices[0].message.content or ""
+        correct = normalise(answer) == normalise(reference)
+        stats = report[version]
+        stats.requests += 1
+        stats.correct += correct
+        stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if len(stats.samples) < 5:
+            stats.samples.append((prompt, answer))
+        rating = _rating(rng, correct, True, user)
+        if feedback and rating is not None:
+            stats.ratings.append(rating)
+            await client.post("/feedback", body={"id": completion.id, "rating": rating}, cast_to=httpx.Response)
+
+
+async def _drive(
+    client: openai.AsyncOpenAI, calls: Sequence[tuple[str, str, str, str]], concurrency: int, seed: int,
+    max_tokens: int, feedback: bool,
+) -> dict[str, VersionStats]:  # fmt: skip
+    jobs: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue()
+    for call in calls:
+        jobs.put_nowait(call)
+    report: dict[str, VersionStats] = defaultdict(VersionStats)
+    async with client:
+        await asyncio.gather(*(_user_calls(client, jobs, report, random.Random(seed * 1000 + i), max_tokens, feedback)
+                               for i in range(concurrency)))  # fmt: skip
+    return dict(report)
+
+
+def make_calls(requests: int, seed: int, task_types: Sequence[str] = TASK_TYPES) -> list[tuple[str, str, str, str]]:
+    """``(task_type, user_id, prompt, reference answer)`` for ``requests`` calls, reproducible from ``seed``."""
+    rng = random.Random(seed)
+    users = [u for u in USER_IDS if u != GAMER_USER_ID]
+    calls = []
+    for _ in range(requests):
+        task_type = rng.choice(list(task_types))
+        prompt, answer, _ = TASKS[task_type][0](rng)
+        calls.append((task_type, rng.choice(users), prompt, reference_response(task_type, answer)))
+    return calls
+
+
+def simulate_traffic(
+    base_url: str, *, api_key: str = "ftops-local", requests: int = 200, concurrency: int = 4, seed: int = 0,
+    task_types: Sequence[str] = TASK_TYPES, max_tokens: int = 48, feedback: bool = True,
+) -> TrafficReport:  # fmt: skip
+    """Send ``requests`` simulated calls through a gateway at ``concurrency`` and rate the answers.
+
+    Args:
+        base_url: The gateway's OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key: A key the gateway accepts (any text when it needs none).
+        requests: Calls in all, spread uniformly over ``task_types``.
+        concurrency: Simulated users calling at the same time.
+        seed: Seeds prompts, users and ratings.
+        task_types: Task types to call (each needs a champion).
+        max_tokens: Answer cap per call.
+        feedback: Rate answers through ``/v1/feedback``.
+    """
+    import openai
+
+    client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=120)
+    started = time.perf_counter()
+    versions = asyncio.run(_drive(client, make_calls(requests, seed, task_types), concurrency, seed, max_tokens,
+                                  feedback))  # fmt: skip
+    return TrafficReport(versions=versions, seconds=time.perf_counter() - started)

@@ -1,0 +1,223 @@
+"""The gateway through the real ``openai`` client: models, completions (plain and streaming), batching,
+feedback, API keys and every bad-input case answered with an OpenAI error object.
+
+A real tiny model is registered in a real MLflow store and served by uvicorn on a free port; rows go through
+the spool into a SQLite warehouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+
+from ftops.core.config import ServingConfig
+from ftops.deployment import rollout
+from ftops.serving.gateway import VERSION_HEADER, build_gateway, hash_api_key, parse_key_hashes
+from ftops.training.basemodel import build_base_model
+from ftops.warehouse.schema import log_tables
+from tests.serving_support import GatewayServer, register_local_version
+
+pytestmark = pytest.mark.usefixtures("mlflow_store", "one_torch_thread")
+TASK = "gw"
+KEY = "sk-test-gateway-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None) -> Any:
+    tmp = tmp_path_factory.mktemp("gateway")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTOPS_HOME", str(tmp / "home"))
+        base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+        version = register_local_version(TASK, base, "gw-champion")
+        assert rollout.deploy(TASK, version, 10) == "champion"
+        engine = sa.create_engine(f"sqlite:///{tmp / 'warehouse.db'}")
+        gateway = build_gateway(ServingConfig(flush_every_s=0.2, max_request_chars=2000), engine,
+                                spool_dir=str(tmp / "spool"))  # fmt: skip
+        with GatewayServer(gateway) as server:
+            yield {"server": server, "engine": engine, "version": version, "gateway": gateway, "base": base}
+
+
+@pytest.fixture
+def client(served: dict[str, Any]) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url=served["server"].base_url, max_retries=0)
+
+
+def _row(engine: sa.Engine, call_id: str) -> dict[str, Any]:
+    _, t, _, _ = log_tables("interactions")
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(t).where(t.c.id == call_id))]
+    assert len(rows) == 1, f"{call_id}: {len(rows)} rows"
+    return rows[0]
+
+
+def _flushed(served: dict[str, Any], call_id: str) -> dict[str, Any]:
+    served["gateway"].logger.flush()
+    return _row(served["engine"], call_id)
+
+
+def test_models_lists_task_types_with_a_champion(client: openai.OpenAI, served: dict[str, Any]) -> None:
+    register_local_version("gw_unserved", served["base"], "gw-unserved")  # registered, never deployed
+    assert [m.id for m in client.models.list()] == [f"ftops/{TASK}"]
+
+
+def test_a_completion_is_answered_logged_and_named(client: openai.OpenAI, served: dict[str, Any]) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"ftops/{TASK}", messages=[{"role": "user", "content": "what does os.path.join do?"}], user="u-1",
+        max_tokens=12,
+    )  # fmt: skip
+    completion = raw.parse()
+    served_as = f"ftops-{TASK}/{served['version']}"
+    assert raw.headers[VERSION_HEADER] == served_as
+    assert completion.id.startswith("chatcmpl-") and completion.model == f"ftops/{TASK}"
+    answer = completion.choices[0].message.content
+    assert isinstance(answer, str) and completion.choices[0].finish_reason in ("stop", "length")
+    assert 0 < completion.usage.completion_tokens <= 12 and completion.usage.prompt_tokens > 5
+    print("gateway answer:", repr(answer))
+    row = _flushed(served, completion.id)  # the response id IS the row id
+    assert row["model_version"] == served_as and row["response"] == answer and row["success"] is True
+    assert row["prompt"] == "what does os.path.join do?" and row["user_id"] == "u-1"
+    assert row["tokens_used"] == completion.usage.total_tokens and row["latency_ms"] >= 0
+
+
+def test_streaming_gives_the_same_answer_in_chunks(client: openai.OpenAI, served: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": "what does json.dumps do?"}]
+    plain = client.chat.completions.create(model=f"ftops/{TASK}", messages=messages, max_tokens=16)  # type: ignore[arg-type]
+    stream = client.chat.completions.create(model=f"ftops/{TASK}", messages=messages, max_tokens=16, stream=True,  # type: ignore[arg-type]
+                                            stream_options={"include_usage": True})  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content  # greedy: the same answer either way
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    ids = {c.id for c in chunks}
+    assert len(ids) == 1
+    assert _flushed(served, ids.pop())["response"] == text
+
+
+def test_concurrent_requests_are_decoded_in_batches_with_unchanged_answers(served: dict[str, Any]) -> None:
+    prompts = [f"what does module number {i} do?" for i in range(8)]
+    sync = openai.OpenAI(api_key="unused", base_url=served["server"].base_url, max_retries=0)
+    alone = [sync.chat.completions.create(model=f"ftops/{TASK}", messages=[{"role": "user", "content": p}],
+                                          max_tokens=10).choices[0].message.content for p in prompts]  # fmt: skip
+    stats_before = dict(served["gateway"].pool.loaded()[f"ftops-{TASK}/{served['version']}"])
+
+    async def together() -> list[str | None]:
+        async with openai.AsyncOpenAI(api_key="unused", base_url=served["server"].base_url, max_retries=0) as c:
+            done = await asyncio.gather(*(c.chat.completions.create(
+                model=f"ftops/{TASK}", messages=[{"role": "user", "content": p}], max_tokens=10) for p in prompts))
+        return [d.choices[0].message.content for d in done]
+
+    assert asyncio.run(together()) == alone
+    after = served["gateway"].pool.loaded()[f"ftops-{TASK}/{served['version']}"]
+    assert after["requests"] - stats_before["requests"] == len(prompts)
+    assert after["batches"] - stats_before["batches"] < len(prompts)  # some requests shared a decode
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "status", "code"),
+    [
+        ({"model": "gpt-4o"}, openai.NotFoundError, 404, "model_not_found"),
+        ({"model": "ftops/nobody"}, openai.NotFoundError, 404, "model_not_found"),
+        ({"model": "ftops/../etc"}, openai.NotFoundError, 404, "model_not_found"),
+        ({"messages": []}, openai.BadRequestError, 400, "invalid_value"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, openai.BadRequestError, 400, "invalid_value"),
+        ({"messages": [{"role": "user", "content": "x" * 2001}]}, openai.BadRequestError, 400,
+         "context_length_exceeded"),
+        ({"max_tokens": 0}, openai.BadRequestError, 400, "invalid_value"),
+        ({"max_tokens": 100_000}, openai.BadRequestError, 400, "invalid_value"),
+        ({"n": 3}, openai.BadRequestError, 400, "invalid_value"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    client: openai.OpenAI, kwargs: dict[str, Any], error: type[openai.APIStatusError], status: int, code: str
+) -> None:
+    request: dict[str, Any] = {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "hi"}]} | kwargs
+    with pytest.raises(error) as caught:
+        client.chat.completions.create(**request)
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == code and body["message"] and body["type"]
+
+
+def test_malformed_json_and_unknown_routes_get_error_objects(served: dict[str, Any]) -> None:
+    url = served["server"].url
+    bad = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    assert "Traceback" not in bad.text
+    missing = httpx.get(f"{url}/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+def test_feedback_updates_the_row_and_refuses_what_it_cannot_apply(client: openai.OpenAI, served: dict[str, Any]) -> None:
+    url = f"{served['server'].base_url}/feedback"
+    done = client.chat.completions.create(model=f"ftops/{TASK}", messages=[{"role": "user", "content": "rate me"}],
+                                          max_tokens=5)  # fmt: skip
+    ok = httpx.post(url, json={"id": done.id, "rating": 2, "success": False})  # before any flush: spooled still
+    assert ok.status_code == 200, ok.text
+    row = _row(served["engine"], done.id)
+    assert row["user_feedback"] == 2 and row["success"] is False
+    assert httpx.post(url, json={"id": done.id, "rating": 5}).status_code == 200
+    assert _row(served["engine"], done.id)["user_feedback"] == 5
+    unknown = httpx.post(url, json={"id": "chatcmpl-nope", "rating": 4})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    for bad in ({"id": done.id, "rating": 7}, {"id": done.id, "rating": "5"}, {"id": done.id}, {"rating": 3},
+                {"id": done.id, "rating": 3, "success": "yes"}):  # fmt: skip
+        refused = httpx.post(url, json=bad)
+        assert refused.status_code == 422 and refused.json()["error"]["param"], bad
+    assert _row(served["engine"], done.id)["user_feedback"] == 5  # nothing refused changed it
+
+
+def test_api_keys_are_required_when_configured_and_never_logged(
+    served: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    gateway = build_gateway(ServingConfig(), engine, key_hashes=parse_key_hashes(hash_api_key(KEY)),
+                            spool_dir=str(tmp_path / "spool"))  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    with GatewayServer(gateway) as server:
+        for key in ("wrong-key", ""):
+            anonymous = openai.OpenAI(api_key=key or "x", base_url=server.base_url, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as caught:
+                anonymous.models.list()
+            assert caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+        assert httpx.post(f"{server.base_url}/chat/completions", json={}).status_code == 401
+        keyed = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
+        done = keyed.chat.completions.create(model=f"ftops/{TASK}", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=4)  # fmt: skip
+        assert done.choices[0].message.content is not None
+    spooled = "".join(p.read_text() for p in (tmp_path / "spool").glob("*.jsonl"))
+    with engine.connect() as conn:
+        stored = str([tuple(r) for r in conn.execute(sa.text("select * from interactions"))])
+    for where, text in (("logs", caplog.text), ("spool", spooled), ("warehouse", stored)):
+        assert KEY not in text and "wrong-key" not in text, where
+    with pytest.raises(ValueError, match="not SHA-256"):
+        parse_key_hashes(KEY)  # a key pasted where its hash belongs
+
+
+def test_a_version_that_cannot_load_gets_no_traffic(
+    client: openai.OpenAI, served: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not a model")
+    canary = register_local_version(TASK, broken, "gw-broken")
+    assert rollout.deploy(TASK, canary, 100) == "canary"  # every key would go to it
+    served["gateway"].router.invalidate(TASK)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ftops.serving.router"):
+            raws = [client.chat.completions.with_raw_response.create(
+                model=f"ftops/{TASK}", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=4, user=f"u{i}")
+                for i in range(5)]  # fmt: skip
+        assert {r.headers[VERSION_HEADER] for r in raws} == {f"ftops-{TASK}/{served['version']}"}
+        assert any(f"version {canary} marked unavailable" in m for m in caplog.messages)
+    finally:
+        rollout.retire_canary(TASK, "broken weights (test)")
+        served["gateway"].router.invalidate(TASK)
