@@ -125,7 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         base_url = args.openai_base_url or os.environ.get("FTOPS_OPENAI_BASE_URL")
         api_client = partial(make_client, key, base_url, key_source="FTOPS_OPENAI_API_KEY")
-    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    engine = sa.create_engine(warehouse_url(args.warehouse_url), pool_pre_ping=True)  # survives warehouse restarts
     gateway = build_gateway(s, engine, cfg.interactions_table, api_client=api_client, key_hashes=hashes)
     log.info("FT-Ops gateway on http://%s:%s/v1 (%s API keys configured)", host, port, len(hashes))
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=args.access_log)
