@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The whole FT-Ops loop on embedded defaults, through a real Airflow (scheduler, dag-processor, api-server,
-# triggerer: `airflow standalone`), started and stopped by this script:
-#   simulate logs → ftops_curate → Asset event → ftops_governor → ftops_finetune (train → evaluate → register
-#   → deploy_canary | archive), then a summary.
+# The whole FT-Ops loop, twice, on embedded defaults, through a real Airflow (scheduler, dag-processor,
+# api-server, triggerer: `airflow standalone`) and the FT-Ops gateway, started and stopped by this script:
+#   cycle 1: simulated logs → ftops_curate → Asset event → ftops_governor → ftops_finetune (train → evaluate
+#            → register → champion | archive);
+#   serving: `ftops serve` answers simulated users (`ftops simulate-traffic`), every call logged and rated;
+#   cycle 2: curate that traffic → govern → fine-tune a candidate → canary | archive; ftops_canary ramps the
+#            canary while users keep calling, then promotes or rolls it back; then a summary of both cycles.
 # Everything lives under FTOPS_HOME (default .ftops/). Re-running is safe: same data, same dataset versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 ROWS="${FTOPS_DEMO_ROWS:-3000}"
-TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-2400}"
+TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-1200}"         # per cycle
+CANARY_TIMEOUT_S="${FTOPS_DEMO_CANARY_TIMEOUT_S:-600}"
+TRAFFIC="${FTOPS_DEMO_TRAFFIC:-900}"              # calls between the cycles
 PORT="${FTOPS_DEMO_PORT:-8080}"
+GW_PORT="${FTOPS_DEMO_GATEWAY_PORT:-8000}"
 export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"  # login off: 127.0.0.1 only (env.sh)
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5 AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
 mkdir -p "$FTOPS_HOME"
 LOG="$FTOPS_HOME/standalone.log"
+GW_LOG="$FTOPS_HOME/gateway.log"
 started=$(date +%s)
 step() { printf '\n== [%4ds] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
@@ -27,13 +34,31 @@ ftops build-base-model
 step "Simulated production logs ($ROWS rows, seed 0)"
 ftops simulate --rows "$ROWS" --seed 0
 
+step "Demo config: the shipped config with demo durations (minutes, not a day) in $FTOPS_HOME/ftops-demo.yaml"
+python - "$FTOPS_HOME/ftops-demo.yaml" <<'PY'
+import sys, yaml
+from ftops.core.config import apply_overrides, load_config
+demo = {
+    "canary.ramp_percent": [10, 50, 100],  # shipped: the same steps over 24 h
+    "canary.duration_hours": 0.05,         # 3 minutes in all, 1 per step (shipped: 24 h)
+    "canary.min_requests": 20,
+}
+cfg = apply_overrides(load_config(), demo)
+open(sys.argv[1], "w").write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+print("\n".join(f"  {k}: {v}" for k, v in demo.items()))
+PY
+export FTOPS_CONFIG="$FTOPS_HOME/ftops-demo.yaml"
+
 step "Starting airflow standalone on port $PORT (log: $LOG)"
 if curl -fs "http://127.0.0.1:$PORT" > /dev/null 2>&1; then
   echo "Port $PORT is in use: stop what listens there or set FTOPS_DEMO_PORT" >&2; exit 1
 fi
 setsid airflow standalone > "$LOG" 2>&1 &  # its own process group, so cleanup stops every component
 AF_PID=$!
+GW_PID="" TRAFFIC_PID=""
 cleanup() {
+  if [[ -n "$TRAFFIC_PID" ]]; then kill -- "-$TRAFFIC_PID" 2>/dev/null || true; fi
+  if [[ -n "$GW_PID" ]]; then kill -TERM -- "-$GW_PID" 2>/dev/null || true; fi
   kill -TERM -- "-$AF_PID" 2>/dev/null || true
   for _ in $(seq 1 30); do kill -0 -- "-$AF_PID" 2>/dev/null || break; sleep 1; done
   kill -KILL -- "-$AF_PID" 2>/dev/null || true
@@ -44,55 +69,33 @@ for _ in $(seq 1 180); do
   kill -0 "$AF_PID" 2>/dev/null || { tail -40 "$LOG"; echo "airflow standalone exited" >&2; exit 1; }
   sleep 2
 done
-for dag in ftops_curate ftops_governor ftops_finetune; do
-  for _ in $(seq 1 60); do airflow dags unpause "$dag" > /dev/null 2>&1 && break; sleep 2; done
+
+step "Cycle 1: ftops_curate, then the governor and fine-tunes on their own"
+python scripts/demo_wait.py cycle "$TIMEOUT_S"
+
+step "Starting the gateway: ftops serve on port $GW_PORT (log: $GW_LOG)"
+setsid ftops serve --port "$GW_PORT" > "$GW_LOG" 2>&1 &
+GW_PID=$!
+for _ in $(seq 1 120); do
+  curl -fs "http://127.0.0.1:$GW_PORT/healthz" > /dev/null 2>&1 && break
+  kill -0 "$GW_PID" 2>/dev/null || { tail -40 "$GW_LOG"; echo "ftops serve exited" >&2; exit 1; }
+  sleep 1
 done
+GW_URL="http://127.0.0.1:$GW_PORT/v1"
 
-step "Running ftops_curate; the governor and fine-tuning follow on their own"
-python - "$TIMEOUT_S" <<'PY'
-import json, subprocess, sys, time
+step "Simulated users: $TRAFFIC calls through the gateway, answers rated"
+ftops simulate-traffic --base-url "$GW_URL" --requests "$TRAFFIC" --concurrency 8 --seed 1 || true
 
-DAGS = ("ftops_curate", "ftops_governor", "ftops_finetune")
-deadline = time.time() + float(sys.argv[1])
-def runs(dag_id):
-    out = subprocess.run(["airflow", "dags", "list-runs", dag_id, "-o", "json"], capture_output=True, text=True)
-    payload = next((line for line in out.stdout.splitlines() if line.startswith("[")), "[]")
-    return {r["run_id"]: r["state"] for r in json.loads(payload)}
+step "Cycle 2: curate the served traffic, train a candidate against the champion"
+python scripts/demo_wait.py cycle "$TIMEOUT_S"
 
-# Runs from an earlier demo on the same FTOPS_HOME are not this demo's.
-before = {d: set(runs(d)) for d in DAGS}
-def new_states(dag_id):
-    return [s for rid, s in runs(dag_id).items() if rid not in before[dag_id]]
-
-# Unpausing a nightly DAG for the first time starts its latest run (catchup is off); otherwise trigger one.
-time.sleep(15)
-if not new_states("ftops_curate"):
-    subprocess.run(["airflow", "dags", "trigger", "ftops_curate"], capture_output=True, check=True)
-done = lambda s: bool(s) and all(x in ("success", "failed") for x in s)
-last, settled = None, 0
-while time.time() < deadline:
-    state = {d: new_states(d) for d in DAGS}
-    line = "  ".join(f"{d}: {','.join(s) or '-'}" for d, s in state.items())
-    if line != last:
-        print(time.strftime("%H:%M:%S"), line, flush=True)
-        last = line
-    if "failed" in state["ftops_curate"] or "failed" in state["ftops_governor"]:
-        sys.exit("curation or governance failed: see the task logs in the UI or under $AIRFLOW_HOME/logs")
-    curated = done(state["ftops_curate"])
-    quiet = curated and done(state["ftops_governor"])
-    if quiet and done(state["ftops_finetune"]):
-        sys.exit(1 if "failed" in state["ftops_finetune"] else 0)
-    # Nothing more will come: the governor finished and triggered no fine-tune, or curation published no new
-    # dataset version (no Asset event, so the governor is not woken until its hourly run).
-    idle = (quiet and not state["ftops_finetune"]) or (curated and not state["ftops_governor"])
-    settled = settled + 1 if idle else 0
-    if settled >= 3:  # 30 s of that
-        print("Nothing new to train: no new dataset version, or the governor decided to wait "
-              "(see `ftops summary` and the ftops_decisions table).")
-        sys.exit(0)
-    time.sleep(10)
-sys.exit(f"timed out after {sys.argv[1]} s")
-PY
+step "Canary review: users keep calling while ftops_canary ramps, promotes or rolls back"
+setsid bash -c 'seed=100; while :; do ftops simulate-traffic --base-url "$0" --requests 200 --concurrency 8 \
+    --seed $seed > /dev/null 2>&1 || sleep 2; seed=$((seed + 1)); done' "$GW_URL" &
+TRAFFIC_PID=$!
+python scripts/demo_wait.py canary "$CANARY_TIMEOUT_S" || true
+kill -- "-$TRAFFIC_PID" 2>/dev/null || true
+TRAFFIC_PID=""
 
 step "Summary"
 ftops summary

@@ -100,8 +100,38 @@ def _summary(args: argparse.Namespace) -> int:
                 lines.append(f"    {'trivial':15s} {float(t['trivial.accuracy']):10.3f}  ({t.get('trivial_baseline')})")
             lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
             lines += _answers(str(mv.run_id))
+        lines += _live_lines(cfg.interactions_table, task_type)
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _live_lines(table: str, task_type: str) -> list[str]:
+    """What users saw of each served version of a task type (rows the gateway logged), oldest version first."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from ftops.registry import models as registry
+    from ftops.warehouse.schema import log_tables
+    from ftops.warehouse.state import live_metrics
+
+    engine = sa.create_engine(warehouse_url())
+    _, t, _, _ = log_tables(table)
+    prefix = f"{registry.model_name(task_type)}/"
+    with engine.connect() as conn:
+        served = sorted(conn.scalars(sa.select(t.c.model_version).distinct().where(
+            t.c.task_type == task_type, t.c.model_version.startswith(prefix, autoescape=True))),
+            key=lambda v: int(v.rsplit("/", 1)[1]) if v.rsplit("/", 1)[1].isdigit() else 0)  # fmt: skip
+    if not served:
+        return ["  live traffic: none served through the gateway yet"]
+    lines = ["  live traffic through the gateway:"]
+    for name in served:
+        m = live_metrics(engine, task_type, name, datetime(1970, 1, 1, tzinfo=UTC), table)
+        rating = f"{m['mean_rating']:.2f} ({m['rated']} rated)" if m.get("mean_rating") is not None else "no ratings"
+        lines.append(f"    {name}: {m['requests']} calls, error rate {m['error_rate']:.3f}, p95 "
+                     f"{m['latency_p95_ms']:.0f} ms, mean rating {rating}, task success "
+                     f"{m.get('task_success_rate', float('nan')):.3f}")  # fmt: skip
+    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -130,7 +130,7 @@ def make_calls(requests: int, seed: int, task_types: Sequence[str] = TASK_TYPES)
 
 def simulate_traffic(
     base_url: str, *, api_key: str = "ftops-local", requests: int = 200, concurrency: int = 4, seed: int = 0,
-    task_types: Sequence[str] = TASK_TYPES, max_tokens: int = 48, feedback: bool = True,
+    task_types: Sequence[str] | None = None, max_tokens: int = 48, feedback: bool = True,
 ) -> TrafficReport:  # fmt: skip
     """Send ``requests`` simulated calls through a gateway at ``concurrency`` and rate the answers.
 
@@ -140,12 +140,18 @@ def simulate_traffic(
         requests: Calls in all, spread uniformly over ``task_types``.
         concurrency: Simulated users calling at the same time.
         seed: Seeds prompts, users and ratings.
-        task_types: Task types to call (each needs a champion).
+        task_types: Task types to call (each needs a champion); default: the simulator's task types that the
+            gateway serves (``GET /v1/models``).
         max_tokens: Answer cap per call.
         feedback: Rate answers through ``/v1/feedback``.
     """
     import openai
 
+    if task_types is None:
+        served = {m.id.removeprefix("ftops/") for m in openai.OpenAI(api_key=api_key, base_url=base_url).models.list()}
+        task_types = [t for t in TASK_TYPES if t in served]
+        if not task_types:
+            raise LookupError(f"{base_url} serves none of the simulator's task types {list(TASK_TYPES)} yet")
     client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=120)
     started = time.perf_counter()
     versions = asyncio.run(_drive(client, make_calls(requests, seed, task_types), concurrency, seed, max_tokens,
