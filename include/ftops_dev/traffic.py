@@ -123,8 +123,9 @@ def make_calls(requests: int, seed: int, task_types: Sequence[str] = TASK_TYPES)
     calls = []
     for _ in range(requests):
         task_type = rng.choice(list(task_types))
-        prompt, answer, _ = TASKS[task_type][0](rng)
-        calls.append((task_type, rng.choice(users), prompt, reference_response(task_type, answer)))
+        kind = task_type if task_type in TASKS else TASK_TYPES[0]  # another task type: the first one's prompts
+        prompt, answer, _ = TASKS[kind][0](rng)
+        calls.append((task_type, rng.choice(users), prompt, reference_response(kind, answer)))
     return calls
 
 

@@ -221,3 +221,22 @@ def test_a_version_that_cannot_load_gets_no_traffic(
     finally:
         rollout.retire_canary(TASK, "broken weights (test)")
         served["gateway"].router.invalidate(TASK)
+
+
+def test_simulated_users_call_through_the_gateway_and_rate_the_answers(served: dict[str, Any]) -> None:
+    from ftops_dev.traffic import simulate_traffic
+
+    report = simulate_traffic(served["server"].base_url, requests=24, concurrency=4, seed=3, task_types=[TASK],
+                              max_tokens=8)  # fmt: skip
+    name = f"ftops-{TASK}/{served['version']}"
+    assert set(report.versions) == {name}
+    stats = report.versions[name]
+    assert stats.requests == 24 and stats.errors == 0 and stats.samples
+    print("\n".join(report.lines()))
+    served["gateway"].logger.flush()
+    _, t, _, _ = log_tables("interactions")
+    with served["engine"].connect() as conn:
+        ratings = list(conn.scalars(sa.select(t.c.user_feedback).where(
+            t.c.user_id.is_not(None), t.c.model_version == name, t.c.user_feedback.is_not(None),
+            t.c.prompt.not_like("%asks%"))))  # fmt: skip
+    assert len(ratings) >= len(stats.ratings) > 0  # every rating the users gave reached its row
