@@ -1,12 +1,27 @@
 """
-### ftops_canary: promote or roll back canaries from live traffic
+### ftops_canary: ramp, promote or roll back canaries on what their users saw
 
-**Reads** each task type's `canary` and `champion` aliases in the MLflow registry, and their live calls from the
-warehouse table `interactions` (the router logs `model_version` as `ftops-<task_type>/<version>`).
+**Reads** each task type's `canary` and `champion` aliases in the MLflow registry, the canary's ramp state
+from its version tags (`deployed_at`, `ramp_step`, `ramp_started_at`), and both versions' live calls from the
+warehouse table `interactions` (the router logs `model_version` as `ftops-<task_type>/<version>`): error rate,
+p95 latency, user ratings and task success (`success` and, where rated, a rating ≥ `canary.success_min_rating`)
+since the canary was deployed, and the canary's calls in its current ramp step.
 
-**Decides** per canary: `hold` (too few calls, or healthy but younger than `canary.duration_hours`),
-`promote` (healthy for the whole window: error rate < 0.05 and p95 latency < 2000 ms; the champion becomes
-`previous`), or `rollback` (a limit broken: the canary alias is removed and the reason tagged on the version).
+**Decides** per canary (settings in the `canary:` section of the config):
+- `hold`: fewer than `min_requests` canary calls (in the window, or in the current step), too few champion
+  calls to compare, or the step is younger than `duration_hours / len(ramp_percent)`;
+- `rollback` at once: error rate ≥ `max_error_rate` or p95 ≥ `max_latency_p95_ms`, or the canary is
+  *significantly worse* than the champion: one-sided tests at `significance` (Bonferroni over the metrics) on
+  error rate and task success (two-proportion z-test) and rating (Mann-Whitney U, with ≥ `min_rated` ratings
+  each), counted only when the difference is at least `min_effect` / `min_rating_drop`. The `canary` alias is
+  removed and the reason tagged on the version (`rollback_reason`);
+- `ramp`: a healthy step is over, so the canary's `traffic_percent` tag moves to the next share of
+  `ramp_percent` (default 10 → 50 → 100 %); the gateway's router picks it up within seconds;
+- `promote`: the last step is over (≥ `duration_hours` in all): the canary becomes `champion`, the old
+  champion `previous`.
+
+Every move names the version judged and is skipped if the canary changed meanwhile, so reruns and retries
+are safe. The verdict, with the metrics and test results, is the task's return value (XCom).
 
 **Runs** every 30 minutes, or by hand for one task type.
 """

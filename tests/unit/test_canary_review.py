@@ -1,5 +1,11 @@
-"""ftops_canary's step against a real MLflow store and a SQLite warehouse with router-style logs."""
+"""ftops_canary's step against a real MLflow store and a real warehouse holding router-style logs.
 
+Time is injected (``now=``): calls are logged at fixed times after the canary's deployment, and each review
+looks at the window that ends at its ``now``.
+"""
+
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -7,14 +13,28 @@ import pytest
 import sqlalchemy as sa
 
 from ftops.core.config import FtopsConfig
+from ftops.core.stats import percentile
 from ftops.deployment import rollout
 from ftops.pipeline.canary import review_canary
 from ftops.pipeline.common import served_model_version
 from ftops.pipeline.rollback import rollback
 from ftops.registry import models as registry
+from ftops.serving.router import Router
+from ftops.warehouse import state
 from ftops.warehouse.schema import ensure_schema, insert_interactions
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
+
+T0 = datetime(2026, 11, 1, 8, tzinfo=UTC)  # every canary here is deployed at T0
+H = timedelta(hours=1)
+CFG = FtopsConfig()  # ramp 10 → 50 → 100 %, 8 h per step, min 20 calls, significance 0.05
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    ensure_schema(engine)
+    return engine
 
 
 def _version(task_type: str) -> str:
@@ -23,38 +43,261 @@ def _version(task_type: str) -> str:
     return registry.register(task_type, run.info.run_id, f"{run.info.artifact_uri}/adapter", {})
 
 
-def _setup(task_type: str, tmp_path, error_every: int, age_hours: float):
+def _deploy(task_type: str) -> tuple[str, str]:
+    """A champion and a canary deployed at T0; returns their versions."""
     champion, canary = _version(task_type), _version(task_type)
-    assert rollout.deploy(task_type, champion, 10) == "champion"
-    assert rollout.deploy(task_type, canary, 10) == "canary"
-    now = datetime.now(UTC)
-    registry.set_tags(task_type, canary, {"deployed_at": (now - timedelta(hours=age_hours)).isoformat()})
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    ensure_schema(engine)
-    logs = [
-        {"id": f"{task_type}-{v}-{i}", "timestamp": now - timedelta(minutes=i), "task_type": task_type,
-         "prompt": "p", "response": "r", "model_version": served_model_version(task_type, v),
-         "success": not (v == canary and i % error_every == 0), "latency_ms": 200}
-        for v in (champion, canary) for i in range(100)
-    ]  # fmt: skip
-    insert_interactions(engine, logs)
-    return engine, champion, canary, now
+    assert rollout.deploy(task_type, champion, CFG.canary.traffic_percent) == "champion"
+    assert rollout.deploy(task_type, canary, CFG.canary.traffic_percent) == "canary"
+    registry.set_tags(task_type, canary, {"deployed_at": T0.isoformat()})
+    return champion, canary
 
 
-def test_failing_canary_is_rolled_back_and_champion_untouched(tmp_path) -> None:
-    engine, champion, canary, now = _setup("bad", tmp_path, error_every=5, age_hours=2)
-    result = review_canary(engine, FtopsConfig(), "bad", now=now)
-    assert result["action"] == "rollback" and "error rate 0.200" in result["reason"]
-    assert registry.alias_version("bad", registry.CANARY) is None
-    assert str(registry.alias_version("bad", registry.CHAMPION).version) == champion
+def _log(
+    engine,
+    task_type: str,
+    version: str,
+    n: int,
+    start: datetime,
+    end: datetime,
+    *,
+    errors: int = 0,
+    ratings: Sequence[int | None] = (),
+    latency_ms: int = 200,
+) -> None:
+    """``n`` calls spread over ``[start, end)``: the first ``errors`` fail, the first ``len(ratings)`` are rated."""
+    step = (end - start) / n
+    tag = uuid.uuid4().hex[:8]
+    insert_interactions(engine, [
+        {"id": f"{task_type}-{version}-{tag}-{i}", "timestamp": start + i * step, "task_type": task_type,
+         "prompt": "p", "response": "r", "model_version": served_model_version(task_type, version),
+         "success": i >= errors, "user_feedback": ratings[i] if i < len(ratings) else None, "latency_ms": latency_ms}
+        for i in range(n)
+    ])  # fmt: skip
 
 
-def test_healthy_canary_holds_then_is_promoted(tmp_path) -> None:
-    engine, champion, canary, now = _setup("good", tmp_path, error_every=1000, age_hours=30)
-    young = FtopsConfig.model_validate({"canary": {"duration_hours": 48}})
-    assert review_canary(engine, young, "good", now=now)["action"] == "hold"
-    result = review_canary(engine, FtopsConfig(), "good", now=now)
+def _aliases(task_type: str) -> tuple[str | None, str | None, str | None]:
+    def v(alias: str) -> str | None:
+        mv = registry.alias_version(task_type, alias)
+        return None if mv is None else str(mv.version)
+
+    return v(registry.CHAMPION), v(registry.CANARY), v(registry.PREVIOUS)
+
+
+def _tags(task_type: str, version: str) -> dict[str, str]:
+    return dict(registry.client().get_model_version(registry.model_name(task_type), version).tags)
+
+
+def test_holds_below_the_minimum_sample_whatever_the_calls_show(engine) -> None:
+    champion, canary = _deploy("few")
+    _log(engine, "few", champion, 200, T0, T0 + 30 * H)
+    _log(engine, "few", canary, 10, T0, T0 + 30 * H, errors=10)  # every call failed, but only 10 of 20 needed
+    result = review_canary(engine, CFG, "few", now=T0 + 30 * H)
+    assert result["action"] == "hold" and "10 canary calls so far, 20 needed" in result["reason"]
+    assert _aliases("few") == (champion, canary, None)
+    assert _tags("few", canary)["traffic_percent"] == "10"
+
+
+def test_hard_limit_breach_rolls_back_at_once_and_leaves_the_champion(engine) -> None:
+    champion, canary = _deploy("bad")
+    _log(engine, "bad", champion, 100, T0, T0 + 2 * H)
+    _log(engine, "bad", canary, 100, T0, T0 + 2 * H, errors=20)
+    result = review_canary(engine, CFG, "bad", now=T0 + 2 * H)  # 2 h into an 8 h step: no waiting
+    assert result["action"] == "rollback" and result["applied"]
+    assert "error rate 0.200 ≥ 0.05 over 100 calls" in result["reason"]
+    assert _aliases("bad") == (champion, None, None)
+    tags = _tags("bad", canary)
+    assert tags["deployment"] == "rolled_back" and tags["traffic_percent"] == "0"
+    assert "error rate 0.200" in tags["rollback_reason"]
+
+    slow_champion, slow = _deploy("slow")
+    _log(engine, "slow", slow_champion, 100, T0, T0 + H)
+    _log(engine, "slow", slow, 100, T0, T0 + H, latency_ms=2500)
+    result = review_canary(engine, CFG, "slow", now=T0 + H)
+    assert result["action"] == "rollback" and "p95 latency 2500 ms ≥ 2000 ms" in result["reason"]
+    assert _aliases("slow") == (slow_champion, None, None)
+
+
+def test_significantly_worse_canary_is_rolled_back_with_the_reason_tagged(engine) -> None:
+    # No errors and fast on both sides: only what users said differs. Task success 0.5 vs 0.9 on 60 calls each.
+    champion, canary = _deploy("worse")
+    _log(engine, "worse", champion, 60, T0, T0 + 3 * H, ratings=[5] * 54 + [2] * 6)
+    _log(engine, "worse", canary, 60, T0, T0 + 3 * H, ratings=[5] * 30 + [2] * 30)
+    result = review_canary(engine, CFG, "worse", now=T0 + 3 * H)
+    assert result["action"] == "rollback" and result["applied"]
+    assert "task_success_rate 0.500 vs champion 0.900: significantly worse" in result["reason"]
+    comps = {c["metric"]: c for c in result["comparisons"]}
+    assert set(comps) == {"error_rate", "task_success_rate", "mean_rating"}
+    assert comps["task_success_rate"]["worse"] and comps["task_success_rate"]["p_value"] < 1e-5
+    assert comps["mean_rating"]["worse"] and not comps["error_rate"]["worse"]
+    assert comps["error_rate"]["alpha"] == pytest.approx(0.05 / 3)  # Bonferroni over the three comparisons
+    assert result["canary_metrics"]["mean_rating"] == pytest.approx(3.5)
+    assert "task_success_rate 0.500" in _tags("worse", canary)["rollback_reason"]
+    assert _aliases("worse") == (champion, None, None)
+
+
+def test_a_small_difference_is_not_significant_so_the_canary_ramps(engine) -> None:
+    champion, canary = _deploy("close")
+    _log(engine, "close", champion, 60, T0, T0 + 8 * H, ratings=[5] * 54 + [2] * 6)  # task success 0.90
+    _log(engine, "close", canary, 60, T0, T0 + 8 * H, ratings=[5] * 51 + [2] * 9)  # task success 0.85
+    result = review_canary(engine, CFG, "close", now=T0 + 8 * H)
+    assert result["action"] == "ramp" and result["traffic_percent"] == 50, result["reason"]
+    assert not any(c["worse"] for c in result["comparisons"])
+    success = next(c for c in result["comparisons"] if c["metric"] == "task_success_rate")
+    assert success["harm"] == pytest.approx(0.05) and success["p_value"] > 0.1
+
+
+def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
+    champion, canary = _deploy("ramp")
+    router = Router(ttl_s=0)
+    assert router.routing("ramp").canary_percent == 10
+    # step 1 (10 %): 8 h
+    _log(engine, "ramp", champion, 180, T0, T0 + 8 * H)
+    _log(engine, "ramp", canary, 40, T0, T0 + 8 * H)
+    young = review_canary(engine, CFG, "ramp", now=T0 + 4 * H)
+    assert young["action"] == "hold" and "step 1/3 at 10 % for 4.0 h of 8 h" in young["reason"]
+    first = review_canary(engine, CFG, "ramp", now=T0 + 8 * H)
+    assert first["action"] == "ramp" and first["applied"] and first["traffic_percent"] == 50
+    tags = _tags("ramp", canary)
+    assert (tags["traffic_percent"], tags["ramp_step"]) == ("50", "1")
+    assert tags["ramp_started_at"] == (T0 + 8 * H).isoformat()
+    assert router.routing("ramp").canary_percent == 50  # the gateway's next alias read serves 50 %
+    again = review_canary(engine, CFG, "ramp", now=T0 + 8 * H)  # a rerun at the same time: the step just began
+    assert again["action"] == "hold" and "step 2/3 at 50 % has 0 calls" in again["reason"]
+    assert _tags("ramp", canary)["traffic_percent"] == "50"
+    # step 2 (50 %): the step's own window counts, not the calls of step 1
+    _log(engine, "ramp", champion, 50, T0 + 8 * H, T0 + 16 * H)
+    _log(engine, "ramp", canary, 10, T0 + 8 * H, T0 + 16 * H)
+    assert "has 10 calls, 20 needed" in review_canary(engine, CFG, "ramp", now=T0 + 16 * H)["reason"]
+    _log(engine, "ramp", canary, 40, T0 + 8 * H, T0 + 16 * H)
+    second = review_canary(engine, CFG, "ramp", now=T0 + 16 * H)
+    assert second["action"] == "ramp" and second["traffic_percent"] == 100
+    assert second["step_metrics"]["requests"] == 50 and second["canary_metrics"]["requests"] == 90
+    assert router.routing("ramp").canary_percent == 100
+    # step 3 (100 %): the champion serves nothing new and is compared on its calls from the earlier steps
+    _log(engine, "ramp", canary, 100, T0 + 16 * H, T0 + 24 * H)
+    assert review_canary(engine, CFG, "ramp", now=T0 + 23 * H)["action"] == "hold"
+    done = review_canary(engine, CFG, "ramp", now=T0 + 24 * H)
+    assert done["action"] == "promote" and done["applied"], done["reason"]
+    assert _aliases("ramp") == (canary, None, champion)
+    tags = _tags("ramp", canary)
+    assert tags["deployment"] == "champion" and "step 3/3" in tags["promote_reason"]
+    assert _tags("ramp", champion)["deployment"] == "previous"
+    # idempotent: the same review again changes nothing, and so does a second promotion of the same version
+    assert review_canary(engine, CFG, "ramp", now=T0 + 24 * H) == {"task_type": "ramp", "action": "none",
+                                                                     "reason": "no canary"}  # fmt: skip
+    assert rollout.promote_canary("ramp", canary) == canary
+    assert _aliases("ramp") == (canary, None, champion)
+    assert router.routing("ramp").canary is None
+
+
+def test_a_one_step_config_promotes_after_the_duration_as_before_ramps(engine) -> None:
+    champion, canary = _deploy("good")
+    _log(engine, "good", champion, 100, T0, T0 + 30 * H)
+    _log(engine, "good", canary, 100, T0, T0 + 30 * H)
+    one_step = FtopsConfig.model_validate({"canary": {"traffic_percent": 10, "duration_hours": 48}})
+    assert one_step.canary.ramp_percent == (10,)
+    assert review_canary(engine, one_step, "good", now=T0 + 30 * H)["action"] == "hold"
+    old = FtopsConfig.model_validate({"canary": {"traffic_percent": 10}})
+    result = review_canary(engine, old, "good", now=T0 + 30 * H)
     assert result["action"] == "promote"
-    assert str(registry.alias_version("good", registry.CHAMPION).version) == canary
-    assert str(registry.alias_version("good", registry.PREVIOUS).version) == champion
+    assert _aliases("good") == (canary, None, champion)
     assert rollback("good", None) == {"task_type": "good", "from_version": canary, "to_version": champion}
+
+
+def test_a_review_that_judged_one_version_never_retires_the_next(engine, monkeypatch) -> None:
+    champion, v_judged = _deploy("overlap")
+    v_next = _version("overlap")
+    _log(engine, "overlap", champion, 100, T0, T0 + 2 * H)
+    _log(engine, "overlap", v_judged, 100, T0, T0 + 2 * H, errors=50)
+    real = state.live_metrics
+
+    def meanwhile(*args, **kwargs):
+        # While this review reads the logs, another run (ftops_finetune) deploys the next canary.
+        if registry.alias_version("overlap", registry.CANARY).version == int(v_judged):
+            assert rollout.deploy("overlap", v_next, 10) == "canary"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(state, "live_metrics", meanwhile)
+    result = review_canary(engine, CFG, "overlap", now=T0 + 2 * H)
+    assert result["version"] == v_judged and result["action"] == "rollback" and not result["applied"]
+    assert _aliases("overlap") == (champion, v_next, None)
+    assert "rollback_reason" not in _tags("overlap", v_next)
+    assert _tags("overlap", v_next)["traffic_percent"] == "10"
+    # the same guards on the direct moves
+    assert rollout.retire_canary("overlap", "stale verdict", version=v_judged) is None
+    assert rollout.promote_canary("overlap", v_judged) is None
+    assert rollout.ramp_canary("overlap", v_judged, step=1, traffic_percent=50, started_at=T0.isoformat(),
+                               reason="stale") is False  # fmt: skip
+    assert _aliases("overlap") == (champion, v_next, None)
+    assert _tags("overlap", v_next)["traffic_percent"] == "10"
+    # retiring the version that is canary works, and repeating it is a no-op
+    assert rollout.retire_canary("overlap", "bad", version=v_next) == v_next
+    assert rollout.retire_canary("overlap", "bad", version=v_next) == v_next
+    assert _aliases("overlap") == (champion, None, None)
+
+
+def test_a_promotion_interrupted_after_the_champion_moved_is_finished(engine) -> None:
+    champion, canary = _deploy("crash")
+    registry.client().set_registered_model_alias(registry.model_name("crash"), registry.CHAMPION, canary)
+    result = review_canary(engine, CFG, "crash", now=T0 + H)
+    assert result["action"] == "promote" and result["applied"]
+    assert _aliases("crash")[:2] == (canary, None)
+
+
+def test_a_canary_without_deployed_at_starts_its_window_at_the_first_review(engine) -> None:
+    champion, canary = _version("untagged"), _version("untagged")
+    rollout.deploy("untagged", champion, 10)
+    rollout.deploy("untagged", canary, 10)
+    registry.set_tags("untagged", canary, {"deployed_at": "not a time"})
+    _log(engine, "untagged", canary, 50, T0, T0 + H)
+    result = review_canary(engine, CFG, "untagged", now=T0 + 2 * H)
+    assert result["action"] == "hold" and result["canary_metrics"]["requests"] == 0
+    assert _tags("untagged", canary)["deployed_at"] == (T0 + 2 * H).isoformat()
+
+
+# -- the warehouse side: what users saw, aggregated in SQL --------------------------------------------------
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_warehouse(request, tmp_path):
+    if request.param == "sqlite":
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+        ensure_schema(engine)
+        yield engine
+        return
+    url = request.getfixturevalue("postgres_url")
+    schema = f"ftops_canary_{uuid.uuid4().hex[:10]}"
+    with sa.create_engine(url).begin() as conn:
+        conn.exec_driver_sql(f"create schema {schema}")
+    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+    with sa.create_engine(url).begin() as conn:
+        conn.exec_driver_sql(f"drop schema {schema} cascade")
+
+
+def test_live_metrics_counts_ratings_and_task_success_in_the_window(any_warehouse) -> None:
+    latencies = [(i * 37) % 500 + 100 for i in range(40)]
+    ratings = [5, 4, 3, 2, 1, None, 7, 0] * 5  # 7 and 0 are not ratings: unrated
+    rows = [
+        {"id": f"m{i}", "timestamp": T0 + i * timedelta(minutes=1), "task_type": "m", "prompt": "p",
+         "response": "r", "model_version": "ftops-m/2", "success": i % 10 != 0 if i != 3 else None,
+         "user_feedback": ratings[i], "latency_ms": latencies[i]}
+        for i in range(40)
+    ]  # fmt: skip
+    insert_interactions(any_warehouse, rows)
+    m = state.live_metrics(any_warehouse, "m", "ftops-m/2", T0, until=T0 + 30 * timedelta(minutes=1))
+    window = rows[:30]
+    assert m["requests"] == 30
+    assert m["errors"] == 4 and m["error_rate"] == pytest.approx(4 / 30)  # i = 0, 10, 20 and the null (3)
+    assert m["latency_p95_ms"] == pytest.approx(percentile([r["latency_ms"] for r in window], 0.95))
+    rated = [r["user_feedback"] for r in window if r["user_feedback"] in (1, 2, 3, 4, 5)]
+    assert m["rated"] == len(rated) == 20 and m["rating_counts"] == [4, 4, 4, 4, 4]
+    assert m["mean_rating"] == pytest.approx(3.0)
+    expected = sum(1 for r in window if r["success"] and (r["user_feedback"] not in (1, 2, 3, 4, 5)
+                                                          or r["user_feedback"] >= 4))  # fmt: skip
+    assert m["task_successes"] == expected and m["task_success_rate"] == pytest.approx(expected / 30)
+    strict = state.live_metrics(any_warehouse, "m", "ftops-m/2", T0, until=T0 + 30 * timedelta(minutes=1),
+                                success_min_rating=5)  # fmt: skip
+    assert strict["task_successes"] < expected
+    empty = state.live_metrics(any_warehouse, "m", "ftops-m/9", T0)
+    assert empty["requests"] == 0 and empty["mean_rating"] is None and empty["latency_p95_ms"] == 0.0

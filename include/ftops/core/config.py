@@ -75,7 +75,7 @@ class HuggingFaceBackend(_Strict):
         description="A local path, a hub id, or 'local:tiny-gpt2' for the model `ftops build-base-model` builds.",
     )
     epochs: int = Field(3, ge=1, le=100, description="Passes over the training split.")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate for the LoRA weights.")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate of the trained weights.")
     batch_size: int = Field(16, ge=1, le=1024, description="Examples per optimiser step.")
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (alpha / r scales the update).")
@@ -174,11 +174,68 @@ class GateConfig(_Strict):
 
 
 class CanaryConfig(_Strict):
-    traffic_percent: int = Field(10, ge=1, le=100, description="Share of traffic a new canary serves.")
-    duration_hours: float = Field(24, gt=0, description="How long a canary is observed before it is promoted.")
-    max_error_rate: float = Field(0.05, ge=0, le=1, description="Highest canary error rate that may be promoted.")
-    max_latency_p95_ms: float = Field(2000, gt=0, description="Highest canary p95 latency that may be promoted, ms.")
-    min_requests: int = Field(20, ge=1, description="Fewest canary calls a promote or roll-back decision needs.")
+    traffic_percent: int = Field(
+        10, ge=1, le=100,
+        description="Share of traffic a new canary serves: the first step of ramp_percent. A config that sets only "
+        "this one ramps in a single step (the canary keeps this share until it is promoted).",
+    )  # fmt: skip
+    ramp_percent: tuple[Annotated[int, Field(ge=1, le=100)], ...] = Field(
+        (10, 50, 100), min_length=1,
+        description="Traffic shares (percent, strictly ascending, 1-100) the canary steps through. Each step lasts "
+        "duration_hours / len(ramp_percent) and needs min_requests calls without harm; after the last, promote.",
+    )  # fmt: skip
+    duration_hours: float = Field(
+        24, gt=0, description="How long a canary is observed (all ramp steps together) before it is promoted."
+    )
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="Canary error rate at or above which it is rolled back at once."
+    )
+    max_latency_p95_ms: float = Field(
+        2000, gt=0, description="Canary p95 latency (ms) at or above which it is rolled back at once."
+    )
+    min_requests: int = Field(
+        20, ge=1, description="Fewest canary calls any decision needs, in the canary's window and in each ramp step; "
+        "the champion needs as many in the window before the two are compared.",
+    )  # fmt: skip
+    significance: float = Field(
+        0.05, gt=0, lt=0.5, description="Chance per review of rolling back a canary that is not worse (family-wise: "
+        "split evenly, Bonferroni, over the comparisons made).",
+    )  # fmt: skip
+    min_effect: float = Field(
+        0.02, ge=0, le=1, description="Smallest worsening of error rate or task success (absolute: 0.02 = 2 points) "
+        "that may roll a canary back, however significant.",
+    )  # fmt: skip
+    min_rating_drop: float = Field(
+        0.2, ge=0, le=4, description="Smallest drop in mean user rating (stars, 1-5) that may roll a canary back."
+    )
+    min_rated: int = Field(
+        20, ge=2, description="Fewest rated calls canary and champion each need before their ratings are compared; "
+        "with fewer, ratings are not compared (they still count in task success).",
+    )  # fmt: skip
+    success_min_rating: int = Field(
+        4, ge=1, le=5, description="Lowest rating at which a successful, rated call counts as a task success."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_first_step(cls, data: Any) -> Any:
+        # Configs written before ramps set only traffic_percent: they keep their one-step behaviour.
+        if isinstance(data, dict):
+            if "ramp_percent" not in data and data.get("traffic_percent") is not None:
+                data = {**data, "ramp_percent": [data["traffic_percent"]]}
+            elif "traffic_percent" not in data and data.get("ramp_percent"):
+                data = {**data, "traffic_percent": list(data["ramp_percent"])[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _ramp_ascending(self) -> CanaryConfig:
+        steps = self.ramp_percent
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"ramp_percent must be strictly ascending, got {list(steps)}")
+        if steps[0] != self.traffic_percent:
+            raise ValueError(f"traffic_percent ({self.traffic_percent}) is the first ramp step ({steps[0]}): "
+                             "set one of the two, or both alike")  # fmt: skip
+        return self
 
 
 class GovernorConfig(_Strict):

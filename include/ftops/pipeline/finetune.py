@@ -11,7 +11,6 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,8 +216,7 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
 
 def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:
     """Champion if the task type has none, else canary at the configured traffic share. Idempotent."""
-    role = rollout.deploy(task_type, version, cfg.canary.traffic_percent)
-    registry.set_tags(task_type, version, {"deployed_at": datetime.now(UTC).isoformat()})
+    role = rollout.deploy(task_type, version, cfg.canary.traffic_percent)  # tags deployed_at once (not on a retry)
     log.info("%s version %s deployed as %s", registry.model_name(task_type), version, role)
     return {"task_type": task_type, "version": version, "role": role}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ftops.core.stats import percentile
 from ftops.warehouse.schema import as_utc, curation_tables, log_tables
 
 log = logging.getLogger(__name__)
@@ -253,17 +253,86 @@ def read_decisions(engine: sa.Engine, task_type: str | None = None) -> list[dict
 
 
 def live_metrics(
-    engine: sa.Engine, task_type: str, model_version: str, since: datetime, table: str = "interactions"
-) -> dict[str, float]:
-    """Request count, error rate and p95 latency of one served model version since ``since``."""
+    engine: sa.Engine,
+    task_type: str,
+    model_version: str,
+    since: datetime,
+    table: str = "interactions",
+    *,
+    until: datetime | None = None,
+    success_min_rating: int = 4,
+) -> dict[str, Any]:
+    """What users saw of one served model version in ``[since, until)``.
+
+    Counts are aggregated in the warehouse (grouped by success, rating and latency), so a busy champion's
+    window costs a few thousand groups, not a row per call.
+
+    Args:
+        engine: The warehouse.
+        task_type: The task type.
+        model_version: The served name, ``ftops-<task_type>/<version>``.
+        since: Start of the window (inclusive).
+        table: The log table.
+        until: End of the window (exclusive); default open-ended.
+        success_min_rating: Lowest rating at which a rated call counts as a task success.
+
+    Returns:
+        ``requests``; ``errors`` and ``error_rate`` (a call whose ``success`` is not true is an error);
+        ``latency_p95_ms`` (linear interpolation, as :func:`~ftops.core.stats.percentile`; a missing latency
+        counts as 0); ``rated`` (calls with a rating 1-5; other values count as unrated), ``rating_counts``
+        (calls rated 1, 2, 3, 4, 5) and ``mean_rating`` (None without ratings); ``task_successes`` and
+        ``task_success_rate``: calls that succeeded and, when rated, were rated ``success_min_rating`` or
+        higher, over every call (an unrated successful call counts as a task success: most calls are never
+        rated, and leaving them out would judge a version by its few raters alone).
+    """
     _, t, _, _ = log_tables(table)
-    query = sa.select(t.c.success, t.c.latency_ms).where(
-        t.c.task_type == task_type, t.c.model_version == model_version, t.c.timestamp >= since
+    where = [t.c.task_type == task_type, t.c.model_version == model_version, t.c.timestamp >= since]
+    if until is not None:
+        where.append(t.c.timestamp < until)
+    n = sa.func.count()
+    query = sa.select(t.c.success, t.c.user_feedback, t.c.latency_ms, n).where(*where).group_by(
+        t.c.success, t.c.user_feedback, t.c.latency_ms
     )
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
-        return {"requests": 0, "error_rate": 0.0, "latency_p95_ms": 0.0}
-    p95 = percentile((float(r.latency_ms or 0) for r in rows), 0.95)
-    errors = sum(1 for r in rows if not r.success)
-    return {"requests": len(rows), "error_rate": errors / len(rows), "latency_p95_ms": p95}
+        groups = conn.execute(query).all()
+    requests = errors = task_successes = 0
+    rating_counts = [0] * 5
+    latencies: Counter[float] = Counter()
+    for success, rating, latency, count in groups:
+        requests += count
+        latencies[float(latency or 0)] += count
+        rated = rating is not None and 1 <= rating <= 5
+        if rated:
+            rating_counts[int(rating) - 1] += count
+        if not success:
+            errors += count
+        elif not rated or rating >= success_min_rating:
+            task_successes += count
+    rated_n = sum(rating_counts)
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        "latency_p95_ms": _counted_percentile(latencies, 0.95) if requests else 0.0,
+        "rated": rated_n,
+        "rating_counts": rating_counts,
+        "mean_rating": sum(r * c for r, c in enumerate(rating_counts, 1)) / rated_n if rated_n else None,
+        "task_successes": task_successes,
+        "task_success_rate": task_successes / requests if requests else 0.0,
+    }
+
+
+def _counted_percentile(counts: Mapping[float, int], q: float) -> float:
+    """:func:`~ftops.core.stats.percentile` of a sample given as ``value -> count``."""
+    pos = (sum(counts.values()) - 1) * q
+    lo_rank, hi_rank = math.floor(pos), math.ceil(pos)
+    lo = hi = math.nan
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]  # ranks [seen before, seen) hold this value
+        if math.isnan(lo) and seen > lo_rank:
+            lo = value
+        if seen > hi_rank:
+            hi = value
+            break
+    return lo + (hi - lo) * (pos - lo_rank)
