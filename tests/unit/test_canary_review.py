@@ -154,7 +154,7 @@ def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
     _log(engine, "ramp", champion, 180, T0, T0 + 8 * H)
     _log(engine, "ramp", canary, 40, T0, T0 + 8 * H)
     young = review_canary(engine, CFG, "ramp", now=T0 + 4 * H)
-    assert young["action"] == "hold" and "step 1/3 at 10 % for 4.0 h of 8 h" in young["reason"]
+    assert young["action"] == "hold" and "step 1/3 at 10 % for 4.0 h of 8.0 h" in young["reason"]
     first = review_canary(engine, CFG, "ramp", now=T0 + 8 * H)
     assert first["action"] == "ramp" and first["applied"] and first["traffic_percent"] == 50
     tags = _tags("ramp", canary)

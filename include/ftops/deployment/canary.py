@@ -272,8 +272,15 @@ def judge(
     if n_step < cfg.min_requests:
         return verdict("hold", f"healthy ({health}); {at} has {n_step} calls, {cfg.min_requests} needed", None, comps)
     if step_age < step_hours:
-        return verdict("hold", f"healthy ({health}); {at} for {step_age:.1f} h of {step_hours:g} h", None, comps)
+        return verdict("hold", f"healthy ({health}); {at} for {_span(step_age)} of {_span(step_hours)}", None, comps)
     if step + 1 < len(steps):
-        return verdict("ramp", f"healthy ({health}) through {at} ({step_age:.1f} h, {n_step} calls): "
+        return verdict("ramp", f"healthy ({health}) through {at} ({_span(step_age)}, {n_step} calls): "
                                f"ramp to {steps[step + 1]} %", steps[step + 1], comps)  # fmt: skip
-    return verdict("promote", f"healthy ({health}) for {age_hours:.1f} h, {at} done", 100, comps)
+    return verdict("promote", f"healthy ({health}) for {_span(age_hours)}, {at} done", 100, comps)
+
+
+def _span(hours: float) -> str:
+    """A duration for a reason text: ``8.0 h``, ``12 min`` or ``40 s``."""
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    return f"{hours * 60:.0f} min" if hours >= 1 / 60 else f"{hours * 3600:.0f} s"
