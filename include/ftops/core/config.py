@@ -249,7 +249,8 @@ class ServingConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="Port `ftops serve` listens on.")
     max_batch: int = Field(16, ge=1, le=256, description="Most requests for one model version decoded together.")
     batch_wait_ms: float = Field(
-        5, ge=0, le=1000, description="Under load, how long a batch waits for more requests before decoding starts."
+        50, ge=0, le=1000, description="Under load, the longest a batch waits for the clients it just answered to "
+        "send again before decoding starts; an idle gateway never waits.",
     )
     default_max_tokens: int = Field(64, ge=1, description="Answer length cap when a request sets none, in tokens.")
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")

@@ -157,7 +157,9 @@ def load_backend(
                               "(FTOPS_OPENAI_API_KEY) and base URL (--openai-base-url)")  # fmt: skip
         log.info("%s: forwarding to API model %s", label, model)
         return ApiBackend(api_client(), model, label)
-    return LocalBackend(_load_local(tags, run.info.artifact_uri, Path(cache_dir) / task_type / str(version)), label)
+    # Keyed by run too: a registry recreated under the same FTOPS_HOME numbers its versions from 1 again.
+    folder = Path(cache_dir) / task_type / f"{version}-{run.info.run_id}"
+    return LocalBackend(_load_local(tags, run.info.artifact_uri, folder), label)
 
 
 def _load_local(tags: dict[str, Any], artifact_uri: str, folder: Path) -> LoadedModel:

@@ -154,6 +154,8 @@ class InteractionLogger:
             os.close(self._lock_fd)
             raise RuntimeError(f"spool folder {self.spool_dir} is in use by another interaction logger") from None
         self._write_lock = threading.Lock()  # the active file: appends and rotation
+        self._sync_lock = threading.Lock()  # one fsync at a time, covering every row appended before it
+        self._written = self._synced = 0  # rows appended / rows known durable (group commit)
         self._flush_lock = threading.Lock()  # segments: one flush at a time
         self._pending, self._fd = 0, -1
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -182,9 +184,16 @@ class InteractionLogger:
             if self._fd < 0:
                 raise RuntimeError("interaction logger is closed")
             os.write(self._fd, line)  # O_APPEND: one write per row
-            os.fsync(self._fd)
+            self._written += 1
+            mine = self._written
             self._pending += 1
             due = self._pending >= self.flush_rows
+        with self._sync_lock:  # group commit: rows appended while another fsync ran share the next one
+            if self._synced < mine:
+                with self._write_lock:
+                    fd, upto = self._fd, self._written
+                os.fsync(fd)  # open: closing it needs the sync lock
+                self._synced = upto
         if due:
             self._wake.set()
         return str(checked["id"])
@@ -212,8 +221,10 @@ class InteractionLogger:
             inserted = self._insert_segments()
             if inserted is None:
                 return 0
-            with self._write_lock:
+            with self._sync_lock, self._write_lock:
                 if self._fd >= 0 and (self.spool_dir / ACTIVE).stat().st_size > 0:
+                    os.fsync(self._fd)  # rows whose log() waits for its fsync are durable before the rename
+                    self._synced = self._written
                     os.close(self._fd)
                     self._rotate()
                     self._open_active()
@@ -303,7 +314,7 @@ class InteractionLogger:
         try:
             self.flush()
         finally:
-            with self._write_lock:
+            with self._sync_lock, self._write_lock:
                 os.close(self._fd)
                 self._fd = -1
             os.close(self._lock_fd)
