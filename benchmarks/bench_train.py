@@ -1,19 +1,23 @@
-"""Benchmark LoRA training throughput: the configured trainer (``ftops.training.fine_tune``) vs a plain Trainer.
+"""Benchmark training throughput: the configured trainer (``ftops.training.fine_tune``) vs a plain Trainer.
 
 Usage::
 
-    . scripts/env.sh && python benchmarks/bench_train.py [--n 320] [--epochs 3] [--batch-size 16] [--repeat 2]
+    . scripts/env.sh && python benchmarks/bench_train.py [--n 320] [--epochs 3] [--batch-size 16] [--repeat 2] \
+        [--method full|lora]
 
 Model: the local base model (``local:tiny-gpt2`` under ``FTOPS_HOME``, built first if missing: a few minutes).
 Data: ``--n`` clean simulator chat examples of ``--task`` (prompt + reference reply). Every method trains
-the same examples with the same LoRA settings (rank, alpha, targets, ``ln_f`` saved in full), the same
-optimiser settings and the same number of optimiser steps (``ceil(n / batch) * epochs``: 60 by default).
+the same examples with the same ``--method`` (``full``, as the shipped config trains the local model: every
+weight; or ``lora``: the same rank, alpha, targets, ``ln_f`` saved in full), the same optimiser settings and
+the same number of optimiser steps (``ceil(n / batch) * epochs``: 60 by default).
 
 Methods, run ``--repeat`` times round-robin, reported by the median tokens/s:
 
 * configured: :func:`ftops.training.fine_tune` itself: prompt and reply tokenised separately, loss only on
-  the reply, each batch right-padded to its longest example (``padding_free: auto`` pads under sdpa
-  attention); its ``TrainResult.train_tokens / seconds``;
+  the reply, the LM head applied only where a label is (``reply_loss``), each batch right-padded to its
+  longest example (``padding_free: auto`` pads under sdpa attention); its ``TrainResult.train_tokens / seconds``;
+* configured, logits at every position: the same, but the model computes logits for the prompt tokens too
+  and its own loss ignores them (what ``fine_tune`` does for a model without a ``logits_to_keep`` mask);
 * configured, padding-free: the same with ``padding_free: on``: each batch is one packed row with
   restarting ``position_ids`` (sdpa then masks a dense n x n block-diagonal);
 * plain Trainer, padded to max_length: ``transformers.Trainer`` on the chat-template-rendered text tokenised
@@ -45,20 +49,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 from ftops_dev.simulate import clean_chat_rows  # noqa: E402
 
+import ftops.training.hf as hf  # noqa: E402
 from ftops.training.hf import LORA_MODULES_TO_SAVE, LORA_TARGET_MODULES, fine_tune  # noqa: E402
 
 Run = tuple[int, float, int]  # real tokens, seconds, padded tokens computed
 
 
-def configured(base: str, rows: list[dict[str, Any]], params: Any) -> Run:
+def configured(base: str, rows: list[dict[str, Any]], params: Any, reply_logits: bool = True) -> Run:
     """``fine_tune`` with ``params`` (by default its batches are padded to their longest example)."""
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
+    from unittest import mock
+
+    probe = hf.supports_reply_logits if reply_logits else lambda *_: False
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-train-") as out,
+        mock.patch.object(hf, "supports_reply_logits", probe),
+    ):
         result = fine_tune(base, rows, Path(out), params)
     return result.train_tokens, result.seconds, -1
 
 
 def plain_trainer(base: str, rows: list[dict[str, Any]], params: Any, pad_to_max: bool) -> Run:
-    """A plain ``transformers.Trainer`` + PEFT LoRA recipe on the rendered text, LM collator, same settings."""
+    """A plain ``transformers.Trainer`` (+ PEFT LoRA) recipe on the rendered text, LM collator, same settings."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -88,7 +99,8 @@ def plain_trainer(base: str, rows: list[dict[str, Any]], params: Any, pad_to_max
                       target_modules=targets, task_type="CAUSAL_LM",
                       fan_in_fan_out=any(isinstance(modules[name], Conv1D) for name in targets),
                       modules_to_save=[name for name in LORA_MODULES_TO_SAVE if name in modules])  # fmt: skip
-    model = get_peft_model(model, lora)
+    if params.method == "lora":
+        model = get_peft_model(model, lora)
     max_steps = math.ceil(len(rows) / params.batch_size) * params.epochs
     counts = {"real": 0, "padded": 0}
 
@@ -125,6 +137,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("full", "lora"), default="full")
     args = parser.parse_args()
 
     import torch
@@ -137,17 +150,19 @@ def main() -> None:
     from ftops.training.basemodel import build_base_model
 
     base = str(build_base_model(Path(resolve_base_model(LOCAL_BASE_MODEL))))
-    params = HuggingFaceBackend(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    params = HuggingFaceBackend(method=args.method, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     rows = clean_chat_rows(args.task, args.n, args.seed)
     steps = math.ceil(len(rows) / params.batch_size) * params.epochs
+    lora_or_full = f"LoRA r={params.lora_r} alpha={params.lora_alpha}" if args.method == "lora" else "all weights"
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[0]
     print(f"{len(rows)} {args.task} examples, {steps} optimiser steps of batch {params.batch_size}, "
-          f"max_seq_len {params.max_seq_len}, LoRA r={params.lora_r} alpha={params.lora_alpha}, "
+          f"max_seq_len {params.max_seq_len}, {lora_or_full}, "
           f"torch threads {torch.get_num_threads()}, load before {load_before}")  # fmt: skip
 
     methods: dict[str, Callable[[], Run]] = {
         "configured (`fine_tune`)": lambda: configured(base, rows, params),
+        "configured, logits at every position": lambda: configured(base, rows, params, reply_logits=False),
         "configured, padding-free (`padding_free: on`)": lambda: configured(
             base, rows, params.model_copy(update={"padding_free": "on"})
         ),

@@ -5,8 +5,8 @@
 
 1. `resolve_run_config` validates every training choice from the form before any work starts: the values,
    that the dataset version exists and that the base model can be found.
-2. `train_candidate` fine-tunes the base model with LoRA (Transformers + PEFT; `method=full` trains every
-   weight) on the dataset version's train split, as an MLflow run in experiment `ftops-<task_type>`: params,
+2. `train_candidate` fine-tunes the base model (Transformers: `method=full` trains every weight, as the
+   shipped config does for the tiny local model; `method=lora` trains a PEFT LoRA adapter, for hub models) on the dataset version's train split, as an MLflow run in experiment `ftops-<task_type>`: params,
    the dataset as an input, progress by step (`train_loss`, `tokens_per_s`, `eta_s`), the weights and the
    model in MLflow's `transformers` flavour (`mlflow.transformers.load_model("models:/ftops-<task_type>@champion")`).
    Checkpoints go to `storage.checkpoints` (default `FTOPS_HOME/checkpoints`): a retry after a crash or a
@@ -67,7 +67,7 @@ from ftops_airflow.openai_wait import WaitForFineTuneOperator
                             description="Local path, hub id, or local:tiny-gpt2. Empty = config."),
         "method": Param(None, type=["null", "string"], enum=[None, "lora", "full"], title="Method",
                         description="huggingface backend only: lora (a PEFT adapter) or full (every weight). "
-                        "Empty = config (lora)."),
+                        "Empty = config (full for the tiny local model)."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Epochs",
                         description="Passes over the training split (n_epochs on the openai backend). Empty = config."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,

@@ -85,3 +85,7 @@ def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
         training_overrides(base, "openai", {"method": "full"})
     with pytest.raises(ValueError, match="lora_r=8 does not apply to method 'full'"):
         training_overrides(base, None, {"method": "full", "lora_r": 8})
+    configured_full = apply_overrides(base, {"training.backend.method": "full"})  # as the shipped config
+    with pytest.raises(ValueError, match="lora_r=8 does not apply to method 'full'"):
+        training_overrides(configured_full, None, {"lora_r": 8})
+    assert training_overrides(configured_full, None, {"method": "lora", "lora_r": 8})["training.backend.lora_r"] == 8

@@ -35,7 +35,7 @@ from ftops.training.hf import (
     fine_tune,
     latest_checkpoint,
 )
-from ftops.training.packing import flatten_batch, supports_padding_free
+from ftops.training.packing import flatten_batch, reply_loss, supports_padding_free, supports_reply_logits
 
 TASK = "sentiment"
 N_TRAIN = 128
@@ -131,17 +131,17 @@ def test_normalise() -> None:
 def test_non_finite_loss_names_the_step(
     base_dir: Path, data: tuple[list, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transformers import Trainer
+    import ftops.training.hf as hf
 
     calls = {"n": 0}
-    original = Trainer.compute_loss
+    original = hf.reply_loss
 
-    def poisoned(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        loss = original(self, *args, **kwargs)
-        return loss * float("nan") if calls["n"] == 2 else loss
+        loss, outputs = original(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 2 else loss), outputs
 
-    monkeypatch.setattr(Trainer, "compute_loss", poisoned)
+    monkeypatch.setattr(hf, "reply_loss", poisoned)
     train, _ = data
     with pytest.raises(TrainingError, match="at step 2/"):
         fine_tune(str(base_dir), train[:32], tmp_path, PARAMS.model_copy(update={"epochs": 1}))
@@ -183,6 +183,23 @@ def test_padding_free_batches_give_the_padded_loss(base_dir: Path, data: tuple[l
         leaky = model(input_ids=few["input_ids"], labels=few["labels"], use_cache=False).loss
     assert torch.allclose(loss_padded, loss_flat, atol=1e-5)
     assert not torch.allclose(few_padded, leaky, atol=1e-3)  # without restarting positions examples see each other
+
+
+def test_logits_on_the_reply_only_give_the_models_own_loss(base_dir: Path, data: tuple[list, list]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    assert supports_reply_logits(model, len(tokenizer))
+    examples = _encode_rows(tokenizer, data[0][:8], 256)
+    for batch in (pad_batch(examples, tokenizer.pad_token_id or 0), flatten_batch(examples)):
+        with torch.no_grad():
+            loss, outputs = reply_loss(model, batch)
+            own = model(**batch, use_cache=False).loss
+        labelled = int((batch["labels"][:, 1:] != -100).sum())
+        assert outputs.logits.shape == (labelled, len(tokenizer))  # projected where a label is, nowhere else
+        assert labelled < batch["input_ids"].numel() / 2
+        assert torch.allclose(loss, own, atol=1e-5)
 
 
 def test_precision_auto_is_bf16_only_on_a_gpu_that_supports_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -377,7 +377,9 @@ def training_overrides(config: FtopsConfig, backend: str | None, params: dict[st
         ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
     """
     kind = backend or config.training.backend.kind
-    if params.get("method") == "full":
+    configured = config.training.backend
+    method = params.get("method") or (configured.method if isinstance(configured, HuggingFaceBackend) else "lora")
+    if kind == "huggingface" and method == "full":
         for name in ("lora_r", "lora_alpha"):
             if params.get(name) is not None:
                 raise ValueError(f"{name}={params[name]!r} does not apply to method 'full'; leave it empty")

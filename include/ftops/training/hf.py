@@ -10,6 +10,8 @@ through :class:`transformers.Trainer` with:
   attention, whose kernels attend within each example; with sdpa or eager attention the packed row gets a
   dense block-diagonal mask, n² for n packed tokens (on the tiny CPU model packing measured 8 % slower than
   padding per batch, see benchmarks/README.md). Otherwise batches are padded to their longest example.
+* **logits only where a label is**: the loss covers the reply alone, so the LM head (on the tiny model as
+  costly as its layers) projects only those positions, when the model takes a ``logits_to_keep`` mask (probed).
 * **bf16 on a GPU** that supports it (``precision: auto``), fp32 on the CPU; fixed seeds.
 * **durable checkpoints**: given a checkpoint folder, the Trainer saves a resumable checkpoint (weights,
   optimiser, scheduler, RNG state) every ``checkpoint_every_steps``; a retried task calling again with the
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.chat import IGNORE_INDEX, ChatFormatError, EncodedExample, encode_conversation, pad_batch
-from ftops.training.packing import flatten_batch, use_padding_free
+from ftops.training.packing import flatten_batch, reply_loss, supports_reply_logits, use_padding_free
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +141,14 @@ def _make_trainer_class() -> type:
         """A Trainer that fails at the first non-finite loss and counts the tokens it trains on."""
 
         tokens_seen = 0
+        reply_logits_only = False  # True: the LM head only where a label is (see reply_loss)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:  # fmt: skip
+            if not self.reply_logits_only:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = reply_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
 
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
             self.tokens_seen += int(inputs["input_ids"].numel() if "attention_mask" not in inputs
@@ -286,12 +296,13 @@ def fine_tune(
     padding_free = use_padding_free(params.padding_free, base, len(tokenizer))
     base.config.use_cache = False  # training needs no cache, and packed sequences are only found without one
     model = _with_lora(base, params) if params.method == "lora" else base
+    reply_logits = supports_reply_logits(model, len(tokenizer))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     steps_per_epoch = math.ceil(len(examples) / params.batch_size)
     max_steps = steps_per_epoch * params.epochs
     logger.info(
-        "%s on %s: %d examples, %d epochs x %d steps, batch %d (%s), lr %.1e, %s; %d of %d parameters trainable",
+        "%s on %s: %d examples, %d epochs x %d steps, batch %d (%s%s), lr %.1e, %s; %d of %d parameters trainable",
         f"LoRA (r={params.lora_r})" if params.method == "lora" else "Full fine-tuning",
         base_model,
         len(examples),
@@ -299,6 +310,7 @@ def fine_tune(
         steps_per_epoch,
         params.batch_size,
         "padding-free" if padding_free else "padded to the longest example",
+        ", logits on the reply only" if reply_logits else "",
         params.learning_rate,
         precision,
         trainable,
@@ -353,6 +365,7 @@ def fine_tune(
         )
         # With tqdm off the Trainer prints each log dict to stdout; our callback logs them instead.
         trainer.remove_callback(PrinterCallback)
+        trainer.reply_logits_only = reply_logits
         trainer_ref.append(trainer)
         try:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
