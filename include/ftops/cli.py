@@ -99,6 +99,11 @@ def _summary(args: argparse.Namespace) -> int:
             if "trivial.accuracy" in t:
                 lines.append(f"    {'trivial':15s} {float(t['trivial.accuracy']):10.3f}  ({t.get('trivial_baseline')})")
             lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
+            if t.get("deployment") and t.get("decision", "").lower() != "archive":
+                live = [f"{k.removesuffix('_reason')}: {t[k]}" for k in ("ramp_reason", "promote_reason", "rollback_reason")
+                        if t.get(k)]  # fmt: skip
+                lines.append(f"    in service: {t['deployment']} (traffic {t.get('traffic_percent', '?')} %)"
+                             + "".join(f"\n      last {x}" for x in live))  # fmt: skip
             lines += _answers(str(mv.run_id))
         lines += _live_lines(cfg.interactions_table, task_type)
     sys.stdout.write("\n".join(lines) + "\n")
