@@ -28,7 +28,7 @@ from ftops_dev.simulate import clean_chat_rows
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 ROOT = Path(__file__).resolve().parents[2]
 TASK_TYPE = "city_extraction"
-N_TRAIN, N_TEST = 300, 100  # 10 epochs x 300 / 16 = 190 steps, ~1 min per model on 2 shared cores
+N_TRAIN, N_TEST = 300, 100  # the shipped full fine-tune: 10 epochs x 300 / 8 = 375 steps, ~20-40 s a model
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,8 @@ def test_the_degraded_version_is_registered_archived_with_its_reasons(
     assert any("CI [" in r and "lower bound -" in r for r in failed), reasons
     assert any(r.startswith("ok: test examples 100") for r in reasons), reasons
     # It learnt the reply's form, not its content: fluent, and wrong on the task.
-    assert float(tags["metric.rouge_l"]) > 0.6  # measured 0.86 (champion 0.91)
-    assert float(tags["metric.accuracy"]) < float(tags["baseline.accuracy"]) - 0.15  # measured 0.06 vs 0.43
+    assert float(tags["metric.rouge_l"]) > 0.6  # measured 0.86 (champion 0.91) with LoRA, before issue 10
+    assert float(tags["metric.accuracy"]) < float(tags["baseline.accuracy"]) - 0.15  # measured 0.06 vs 0.43 with LoRA, before issue 10
 
 
 def test_the_champion_alias_is_untouched(degraded_run: Any, champion: str) -> None:
