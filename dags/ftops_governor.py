@@ -8,7 +8,9 @@ were already trained on).
 holds at least `governor.min_new_examples` (100) high-quality examples. Every decision, train or wait, is
 written with its reason to the warehouse table `ftops_decisions`.
 
-**Triggers** `ftops_finetune` once per task type to train, with the reason in the run's conf.
+**Triggers** `ftops_finetune` once per task type to train, with the reason in the run's conf, under a run id
+made of the task type, the dataset version and the policy (`governor__sentiment__v2__new_data`): a retried
+governor task finds the run it started and skips instead of starting a second fine-tune of the same data.
 
 **Runs** hourly and whenever `ftops_curate` emits an event on the `ftops_datasets` Asset; or by hand.
 """
@@ -56,12 +58,14 @@ def ftops_governor():
         task_types = [params["task_type"]] if params["task_type"] else list(cfg.task_types)
         decisions = govern(warehouse_engine(cfg.warehouse_conn_id), cfg, task_types,
                            run_key=get_current_context()["run_id"], force=params["force"], reason=params["reason"])
-        return [{"task_type": d["task_type"], "dataset_version": d["dataset_version"], "reason": d["reason"]}
-                for d in decisions if d["train"]]
+        return [{"trigger_run_id": d["finetune_run_id"],
+                 "conf": {"task_type": d["task_type"], "dataset_version": d["dataset_version"], "reason": d["reason"]}}
+                for d in decisions if d["train"]]  # fmt: skip
 
-    TriggerDagRunOperator.partial(task_id="trigger_finetune", trigger_dag_id="ftops_finetune").expand(
-        conf=decide_training()
-    )
+    # One run id per (task type, dataset version, policy): a retry finds the run it started and skips.
+    TriggerDagRunOperator.partial(
+        task_id="trigger_finetune", trigger_dag_id="ftops_finetune", skip_when_already_exists=True
+    ).expand_kwargs(decide_training())
 
 
 ftops_governor()

@@ -107,7 +107,25 @@ def test_governor_triggers_finetune(dagbag) -> None:
     dag = dagbag.dags["ftops_governor"]
     trigger = dag.get_task("trigger_finetune")
     assert trigger.partial_kwargs["trigger_dag_id"] == "ftops_finetune"
+    assert trigger.partial_kwargs["skip_when_already_exists"] is True  # a retry never starts a second run
     assert "trigger_finetune" in dag.get_task("decide_training").downstream_task_ids  # one run per decision
+
+
+def test_the_finetune_run_id_is_deterministic_and_valid_in_airflow() -> None:
+    import re
+
+    from airflow.configuration import conf
+
+    from ftops.pipeline.governor import finetune_run_id
+
+    allowed = re.compile(conf.get("scheduler", "allowed_run_id_pattern"))
+    one = finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=False, run_key="scheduled__x")
+    assert one == "governor__city_extraction__v2__new_data" and allowed.fullmatch(one)
+    assert one == finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=False, run_key="retry")
+    forced = finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__1")
+    assert forced != one and allowed.fullmatch(forced)
+    assert forced == finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__1")
+    assert forced != finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__2")
 
 
 PARSE_PROBE = r"""

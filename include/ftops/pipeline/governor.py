@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig
+from ftops.core.names import key_digest
 from ftops.pipeline.common import dataset_registry
 from ftops.registry import models as registry
 
@@ -62,5 +63,21 @@ def govern(
         log.info("%s: %s (%s)", task_type, "TRAIN" if decision.train else "wait", decision.reason)
         record_decision(engine, {**decision.as_dict(), "decision_key": f"{run_key}/{task_type}",
                                  "decided_at": datetime.now(UTC)})  # fmt: skip
-        decisions.append(decision.as_dict())
+        out = decision.as_dict()
+        if decision.train:
+            out["finetune_run_id"] = finetune_run_id(task_type, decision.dataset_version, force=force, run_key=run_key)
+        decisions.append(out)
     return decisions
+
+
+def finetune_run_id(task_type: str, dataset_version: str | None, *, force: bool, run_key: str) -> str:
+    """The ``ftops_finetune`` run id a decision triggers: task type + dataset version + policy.
+
+    Deterministic, so a retried governor task (or a second governor run deciding the same) finds the run it
+    started instead of starting a second fine-tune of the same data. A forced decision is keyed by the
+    governor run as well: a person asking again later is a new request. Only characters Airflow allows in
+    run ids (``[A-Za-z0-9_.~:+-]``).
+    """
+    version = (dataset_version or "latest").rsplit("/", 1)[-1]
+    policy = f"force-{key_digest(run_key)[:12]}" if force else "new_data"
+    return f"governor__{task_type}__{version}__{policy}"
