@@ -237,6 +237,5 @@ def test_simulated_users_call_through_the_gateway_and_rate_the_answers(served: d
     _, t, _, _ = log_tables("interactions")
     with served["engine"].connect() as conn:
         ratings = list(conn.scalars(sa.select(t.c.user_feedback).where(
-            t.c.user_id.is_not(None), t.c.model_version == name, t.c.user_feedback.is_not(None),
-            t.c.prompt.not_like("%asks%"))))  # fmt: skip
+            t.c.user_id.is_not(None), t.c.model_version == name, t.c.user_feedback.is_not(None))))  # fmt: skip
     assert len(ratings) >= len(stats.ratings) > 0  # every rating the users gave reached its row

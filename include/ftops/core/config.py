@@ -404,3 +404,13 @@ def resolve_base_model(name: str) -> str:
     if name.startswith("local:"):
         return str(ftops_home() / "models" / name.removeprefix("local:"))
     return name
+
+
+def check_base_model(name: str) -> str:
+    """The resolved base model, or a clear error when a local one is not built or a path does not exist."""
+    path = resolve_base_model(name)
+    if name.startswith("local:") and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model {name!r} is not built at {path}: run `ftops build-base-model`")
+    if path.startswith(("/", ".")) and not Path(path).is_dir():
+        raise FileNotFoundError(f"base model path {path} does not exist")
+    return path

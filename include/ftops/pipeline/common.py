@@ -5,10 +5,9 @@ checks, MLflow artifact downloads and strict-JSON results for XCom.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftops.core.config import FtopsConfig, resolve_base_model
+from ftops.core.config import FtopsConfig, check_base_model
 from ftops.datasets.versions import DatasetRegistry
 from ftops.registry import models as registry
 
@@ -16,6 +15,8 @@ if TYPE_CHECKING:
 
 
     pass
+
+__all__ = ["check_base_model"]  # moved to ftops.core.config; imported from here by the pipeline steps
 
 
 def dataset_registry(cfg: FtopsConfig) -> DatasetRegistry:
@@ -26,15 +27,6 @@ def dataset_registry(cfg: FtopsConfig) -> DatasetRegistry:
 def served_model_version(task_type: str, version: str) -> str:
     """The ``model_version`` string the router logs for a registered version."""
     return f"{registry.model_name(task_type)}/{version}"
-
-
-def check_base_model(name: str) -> str:
-    path = resolve_base_model(name)
-    if name.startswith("local:") and not Path(path).is_dir():
-        raise FileNotFoundError(f"base model {name!r} is not built at {path}: run `ftops build-base-model`")
-    if path.startswith(("/", ".")) and not Path(path).is_dir():
-        raise FileNotFoundError(f"base model path {path} does not exist")
-    return path
 
 
 def weights_artifact(tags: dict[str, str]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ftops.core.config import resolve_base_model
+from ftops.core.config import check_base_model
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
@@ -170,9 +170,7 @@ def _load_local(tags: dict[str, Any], artifact_uri: str, folder: Path) -> Loaded
     base_name = tags.get("base_model")
     if not base_name:
         raise LookupError("the training run has no base_model tag")
-    base = resolve_base_model(str(base_name))
-    if str(base_name).startswith("local:") and not Path(base).is_dir():
-        raise FileNotFoundError(f"base model {base_name!r} is not built at {base}: run `ftops build-base-model`")
+    base = check_base_model(str(base_name))
     weights = str(tags.get("ftops.weights", "adapter"))
     local = folder / weights
     if not local.is_dir():
