@@ -64,6 +64,8 @@ class Curated:
     reasons: list[str | None] = field(default_factory=list)  # quarantine reason per row read, in order
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[dict[str, Any]] = field(default_factory=list)  # this batch's survivors, for the pool
+    # row-level lineage: the log row id behind each example, in the splits' order
+    lineage: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "test": []})
     scrubbed: Counter[str] = field(default_factory=Counter)
     capped_users: Counter[str] = field(default_factory=Counter)  # user key -> candidates dropped by the cap
     burst_users: list[str] = field(default_factory=list)  # user keys with a burst of top ratings
@@ -279,8 +281,9 @@ def curate_frame(
     users: Counter[str] = Counter()
     for i in selected:
         cand = unique[i]
-        example = to_example(cand["prompt"], cand["response"])
-        (result.test if split_of(cand["prompt"], cfg.test_split) == "test" else result.train).append(example)
+        split = split_of(cand["prompt"], cfg.test_split)
+        (result.test if split == "test" else result.train).append(to_example(cand["prompt"], cand["response"]))
+        result.lineage[split].append(cand["row_id"])
         if cand["index"] is None:
             result.from_earlier_runs += 1
         if cand["user_key"] is not None:

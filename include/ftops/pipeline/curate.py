@@ -216,6 +216,7 @@ def curate_window(
     metadata = {
         **base,
         "run_key": run_key,
+        "lineage": curated.lineage,  # the log row ids behind each split's examples, in order
         "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }

@@ -75,7 +75,12 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
         sa.Column("train", sa.Boolean, nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("dataset_version", sa.Text),
-        sa.Column("details", sa.Text),
+        sa.Column("details", sa.Text),  # JSON: every policy's and guard's inputs and verdict
+        # training (the governor), training_request / rollback_request (a person, e.g. through `ftops mcp`),
+        # erasure (`ftops erase`)
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("policy", sa.Text),  # the policy that fired (new_data, error_pattern, plateau, force, erasure)
+        sa.Column("run_id", sa.Text),  # the DAG run the decision started, if any
     )
     return md, interactions, quarantine, decisions
 
@@ -153,7 +158,8 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
 
     A table in the layout of an earlier release is upgraded, keeping its rows: ``<table>_quarantine`` gains
     ``task_type`` and ``copy_index`` in its key (existing rows get copy 0), ``ftops_curation_runs`` gains
-    ``log_table`` in its key.
+    ``log_table`` in its key, ``ftops_decisions`` gains ``kind`` (earlier rows: ``training``), ``policy`` and
+    ``run_id``.
     On PostgreSQL an advisory lock lets concurrent callers (mapped tasks starting together) take turns.
 
     Raises:
@@ -167,6 +173,7 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_STATE_TABLES_LOCK)))
         _upgrade_layout(conn, quarantine, fill={"copy_index": 0, "task_type": ""})
         _upgrade_layout(conn, runs)
+        _upgrade_layout(conn, decisions, fill={"kind": "training"})
         md.create_all(conn, tables=[quarantine, decisions], checkfirst=True)
         curation_md.create_all(conn, checkfirst=True)
 

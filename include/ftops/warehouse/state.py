@@ -233,23 +233,39 @@ def write_quarantine(
 
 
 def record_decision(engine: sa.Engine, decision: Mapping[str, Any]) -> None:
-    """Store one governor decision; re-recording the same ``decision_key`` replaces it (retry-safe)."""
+    """Store one decision (``ftops_decisions``); re-recording the same ``decision_key`` replaces it (retry-safe).
+
+    ``decision`` holds the table's columns: ``decision_key``, ``decided_at``, ``task_type``, ``train``,
+    ``reason``, and optionally ``dataset_version``, ``details`` (JSON-able), ``kind`` (default ``training``),
+    ``policy`` and ``run_id``; other keys are ignored.
+    """
     _, _, _, d = log_tables("interactions")
-    row = dict(decision)
-    row["details"] = json.dumps(row.get("details") or {}, default=str)
+    row = {c: decision.get(c) for c in d.c.keys()}
+    row["kind"] = row["kind"] or "training"
+    row["details"] = json.dumps(row.get("details") or {}, default=str, sort_keys=True)
     with engine.begin() as conn:
         conn.execute(sa.delete(d).where(d.c.decision_key == row["decision_key"]))
         conn.execute(sa.insert(d), [row])
 
 
-def read_decisions(engine: sa.Engine, task_type: str | None = None) -> list[dict[str, Any]]:
-    """Governor decisions, newest first."""
+def read_decisions(
+    engine: sa.Engine, task_type: str | None = None, *, kind: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Decisions, newest first, with ``details`` parsed and ``decided_at`` in UTC."""
     _, _, _, d = log_tables("interactions")
-    query = sa.select(d).order_by(d.c.decided_at.desc())
+    query = sa.select(d).order_by(d.c.decided_at.desc(), d.c.decision_key)
     if task_type:
         query = query.where(d.c.task_type == task_type)
+    if kind:
+        query = query.where(d.c.kind == kind)
+    if limit:
+        query = query.limit(limit)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    for r in rows:
+        r["details"] = json.loads(r["details"]) if r["details"] else {}
+        r["decided_at"] = as_utc(r["decided_at"])
+    return rows
 
 
 def live_metrics(
