@@ -44,6 +44,7 @@ from ftops_airflow.common import (
     openai_client,
     resolve_config,
     snapshot,
+    warehouse_engine,
 )
 from ftops_airflow.openai_wait import WaitForFineTuneOperator
 
@@ -87,13 +88,19 @@ from ftops_airflow.openai_wait import WaitForFineTuneOperator
                            "Empty = config."),
         "reason": Param(None, type=["null", "string"], title="Reason",
                         description="Why this run; recorded on the model version."),
+        "policy": Param(None, type=["null", "string"], title="Policy (set by the governor)",
+                        description="The governor policy that started this run; recorded on the model version."),
+        "decision_key": Param(None, type=["null", "string"], title="Decision (set by the governor)",
+                              description="The ftops_decisions row that started this run; recorded on the model "
+                              "version, so `ftops mcp` explain_model can trace it."),
     },
 )
 def ftops_finetune():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
-        from ftops.core.config import load_config, training_overrides
+        from ftops.core.config import load_config
         from ftops.pipeline.finetune import check_training_request
+        from ftops.training.params import training_overrides
 
         config = resolve_config(training_overrides(load_config(), params["backend"], params))
         check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
@@ -126,8 +133,9 @@ def ftops_finetune():
         from ftops.registry import models as registry
 
         version = register(params["task_type"], trained["run_id"], evaluation)
-        if params["reason"]:
-            registry.set_tags(params["task_type"], version, {"trigger_reason": params["reason"]})
+        why = {"trigger_reason": params["reason"], "ftops.policy": params["policy"],
+               "ftops.decision_key": params["decision_key"]}  # fmt: skip
+        registry.set_tags(params["task_type"], version, {k: v for k, v in why.items() if v})
         return {"version": version, **evaluation["gate"]}
 
     @task.branch
@@ -146,10 +154,35 @@ def ftops_finetune():
 
         return archive_candidate(params["task_type"], registered["version"], registered["reasons"])
 
+    # How the run ended, for the governor's retry guard: a success once a branch is done, a failure as soon as
+    # any task failed (so a dataset whose fine-tune keeps failing is retried up to a limit, then reported).
+    @task(trigger_rule="none_failed_min_one_success")
+    def record_success(registered: dict, params: dict | None = None) -> None:
+        _record_outcome(params, "succeeded", registered["version"])
+
+    @task(trigger_rule="one_failed")
+    def record_failure(params: dict | None = None) -> None:
+        _record_outcome(params, "failed", None)
+
     config = resolve_run_config()
-    trained = WaitForFineTuneOperator(task_id="wait_for_model", config=config, trained=train_candidate(config)).output
-    registered = register_candidate(trained, evaluate_candidate(config, trained))
-    choose_path(registered) >> [deploy_canary(config, registered), archive(registered)]
+    submitted = train_candidate(config)
+    trained = WaitForFineTuneOperator(task_id="wait_for_model", config=config, trained=submitted).output
+    evaluated = evaluate_candidate(config, trained)
+    registered = register_candidate(trained, evaluated)
+    branches = [deploy_canary(config, registered), archive(registered)]
+    choose_path(registered) >> branches
+    branches >> record_success(registered)
+    [config, submitted, trained, evaluated, registered, *branches] >> record_failure()  # a direct downstream of every task
+
+
+def _record_outcome(params: dict | None, status: str, model_version: str | None) -> None:
+    from ftops.warehouse.state import record_training_outcome
+
+    assert params is not None
+    cfg = snapshot(resolve_config({}))
+    record_training_outcome(warehouse_engine(cfg.warehouse_conn_id), get_current_context()["run_id"],
+                            params["task_type"], dataset_version=params["dataset_version"], status=status,
+                            model_version=model_version)  # fmt: skip
 
 
 ftops_finetune()

@@ -1,16 +1,31 @@
 """
 ### ftops_governor: decides, per task type, whether to fine-tune now, and records why
 
-**Reads** the dataset registry (newest version per task type) and the MLflow registry (which dataset versions
-were already trained on).
+**Policies** (config `governor`; the first that fires wins):
 
-**Policy**: train when a person asks (`force`), or when the newest dataset version has not been trained on and
-holds at least `governor.min_new_examples` (100) high-quality examples. Every decision, train or wait, is
-written with its reason to the warehouse table `ftops_decisions`.
+| policy | fires when |
+|---|---|
+| `force` | a person asks (this form), with a reason |
+| `erasure` | a model in service was trained on data since erased (`ftops erase`) and a dataset without it waits |
+| `error_pattern` | ≥ `error_pattern_min` (10) similar failures (rating ≤ 2 or failed calls since the last training, clustered by prompt embedding with FAISS at cosine ≥ `error_pattern_similarity`) and the newest dataset brings new examples |
+| `plateau` | the champion's live task success rose less than `plateau_min_improvement` over the last `plateau_days` (30) against the 30 before, and new examples came |
+| `new_data` | the newest dataset version holds ≥ `min_new_examples` (100) examples the champion's dataset version lacks |
 
-**Triggers** `ftops_finetune` once per task type to train, with the reason in the run's conf, under a run id
-made of the task type, the dataset version and the policy (`governor__sentiment__v2__new_data`): a retried
-governor task finds the run it started and skips instead of starting a second fine-tune of the same data.
+Data policies fire only for a dataset version no model was trained on yet.
+
+**Guards** (each can stop any policy): a fine-tune of that dataset version still running; its fine-tunes failed
+`max_failed_attempts` (3) times (given up, reported; a new dataset version starts afresh); a canary still being
+judged; the cooldown, `cooldown_hours` (24) after the last training decision (not for `erasure`); the daily
+API budget `daily_api_budget_usd` for the `openai` backend.
+
+**Records** every decision, train or wait, with every policy's and guard's inputs, in the warehouse table
+`ftops_decisions` (`ftops status` and `ftops mcp` show them). A task type whose evidence cannot be gathered
+records the error; the others go on.
+
+**Triggers** `ftops_finetune` once per task type to train, with the reason, policy and decision key in the
+run's conf (they end on the model version's tags), under a run id made of the task type, the dataset version
+and the policy (`governor__sentiment__v2__new_data`, `__retry1` after a failed one): a retried governor task
+finds the run it started and skips instead of starting a second fine-tune of the same data.
 
 **Runs** hourly and whenever `ftops_curate` emits an event on the `ftops_datasets` Asset; or by hand.
 """
@@ -44,9 +59,10 @@ from ftops_airflow.common import (
         "task_type": Param(None, type=["null", "string"], **TASK_TYPE, title="Task type",
                            description="Decide for this task type only. Empty = every task type with a dataset."),
         "force": Param(False, type="boolean", title="Force training",
-                       description="Train now even if the policy would wait."),
+                       description="Train now even if no policy fires (the guards still apply). Needs a reason."),
         "reason": Param(None, type=["null", "string"], title="Reason",
-                        description="Why you are asking; recorded with the decision and the model version."),
+                        description="Why you are asking (required with force); recorded with the decision and "
+                        "the model version."),
     },
 )
 def ftops_governor():
@@ -59,7 +75,8 @@ def ftops_governor():
         decisions = govern(warehouse_engine(cfg.warehouse_conn_id), cfg, task_types,
                            run_key=get_current_context()["run_id"], force=params["force"], reason=params["reason"])
         return [{"trigger_run_id": d["finetune_run_id"],
-                 "conf": {"task_type": d["task_type"], "dataset_version": d["dataset_version"], "reason": d["reason"]}}
+                 "conf": {"task_type": d["task_type"], "dataset_version": d["dataset_version"], "reason": d["reason"],
+                          "policy": d["policy"], "decision_key": d["decision_key"]}}
                 for d in decisions if d["train"]]  # fmt: skip
 
     # One run id per (task type, dataset version, policy): a retry finds the run it started and skips.

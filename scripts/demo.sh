@@ -49,6 +49,7 @@ demo = {
     "gate.min_accuracy_gain": 0.0,
     "gate.min_lower_bound_gain": -0.05,
     "gate.max_perplexity_increase": 0.05,
+    "governor.cooldown_hours": 0,          # cycle 2 comes minutes after cycle 1 (shipped: 24 h between trainings)
 }
 cfg = apply_overrides(load_config(), demo)
 open(sys.argv[1], "w").write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

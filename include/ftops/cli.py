@@ -3,10 +3,13 @@
     ftops simulate --rows 3000 --seed 0      write realistic interaction logs into the warehouse
     ftops build-base-model                   build the small local base model under FTOPS_HOME/models
     ftops summary                            datasets, model versions, metrics and decisions so far
+    ftops status [--json]                    the dashboard: fine-tunes, champions and canaries, decisions
+    ftops mcp                                a Model Context Protocol server (stdio) for an assistant
     ftops serve [--host H --port P]          the OpenAI-compatible gateway over the registry's champions/canaries
     ftops simulate-traffic --requests 300    simulated users calling the gateway and rating its answers
     ftops import-logs FILE.jsonl             load interaction rows logged by an application itself
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
+    ftops erase --user-id U                  remove a user's data from FT-Ops' tables and latest datasets
 """
 
 from __future__ import annotations
@@ -110,6 +113,43 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from ftops.core.airflow_api import AirflowAPI
+    from ftops.pipeline.status import collect_status
+    from ftops.pipeline.status_text import render_status
+
+    _fail_fast()
+    logging.getLogger().setLevel(logging.WARNING)  # the dashboard on stdout; stores' chatter only when it matters
+    engine = _engine(warehouse_url(args.warehouse_url))
+    status = collect_status(load_config(), engine, AirflowAPI(), days=args.days, decisions=args.decisions)
+    sys.stdout.write(json.dumps(status, indent=2) + "\n" if args.json else render_status(status))
+    return 0 if status["complete"] else 1  # 1: a source was unreachable, so what is shown is partial
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from ftops.mcp_server import build_server
+
+    _fail_fast()
+    build_server(load_config(), warehouse_url(args.warehouse_url)).run()  # stdio until the client hangs up
+    return 0
+
+
+def _fail_fast() -> None:
+    """An unreachable MLflow server answers in seconds, not after MLflow's minutes of retries (unless set)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _engine(url: str):  # noqa: ANN202 - sqlalchemy.Engine, imported lazily
+    import sqlalchemy as sa
+
+    # a warehouse server that does not answer: fail in seconds (psycopg's default waits for the OS)
+    extra = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else {}
+    return sa.create_engine(url, pool_pre_ping=True, **extra)
+
+
 def _live_lines(table: str, task_type: str) -> list[str]:
     """What users saw of each served version of a task type (rows the gateway logged), oldest version first."""
     from datetime import UTC, datetime
@@ -195,6 +235,28 @@ def _import_logs(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
+def _erase(args: argparse.Namespace) -> int:
+    import json
+
+    import sqlalchemy as sa
+
+    from ftops.pipeline.erase import erase_user
+
+    cfg = load_config()
+    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    try:
+        summary = erase_user(engine, cfg, args.user_id, request_key=args.request_key)
+    except (LookupError, ValueError) as exc:
+        print(f"ftops erase: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    if summary["log_rows"]:
+        print(f"Note: the {summary['log_rows']} rows of {summary['user_key']} in the log table "
+              f"{cfg.interactions_table!r} are marked, not deleted: FT-Ops never reads them again, but deleting "
+              "them from the application's own log is its owner's job.", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def _hash_api_key(args: argparse.Namespace) -> int:
     from ftops.serving.gateway import hash_api_key
 
@@ -253,6 +315,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     base.add_argument("--force", action="store_true", help="rebuild even if it exists")
     base.set_defaults(func=_build_base_model)
     sub.add_parser("summary", help="print datasets, models, metrics and decisions").set_defaults(func=_summary)
+    status = sub.add_parser("status", help="the dashboard; exit code 1 when Airflow, MLflow or the warehouse "
+                            "could not be reached (the rest is still shown)")  # fmt: skip
+    status.add_argument("--json", action="store_true", help="print the data as JSON (what the MCP status tool returns)")
+    status.add_argument("--days", type=int, default=7, help="how far back recent fine-tunes go (default 7)")
+    status.add_argument("--decisions", type=int, default=10, help="how many of the latest decisions (default 10)")
+    status.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    status.set_defaults(func=_status)
+    mcp = sub.add_parser("mcp", help="Model Context Protocol server over stdio (status, explain_model, "
+                         "list_decisions, request_training, request_rollback, erase_user)")  # fmt: skip
+    mcp.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    mcp.set_defaults(func=_mcp)
     serve = sub.add_parser("serve", help="the OpenAI-compatible gateway (champion + canary, every call logged)")
     serve.add_argument("--host", default=None, help="bind address (default serving.host: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default serving.port: 8000)")
@@ -273,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     imp.set_defaults(func=_import_logs)
     sub.add_parser("hash-api-key", help="SHA-256 digest of the key on standard input").set_defaults(func=_hash_api_key)
+    erase = sub.add_parser("erase", help="remove a user's data from FT-Ops' tables and latest datasets (re-runnable)")
+    erase.add_argument("--user-id", required=True, help="the user id as the log holds it (never logged)")
+    erase.add_argument("--request-key", default=None, help="names the request, e.g. a ticket id "
+                       "(default erasure-<user key>)")  # fmt: skip
+    erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
+    erase.set_defaults(func=_erase)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

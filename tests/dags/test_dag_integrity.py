@@ -13,7 +13,7 @@ import pytest
 from ftops_airflow.common import NOT_RETRYABLE
 
 ROOT = Path(__file__).resolve().parents[2]
-DAG_IDS = {"ftops_curate", "ftops_governor", "ftops_finetune", "ftops_canary", "ftops_rollback"}
+DAG_IDS = {"ftops_curate", "ftops_governor", "ftops_finetune", "ftops_canary", "ftops_rollback", "ftops_erase"}
 HEAVY = ("torch", "transformers", "great_expectations", "mlflow", "faiss", "pandas", "sentence_transformers",
          "peft", "dvc", "sklearn")  # fmt: skip
 TAG_VOCABULARY = {"ftops", "curation", "governance", "training", "deployment"}
@@ -22,9 +22,10 @@ PARAMS = {
     "ftops_governor": {"task_type", "force", "reason"},
     "ftops_finetune": {"task_type", "dataset_version", "backend", "base_model", "epochs", "learning_rate",
                        "batch_size", "lora_r", "method", "lora_alpha", "max_seq_len", "precision",
-                       "reason"},  # fmt: skip
+                       "reason", "policy", "decision_key"},  # fmt: skip
     "ftops_canary": {"task_type"},
     "ftops_rollback": {"task_type", "to_version"},
+    "ftops_erase": {"user_id"},
 }
 
 
@@ -35,7 +36,7 @@ def dagbag():
     return DagBag(dag_folder=str(ROOT / "dags"))
 
 
-def test_no_import_errors_and_the_five_dag_ids(dagbag) -> None:
+def test_no_import_errors_and_the_dag_ids(dagbag) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dag_ids) == DAG_IDS
 
@@ -65,6 +66,7 @@ def test_schedules(dagbag) -> None:
     assert dagbag.dags["ftops_canary"].timetable.expression == "*/30 * * * *"
     assert type(dagbag.dags["ftops_finetune"].timetable).__name__ == "NullTimetable"
     assert type(dagbag.dags["ftops_rollback"].timetable).__name__ == "NullTimetable"
+    assert type(dagbag.dags["ftops_erase"].timetable).__name__ == "NullTimetable"
     governor = dagbag.dags["ftops_governor"].timetable  # hourly, or when a dataset is curated
     assert governor.timetable.expression == "0 * * * *"
     assert "ftops_datasets" in repr(governor.asset_condition)
@@ -74,7 +76,7 @@ def test_finetune_structure(dagbag) -> None:
     dag = dagbag.dags["ftops_finetune"]
     downstream = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert downstream["resolve_run_config"] >= {"train_candidate", "evaluate_candidate"}
-    assert downstream["train_candidate"] == {"wait_for_model"}
+    assert downstream["train_candidate"] == {"wait_for_model", "record_failure"}
     assert "evaluate_candidate" in downstream["wait_for_model"]
     wait = dag.get_task("wait_for_model")
     # an API job's hours of training hold no worker slot: the wait defers to the triggerer
@@ -82,6 +84,11 @@ def test_finetune_structure(dagbag) -> None:
     assert "register_candidate" in downstream["evaluate_candidate"]
     assert downstream["choose_path"] == {"deploy_canary", "archive"}
     assert dag.get_task("train_candidate").pool == "ftops_training"
+    # the governor's retry guard reads how each run ended: a failure of any task, or a finished branch
+    failure, success = dag.get_task("record_failure"), dag.get_task("record_success")
+    assert failure.trigger_rule == "one_failed" and success.trigger_rule == "none_failed_min_one_success"
+    assert failure.upstream_task_ids == set(downstream) - {"record_failure", "record_success", "choose_path"}
+    assert {"deploy_canary", "archive"} <= success.upstream_task_ids
 
 
 def test_curate_maps_per_task_type_and_only_publishing_holds_the_versioning_pool(dagbag) -> None:
@@ -103,6 +110,14 @@ def test_curate_maps_per_task_type_and_only_publishing_holds_the_versioning_pool
     assert dag.get_task("report_curation").trigger_rule == "none_failed"  # skipped publishes are fine
 
 
+def test_erase_holds_the_versioning_pool_and_wakes_the_governor(dagbag) -> None:
+    dag = dagbag.dags["ftops_erase"]
+    assert [t.task_id for t in dag.tasks] == ["erase_user_data"]
+    erase = dag.get_task("erase_user_data")
+    assert erase.pool == "ftops_versioning"  # never between a curation run's staging and its publishing
+    assert [o.name for o in erase.outlets] == ["ftops_datasets"]
+
+
 def test_governor_triggers_finetune(dagbag) -> None:
     dag = dagbag.dags["ftops_governor"]
     trigger = dag.get_task("trigger_finetune")
@@ -116,16 +131,24 @@ def test_the_finetune_run_id_is_deterministic_and_valid_in_airflow() -> None:
 
     from airflow.configuration import conf
 
+    from ftops.governance.policy import Decision
     from ftops.pipeline.governor import finetune_run_id
 
+    def decision(policy: str, failed: int = 0) -> Decision:
+        guards = {"attempts": {"inputs": {"failed_runs": [f"run{i}" for i in range(failed)]}}}
+        return Decision("city_extraction", True, "why", "dataset/city_extraction/v2", policy, {"guards": guards})
+
     allowed = re.compile(conf.get("scheduler", "allowed_run_id_pattern"))
-    one = finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=False, run_key="scheduled__x")
+    one = finetune_run_id("city_extraction", decision("new_data"), run_key="scheduled__x")
     assert one == "governor__city_extraction__v2__new_data" and allowed.fullmatch(one)
-    assert one == finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=False, run_key="retry")
-    forced = finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__1")
+    assert one == finetune_run_id("city_extraction", decision("new_data"), run_key="retry")
+    assert finetune_run_id("city_extraction", decision("error_pattern"), run_key="x").endswith("__error_pattern")
+    retry = finetune_run_id("city_extraction", decision("new_data", failed=1), run_key="scheduled__x")
+    assert retry == one + "__retry1" and allowed.fullmatch(retry)  # after a failed fine-tune: a new run
+    forced = finetune_run_id("city_extraction", decision("force"), run_key="manual__1")
     assert forced != one and allowed.fullmatch(forced)
-    assert forced == finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__1")
-    assert forced != finetune_run_id("city_extraction", "dataset/city_extraction/v2", force=True, run_key="manual__2")
+    assert forced == finetune_run_id("city_extraction", decision("force"), run_key="manual__1")
+    assert forced != finetune_run_id("city_extraction", decision("force"), run_key="manual__2")
 
 
 PARSE_PROBE = r"""

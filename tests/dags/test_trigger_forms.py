@@ -49,6 +49,19 @@ def test_a_rollback_must_name_its_task_type(dagbag) -> None:
         copy.deepcopy(dagbag.dags["ftops_rollback"].params).validate()
 
 
+def test_an_erasure_must_name_a_user(dagbag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="user_id"):
+        copy.deepcopy(dagbag.dags["ftops_erase"].params).validate()
+    params = copy.deepcopy(dagbag.dags["ftops_erase"].params)
+    with pytest.raises(ParamValidationError):
+        params["user_id"] = ""
+        params.validate()
+    params["user_id"] = "user-42@example.com"
+    params.validate()
+
+
 def test_the_cli_refuses_an_invalid_task_type(capsys: pytest.CaptureFixture[str]) -> None:
     from ftops.cli import main
 

@@ -121,28 +121,62 @@ def test_a_failing_task_type_does_not_stop_the_others(dags, curated) -> None:
     assert [v.tag for v in curated["registry"].versions(TASK_TYPE)] == [curated["version"].tag]
 
 
-def test_governor_decides_to_train_and_records_why(dags, curated) -> None:
+def _finetune_runs() -> dict[str, dict]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.scalars(sa.select(DagRun).where(DagRun.dag_id == "ftops_finetune"))
+        return {r.run_id: dict(r.conf or {}) for r in runs}
+
+
+@pytest.fixture(scope="module")
+def governed(dags, curated) -> dict:
+    """The governor's decision to train, and the conf of the one ftops_finetune run it started."""
     from ftops.cli import warehouse_url
     from ftops.warehouse.state import read_decisions
 
     run = dags["ftops_governor"].test(run_conf={"task_type": TASK_TYPE})
     assert run.state == "success"
     latest = read_decisions(sa.create_engine(warehouse_url()), TASK_TYPE)[0]
-    assert latest["train"] and latest["dataset_version"] == curated["version"].tag
-    assert "new high-quality examples" in latest["reason"]
+    return {"decision": latest, "runs": _finetune_runs()}
 
 
-def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curated, base_model) -> None:
+def test_governor_decides_to_train_records_why_and_starts_one_fine_tune(dags, governed, curated) -> None:
+    from ftops.cli import warehouse_url
+    from ftops.warehouse.state import read_decisions
+
+    latest = governed["decision"]
+    assert latest["train"] and latest["dataset_version"] == curated["version"].tag and latest["kind"] == "training"
+    assert latest["policy"] == "new_data" and re.search(r"has \d+ new examples \(no model in service yet\)",
+                                                        latest["reason"]), latest["reason"]  # fmt: skip
+    assert latest["details"]["policies"]["new_data"]["inputs"]["new_examples"] >= 100
+    run_id = f"governor__{TASK_TYPE}__v1__new_data"
+    assert latest["run_id"] == run_id and set(governed["runs"]) == {run_id}
+    conf = governed["runs"][run_id]
+    assert conf["reason"] == latest["reason"] and conf["decision_key"] == latest["decision_key"]
+    # the governor again while that fine-tune is queued: it waits and says why; no second run
+    again = dags["ftops_governor"].test(run_conf={"task_type": TASK_TYPE})
+    assert again.state == "success" and set(_finetune_runs()) == {run_id}
+    waiting = read_decisions(sa.create_engine(warehouse_url()), TASK_TYPE)[0]
+    assert not waiting["train"] and "has not finished yet" in waiting["reason"]
+
+
+def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curated, governed, base_model) -> None:
     from ftops.registry import models as registry
 
-    run = dags["ftops_finetune"].test(run_conf={"task_type": TASK_TYPE, "reason": "integration test"})
+    # the conf the governor handed to its run (dag.test runs it under a run id of its own)
+    conf = governed["runs"][governed["decision"]["run_id"]]
+    run = dags["ftops_finetune"].test(run_conf=conf)
     assert run.state == "success"
     versions = registry.versions(TASK_TYPE)
     assert len(versions) == 1
     tags = versions[0].tags
     assert tags["dataset_version"] == curated["version"].tag
     assert tags["content_hash"] == curated["version"].content_hash
-    assert tags["trigger_reason"] == "integration test"
+    # the decision that started it travels to the model version
+    assert tags["trigger_reason"] == governed["decision"]["reason"] and tags["ftops.policy"] == "new_data"
+    assert tags["ftops.decision_key"] == governed["decision"]["decision_key"]
     gain = float(tags["metric.accuracy"]) - float(tags["baseline.accuracy"])
     assert gain >= 0.15, f"fine-tuning gained only {gain:.3f} accuracy: {tags}"  # measured +0.35 on 100 prompts with LoRA, before issue 10
     assert float(tags["metric.perplexity"]) < float(tags["baseline.perplexity"])
@@ -217,6 +251,13 @@ def test_finetune_on_a_missing_dataset_version_fails_at_once_and_registers_nothi
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["resolve_run_config"] == "failed" and states["train_candidate"] != "success"
+    # and the governor's retry guard hears of it
+    from ftops.cli import warehouse_url
+    from ftops.warehouse.state import training_outcomes
+
+    assert states["record_failure"] == "success" and states["record_success"] != "success"
+    outcome = training_outcomes(sa.create_engine(warehouse_url()), TASK_TYPE)[run.run_id]
+    assert outcome["status"] == "failed" and outcome["dataset_version"] == "v99"
     assert all(v.tags.get("dataset_version") != f"dataset/{TASK_TYPE}/v99" for v in registry.versions(TASK_TYPE))
 
 

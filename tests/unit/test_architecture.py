@@ -9,6 +9,7 @@ sibling domain of its own layer or anything above it:
     evaluation                             scoring models on a test split (uses training's outputs)
     deployment · governance · serving      gate and aliases; when to train; the gateway
     pipeline                               one module per DAG: the only layer that orchestrates domains
+    ftops.mcp_server                       the MCP server: tools for an assistant over the pipeline
     ftops_airflow                          Airflow glue for the DAG files
     ftops_dev                              simulator and benchmark baselines (tests, demo, benchmarks)
     ftops.cli                              the command line
@@ -33,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ftops.evaluation",),
     ("ftops.deployment", "ftops.governance", "ftops.serving"),
     ("ftops.pipeline",),
+    ("ftops.mcp_server",),
     ("ftops_airflow",),
     ("ftops_dev",),
     ("ftops.cli",),

@@ -69,7 +69,8 @@ def test_switching_backend_starts_from_its_own_defaults() -> None:
 
 
 def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
-    from ftops.core.config import FtopsConfig, apply_overrides, training_overrides
+    from ftops.core.config import FtopsConfig, apply_overrides
+    from ftops.training.params import training_overrides
 
     base = FtopsConfig()
     api = apply_overrides(base, training_overrides(base, "openai", {"epochs": 5, "batch_size": 8}))

@@ -1,9 +1,8 @@
-"""The gate, the governor's policy and the canary judge: pure decision functions."""
+"""The gate and the canary judge: pure decision functions (the governor's policies: test_governor.py)."""
 
-from ftops.core.config import CanaryConfig, GateConfig, GovernorConfig
+from ftops.core.config import CanaryConfig, GateConfig
 from ftops.deployment.canary import judge
 from ftops.deployment.gate import apply_gate
-from ftops.governance.policy import decide
 
 BASE = {"accuracy": 0.40, "perplexity": 10.0, "latency_p50_ms": 50.0, "n": 100}
 
@@ -27,21 +26,6 @@ def test_gate_names_every_failed_criterion() -> None:
 def test_gate_accuracy_threshold_is_inclusive() -> None:
     assert apply_gate({**BASE, "accuracy": 0.45}, BASE, GateConfig()).passed
     assert not apply_gate({**BASE, "accuracy": 0.449}, BASE, GateConfig()).passed
-
-
-def test_policy() -> None:
-    cfg = GovernorConfig()
-    kw = {"trained_datasets": set(), "cfg": cfg}
-    assert not decide("t", latest_dataset=None, dataset_rows=0, **kw).train
-    yes = decide("t", latest_dataset="dataset/t/v2", dataset_rows=150, **kw)
-    assert yes.train and "150" in yes.reason and yes.dataset_version == "dataset/t/v2"
-    few = decide("t", latest_dataset="dataset/t/v2", dataset_rows=99, **kw)
-    assert not few.train and "fewer than 100" in few.reason
-    done = decide("t", latest_dataset="dataset/t/v2", dataset_rows=500, trained_datasets={"dataset/t/v2"}, cfg=cfg)
-    assert not done.train and "already trained" in done.reason
-    forced = decide("t", latest_dataset="dataset/t/v2", dataset_rows=5, trained_datasets={"dataset/t/v2"}, cfg=cfg,
-                    force=True, requested_reason="new labelling guide")  # fmt: skip
-    assert forced.train and "new labelling guide" in forced.reason
 
 
 def test_canary_judge() -> None:

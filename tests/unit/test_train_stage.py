@@ -78,12 +78,13 @@ def test_the_retry_continues_the_killed_run_from_its_checkpoint(
 
 def test_progress_is_logged_to_mlflow_by_step(killed: str, resumed: dict[str, Any]) -> None:
     c = registry.client()
-    for metric in ("train_loss", "tokens_per_s", "eta_s", "learning_rate"):
+    for metric in ("train_loss", "tokens_per_s", "eta_s", "learning_rate", "max_steps"):
         history = c.get_metric_history(killed, metric)
         steps = {m.step for m in history}
         assert 10 in steps and min(steps) <= 3, (metric, sorted(steps))  # both attempts reported
     final_eta = [m.value for m in c.get_metric_history(killed, "eta_s") if m.step == 10]
     assert final_eta == [0.0]
+    assert {m.value for m in c.get_metric_history(killed, "max_steps")} == {10}  # ftops status: step / max_steps
 
 
 def test_the_transformers_flavour_model_is_the_trained_model(resumed: dict[str, Any], tmp_path: Path) -> None:

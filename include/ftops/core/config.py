@@ -239,9 +239,22 @@ class CanaryConfig(_Strict):
 
 
 class GovernorConfig(_Strict):
-    min_new_examples: int = Field(100, ge=1, description="New accepted examples that justify training.")
-    error_pattern_min: int = Field(10, ge=1, description="Similar failures that count as a recurring error pattern.")
-    plateau_days: int = Field(30, ge=1, description="Days without improvement that count as a plateau.")
+    """Policies (which may start training) and guards (what holds it back); dags/ftops_governor.py explains each."""
+
+    policies: list[Literal["erasure", "error_pattern", "plateau", "new_data"]] = Field(
+        ["erasure", "error_pattern", "plateau", "new_data"], description="Policies that may start training on "
+        "their own (`force`, a person asking, always may).",
+    )
+    min_new_examples: int = Field(100, ge=1, description="new_data: examples of the newest version the champion's lacks.")
+    error_pattern_min: int = Field(10, ge=2, description="error_pattern: similar failures that make a pattern.")
+    error_pattern_similarity: float = Field(0.8, gt=0, le=1, description="error_pattern: prompt cosine of 'similar'.")
+    error_pattern_max_failures: int = Field(2000, ge=1, description="error_pattern: newest failures clustered.")
+    plateau_days: int = Field(30, ge=1, description="plateau: days without improvement that count as a plateau.")
+    plateau_min_improvement: float = Field(0.01, ge=0, description="plateau: task-success rise that counts.")
+    plateau_min_requests: int = Field(50, ge=1, description="plateau: champion calls needed in each window.")
+    cooldown_hours: float = Field(24, ge=0, description="Guard: hours between training decisions (erasure exempt).")
+    daily_api_budget_usd: float = Field(100.0, ge=0, description="Guard: estimated API fine-tuning spend per day.")
+    max_failed_attempts: int = Field(3, ge=1, description="Guard: failed fine-tunes of a version before giving up.")
 
 
 class ServingConfig(_Strict):
@@ -354,44 +367,6 @@ def apply_overrides(config: FtopsConfig, overrides: dict[str, Any]) -> FtopsConf
             node.clear()  # a different backend starts from its own defaults
         node[leaf] = value
     return FtopsConfig.model_validate(data)
-
-
-# Trigger-form fields of ftops_finetune -> the backend field each sets, per backend (None: does not apply).
-_TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
-    "huggingface": {"base_model": "base_model", "method": "method", "epochs": "epochs",
-                    "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r",
-                    "lora_alpha": "lora_alpha", "max_seq_len": "max_seq_len", "precision": "precision"},
-    "openai": {"base_model": "base_model", "method": None, "epochs": "n_epochs", "learning_rate": None,
-               "batch_size": "batch_size", "lora_r": None, "lora_alpha": None, "max_seq_len": None,
-               "precision": None},
-}  # fmt: skip
-
-
-def training_overrides(config: FtopsConfig, backend: str | None, params: dict[str, Any]) -> dict[str, Any]:
-    """Dotted config overrides from ``ftops_finetune``'s trigger form, mapped onto the chosen backend.
-
-    ``epochs`` sets ``n_epochs`` on the OpenAI backend; a form field that the backend has no use for is an
-    error rather than silently ignored.
-
-    Raises:
-        ValueError: A field was given that the backend does not use (e.g. ``lora_r`` with ``openai``).
-    """
-    kind = backend or config.training.backend.kind
-    configured = config.training.backend
-    method = params.get("method") or (configured.method if isinstance(configured, HuggingFaceBackend) else "lora")
-    if kind == "huggingface" and method == "full":
-        for name in ("lora_r", "lora_alpha"):
-            if params.get(name) is not None:
-                raise ValueError(f"{name}={params[name]!r} does not apply to method 'full'; leave it empty")
-    overrides: dict[str, Any] = {"training.backend.kind": backend}
-    for name, field in _TRAINING_PARAMS[kind].items():
-        value = params.get(name)
-        if value is None:
-            continue
-        if field is None:
-            raise ValueError(f"{name}={value!r} does not apply to the {kind} backend; leave it empty")
-        overrides[f"training.backend.{field}"] = value
-    return overrides
 
 
 def ftops_home() -> Path:

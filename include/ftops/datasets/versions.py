@@ -186,10 +186,15 @@ class DatasetRegistry:
         train: Sequence[Mapping[str, Any]],
         test: Sequence[Mapping[str, Any]],
         metadata: Mapping[str, Any],
+        *,
+        reuse_older: bool = True,
     ) -> DatasetVersion:
         """Version a dataset: write, ``dvc add``, push (verified), commit, tag.
 
-        Same train/test content as an existing version returns that version (``created=False``).
+        Same train/test content as an existing version returns that version (``created=False``). With
+        ``reuse_older=False`` only the latest version counts: content equal to an older version's becomes a
+        new version, so that it is the latest (an erasure's successor that restores an earlier version's
+        content must be what the governor and fine-tunes read next).
 
         Raises:
             RuntimeError: The push could not be verified against the remote, or git failed.
@@ -198,7 +203,8 @@ class DatasetRegistry:
         train_text, test_text = to_jsonl(train), to_jsonl(test)
         digest = content_hash(train_text, test_text)
         self.ensure()
-        for existing in self.versions(task_type):
+        versions = self.versions(task_type)
+        for existing in versions if reuse_older else versions[-1:]:
             if existing.content_hash == digest:
                 log.info("Content %s is already %s: nothing to version", digest[:12], existing.tag)
                 return existing

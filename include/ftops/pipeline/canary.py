@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig
 from ftops.deployment import rollout
-from ftops.pipeline.common import json_safe, served_model_version
+from ftops.pipeline.common import json_safe, parse_time, served_model_version
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
@@ -61,14 +61,14 @@ def review_canary(engine: sa.Engine, cfg: FtopsConfig, task_type: str, now: date
         return {"task_type": task_type, "version": version, "champion_version": version, "action": "promote",
                 "reason": reason, "applied": applied}  # fmt: skip
     tags = dict(canary.tags or {})
-    deployed = _parse_time(tags.get("deployed_at"))
+    deployed = parse_time(tags.get("deployed_at"))
     if deployed is None:
         log.warning("%s v%s has no valid deployed_at tag: its window starts now", task_type, version)
         registry.set_tags(task_type, version, {"deployed_at": now.isoformat()})
         deployed = now
     steps = cfg.canary.ramp_percent
     step = min(max(_parse_int(tags.get("ramp_step")), 0), len(steps) - 1)
-    step_started = max((_parse_time(tags.get("ramp_started_at")) if step > 0 else None) or deployed, deployed)
+    step_started = max((parse_time(tags.get("ramp_started_at")) if step > 0 else None) or deployed, deployed)
 
     def metrics(v: str, since: datetime) -> dict[str, Any]:
         return live_metrics(engine, task_type, served_model_version(task_type, v), since, cfg.interactions_table,
@@ -109,14 +109,6 @@ def _hours(delta: Any) -> float:
     return float(delta.total_seconds()) / 3600
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _parse_int(value: str | None) -> int:

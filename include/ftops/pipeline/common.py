@@ -5,16 +5,12 @@ checks, MLflow artifact downloads and strict-JSON results for XCom.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from ftops.core.config import FtopsConfig, check_base_model
 from ftops.datasets.versions import DatasetRegistry
 from ftops.registry import models as registry
-
-if TYPE_CHECKING:
-
-
-    pass
 
 __all__ = ["check_base_model"]  # moved to ftops.core.config; imported from here by the pipeline steps
 
@@ -49,3 +45,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO time from a version tag, in UTC when it has no offset; None when missing or not a time."""
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,7 @@ def curate_window(
     from ftops.curation.embedding import EmbeddingCache, SentenceEmbedder
     from ftops.curation.validation import require, validate_curated, validate_raw
     from ftops.datasets.versions import to_jsonl
-    from ftops.warehouse.schema import ensure_state_tables, read_interactions
+    from ftops.warehouse.schema import ensure_state_tables, read_log_window
     from ftops.warehouse.state import (
         curation_window,
         finish_curation_run,
@@ -133,13 +134,15 @@ def curate_window(
     window_since, until = curation_window(engine, run_key, task_type, now=now, since=since, table=table)
     # stamped later than this attempt (beyond clock skew): quarantined, not left for a window that never comes
     future_after = max(now, until) + timedelta(minutes=cfg.curation.future_tolerance_minutes)
-    frame = read_interactions(engine, task_type, table=table, since=window_since, until=until,
-                              future_after=future_after)  # fmt: skip
+    frame, erased = read_log_window(engine, task_type, table=table, since=window_since, until=until,
+                                    future_after=future_after)  # fmt: skip
     window = {"since": window_since.isoformat() if window_since else None, "until": until.isoformat()}
     read_s = time.perf_counter() - started
-    log.info("Read %d %r rows from %s to %s (%.1f s)", len(frame), task_type, window["since"] or "the start",
-             window["until"], read_s)  # fmt: skip
-    base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame), "window": window}
+    log.info("Read %d %r rows from %s to %s, %d erased rows left out (%.1f s)", len(frame), task_type,
+             window["since"] or "the start", window["until"], erased, read_s)  # fmt: skip
+    # an erased row (ftops erase) is never read again, but still accounted for: rows_read = the window's rows
+    erased_rows = Counter({"filtered:erased": erased} if erased else {})
+    base: dict[str, Any] = {"task_type": task_type, "rows_read": len(frame) + erased, "window": window}
 
     def done(status: str, **extra: Any) -> dict[str, Any]:
         summary = {**base, **extra, "status": status, "dataset_version": None, "staged": False}
@@ -159,10 +162,10 @@ def curate_window(
                     "and nothing is curated", task_type, TASK_TYPE_PATTERN, len(frame))  # fmt: skip
         invalid = quarantine_all(frame, "invalid_task_type")
         quarantine(invalid)
-        accounting = summarise_accounting(invalid.accounting)
+        accounting = summarise_accounting(invalid.accounting + erased_rows)
         return done("invalid_task_type", accounting=accounting, accepted=0)
     if frame.empty:
-        return done("no_new_rows")
+        return done("no_new_rows", **({"accounting": summarise_accounting(erased_rows)} if erased else {}))
     _, _, cache_path = cfg.storage.resolved()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     docs_dir = ftops_home() / "data_docs"
@@ -175,7 +178,7 @@ def curate_window(
     raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
     timings["validate_raw"] = round(time.perf_counter() - clock, 3)
     require(raw_report)
-    accounting = summarise_accounting(curated.accounting)
+    accounting = summarise_accounting(curated.accounting + erased_rows)
     base |= {
         "accounting": accounting,
         "accepted": accounting.get("accepted", 0),
@@ -241,6 +244,7 @@ def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_k
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
     from ftops.core.names import check_task_type, contained_path
+    from ftops.pipeline.erase import drop_erased
     from ftops.warehouse.state import finish_curation_run, finished_run, read_staged, upsert_pool
 
     table = cfg.interactions_table
@@ -252,6 +256,7 @@ def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_k
             raise LookupError(f"nothing is staged for {task_type!r} in run {run_key!r}: curate it first")
         log.info("%s: run %s is already published (%s)", task_type, run_key, recorded["status"])
         return recorded
+    staged = drop_erased(engine, table, staged)  # rows erased since they were curated are never published
     summary: dict[str, Any] = staged["summary"]
     timings = summary.setdefault("timings_s", {})
     version = None

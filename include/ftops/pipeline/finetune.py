@@ -70,7 +70,8 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     """Fine-tune a candidate on a dataset version and log it as an MLflow run.
 
     The run gets params, the dataset input, progress metrics as training goes (``train_loss``,
-    ``tokens_per_s``, ``eta_s``, ``learning_rate`` by step), the weights (``adapter/`` or ``full_model/``) and
+    ``tokens_per_s``, ``eta_s``, ``learning_rate``, ``max_steps`` by step: ``ftops status`` shows progress
+    and ETA from them), the weights (``adapter/`` or ``full_model/``) and
     the model in MLflow's ``transformers`` flavour (``model/``, loadable with ``mlflow.transformers.load_model``).
 
     Retry-safe: a finished run with the same run key is returned instead of training again; an unfinished
@@ -96,7 +97,8 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
 
     def log_progress(p: Progress) -> None:
         mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
-                            "learning_rate": p.learning_rate, "epoch": p.epoch}, step=p.step)  # fmt: skip
+                            "learning_rate": p.learning_rate, "epoch": p.epoch, "max_steps": p.max_steps},
+                           step=p.step)  # fmt: skip
 
     checkpoints = checkpoint_dir(cfg, task_type, run_key)
     weights = "adapter" if backend.method == "lora" else "full_model"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ftops.core.names import key_digest
+from ftops.warehouse.erasure import ERASED_ROWS, not_erased
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,6 +134,22 @@ def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Tab
     return md, pool, runs, staged
 
 
+def training_runs_table() -> tuple[sa.MetaData, sa.Table]:
+    """How each fine-tune the governor started ended (``ftops_finetune`` records it), for its retry guard."""
+    md = sa.MetaData()
+    runs = sa.Table(
+        "ftops_training_runs",
+        md,
+        sa.Column("run_id", sa.Text, primary_key=True),  # the ftops_finetune DAG run id
+        sa.Column("task_type", sa.Text, nullable=False),
+        sa.Column("dataset_version", sa.Text),  # as requested (null: the latest at the time)
+        sa.Column("status", sa.Text, nullable=False),  # succeeded | failed
+        sa.Column("model_version", sa.Text),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    return md, runs
+
+
 def _primary_key(table: str, *columns: str) -> sa.PrimaryKeyConstraint:
     """A primary key named ``<table>_pk``: never PostgreSQL's default ``<table>_pkey``, which the table of an
     earlier layout still holds while it is renamed aside during an upgrade (index names share a namespace)."""
@@ -176,6 +193,8 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
         _upgrade_layout(conn, decisions, fill={"kind": "training"})
         md.create_all(conn, tables=[quarantine, decisions], checkfirst=True)
         curation_md.create_all(conn, checkfirst=True)
+        training_runs_table()[0].create_all(conn, checkfirst=True)
+        ERASED_ROWS.create(conn, checkfirst=True)  # the marks of erased log rows (ftops.warehouse.erasure)
 
 
 def _upgrade_layout(conn: sa.Connection, table: sa.Table, fill: Mapping[str, Any] | None = None) -> None:
@@ -283,7 +302,12 @@ def _column_types(engine: sa.Engine, table: str) -> dict[str, Any]:
         return {c["name"]: c["type"] for c in inspector.get_columns(table)}
 
 
-def read_interactions(
+def read_interactions(engine: sa.Engine, task_type: str, **window: Any) -> pd.DataFrame:
+    """:func:`read_log_window`'s rows, without the count of erased rows."""
+    return read_log_window(engine, task_type, **window)[0]
+
+
+def read_log_window(
     engine: sa.Engine,
     task_type: str,
     *,
@@ -291,8 +315,10 @@ def read_interactions(
     since: datetime | None = None,
     until: datetime | None = None,
     future_after: datetime | None = None,
-) -> pd.DataFrame:
-    """Read one task type's logs with timestamps in ``[since, until)`` as a DataFrame.
+) -> tuple[pd.DataFrame, int]:
+    """Read one task type's logs with timestamps in ``[since, until)`` as a DataFrame, and count the erased.
+
+    Rows an erasure marked (``ftops.warehouse.erasure``) are left out, only counted: their text is never read.
 
     Rows with no timestamp, and rows stamped at or after ``future_after`` (the future, beyond clock skew),
     are read too, so that curation quarantines them instead of never seeing them. The table's own column
@@ -326,6 +352,7 @@ def read_interactions(
     selected = [sa.type_coerce(t.c[c], sa.Text).label(c) if c == "timestamp" and (sqlite or not timed) else t.c[c]
                 for c in INTERACTION_COLUMNS if c in found]  # fmt: skip
     query = sa.select(*selected).where(t.c.task_type == task_type).order_by(ts, t.c.id)
+    keep = not_erased(t, table)
     if timed:
         in_window = sa.and_(sa.true() if since is None else ts >= since, sa.true() if until is None else ts < until)
         if future_after is not None:
@@ -334,6 +361,10 @@ def read_interactions(
     else:
         log.warning("The timestamp column of %s is %s, not a time: every %s row is read and the window applied "
                     "here; declare it as a timestamp to read only new rows", table, found["timestamp"], task_type)  # fmt: skip
+    with _connect(engine) as conn:  # the erased rows' times only, never their text
+        hidden = pd.Series(conn.scalars(query.with_only_columns(sa.type_coerce(ts, sa.Text)).where(~keep)).all())
+    erased = len(hidden) if timed else int(_kept(hidden, since, until, future_after).sum())
+    query = query.where(keep)
     if engine.dialect.name == "postgresql":
         from ftops.warehouse.sqlread import read_frame
 
@@ -344,21 +375,28 @@ def read_interactions(
     if sqlite or not timed:
         frame["timestamp"] = _parse_times(frame["timestamp"])
     if not timed:
-        stamps = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
-        keep = stamps.isna()  # not a time: read, to be quarantined
-        in_window = stamps.notna()
-        if since is not None:
-            in_window &= stamps >= since
-        if until is not None:
-            in_window &= stamps < until
-        keep |= in_window
-        if future_after is not None:
-            keep |= stamps >= future_after
-        frame = frame[keep].reset_index(drop=True)
+        frame = frame[_kept(frame["timestamp"], since, until, future_after)].reset_index(drop=True)
     for column in INTERACTION_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    return frame[list(INTERACTION_COLUMNS)]
+    return frame[list(INTERACTION_COLUMNS)], erased
+
+
+def _kept(values: pd.Series, since: datetime | None, until: datetime | None, future_after: datetime | None) -> pd.Series:
+    """Which rows a read keeps by their timestamps, applied here where the column is not a time."""
+    import pandas as pd
+
+    stamps = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    keep = stamps.isna()  # not a time: read, to be quarantined
+    in_window = stamps.notna()
+    if since is not None:
+        in_window &= stamps >= since
+    if until is not None:
+        in_window &= stamps < until
+    keep |= in_window
+    if future_after is not None:
+        keep |= stamps >= future_after
+    return keep
 
 
 def _parse_times(values: pd.Series) -> pd.Series:

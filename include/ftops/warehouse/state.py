@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ftops.warehouse.schema import as_utc, curation_tables, log_tables
+from ftops.warehouse.schema import as_utc, curation_tables, log_tables, training_runs_table
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,62 @@ def read_decisions(
         r["details"] = json.loads(r["details"]) if r["details"] else {}
         r["decided_at"] = as_utc(r["decided_at"])
     return rows
+
+
+def record_training_outcome(
+    engine: sa.Engine,
+    run_id: str,
+    task_type: str,
+    *,
+    dataset_version: str | None,
+    status: str,
+    model_version: str | None = None,
+) -> None:
+    """Store how an ``ftops_finetune`` run ended (``succeeded`` or ``failed``); a repeat replaces it."""
+    if status not in ("succeeded", "failed"):
+        raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
+    _, runs = training_runs_table()
+    row = {"run_id": run_id, "task_type": task_type, "dataset_version": dataset_version, "status": status,
+           "model_version": model_version, "finished_at": datetime.now(UTC)}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.delete(runs).where(runs.c.run_id == run_id))
+        conn.execute(sa.insert(runs), [row])
+
+
+def training_outcomes(engine: sa.Engine, task_type: str) -> dict[str, dict[str, Any]]:
+    """Run id -> recorded outcome (``status``, ``dataset_version``, ``model_version``, ``finished_at``)."""
+    _, runs = training_runs_table()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(runs).where(runs.c.task_type == task_type)).all()
+    return {r.run_id: {**r._mapping, "finished_at": as_utc(r.finished_at)} for r in rows}
+
+
+def recent_failures(
+    engine: sa.Engine,
+    task_type: str,
+    since: datetime | None,
+    table: str = "interactions",
+    *,
+    max_rating: int = 2,
+    limit: int = 2000,
+    exclude: sa.ColumnElement[bool] | None = None,
+) -> list[dict[str, Any]]:
+    """The newest failed calls of a task type since ``since``: ``success`` false, or rated ``max_rating`` or
+    lower. Returns ``id``, ``prompt``, ``timestamp``, newest first, at most ``limit``.
+
+    ``exclude`` is a further condition on the log table's rows to keep (e.g. "not erased").
+    """
+    _, t, _, _ = log_tables(table)
+    failed = sa.or_(t.c.success.is_(False), t.c.user_feedback <= max_rating)
+    where = [t.c.task_type == task_type, failed, t.c.prompt.is_not(None)]
+    if since is not None:
+        where.append(t.c.timestamp >= since)
+    if exclude is not None:
+        where.append(exclude)
+    query = sa.select(t.c.id, t.c.prompt, t.c.timestamp).where(*where).order_by(t.c.timestamp.desc(), t.c.id)
+    with engine.connect() as conn:
+        return [{"id": r.id, "prompt": r.prompt, "timestamp": as_utc(r.timestamp)}
+                for r in conn.execute(query.limit(limit))]  # fmt: skip
 
 
 def live_metrics(

@@ -1,0 +1,73 @@
+"""
+### ftops_erase: remove one user's data from everything FT-Ops derived from the logs
+
+**Manual only**, with the user id as the log holds it. In order, each step safe to repeat (a retry or a second
+run finishes the job or changes nothing):
+
+1. marks the user's rows of the log table in `ftops_erased_rows`: no later curation or governor read sees them;
+2. for every task type whose latest dataset version holds the user's examples (matched by the version's
+   row-level lineage; by scrubbed prompt for versions published before lineage existed), publishes a
+   successor version without them, and emits an event on the `ftops_datasets` Asset, which wakes
+   `ftops_governor`;
+3. tags every registered model version trained on a dataset version that held them `ftops.erasure_pending`:
+   the governor's `erasure` policy retrains on the successor;
+4. deletes the user's rows from the tables FT-Ops owns: `interactions_curated` and `interactions_quarantine`;
+5. records the request in `ftops_decisions` (kind `erasure`).
+
+**Not done**: the log table itself is the application's record and is never altered: deleting the user's raw
+rows there is the application owner's job. Earlier dataset versions keep their tags, so their content stays in
+the registry's git history and on the DVC remote until a person deletes those tags and runs `dvc gc`.
+
+**Privacy**: FT-Ops logs and records only the pseudonymous key of the user (`user-<12 hex>`), never the id.
+The id you enter is kept, as every trigger param is, in the DAG run's conf in Airflow's metadata database.
+
+Runs in the one-slot `ftops_versioning` pool, as `ftops_curate`'s publishing does: a curation run that staged
+the user's rows before the erasure leaves them out when it publishes. `ftops erase --user-id U` does the same
+from the command line.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from ftops_airflow.common import (
+    DATASETS,
+    DEFAULT_ARGS,
+    START_DATE,
+    TAGS,
+    VERSIONING_POOL,
+    resolve_config,
+    snapshot,
+    warehouse_engine,
+)
+
+
+@dag(
+    schedule=None,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=TAGS["governance"],
+    doc_md=__doc__,
+    params={
+        "user_id": Param(type="string", minLength=1, title="User id",
+                         description="The user whose data to erase, exactly as the log's user_id column holds it."),
+    },
+)
+def ftops_erase():
+    @task(pool=VERSIONING_POOL, outlets=[DATASETS])
+    def erase_user_data(params: dict | None = None) -> dict:
+        from ftops.pipeline.erase import erase_user
+
+        ctx = get_current_context()
+        cfg = snapshot(resolve_config({}))
+        summary = erase_user(warehouse_engine(cfg.warehouse_conn_id), cfg, params["user_id"], run_id=ctx["run_id"])
+        ctx["outlet_events"][DATASETS].extra = {"erasure": summary["user_key"],
+                                                "successor_versions": summary["successor_versions"]}  # fmt: skip
+        return summary
+
+    erase_user_data()
+
+
+ftops_erase()

@@ -1,0 +1,304 @@
+"""``ftops erase`` and the ``ftops_erase`` DAG: remove one user's data from everything FT-Ops derived from the
+interaction logs.
+
+:func:`erase_user` works in an order that a re-run after a crash between any two steps completes (every step
+is idempotent, and each finds its work from the stores, not from an earlier step's memory):
+
+1. mark the user's log rows erased (``ftops.warehouse.erasure``): from then on no FT-Ops reader of the log
+   reads them (curation, the governor's error patterns), and publishing drops any that a curation run in
+   flight staged before the mark (:func:`drop_erased`);
+2. for every task type whose latest dataset version holds the user's examples, publish a successor version
+   without them (its metadata names the parent and the request; its lineage lacks the user's rows);
+3. tag every registered model version trained on a dataset version that held them ``ftops.erasure_pending``,
+   so that the governor's ``erasure`` policy retrains on the successor;
+4. delete the user's rows from the tables FT-Ops owns: the curated pool and the quarantine;
+5. record the request in ``ftops_decisions`` (kind ``erasure``): one decision per task type it changed, or one
+   for ``*`` when only the warehouse changed.
+
+A version's examples are matched to the user by its row-level lineage (``metadata.lineage``: the log row id
+behind each example). Versions published before lineage existed are matched by content instead: an example
+goes when its prompt equals one of the user's prompts as curation scrubbed it, so another user's identical
+prompt goes with it (more is removed, never less).
+
+Not done here: the application's log table is never altered (the raw rows are the application's record;
+deleting them is the application owner's job), and history is not rewritten: earlier dataset versions keep
+their tags, so their content stays in the registry's git history and on the DVC remote until a person deletes
+the tags and runs ``dvc gc`` there. The user id itself is never logged or recorded, only its pseudonymous key
+(``ftops.curation.rules.user_key``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.config import FtopsConfig
+from ftops.core.names import key_digest
+from ftops.datasets.versions import SPLITS
+from ftops.pipeline.common import dataset_registry
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from ftops.datasets.versions import DatasetRegistry, DatasetVersion
+
+log = logging.getLogger(__name__)
+PENDING_TAG = "ftops.erasure_pending"  # on model versions trained on data that has since been erased
+
+
+def erase_user(
+    engine: sa.Engine,
+    cfg: FtopsConfig,
+    user_id: str,
+    *,
+    request_key: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Erase one user's data from FT-Ops' tables, the latest dataset versions and the models' standing.
+
+    Args:
+        engine: The warehouse.
+        cfg: The config (log table, dataset registry).
+        user_id: The user id as the log holds it (compared as text). Never logged or recorded.
+        request_key: Names the request in the marks, the model tags and the decisions (e.g. a ticket id);
+            default ``erasure-<user key>``.
+        run_id: The DAG run that asked, recorded with the decisions.
+
+    Returns:
+        ``user_key``, ``request_key``, ``rows_marked``, ``pool_rows_deleted``, ``quarantine_rows_deleted``,
+        ``successor_versions`` (task type -> tag), ``tagged_model_versions`` (task type -> versions),
+        ``held_by`` (task type -> dataset versions that hold the user's examples), ``decisions`` (keys
+        recorded), ``log_rows`` (the user's rows still in the application's log table, unaltered) and
+        ``changed`` (False when a re-run found everything done).
+
+    Raises:
+        ValueError: The user id is empty.
+        LookupError: No row of the log has this user id and nothing was erased for it; or the log table is
+            missing.
+        RuntimeError: The DVC push or git failed.
+        RegistryUnavailableError: The MLflow registry does not answer.
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    from ftops.curation.rules import user_key
+    from ftops.curation.scrub import scrub
+    from ftops.warehouse import erasure
+    from ftops.warehouse.schema import curation_tables, ensure_state_tables, log_columns, log_tables
+
+    key = user_key(user_id)
+    if key is None:
+        raise ValueError("the user id is empty")
+    request = request_key or f"erasure-{key}"
+    table = cfg.interactions_table
+    log_columns(engine, table)  # LookupError when the log table is missing
+    ensure_state_tables(engine, table)
+    _, log_t, quarantine, _ = log_tables(table)
+    _, pool, _, _ = curation_tables(table)
+
+    logged = erasure.user_rows(engine, log_t, user_id)
+    pooled = erasure.pool_rows(engine, pool, key)
+    ids = {r["id"] for r in logged if r["id"] is not None} | {r["row_id"] for r in pooled}
+    ids |= erasure.marked_rows(engine, table, key)
+    if not logged and not ids:
+        raise LookupError(f"no row of the log table {table!r} has this user id, and nothing was erased for its "
+                          f"key {key}: check the id (it is compared as text, exactly)")  # fmt: skip
+    marked = erasure.mark_erased(engine, table, ids, user_key=key, request_key=request)
+    log.info("Erasure %s (%s): %d log rows marked erased, %d already marked", request, key, marked, len(ids) - marked)
+
+    # the prompts as curation stored them: for dataset versions without lineage
+    prompts = {scrub(r["prompt"]).text for r in logged if isinstance(r["prompt"], str)} | {r["prompt"] for r in pooled}
+    datasets = dataset_registry(cfg)
+    found = {t: _erase_from_task_type(datasets, t, ids, prompts, key, request) for t in datasets.task_types()}
+    pool_deleted, quarantine_deleted = erasure.delete_user_rows(
+        engine, pool, quarantine, user_key=key, row_ids=ids, stored_user_ids={scrub(str(user_id)).text}
+    )
+    summary: dict[str, Any] = {
+        "user_key": key,
+        "request_key": request,
+        "rows_marked": marked,
+        "pool_rows_deleted": pool_deleted,
+        "quarantine_rows_deleted": quarantine_deleted,
+        "successor_versions": {t: f["successor"] for t, f in found.items() if f["successor"]},
+        "tagged_model_versions": {t: f["tagged"] for t, f in found.items() if f["tagged"]},
+        "held_by": {t: f["held"] for t, f in found.items() if f["held"]},
+        "log_rows": len(logged),
+    }
+    summary["decisions"] = _record_decisions(engine, summary, found, marked + pool_deleted + quarantine_deleted,
+                                             run_id=run_id)  # fmt: skip
+    summary["changed"] = bool(marked or pool_deleted or quarantine_deleted or summary["successor_versions"]
+                              or summary["tagged_model_versions"] or summary["decisions"])  # fmt: skip
+    log.info("Erasure %s (%s) %s: %s", request, key, "done" if summary["changed"] else "had nothing left to do",
+             json.dumps({k: v for k, v in summary.items() if k not in ("user_key", "request_key")}, sort_keys=True))
+    return summary
+
+
+def _erase_from_task_type(
+    datasets: DatasetRegistry, task_type: str, ids: set[str], prompts: set[str], key: str, request: str
+) -> dict[str, Any]:
+    """Steps 2 and 3 for one task type: the successor of a latest version that holds the user's examples, and
+    the tags on model versions trained on any version that held them.
+
+    Only the latest version and the versions some model was trained on are read (through DVC).
+
+    Returns:
+        ``held`` (dataset tags), ``successor`` (tag published now, or None), ``tagged`` (model versions tagged
+        now), ``latest`` and ``latest_erasure`` (the latest version's ``erasure`` metadata, if any, after this).
+    """
+    from ftops.registry import models as registry
+
+    versions = datasets.versions(task_type)
+    model_versions = registry.versions(task_type)
+    trained = {mv.tags.get("dataset_version") for mv in model_versions}
+    latest = versions[-1]
+    latest_meta: dict[str, Any] = {}
+    held: list[str] = []
+    successor: str | None = None
+    for version in versions:
+        if version != latest and version.tag not in trained:
+            continue
+        meta = datasets.read_metadata(version)
+        if version == latest:
+            latest_meta = meta
+        positions, matched_by = _positions(datasets, version, meta, ids, prompts)
+        if not any(positions.values()):
+            continue
+        held.append(version.tag)
+        if version == latest:
+            published = _publish_successor(datasets, version, meta, positions, matched_by, key, request)
+            latest, successor = published, published.tag
+            latest_meta = datasets.read_metadata(published)
+    tagged: list[str] = []
+    mark = request if key in request else f"{request} for {key}"
+    for mv in model_versions:
+        pending = mv.tags.get(PENDING_TAG, "")
+        if mv.tags.get("dataset_version") in held and key not in pending:  # once per user, whatever the request
+            registry.set_tags(task_type, str(mv.version), {PENDING_TAG: ", ".join(filter(None, [pending, mark]))})
+            tagged.append(str(mv.version))
+    if held:
+        log.info("%s: %s held the examples of %s; successor %s; model versions tagged %s: %s", task_type,
+                 ", ".join(held), key, successor or "none needed", PENDING_TAG, tagged or "none new")  # fmt: skip
+    return {"held": held, "successor": successor, "tagged": tagged, "latest": latest.tag,
+            "latest_erasure": latest_meta.get("erasure")}  # fmt: skip
+
+
+def _positions(
+    datasets: DatasetRegistry, version: DatasetVersion, meta: dict[str, Any], ids: set[str], prompts: set[str]
+) -> tuple[dict[str, list[int]], str]:
+    """Where the user's examples are in each split of a version, and how they were found (lineage, content)."""
+    lineage = meta.get("lineage")
+    if isinstance(lineage, dict) and all(len(lineage.get(s) or []) == meta.get(f"{s}_rows") for s in SPLITS):
+        return {s: [i for i, row_id in enumerate(lineage[s]) if row_id in ids] for s in SPLITS}, "lineage"
+    log.warning("%s has no row-level lineage: the user's examples are matched by their scrubbed prompts",
+                version.tag)  # fmt: skip
+    return {s: [i for i, row in enumerate(datasets.read(version, s)) if _prompt(row) in prompts]
+            for s in SPLITS}, "content"  # fmt: skip
+
+
+def _prompt(example: dict[str, Any]) -> str | None:
+    return next((m.get("content") for m in example.get("messages", []) if m.get("role") == "user"), None)
+
+
+def _publish_successor(
+    datasets: DatasetRegistry,
+    parent: DatasetVersion,
+    meta: dict[str, Any],
+    positions: dict[str, list[int]],
+    matched_by: str,
+    key: str,
+    request: str,
+) -> DatasetVersion:
+    """A new latest version of ``parent`` without the examples at ``positions`` (retry-safe: same content)."""
+    kept = {s: [r for i, r in enumerate(datasets.read(parent, s)) if i not in set(positions[s])] for s in SPLITS}
+    metadata = {k: v for k, v in meta.items() if k not in ("content_hash", "train_rows", "test_rows", "lineage")}
+    metadata |= {"parent": parent.tag, "erasure": {"user_key": key, "request_key": request, "matched_by": matched_by,
+                                                   "removed": {s: len(positions[s]) for s in SPLITS}}}  # fmt: skip
+    if matched_by == "lineage":
+        metadata["lineage"] = {s: [r for i, r in enumerate(meta["lineage"][s]) if i not in set(positions[s])]
+                               for s in SPLITS}  # fmt: skip
+    version = datasets.publish(parent.task_type, kept["train"], kept["test"], metadata, reuse_older=False)
+    log.info("%s: %d train and %d test examples of %s removed from %s: %s", parent.task_type,
+             len(positions["train"]), len(positions["test"]), key, parent.tag, version.tag)  # fmt: skip
+    return version
+
+
+def _record_decisions(
+    engine: sa.Engine,
+    summary: dict[str, Any],
+    found: dict[str, dict[str, Any]],
+    warehouse_changes: int,
+    *,
+    run_id: str | None,
+) -> list[str]:
+    """Step 5: one decision per task type changed now, or whose erasure successor has no decision yet (a crash
+    before recording); else one for ``*`` when the warehouse changed now, or when the user has no erasure
+    decision at all yet. Returns the keys recorded."""
+    from ftops.warehouse.state import read_decisions, record_decision
+
+    key, request = summary["user_key"], summary["request_key"]
+    earlier = [d for d in read_decisions(engine, kind="erasure") if d["details"].get("user_key") == key]
+    decided = {(d["task_type"], d["dataset_version"]) for d in earlier}
+    base = {k: summary[k] for k in ("user_key", "request_key", "rows_marked", "pool_rows_deleted",
+                                    "quarantine_rows_deleted", "log_rows")}  # fmt: skip
+    now = datetime.now(UTC)
+    recorded: list[str] = []
+
+    def record(task_type: str, reason: str, dataset_version: str | None, details: dict[str, Any]) -> None:
+        details = base | details
+        decision_key = f"erasure:{key}:{task_type}:{key_digest(json.dumps(details, sort_keys=True))[:16]}"
+        record_decision(engine, {"decision_key": decision_key, "decided_at": now, "task_type": task_type,
+                                 "train": False, "reason": reason, "dataset_version": dataset_version,
+                                 "details": details, "kind": "erasure", "policy": "erasure", "run_id": run_id})  # fmt: skip
+        recorded.append(decision_key)
+
+    for task_type, f in sorted(found.items()):
+        erased_here = (f["latest_erasure"] or {}).get("user_key") == key
+        if not (f["successor"] or f["tagged"] or (erased_here and (task_type, f["latest"]) not in decided)):
+            continue
+        removed = (f["latest_erasure"] or {}).get("removed", {}) if erased_here else {}
+        what = [f"{sum(removed.values())} examples removed → {f['latest']}" if erased_here else
+                f"{f['latest']} holds none of its examples"]  # fmt: skip
+        if f["tagged"]:
+            what.append(f"model versions {', '.join(f['tagged'])} tagged {PENDING_TAG}")
+        record(task_type, f"erasure of {key} ({request}): " + "; ".join(what), f["latest"],
+               {"held_by": f["held"], "successor": f["successor"], "removed": removed, "tagged": f["tagged"]})
+    if not recorded and (warehouse_changes or not earlier):
+        record("*", f"erasure of {key} ({request}): {summary['rows_marked']} log rows marked erased, "
+               f"{summary['pool_rows_deleted']} pool and {summary['quarantine_rows_deleted']} quarantine rows "
+               "deleted; no dataset version held its examples", None, {})  # fmt: skip
+    return recorded
+
+
+def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[str, Any]:
+    """What a curation run staged, less the rows an erasure marked since it read them.
+
+    ``ftops_erase`` and publishing share a one-slot pool, so publishing sees every mark made before it: a
+    dataset staged before an erasure never brings the erased examples back, nor its candidates into the pool.
+
+    Raises:
+        RuntimeError: Rows must go but the staged lineage does not match the staged dataset.
+    """
+    from ftops.warehouse.erasure import erased_ids
+
+    metadata = staged.get("metadata") or {}
+    lineage = metadata.get("lineage") or {}
+    gone = erased_ids(engine, table, [c["row_id"] for c in staged["candidates"]]
+                      + [i for s in SPLITS for i in lineage.get(s, [])])  # fmt: skip
+    if not gone:
+        return staged
+    result = {**staged, "candidates": [c for c in staged["candidates"] if c["row_id"] not in gone]}
+    if staged["train_jsonl"] is not None:
+        kept_lineage = {}
+        for s in SPLITS:
+            lines = [line for line in staged[f"{s}_jsonl"].split("\n") if line.strip()]
+            if len(lines) != len(lineage.get(s) or []):
+                raise RuntimeError(f"the staged {s} split has {len(lines)} rows but {len(lineage.get(s) or [])} "
+                                   "lineage ids: re-curate the window")  # fmt: skip
+            pairs = [(line, i) for line, i in zip(lines, lineage[s], strict=True) if i not in gone]
+            result[f"{s}_jsonl"] = "".join(line + "\n" for line, _ in pairs)
+            kept_lineage[s] = [i for _, i in pairs]
+        result["metadata"] = {**metadata, "lineage": kept_lineage}
+        result["summary"] = {**staged["summary"], "train_rows": len(kept_lineage["train"]),
+                             "test_rows": len(kept_lineage["test"]), "erased_before_publishing": len(gone)}  # fmt: skip
+    log.warning("%d staged rows were erased since they were curated: left out of what is published", len(gone))
+    return result

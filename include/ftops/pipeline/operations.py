@@ -1,0 +1,329 @@
+"""What a person (or an assistant through ``ftops mcp``) may ask of FT-Ops outside the schedules: explain a model
+version, read decisions, ask for a fine-tune or a rollback.
+
+Requests go through guards before anything starts, and every request is recorded in ``ftops_decisions``,
+refused or not (kind ``training_request`` or ``rollback_request``, with the guard's reason). A request to
+train passes the governor's own guards (:func:`ftops.pipeline.governor.training_guards`) and then triggers
+``ftops_governor`` with ``force``, which applies them again when it runs and records its own decision; a
+request to roll back is checked against the registry here and triggers ``ftops_rollback`` with the version it
+checked. Nothing here returns a prompt, a response or a user id: decision details are redacted of examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ftops.core.airflow_api import AirflowAPI, AirflowAPIError, AirflowUnavailableError
+from ftops.core.config import FtopsConfig
+from ftops.core.names import check_task_type
+from ftops.pipeline.common import dataset_registry, json_safe
+from ftops.registry import models as registry
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from ftops.pipeline.governor import Verdict
+
+log = logging.getLogger(__name__)
+GOVERNOR_DAG, ROLLBACK_DAG = "ftops_governor", "ftops_rollback"
+MAX_REASON = 500
+MAX_DECISIONS = 100
+WITHHELD = frozenset({"examples", "prompt", "prompts", "response", "responses", "user_id", "user_ids"})
+"""Keys whose values never leave through these functions (decision details may carry scrubbed examples)."""
+
+
+def redact(value: Any) -> Any:
+    """``value`` as strict JSON, with the values of :data:`WITHHELD` keys replaced by what was withheld."""
+    if isinstance(value, dict):
+        return {k: (f"[{_count(v)} withheld]" if k in WITHHELD else redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return json_safe(value)
+    return str(value)
+
+
+def _count(value: Any) -> str:
+    return f"{len(value)} item(s)" if isinstance(value, list | tuple | dict) else "1 item"
+
+
+def check_reason(reason: str) -> str:
+    """A request's reason, stripped: required, at most :data:`MAX_REASON` characters.
+
+    Raises:
+        ValueError: Empty or too long.
+    """
+    text = (reason or "").strip()
+    if not text:
+        raise ValueError("a reason is required: say why (it is recorded with the decision and the model)")
+    if len(text) > MAX_REASON:
+        raise ValueError(f"the reason has {len(text)} characters; at most {MAX_REASON}")
+    return text
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+def list_decisions(
+    engine: sa.Engine, task_type: str | None = None, *, kind: str | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The latest decisions, newest first (details redacted).
+
+    Raises:
+        ValueError: ``limit`` outside 1..100, or an invalid task type.
+    """
+    import sqlalchemy as sa
+
+    from ftops.warehouse.state import read_decisions
+
+    if not 1 <= limit <= MAX_DECISIONS:
+        raise ValueError(f"limit must be between 1 and {MAX_DECISIONS}, not {limit}")
+    if task_type is not None:
+        check_task_type(task_type)
+    if not sa.inspect(engine).has_table("ftops_decisions"):
+        return []
+    return list(redact(read_decisions(engine, task_type, kind=kind, limit=limit)))
+
+
+def read_decision(engine: sa.Engine, decision_key: str) -> dict[str, Any] | None:
+    """One decision by its key (details redacted), or None."""
+    import sqlalchemy as sa
+
+    from ftops.warehouse.schema import as_utc, log_tables
+
+    _, _, _, d = log_tables("interactions")
+    if not sa.inspect(engine).has_table(d.name):
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(d).where(d.c.decision_key == decision_key)).first()
+    if row is None:
+        return None
+    out = dict(row._mapping)
+    out["details"] = json.loads(out["details"]) if out["details"] else {}
+    out["decided_at"] = as_utc(out["decided_at"])
+    return dict(redact(out))
+
+
+def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: int) -> dict[str, Any]:
+    """Why a registered version exists and where it stands: its dataset, the request or policy that trained it,
+    its gate metrics and decision, its aliases and deployment tags. Never its test answers or prompts.
+
+    Raises:
+        InvalidNameError: The task type is not a valid name.
+        ValueError: ``version`` is not a positive integer.
+        LookupError: No such version.
+        RegistryUnavailableError: The registry does not answer.
+    """
+    from ftops.datasets.versions import DatasetNotFoundError
+
+    name = registry.model_name(task_type)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, not {version!r}")
+    c = registry.client()
+    mv = None
+    with registry.store_errors(f"read {name} version {version}", missing_ok=True):
+        mv = c.get_model_version(name, str(version))
+    if mv is None:
+        raise LookupError(f"{name} has no version {version}")
+    t = dict(mv.tags or {})
+    dataset: dict[str, Any] = {"version": t.get("dataset_version"), "content_hash": t.get("content_hash")}
+    if t.get("dataset_version"):
+        try:
+            datasets = dataset_registry(cfg)
+            meta = datasets.read_metadata(datasets.get(task_type, t["dataset_version"]))
+            dataset |= {"train_rows": meta["train_rows"], "test_rows": meta["test_rows"],
+                        "logs_until": (meta.get("window") or {}).get("until")}  # fmt: skip
+        except DatasetNotFoundError as exc:
+            dataset["error"] = str(exc)
+    run_metrics: dict[str, float] = {}
+    if mv.run_id:
+        with registry.store_errors(f"read run {mv.run_id}", missing_ok=True):
+            run_metrics = dict(c.get_run(mv.run_id).data.metrics)
+    decision_key = t.get("ftops.decision_key")
+    metrics = {k.removeprefix("metric."): {"value": _num(v), "baseline": _num(t.get("baseline." + k[7:]))}
+               for k, v in sorted(t.items()) if k.startswith("metric.")}  # fmt: skip
+    deployment = ("deployment", "traffic_percent", "deployed_at", "ramp_step", "promoted_at", "promote_reason",
+                  "rollback_reason", "rolled_back_at", "archive_reason", "ftops.erasure_pending")  # fmt: skip
+    return dict(redact({
+        "task_type": task_type, "model": name, "version": str(mv.version), "aliases": sorted(mv.aliases or []),
+        "registered_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC) if mv.creation_timestamp else None,
+        "mlflow_run_id": mv.run_id,
+        "dataset": dataset,
+        "training": {"backend": t.get("backend"), "base_model": t.get("base_model"), "reason": t.get("trigger_reason"),
+                     "policy": t.get("ftops.policy"), "decision_key": decision_key,
+                     "train_seconds": run_metrics.get("train_seconds"),
+                     "final_loss": run_metrics.get("train_final_loss")},
+        "trigger_decision": read_decision(engine, decision_key) if decision_key else None,
+        "gate": {"decision": t.get("decision"), "reasons": [r for r in t.get("reason", "").split("; ") if r],
+                 "baseline": t.get("baseline"), "metrics": metrics,
+                 "trivial_accuracy": _num(t.get("trivial.accuracy"))},
+        "deployment": {k: t.get(k) for k in deployment if t.get(k) is not None},
+    }))  # fmt: skip
+
+
+def _num(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+# -- requests -----------------------------------------------------------------------------------------------
+def _request_ids(kind: str, task_type: str, now: datetime) -> tuple[str, str]:
+    """(decision key, DAG run id) of one request: each request is its own event, so a fresh id each time."""
+    rid = uuid.uuid4().hex[:12]
+    return f"mcp/{kind}/{task_type}/{rid}", f"mcp__{task_type}__{now:%Y%m%dT%H%M%S}__{rid}"
+
+
+def _record(engine: sa.Engine, key: str, now: datetime, task_type: str, kind: str, **fields: Any) -> None:
+    from ftops.warehouse.state import record_decision
+
+    record_decision(engine, {"decision_key": key, "decided_at": now, "task_type": task_type, "kind": kind, **fields})
+
+
+def request_training(
+    engine: sa.Engine, cfg: FtopsConfig, airflow: AirflowAPI, task_type: str, reason: str, *,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Ask for a fine-tune of ``task_type`` now: refused when a governor guard says no, else ``ftops_governor``
+    is triggered with ``force`` and the reason. Either way the request is recorded (kind ``training_request``).
+
+    Returns:
+        ``accepted``; ``reason`` (the guard's when refused); ``decision_key``; when accepted ``dag_id``,
+        ``dag_run_id``, ``state`` and ``dag_paused`` (a paused DAG's run waits until it is unpaused).
+
+    Raises:
+        InvalidNameError: The task type is not a valid name.
+        ValueError: No reason, or one over 500 characters.
+        LookupError: The task type is unknown.
+        AirflowUnavailableError: Airflow did not answer (the refusal to start is recorded).
+    """
+    from ftops.pipeline.governor import training_guards
+    from ftops.warehouse.schema import ensure_schema
+
+    check_task_type(task_type)
+    why = check_reason(reason)
+    now = now or datetime.now(UTC)
+    ensure_schema(engine, cfg.interactions_table)
+    verdict = training_guards(engine, cfg, task_type, now=now)
+    key, run_id = _request_ids("training_request", task_type, now)
+    details = {"requested_reason": why, "requested_through": "mcp", "guards": verdict.details}
+    record = {"details": details, "policy": "force"}
+    if not verdict.allowed:
+        _record(engine, key, now, task_type, "training_request", train=False, reason=verdict.reason, **record)
+        log.info("Training request for %s refused: %s", task_type, verdict.reason)
+        return {"accepted": False, "task_type": task_type, "reason": verdict.reason, "decision_key": key}
+    conf = {"task_type": task_type, "force": True, "reason": why}
+    return _trigger(engine, airflow, GOVERNOR_DAG, conf, run_id, key, now, task_type, "training_request", verdict,
+                    record, accepted_reason=f"requested: {why}")  # fmt: skip
+
+
+def rollback_guard(task_type: str, to_version: int | None) -> tuple[Verdict, str | None]:
+    """Whether rolling ``task_type`` back to ``to_version`` (default: the ``previous`` alias) is safe now.
+
+    The target must exist, not be the champion, have passed the gate and served before (a ``deployment``
+    tag), not be a canary that was rolled back without ever serving as champion, and not be trained on data
+    since erased. A canary in progress does not stop a rollback: ``ftops_rollback`` retires it first.
+
+    Returns:
+        The verdict and the target version (None when there is none).
+    """
+    from ftops.pipeline.governor import Verdict
+
+    name = registry.model_name(task_type)
+    champion = registry.alias_version(task_type, registry.CHAMPION)
+    if champion is None:
+        return Verdict(False, f"{name} has no champion: nothing to roll back"), None
+    if to_version is None:
+        target = registry.alias_version(task_type, registry.PREVIOUS)
+        if target is None:
+            return Verdict(False, f"{name} has no 'previous' version: name the version to roll back to"), None
+    else:
+        target = None
+        with registry.store_errors(f"read {name} version {to_version}", missing_ok=True):
+            target = registry.client().get_model_version(name, str(to_version))
+        if target is None:
+            return Verdict(False, f"{name} has no version {to_version}"), None
+    v, t = str(target.version), dict(target.tags or {})
+    canary = registry.alias_version(task_type, registry.CANARY)
+    details = {"champion": str(champion.version), "target": v, "canary": str(canary.version) if canary else None,
+               "target_deployment": t.get("deployment"), "target_decision": t.get("decision")}  # fmt: skip
+    if v == str(champion.version):
+        return Verdict(False, f"v{v} is already the champion of {name}", details), v
+    if canary is not None and v == str(canary.version):
+        return Verdict(False, f"v{v} is the canary: ftops_canary promotes it when its ramp is done; a rollback "
+                              "restores an earlier champion", details), v  # fmt: skip
+    if t.get("deployment") == "archived" or (t.get("decision") or "").lower() == "archive":
+        return Verdict(False, f"v{v} failed the deployment gate and was archived: {t.get('archive_reason', '')}"
+                       .rstrip(": "), details), v  # fmt: skip
+    if not t.get("deployment"):
+        return Verdict(False, f"v{v} was never deployed: only a version that served before can be restored",
+                       details), v  # fmt: skip
+    if t.get("rollback_reason") and not t.get("promoted_at"):
+        return Verdict(False, f"v{v} was rolled back as a canary and never served as champion "
+                              f"({t['rollback_reason'][:200]})", details), v  # fmt: skip
+    if t.get("ftops.erasure_pending"):
+        return Verdict(False, f"v{v} was trained on data that has since been erased "
+                              f"({t['ftops.erasure_pending'][:200]}): retrain instead", details), v  # fmt: skip
+    extra = f"; canary v{canary.version} will be retired" if canary else ""
+    return Verdict(True, f"v{v} served before and passed the gate{extra}", details), v
+
+
+def request_rollback(
+    engine: sa.Engine, cfg: FtopsConfig, airflow: AirflowAPI, task_type: str, reason: str,
+    to_version: int | None = None, *, now: datetime | None = None,
+) -> dict[str, Any]:
+    """Ask for ``task_type``'s champion to go back to ``to_version`` (default ``previous``): refused when
+    :func:`rollback_guard` says no, else ``ftops_rollback`` is triggered with the version it checked. Either
+    way the request is recorded (kind ``rollback_request``).
+
+    Raises:
+        InvalidNameError: The task type is not a valid name.
+        ValueError: No reason (or too long), or ``to_version`` not a positive integer.
+        AirflowUnavailableError: Airflow did not answer (recorded).
+    """
+    from ftops.warehouse.schema import ensure_schema
+
+    check_task_type(task_type)
+    why = check_reason(reason)
+    if to_version is not None and (isinstance(to_version, bool) or not isinstance(to_version, int) or to_version < 1):
+        raise ValueError(f"to_version must be a positive integer, not {to_version!r}")
+    now = now or datetime.now(UTC)
+    ensure_schema(engine, cfg.interactions_table)
+    verdict, target = rollback_guard(task_type, to_version)
+    key, run_id = _request_ids("rollback_request", task_type, now)
+    record = {"details": {"requested_reason": why, "requested_through": "mcp", "to_version": to_version,
+                          "guards": verdict.details}}  # fmt: skip
+    if not verdict.allowed:
+        _record(engine, key, now, task_type, "rollback_request", train=False, reason=verdict.reason, **record)
+        log.info("Rollback request for %s refused: %s", task_type, verdict.reason)
+        return {"accepted": False, "task_type": task_type, "reason": verdict.reason, "decision_key": key}
+    conf = {"task_type": task_type, "to_version": target}
+    return _trigger(engine, airflow, ROLLBACK_DAG, conf, run_id, key, now, task_type, "rollback_request", verdict,
+                    record, accepted_reason=f"rollback to v{target} requested: {why}")  # fmt: skip
+
+
+def _trigger(
+    engine: sa.Engine, airflow: AirflowAPI, dag_id: str, conf: dict[str, Any], run_id: str, key: str, now: datetime,
+    task_type: str, kind: str, verdict: Verdict, record: dict[str, Any], *, accepted_reason: str,
+) -> dict[str, Any]:
+    """Trigger an allowed request's DAG run and record the request with the run id (or why it did not start)."""
+    try:
+        run = airflow.trigger(dag_id, conf, run_id=run_id)
+    except (AirflowUnavailableError, AirflowAPIError) as exc:
+        _record(engine, key, now, task_type, kind, train=False, **record,
+                reason=f"the guards allowed it, but {dag_id} could not be triggered: {exc}")  # fmt: skip
+        raise
+    _record(engine, key, now, task_type, kind, train=True, reason=accepted_reason, run_id=run["dag_run_id"], **record)
+    try:
+        paused: bool | None = bool(airflow.dag(dag_id).get("is_paused"))
+    except (AirflowUnavailableError, AirflowAPIError):
+        paused = None
+    log.info("%s for %s: triggered %s run %s", kind, task_type, dag_id, run["dag_run_id"])
+    return {"accepted": True, "task_type": task_type, "reason": verdict.reason, "decision_key": key,
+            "dag_id": dag_id, "dag_run_id": run["dag_run_id"], "state": run.get("state"), "conf": conf,
+            "dag_paused": paused}  # fmt: skip
