@@ -109,4 +109,7 @@ TRAFFIC_PID=""
 
 step "Summary"
 ftops summary
+
+step "ftops status: the dashboard, while Airflow still runs (exit code 1 would mean a source was unreachable)"
+ftops status --decisions 8 || true
 printf '\nTotal %d s. Explore it all in the UI: make ui, then http://127.0.0.1:8080\n' "$(( $(date +%s) - started ))"

@@ -191,6 +191,23 @@ def test_finetune_raises_accuracy_registers_with_lineage_and_deploys(dags, curat
     assert "ok: accuracy" in tags["reason"] and "vs trivial baseline" in tags["reason"]
 
 
+def test_explain_model_traces_the_champion_to_its_decision_through_mcp(governed, curated) -> None:
+    """What the governor decided, read back through ``ftops mcp`` by the MCP SDK's own client."""
+    import os
+
+    import anyio
+
+    from tests.status_support import State, mcp_calls, tool_result
+
+    state = State(dict(os.environ), None, None, curated["version"].tag, None)
+    _, [explained] = anyio.run(mcp_calls, state, [("explain_model", {"task_type": TASK_TYPE, "version": 1})])
+    e = tool_result(explained)
+    decision = governed["decision"]
+    assert e["dataset"]["version"] == curated["version"].tag and e["aliases"] == ["champion"]
+    assert e["training"]["policy"] == "new_data" and e["training"]["decision_key"] == decision["decision_key"]
+    assert e["trigger_decision"]["reason"] == decision["reason"] and e["gate"]["decision"] == "deploy"
+
+
 def test_the_summary_shows_what_the_deployed_model_says(dags, capsys) -> None:
     from ftops.cli import main
 

@@ -157,7 +157,6 @@ def test_mcp_server_through_the_sdk_client(state: State) -> None:
 
 
 def test_mcp_erase_user_answers_with_the_pseudonymous_key_only(state: State) -> None:
-    pytest.importorskip("ftops.pipeline.erase")
     _, (erased, empty) = anyio.run(mcp_calls, state, [("erase_user", {"user_id": "user-1"}),
                                                  ("erase_user", {"user_id": ""})])  # fmt: skip
     answer = tool_result(erased)
