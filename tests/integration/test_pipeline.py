@@ -148,7 +148,7 @@ def test_governor_decides_to_train_records_why_and_starts_one_fine_tune(dags, go
 
     latest = governed["decision"]
     assert latest["train"] and latest["dataset_version"] == curated["version"].tag and latest["kind"] == "training"
-    assert latest["policy"] == "new_data" and re.search(r"has \d+ new examples \(no model in service yet\)",
+    assert latest["policy"] == "new_data" and re.search(r"has \d+ examples \(no champion yet\)",
                                                         latest["reason"]), latest["reason"]  # fmt: skip
     assert latest["details"]["policies"]["new_data"]["inputs"]["new_examples"] >= 100
     run_id = f"governor__{TASK_TYPE}__v1__new_data"

@@ -22,7 +22,7 @@ GOV = GovernorConfig()
 # -- policies and guards on their own ---------------------------------------------------------------------------
 def test_new_data_counts_examples_against_the_champions_version() -> None:
     fired = p.new_data_policy(120, "dataset/t/v1", untrained=True, latest="dataset/t/v2", cfg=GOV)
-    assert fired.fired and "120 new examples than dataset/t/v1" in fired.reason
+    assert fired.fired and "120 examples that dataset/t/v1 lacks" in fired.reason
     few = p.new_data_policy(99, "dataset/t/v1", untrained=True, latest="dataset/t/v2", cfg=GOV)
     assert not few.fired and "fewer than 100" in few.reason and few.inputs["new_examples"] == 99
     trained = p.new_data_policy(500, "dataset/t/v1", untrained=False, latest="dataset/t/v2", cfg=GOV)
@@ -192,7 +192,7 @@ def test_new_data_trains_once_and_a_retried_task_decides_the_same(state) -> None
     engine, cfg, datasets = state
     publish(datasets, TASK, 0, 150)
     first = govern(engine, quiet(cfg), "run1")[TASK]
-    assert first["train"] and first["policy"] == "new_data" and "150 new examples" in first["reason"]
+    assert first["train"] and first["policy"] == "new_data" and "150 examples (no champion yet)" in first["reason"]
     assert first["finetune_run_id"] == f"governor__{TASK}__v1__new_data"
     again = govern(engine, quiet(cfg), "run1")[TASK]  # the same governor task, retried
     assert again["finetune_run_id"] == first["finetune_run_id"] and again["train"]
@@ -211,7 +211,7 @@ def test_new_data_counts_only_examples_the_champion_lacks(state) -> None:
     publish(datasets, TASK, 50, 150)  # 50 new, 100 the champion was trained on
     few = govern(engine, quiet(cfg), "run1")[TASK]
     assert not few["train"], few["reason"]
-    assert "50 new examples than dataset/sentiment/v1, fewer than 100" in few["reason"]
+    assert "50 examples that dataset/sentiment/v1 lacks, fewer than 100" in few["reason"]
     lower = govern(engine, quiet(cfg, **{"governor.min_new_examples": 50}), "run2")[TASK]
     assert lower["train"] and lower["dataset_version"] == "dataset/sentiment/v2"
 

@@ -79,14 +79,12 @@ def new_data_policy(new_examples: int, reference: str | None, *, untrained: bool
                     cfg: GovernorConfig) -> Check:  # fmt: skip
     """``new_examples``: examples of ``latest`` that ``reference`` (the champion's dataset version) lacks."""
     inputs = {"new_examples": new_examples, "reference": reference, "min_new_examples": cfg.min_new_examples}
-    against = f"than {reference}" if reference else "(no model in service yet)"
+    found = f"{new_examples} examples that {reference} lacks" if reference else f"{new_examples} examples (no champion yet)"
     if not untrained:
         return Check("new_data", False, f"{latest} was already trained on", inputs)
     if new_examples < cfg.min_new_examples:
-        return Check("new_data", False, f"{latest} has {new_examples} new examples {against}, fewer than "
-                     f"{cfg.min_new_examples}", inputs)  # fmt: skip
-    return Check("new_data", True, f"{latest} has {new_examples} new examples {against} (≥ {cfg.min_new_examples})",
-                 inputs)  # fmt: skip
+        return Check("new_data", False, f"{latest} has {found}, fewer than {cfg.min_new_examples}", inputs)
+    return Check("new_data", True, f"{latest} has {found} (≥ {cfg.min_new_examples})", inputs)
 
 
 def error_pattern_policy(failures: int, patterns: list[dict[str, Any]], since: datetime | None, *,
