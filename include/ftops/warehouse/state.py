@@ -280,7 +280,8 @@ def record_training_outcome(
     """Store how an ``ftops_finetune`` run ended (``succeeded`` or ``failed``); a repeat replaces it."""
     if status not in ("succeeded", "failed"):
         raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
-    _, runs = training_runs_table()
+    md, runs = training_runs_table()
+    md.create_all(engine, checkfirst=True)  # a warehouse no governor has prepared (a fine-tune triggered by hand)
     row = {"run_id": run_id, "task_type": task_type, "dataset_version": dataset_version, "status": status,
            "model_version": model_version, "finished_at": datetime.now(UTC)}  # fmt: skip
     with engine.begin() as conn:
