@@ -174,7 +174,8 @@ def test_a_job_past_its_timeout_is_cancelled_by_the_resumed_wait_and_fails_it(se
     event = asyncio.run(anext(trigger.run())).payload
     assert event["outcome"] == "timeout" and server.job(trained["job_id"])["status"] != "cancelled"
     wait = WaitForFineTuneOperator(task_id="wait_for_model", config=cfg.model_dump(mode="json"), trained=trained)
-    with pytest.raises(FineTuneJobFailed, match=r"after 2\.0 h \(timeout_hours 1\): cancelled"):
+    # 2.0 h, or a little more when a loaded machine takes minutes between ageing the job and resuming
+    with pytest.raises(FineTuneJobFailed, match=r"after 2\.\d h \(timeout_hours 1\): cancelled"):
         wait.execute_complete({}, event)
     assert server.job(trained["job_id"])["status"] == "cancelled"
     assert registry.client().get_run(trained["run_id"]).data.tags["openai.status"] == "cancelled (timeout)"
