@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint ui clean
+.PHONY: install demo test lint ui ui-screenshot clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: install
 
 ui: install  ## the Airflow UI on http://127.0.0.1:8080 (airflow standalone on embedded defaults; login off, so this machine only)
 	bash scripts/setup_airflow.sh && bash -c '. scripts/env.sh && airflow standalone'
+
+ui-screenshot: install  ## docs/ui/ftops-page.png: the FT-Ops page on the embedded state (its own API server, then stopped)
+	bash -c '. scripts/env.sh && python scripts/ui_screenshot.py'
 
 clean:  ## forget all embedded state (warehouse, datasets, MLflow, Airflow DB, built base model)
 	rm -rf .ftops

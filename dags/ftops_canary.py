@@ -43,7 +43,8 @@ from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE, reso
     doc_md=__doc__,
     params={
         "task_type": Param(None, type=["null", "string"], **TASK_TYPE, title="Task type",
-                           description="Review this task type's canary only. Empty = every task type."),
+                           description="Review this task type's canary only. Empty = every task type.",
+                           section="What to review"),
     },
 )
 def ftops_canary():

@@ -58,16 +58,20 @@ from ftops_airflow.common import (
     doc_md=__doc__,
     params={
         "task_types": Param([], type="array", items={"type": "string", **TASK_TYPE}, title="Task types",
-                            description="Task types to curate; empty = every task type in the logs."),
+                            description="Task types to curate; empty = every task type in the logs.",
+                            section="What to curate"),
         "since": Param(None, type=["null", "string"], format="date-time", title="Since",
                        description="Re-read logs from this time on (ISO 8601). Empty = from the watermark "
-                                   "(where the last completed run stopped; all history on a first run)."),
+                                   "(where the last completed run stopped; all history on a first run).",
+                       section="What to curate"),
         "min_rating": Param(None, type=["null", "number"], minimum=1, maximum=5, title="Minimum rating",
-                            description="Lowest rating kept. Empty = config (4)."),
+                            description="Lowest rating kept. Empty = config (4).", section="Selection"),
         "target_size": Param(None, type=["null", "integer"], minimum=1, title="Target size",
-                             description="Most examples per dataset version. Empty = config (500)."),
+                             description="Most examples per dataset version. Empty = config (500).",
+                             section="Selection"),
         "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Curate and validate, but write and version nothing (and emit no Asset event)."),
+                         description="Curate and validate, but write and version nothing (and emit no Asset event).",
+                         section="Run"),
     },
 )
 def ftops_curate():

@@ -52,7 +52,8 @@ from ftops_airflow.common import (
     doc_md=__doc__,
     params={
         "user_id": Param(type="string", minLength=1, title="User id",
-                         description="The user whose data to erase, exactly as the log's user_id column holds it."),
+                         description="The user whose data to erase, exactly as the log's user_id column holds it.",
+                         section="Erasure"),
     },
 )
 def ftops_erase():

@@ -48,6 +48,11 @@ from ftops_airflow.common import (
 )
 from ftops_airflow.openai_wait import WaitForFineTuneOperator
 
+# Trigger-form sections. Airflow 3.3's form cannot show a field only for one choice of another (no conditional
+# display in Param), so each backend's fields get their own section and a field of the other backend is refused.
+WHAT, BOTH, GOVERNOR = "What to train", "Training (both backends)", "Set by the governor (leave empty by hand)"
+HF, OPENAI = "Hugging Face backend", "OpenAI backend"
+
 
 @dag(
     schedule=None,
@@ -59,40 +64,55 @@ from ftops_airflow.openai_wait import WaitForFineTuneOperator
     doc_md=__doc__,
     params={
         "task_type": Param("sentiment", type="string", **TASK_TYPE, minLength=1, title="Task type",
-                           description="Which task type's model to fine-tune."),
+                           description="Which task type's model to fine-tune.", section=WHAT),
         "dataset_version": Param(None, type=["null", "string"], title="Dataset version",
-                                 description="e.g. v3 or dataset/sentiment/v3. Empty = the latest version."),
+                                 description="e.g. v3 or dataset/sentiment/v3. Empty = the latest version.",
+                                 section=WHAT),
         "backend": Param(None, type=["null", "string"], enum=[None, "huggingface", "openai"], title="Backend",
-                         description="Empty = config (huggingface)."),
+                         values_display={"huggingface": "Hugging Face (local, Transformers + PEFT)",
+                                         "openai": "OpenAI-compatible fine-tuning API"},
+                         description="Empty = config (huggingface). Fill in only the section of this backend: "
+                         "a field of the other one is refused.", section=WHAT),
         "base_model": Param(None, type=["null", "string"], title="Base model",
-                            description="Local path, hub id, or local:tiny-gpt2. Empty = config."),
-        "method": Param(None, type=["null", "string"], enum=[None, "lora", "full"], title="Method",
-                        description="huggingface backend only: lora (a PEFT adapter) or full (every weight). "
-                        "Empty = config (full for the tiny local model)."),
+                            description="Local path, hub id, local:tiny-gpt2, or an API model id. Empty = config.",
+                            section=WHAT),
+        "reason": Param(None, type=["null", "string"], title="Reason",
+                        description="Why this run; recorded on the model version.", section=WHAT),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100, title="Epochs",
-                        description="Passes over the training split (n_epochs on the openai backend). Empty = config."),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               title="Learning rate", description="huggingface backend only. Empty = config."),
+                        description="Passes over the training split (n_epochs on the openai backend). Empty = config.",
+                        section=BOTH),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=1024, title="Batch size",
-                            description="Empty = config."),
+                            description="Empty = config.", section=BOTH),
+        "method": Param(None, type=["null", "string"], enum=[None, "lora", "full"], title="Method",
+                        values_display={"lora": "LoRA (a PEFT adapter)", "full": "Full (every weight)"},
+                        description="huggingface backend only: lora (a PEFT adapter) or full (every weight). "
+                        "Empty = config (full for the tiny local model).", section=HF),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                               title="Learning rate", description="huggingface backend only. Empty = config.",
+                               section=HF),
         "lora_r": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="LoRA rank",
-                        description="huggingface backend only. Empty = config."),
+                        description="huggingface backend, method lora. Empty = config.", section=HF),
         "lora_alpha": Param(None, type=["null", "integer"], minimum=1, title="LoRA alpha",
                             description="huggingface backend, method lora: the update is scaled by alpha / rank. "
-                            "Empty = config."),
+                            "Empty = config.", section=HF),
         "max_seq_len": Param(None, type=["null", "integer"], minimum=16, title="Max sequence length",
                              description="huggingface backend: tokens per example after the chat template; longer "
-                             "ones are cut. Empty = config."),
+                             "ones are cut. Empty = config.", section=HF),
         "precision": Param(None, type=["null", "string"], enum=[None, "auto", "bf16", "fp32"], title="Precision",
+                           values_display={"auto": "auto (bf16 where the GPU supports it)", "bf16": "bf16",
+                                           "fp32": "fp32"},
                            description="huggingface backend: auto = bf16 on a GPU that supports it, else fp32. "
-                           "Empty = config."),
-        "reason": Param(None, type=["null", "string"], title="Reason",
-                        description="Why this run; recorded on the model version."),
+                           "Empty = config.", section=HF),
+        "learning_rate_multiplier": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10,
+                                          title="Learning rate multiplier",
+                                          description="openai backend only: the API's learning_rate_multiplier. "
+                                          "Empty = config (0.1).", section=OPENAI),
         "policy": Param(None, type=["null", "string"], title="Policy (set by the governor)",
-                        description="The governor policy that started this run; recorded on the model version."),
+                        description="The governor policy that started this run; recorded on the model version.",
+                        section=GOVERNOR),
         "decision_key": Param(None, type=["null", "string"], title="Decision (set by the governor)",
                               description="The ftops_decisions row that started this run; recorded on the model "
-                              "version, so `ftops mcp` explain_model can trace it."),
+                              "version, so `ftops mcp` explain_model can trace it.", section=GOVERNOR),
     },
 )
 def ftops_finetune():

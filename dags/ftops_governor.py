@@ -57,12 +57,14 @@ from ftops_airflow.common import (
     doc_md=__doc__,
     params={
         "task_type": Param(None, type=["null", "string"], **TASK_TYPE, title="Task type",
-                           description="Decide for this task type only. Empty = every task type with a dataset."),
+                           description="Decide for this task type only. Empty = every task type with a dataset.",
+                           section="What to decide"),
         "force": Param(False, type="boolean", title="Force training",
-                       description="Train now even if no policy fires (the guards still apply). Needs a reason."),
+                       description="Train now even if no policy fires (the guards still apply). Needs a reason.",
+                       section="Asking for training"),
         "reason": Param(None, type=["null", "string"], title="Reason",
                         description="Why you are asking (required with force); recorded with the decision and "
-                        "the model version."),
+                        "the model version.", section="Asking for training"),
     },
 )
 def ftops_governor():

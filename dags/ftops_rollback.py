@@ -23,9 +23,11 @@ from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE
     doc_md=__doc__,
     params={
         "task_type": Param(type="string", **TASK_TYPE, minLength=1, title="Task type",
-                           description="Whose champion to roll back (required: a rollback changes what serves traffic)."),
+                           description="Whose champion to roll back (required: a rollback changes what serves traffic).",
+                           section="Rollback"),
         "to_version": Param(None, type=["null", "string"], pattern=r"^[0-9]+$", title="To version",
-                            description="Registered version number to restore. Empty = the 'previous' alias."),
+                            description="Registered version number to restore. Empty = the 'previous' alias.",
+                            section="Rollback"),
     },
 )
 def ftops_rollback():

@@ -54,6 +54,16 @@ def _register(tags: dict[str, Any]) -> str:
     return registry.register(TASK, run.info.run_id, f"{run.info.artifact_uri}/model", tags)
 
 
+def state_env(root: Path) -> dict[str, str]:
+    """Where the installation of :func:`build_state` under ``root`` lives (a server can start on it first)."""
+    return {
+        "FTOPS_HOME": str(root / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "FTOPS_ARTIFACT_ROOT": (root / "artifacts").as_uri(),
+        "FTOPS_WAREHOUSE_URL": f"sqlite:///{root / 'warehouse.db'}",
+    }
+
+
 def build_state(mp: pytest.MonkeyPatch, root: Path, **extra_env: str) -> State:
     """The installation under ``root``; ``mp`` points this process at it (undone with ``mp``)."""
     import sqlalchemy as sa
@@ -64,13 +74,7 @@ def build_state(mp: pytest.MonkeyPatch, root: Path, **extra_env: str) -> State:
     from ftops.warehouse.schema import ensure_schema, insert_interactions
     from ftops.warehouse.state import record_decision, record_training_outcome
 
-    env = {
-        "FTOPS_HOME": str(root / "home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "FTOPS_ARTIFACT_ROOT": (root / "artifacts").as_uri(),
-        "FTOPS_WAREHOUSE_URL": f"sqlite:///{root / 'warehouse.db'}",
-        **extra_env,
-    }
+    env = {**state_env(root), **extra_env}
     for key, value in env.items():
         mp.setenv(key, value)
     now = datetime.now(UTC)

@@ -90,3 +90,23 @@ def test_no_path_built_from_a_name_leaves_its_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidNameError):
         registry.publish("../../escape", [{"messages": []}], [], {})
     assert not (tmp_path / "escape").exists() and not (root / "datasets").exists()  # refused before any write
+
+
+def test_every_field_of_every_form_has_a_title_a_description_and_a_section(dagbag) -> None:
+    """The trigger forms are the UI of the DAGs: each field says what it is and sits in a named section (Airflow
+    3.3 cannot show a field only for one backend, so the fine-tune form has a section per backend)."""
+    missing = [f"{dag_id}.{name}: {key}" for dag_id, dag in sorted(dagbag.dags.items()) for name in dag.params
+               for key, value in _form_field(dag.params.get_param(name)).items() if not value]  # fmt: skip
+    assert not missing, "form fields without a title, description or section:\n" + "\n".join(missing)
+    finetune = dagbag.dags["ftops_finetune"].params
+    sections = {name: finetune.get_param(name).schema["section"] for name in finetune}
+    assert {sections[n] for n in ("method", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "precision")} == {
+        "Hugging Face backend"}
+    assert sections["learning_rate_multiplier"] == "OpenAI backend"
+    for name in ("backend", "method", "precision"):  # enums are dropdowns; each choice reads as words
+        schema = finetune.get_param(name).schema
+        assert schema["enum"] and set(schema["values_display"]) == {v for v in schema["enum"] if v is not None}
+
+
+def _form_field(param) -> dict[str, str | None]:
+    return {"title": param.schema.get("title"), "description": param.description, "section": param.schema.get("section")}

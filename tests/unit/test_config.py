@@ -80,6 +80,10 @@ def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
     assert (local.training.backend.epochs, local.training.backend.lora_r) == (4, 8)
     with pytest.raises(ValueError, match="lora_r=8 does not apply to the openai backend"):
         training_overrides(base, "openai", {"lora_r": 8})
+    api = apply_overrides(base, training_overrides(base, "openai", {"learning_rate_multiplier": 0.5}))
+    assert api.training.backend.learning_rate_multiplier == 0.5
+    with pytest.raises(ValueError, match="learning_rate_multiplier=0.5 does not apply to the huggingface backend"):
+        training_overrides(base, None, {"learning_rate_multiplier": 0.5})
     full = apply_overrides(base, training_overrides(base, "huggingface", {"method": "full"}))
     assert full.training.backend.method == "full"
     with pytest.raises(ValueError, match="method='full' does not apply to the openai backend"):

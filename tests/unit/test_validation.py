@@ -238,3 +238,7 @@ def test_data_docs_keep_earlier_validations(tmp_path: Path) -> None:
     assert pages == ["raw_city", "raw_city_columns"] + ["raw_sentiment"] * 2 + ["raw_sentiment_columns"] * 2
     index = (docs_dir / "index.html").read_text()
     assert index.count("validations/raw_sentiment/") == 2 and "validations/raw_city/" in index
+    # each report names its own pages, relative to the site (the FT-Ops page links them)
+    assert {Path(p).parts[:2] for p in other.pages} == {("validations", "raw_city"), ("validations", "raw_city_columns")}
+    assert all((docs_dir / p).is_file() for p in first.pages + again.pages) and set(first.pages).isdisjoint(again.pages)
+    assert again.as_dict()["pages"] == again.pages

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from ftops.core.config import CurationConfig
 from ftops.curation.profiles import curated_profile, raw_profile
@@ -68,6 +69,7 @@ class ValidationReport:
         failed: One sentence per failed expectation, with its observed value.
         docs_path: The Data Docs ``index.html`` holding this validation; None when no docs were built.
         details: Small JSON-able facts about the batch (rows, malformed share, leak types, ...).
+        pages: This validation's own Data Docs pages, relative to the site folder (the FT-Ops page links them).
     """
 
     suite: str
@@ -76,6 +78,7 @@ class ValidationReport:
     failed: list[str]
     docs_path: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    pages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able values (for XCom and dataset metadata)."""
@@ -86,6 +89,7 @@ class ValidationReport:
             "failed": list(self.failed),
             "docs_path": self.docs_path,
             "details": dict(self.details),
+            "pages": list(self.pages),
         }
 
 
@@ -178,6 +182,12 @@ def _run(
         return _run_locked(suite, parts, docs_root, details, hints)
 
 
+def _site_path(url: str, docs_root: Path) -> str | None:
+    """A page's path relative to the site folder (None if GX reports one outside it: then it is not linked)."""
+    path = Path(unquote(urlparse(url).path)).resolve()
+    return str(path.relative_to(docs_root)) if path.is_relative_to(docs_root) else None
+
+
 def _run_locked(
     suite: str,
     parts: list[tuple[str, pd.DataFrame, list[Any]]],
@@ -198,17 +208,18 @@ def _run_locked(
         keys.append(key)
     checked = time.perf_counter()
 
-    docs_path = None
+    docs_path, relative = None, []
     if docs_root is not None:
         suite_keys = [ExpectationSuiteIdentifier(name=name) for name, _, _ in parts]
         ctx.build_data_docs(site_names=[_SITE], resource_identifiers=[*keys, *suite_keys])
         docs_path = str(docs_root / "index.html")
         pages = [u["site_url"] for k in keys for u in ctx.get_docs_sites_urls(resource_identifier=k, site_name=_SITE)]
         log.info("Data Docs: %s (this validation: %s)", Path(docs_path).as_uri(), ", ".join(map(str, pages)))
+        relative = [r for r in (_site_path(str(p), docs_root) for p in pages) if r]
 
     failed = [describe_failure(r, hints) for result in results for r in result.results if not r.success]
     evaluated = sum(len(result.results) for result in results)
-    report = ValidationReport(suite, not failed, evaluated, failed, docs_path, details)
+    report = ValidationReport(suite, not failed, evaluated, failed, docs_path, details, relative)
     log.info(
         "Suite %s: %s, %d expectations in %.2f s (+%.2f s docs)%s",
         suite, "passed" if report.success else "FAILED", evaluated, checked - started,
