@@ -11,13 +11,15 @@ with a reason (all rows of a task type whose name is invalid, with nothing else 
 (rating ≥ 4, success, response length, no error text, latency, bursts of top ratings from one user) → scrub
 PII and secrets → merge with earlier runs' candidates → drop exact duplicates → cap each user's share →
 validate the raw batch with Great Expectations → embed prompts (all-MiniLM-L6-v2, cached by content hash) →
-FAISS diversity selection in quality order → stable train/test split by prompt hash → validate the dataset →
+diversity selection in quality order (exact greedy on numpy; an approximate FAISS index when pool and
+target both exceed `ann_min_pool`) → stable train/test split by prompt hash → leakage guard against every published version (FAISS)
+→ validate the dataset →
 chat JSONL, staged in the warehouse. `publish_dataset`, one at a time (pool `ftops_versioning`, as DVC holds a
 repository lock): version the staged dataset, add the candidates to the pool, mark the window done.
 
 **Writes** a DVC-tracked dataset version, tagged `dataset/<task_type>/v<N>` in the dataset registry and pushed
 to the DVC remote (same content ⇒ same version), with `metadata.json` (counts per reason, scrubbed counts,
-capped users, diversity score, window, validation results, config); quarantined rows (scrubbed, every copy of
+capped users, diversity score, the leakage guard's counts, window, validation results, config); quarantined rows (scrubbed, every copy of
 a repeated id) to `interactions_quarantine`; the curated result, until it is published, to
 `ftops_curation_staged`; candidates to `interactions_curated`; the window to `ftops_curation_runs`; Data Docs
 under `FTOPS_HOME/data_docs` (path in the task log); and one event on the `ftops_datasets` Asset per task type

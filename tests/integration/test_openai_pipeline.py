@@ -123,6 +123,7 @@ def test_a_task_retried_after_its_job_was_created_finds_the_job_and_its_run(serv
 
     from ftops.core.config import apply_overrides, load_config
     from ftops.core.openai_api import make_client
+    from ftops.pipeline.common import dataset_registry
     from ftops.pipeline.finetune_api import JOB_TAG, submit_candidate
     from ftops.registry import models as registry
 
@@ -152,6 +153,19 @@ def test_a_task_retried_after_its_job_was_created_finds_the_job_and_its_run(serv
                                          "tags.`ftops.run_key` = 'retry-after-create'")  # fmt: skip
     assert [r.info.run_id for r in runs] == [crashed.info.run_id]
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags[JOB_TAG] == retried["job_id"]
+
+    # The job has a validation file: rows carved from the train split (none of the gate's test rows), as
+    # many as the run's params say, none of them also uploaded to train on.
+    job, params = server.jobs[-1], runs[0].data.params
+    uploaded = {name: [json.loads(line)["messages"] for line in server.file_contents[job[name]].decode().splitlines()]
+                for name in ("training_file", "validation_file")}  # fmt: skip
+    assert len(uploaded["validation_file"]) == int(params["validation_examples"]) >= 10
+    assert len(uploaded["training_file"]) == int(params["train_examples"])
+    datasets = dataset_registry(cfg)
+    test_prompts = {r["messages"][-2]["content"] for r in datasets.read(datasets.get(TASK_TYPE, dataset), "test")}
+    validation_prompts = {m[-2]["content"] for m in uploaded["validation_file"]}
+    assert not validation_prompts & test_prompts
+    assert not validation_prompts & {m[-2]["content"] for m in uploaded["training_file"]}
 
 
 def test_a_job_past_its_timeout_is_cancelled_by_the_resumed_wait_and_fails_it(server, dataset) -> None:

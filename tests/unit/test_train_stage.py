@@ -85,6 +85,9 @@ def test_progress_is_logged_to_mlflow_by_step(killed: str, resumed: dict[str, An
     final_eta = [m.value for m in c.get_metric_history(killed, "eta_s") if m.step == 10]
     assert final_eta == [0.0]
     assert {m.value for m in c.get_metric_history(killed, "max_steps")} == {10}  # ftops status: step / max_steps
+    params = c.get_run(killed).data.params  # 40 rows put 7 in validation, too few: all 40 train, said why
+    assert (params["train_examples"], params["validation_examples"]) == ("40", "0")
+    assert params["validation"].startswith("off: 7 of 40 rows fall in validation, fewer than 10")
 
 
 def test_the_transformers_flavour_model_is_the_trained_model(resumed: dict[str, Any], tmp_path: Path) -> None:

@@ -25,12 +25,12 @@ from ftops.evaluation.evaluate import evaluate
 from ftops.evaluation.generate import load_model
 from ftops.evaluation.metrics import METRIC_KEYS, EvalResult, normalise
 from ftops.training.basemodel import build_base_model, is_complete
+from ftops.training.data import as_examples, tokenized_dataset
 from ftops.training.hf import (
     Progress,
     TrainingError,
     TrainingOutOfMemoryError,
     TrainResult,
-    _encode_rows,
     choose_precision,
     fine_tune,
     latest_checkpoint,
@@ -172,7 +172,7 @@ def test_padding_free_batches_give_the_padded_loss(base_dir: Path, data: tuple[l
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     assert supports_padding_free(model, len(tokenizer))
-    examples = _encode_rows(tokenizer, data[0][:8], 256)
+    examples = as_examples(tokenized_dataset(tokenizer, data[0][:8], 256, name="training", cache_dir=None))
     padded, flat = pad_batch(examples, tokenizer.pad_token_id or 0), flatten_batch(examples)
     assert flat["input_ids"].numel() == int(padded["attention_mask"].sum()) < padded["input_ids"].numel()
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_logits_on_the_reply_only_give_the_models_own_loss(base_dir: Path, data:
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     assert supports_reply_logits(model, len(tokenizer))
-    examples = _encode_rows(tokenizer, data[0][:8], 256)
+    examples = as_examples(tokenized_dataset(tokenizer, data[0][:8], 256, name="training", cache_dir=None))
     for batch in (pad_batch(examples, tokenizer.pad_token_id or 0), flatten_batch(examples)):
         with torch.no_grad():
             loss, outputs = reply_loss(model, batch)

@@ -38,6 +38,10 @@ class CurationConfig(_Strict):
         0.9, gt=0, le=1, description="Cosine similarity at or above which a prompt counts as a near duplicate."
     )
     target_size: int = Field(500, ge=1, description="Most examples selected into one dataset version.")
+    leakage_threshold: float = Field(0.9, gt=0, le=1, description="Cosine at or above which a prompt leaks across the splits of any two versions.")
+    ann_min_pool: int = Field(200_000, ge=1, description="Pool and target both above this: the near-duplicate search uses the IVF index.")
+    ann_nlist: int = Field(1024, ge=1, description="Buckets (k-means centroids) of the approximate index.")
+    ann_nprobe: int = Field(16, ge=1, description="Buckets of the approximate index searched per query.")
     test_split: float = Field(0.2, gt=0, lt=1, description="Share of examples assigned (by prompt hash) to the test split.")
     embedding_model: str = Field(
         "all-MiniLM-L6-v2",
@@ -99,6 +103,8 @@ class HuggingFaceBackend(_Strict):
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Save a resumable checkpoint every this many steps; empty: about every 10 %."
     )
+    validation_share: float = Field(0.2, ge=0, lt=1, description="Share of the train split held out to evaluate each epoch and keep the best checkpoint (by prompt hash); 0: none.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a lower validation loss; empty: train every epoch.")
 
 
 class OpenAIBackend(_Strict):
@@ -108,6 +114,7 @@ class OpenAIBackend(_Strict):
     n_epochs: int = Field(3, ge=1, le=50, description="Epochs the API trains for.")
     batch_size: int = Field(4, ge=1, description="API batch size.")
     learning_rate_multiplier: float = Field(0.1, gt=0, le=10, description="API learning-rate multiplier.")
+    validation_share: float = Field(0.2, ge=0, lt=1, description="Share of the train split uploaded as the job's validation file (by prompt hash); 0: none.")
     suffix: str | None = Field(
         None, max_length=64, description="Text the API adds to the fine-tuned model's name (ft:<base>:<org>:<suffix>:<id>)."
     )
@@ -285,6 +292,7 @@ class StorageConfig(_Strict):
     dvc_remote: str | None = Field(
         None, description="DVC remote URL (s3://, gs://, azure://, a folder); empty: FTOPS_HOME/dvc-remote."
     )
+    dataset_remote: str | None = Field(None, description="Git remote that dataset versions are pushed to and read from by every worker (URL or bare-repository folder, made on first use); empty: datasets-remote.git beside dataset_repo.")
     embedding_cache: str | None = Field(
         None, description="SQLite file caching prompt embeddings by content hash; empty: FTOPS_HOME/embeddings.db."
     )

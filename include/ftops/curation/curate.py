@@ -6,7 +6,9 @@ Every row read is accounted for: it is accepted, filtered with a reason code, or
 Order of work, cheapest first so that only survivors are embedded:
 quarantine malformed rows → quality filters (incl. bursts of top ratings from one user) → scrub PII/secrets
 → merge with the candidates of earlier runs (the curated pool) → exact duplicates (normalised text hash)
-→ per-user cap → embed (cached) → quality-ordered greedy diversity selection with FAISS → stable hash split.
+→ per-user cap → embed (cached) → quality-ordered greedy diversity selection (numpy; an approximate FAISS
+index when pool and target both exceed ``ann_min_pool``) → stable hash split → leakage guard against every
+published version (FAISS, :mod:`ftops.curation.leakage`).
 
 Quality order, used wherever one of several candidates must win (exact duplicates, the user cap, and the
 greedy diversity selection): rating (high first), then confidence (high first), then latency (low first),
@@ -75,6 +77,9 @@ class Curated:
     diversity_score: float = 0.0
     max_cross_split_similarity: float = 0.0  # highest cosine between a test and a train prompt
     max_user_share: float = 0.0
+    selection_index: str = "exact"  # "exact" (numpy blocks) or "ivf" (pool and target above ann_min_pool)
+    ann_recall: float | None = None  # the approximate path's near-duplicate recall against exact, measured
+    leakage: dict[str, Any] = field(default_factory=dict)  # the leakage guard's report (LeakageReport.as_dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def lap(self, phase: str, since: float) -> float:
@@ -120,7 +125,7 @@ def quarantine_all(frame: pd.DataFrame, reason: str) -> Curated:
 
 
 def _select_with_user_cap(
-    vectors: NDArray[np.float32], users: Sequence[str | None], cfg: CurationConfig
+    vectors: NDArray[np.float32], users: Sequence[str | None], cfg: CurationConfig, result: Curated
 ) -> tuple[list[int], set[int]]:
     """Greedy diversity selection in which no user fills more than ``max_user_share`` of the result.
 
@@ -129,15 +134,26 @@ def _select_with_user_cap(
     before a removed candidate never changes, so each round keeps the capped users' best examples; rounds end
     when no user is over their share (each round removes candidates, so they do end).
 
+    When both the pool and ``target_size`` exceed ``ann_min_pool`` (a kept set that large makes every block's
+    matrix product slow; a small kept set is searched faster exactly, however large the pool), the
+    near-duplicate search goes through an approximate index, and ``result`` records that and the recall
+    measured against the exact rule.
+
     Returns:
         The selected positions (in order) and the positions left out by the cap.
     """
-    from ftops.curation.selection import select_diverse
+    from ftops.curation.selection import select_diverse, select_diverse_approx
 
     capped: set[int] = set()
     while True:
         keep = [i for i in range(len(users)) if i not in capped]
-        chosen = [keep[j] for j in select_diverse(vectors[keep], cfg.target_size, cfg.diversity_threshold)]
+        if min(len(keep), cfg.target_size) > cfg.ann_min_pool:  # the kept set, which costs, is at most both
+            picked, result.ann_recall = select_diverse_approx(vectors[keep], cfg.target_size, cfg.diversity_threshold,
+                                                              nlist=cfg.ann_nlist, nprobe=cfg.ann_nprobe)  # fmt: skip
+            result.selection_index = "ivf"
+        else:
+            picked = select_diverse(vectors[keep], cfg.target_size, cfg.diversity_threshold)
+        chosen = [keep[j] for j in picked]
         limit = max(1, math.floor(cfg.max_user_share * len(chosen)))
         counts: Counter[str] = Counter()
         over: dict[str, int] = {}
@@ -150,6 +166,39 @@ def _select_with_user_cap(
         if not over:
             return chosen, capped
         capped |= {j for user, first in over.items() for j in range(first, len(users)) if users[j] == user}
+
+
+def _guard_leakage(
+    vectors: NDArray[np.float32],
+    splits: list[str],
+    published: Sequence[tuple[str, str]],
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    cfg: CurationConfig,
+    result: Curated,
+) -> list[str | None]:
+    """Run the leakage guard over the selected examples; their splits after it (None: dropped)."""
+    import numpy as np
+
+    from ftops.curation.embedding import embed_with_cache
+    from ftops.curation.leakage import guard_splits
+
+    prompts = {split: list(dict.fromkeys(p for p, s in published if s == split)) for split in ("train", "test")}
+    history = {}
+    for split, texts in prompts.items():
+        if not texts:
+            history[split] = np.zeros((0, vectors.shape[1]), dtype=np.float32)
+        elif cache is not None:
+            history[split], embedded = embed_with_cache(embedder, texts, cache)
+            result.embedded_new += embedded
+        else:
+            history[split] = embedder.embed(texts)
+            result.embedded_new += len(texts)
+    approximate = len(prompts["train"]) + len(prompts["test"]) > cfg.ann_min_pool
+    guarded, report = guard_splits(vectors, splits, history["train"], history["test"], cfg.leakage_threshold,
+                                   approximate=approximate, nlist=cfg.ann_nlist, nprobe=cfg.ann_nprobe)  # fmt: skip
+    result.leakage = report.as_dict()
+    return guarded
 
 
 def to_example(prompt: str, response: str) -> dict[str, Any]:
@@ -165,6 +214,7 @@ def curate_frame(
     *,
     earlier: Sequence[dict[str, Any]] = (),
     future_after: datetime | None = None,
+    published: Sequence[tuple[str, str]] = (),
 ) -> Curated:
     """Curate one task type's raw rows, together with the candidates earlier runs kept.
 
@@ -176,6 +226,8 @@ def curate_frame(
         earlier: Candidates from earlier runs (the curated pool: scrubbed, with ``row_id`` and
             ``user_key``); rows of this batch replace earlier copies with the same id.
         future_after: Rows stamped at or after this instant are quarantined as ``timestamp_in_future``.
+        published: (prompt, split) of every example of every published version of the task type, for the
+            leakage guard (:mod:`ftops.curation.leakage`); a new example it drops is ``filtered:leakage``.
 
     Returns:
         The curated dataset with its accounting of this batch's rows.
@@ -248,6 +300,7 @@ def curate_frame(
 
     clock = result.lap("dedup", clock)
     selected: list[int] = []
+    splits: list[str] = []
     if unique:
         from ftops.curation.embedding import embed_with_cache
         from ftops.curation.selection import diversity_score
@@ -258,12 +311,11 @@ def curate_frame(
         else:
             vectors, result.embedded_new = embedder.embed(prompts), len(prompts)
         clock = result.lap("embed", clock)
-        selected, capped = _select_with_user_cap(vectors, [c["user_key"] for c in unique], cfg)
+        selected, capped = _select_with_user_cap(vectors, [c["user_key"] for c in unique], cfg, result)
         for i in capped:
             result.capped_users[unique[i]["user_key"]] += 1
             if unique[i]["index"] is not None:
                 outcome[unique[i]["index"]] = "filtered:user_cap"
-        result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
         chosen = set(selected)
         # A rejected candidate is either too similar to a kept one, or came after the target was reached.
         # Candidates after the last kept one were never examined when the target was reached.
@@ -272,6 +324,16 @@ def curate_frame(
             if i not in chosen and i not in capped and cand["index"] is not None:
                 outcome[cand["index"]] = "filtered:near_duplicate" if i < last else "filtered:over_target"
         splits = [split_of(unique[i]["prompt"], cfg.test_split) for i in selected]
+        if published:
+            clock = result.lap("select_and_split", clock)
+            guarded = _guard_leakage(vectors[selected], splits, published, embedder, cache, cfg, result)
+            for i, split in zip(selected, guarded, strict=True):
+                if split is None and unique[i]["index"] is not None:
+                    outcome[unique[i]["index"]] = "filtered:leakage"
+            survivors = [(i, s) for i, s in zip(selected, guarded, strict=True) if s is not None]
+            selected, splits = [i for i, _ in survivors], [s for _, s in survivors]
+            clock = result.lap("leakage_guard", clock)
+        result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
         test_rows = [i for i, s in zip(selected, splits, strict=True) if s == "test"]
         train_rows = [i for i, s in zip(selected, splits, strict=True) if s == "train"]
         if test_rows and train_rows:
@@ -279,9 +341,8 @@ def curate_frame(
 
     clock = result.lap("select_and_split", clock)
     users: Counter[str] = Counter()
-    for i in selected:
+    for i, split in zip(selected, splits, strict=True):
         cand = unique[i]
-        split = split_of(cand["prompt"], cfg.test_split)
         (result.test if split == "test" else result.train).append(to_example(cand["prompt"], cand["response"]))
         result.lineage[split].append(cand["row_id"])
         if cand["index"] is None:

@@ -4,6 +4,15 @@ Each version of a task type's dataset is a git tag ``dataset/<task_type>/v<N>`` 
 content hash of its train and test files. Publishing the same content again returns the existing version, so
 a retry after a crash between any two steps (write, ``dvc add``, push, commit, tag) ends with exactly one
 version. Writers must be serialised (DVC holds a repository lock): the DAGs use a one-slot pool.
+
+With a git remote (``storage.dataset_remote``) the remote is the registry and a worker's repository a copy of
+it: a worker that has none clones it, lists fetch the remote's tags first, and a version exists once its
+commit and tag reach the remote in one atomic push; the local tag is made only after that push, so a worker
+never sees a version that was not published. A version number that another writer took first (two writers
+that no pool serialises) makes the push fail: the publish fetches and tries again with the next number.
+Fetches mirror the remote's dataset tags (a tag deleted there goes on every worker at its next fetch). A
+registry that had no remote pushes its versions to it on first use; where the remote holds a tag of the same
+name with other content, the remote's wins (with a warning) and the local content is versioned anew.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,9 @@ _GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "ftops",
     "GIT_COMMITTER_EMAIL": "ftops@localhost",
 }
+_TAGS = "refs/tags/dataset/*"
+_HEADS = "+refs/heads/*:refs/remotes/origin/*"
+_PUSH_ATTEMPTS = 3
 
 
 class DatasetNotFoundError(LookupError):
@@ -63,17 +76,40 @@ def content_hash(train: str, test: str) -> str:
     return h.hexdigest()
 
 
+def is_local_path(url: str) -> bool:
+    """True for a folder (``/srv/datasets.git``), False for a URL (``ssh://``, ``https://``, ``git@host:repo``)."""
+    return "://" not in url and not re.match(r"[^/]+:", url)
+
+
+def _git_at(cwd: Path, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 class DatasetRegistry:
-    """A git + DVC repository of dataset versions.
+    """A git + DVC repository of dataset versions, optionally a copy of a shared git remote.
 
     Args:
-        root: The repository folder (created and initialised on first use).
+        root: The repository folder (created and initialised, or cloned from ``git_remote``, on first use).
         remote: The DVC remote URL or folder (``/path``, ``s3://...``, ...).
+        git_remote: The git remote that versions are published to and read from (a URL or the folder of a
+            bare repository, created on first use); None keeps the versions in ``root`` only.
     """
 
-    def __init__(self, root: str | Path, remote: str) -> None:
+    def __init__(self, root: str | Path, remote: str, git_remote: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.remote = remote
+        self.git_remote = str(Path(git_remote).resolve()) if git_remote and is_local_path(git_remote) else git_remote
+
+    @property
+    def url(self) -> str:
+        """Where versions are published, for lineage: the git remote (a folder as a ``file://`` URI), or the
+        local repository when there is no remote."""
+        if self.git_remote is None or is_local_path(self.git_remote):
+            return Path(self.git_remote or self.root).as_uri()
+        return self.git_remote
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _git(self, *args: str, check: bool = True) -> str:
@@ -91,10 +127,73 @@ class DatasetRegistry:
 
         return Repo(str(self.root))
 
+    def _has_repo(self) -> bool:
+        return (self.root / ".git").exists()
+
+    def _fetch(self, source: str = "origin", *, prune: bool = True) -> None:
+        """The remote's branches and dataset tags, mirrored: a tag deleted on the remote goes here too, and a
+        local tag that differs from the remote's of the same name yields to it (with a warning)."""
+        flags = ["--no-tags", "--prune"] if prune else ["--no-tags"]
+        try:
+            self._git("fetch", *flags, source, _HEADS, f"{_TAGS}:{_TAGS}")
+        except RuntimeError as exc:
+            if "would clobber existing tag" not in str(exc):
+                raise
+            log.warning("A dataset tag of %s differs from the one the remote %s holds under its name; the "
+                        "remote's is the published one: %s", self.root, self.git_remote, exc)  # fmt: skip
+            self._git("fetch", "-q", *flags, source, _HEADS, f"+{_TAGS}:{_TAGS}")
+
+    def _attach(self, url: str) -> None:
+        """Publish the versions of a repository that had no git remote (or another one) to ``url``, then make
+        it ``origin``; a crash before the last step repeats it all (each step is idempotent)."""
+        self._fetch(url, prune=False)  # into refs/remotes/origin: what the remote has
+        if self._git("rev-parse", "-q", "--verify", "HEAD", check=False) and not self._git(
+            "ls-remote", url, "refs/heads/main"
+        ):
+            self._git("push", "-q", url, "HEAD:refs/heads/main")
+        self._git("push", "-q", url, f"{_TAGS}:{_TAGS}")
+        self._git("remote", "remove", "origin", check=False)
+        self._git("remote", "add", "origin", url)
+
+    def _sync(self, *, create: bool = False) -> bool:
+        """Clone the git remote when there is no repository, else fetch from it (once).
+
+        Returns:
+            Whether there is a local repository to read.
+        """
+        if self.git_remote is None:
+            return self._has_repo()
+        local_remote = is_local_path(self.git_remote)
+        if local_remote and not (Path(self.git_remote) / "HEAD").exists():
+            if not create:  # nothing was ever published there
+                return self._has_repo()
+            Path(self.git_remote).mkdir(parents=True, exist_ok=True)
+            _git_at(Path(self.git_remote), "init", "-q", "--bare", "-b", "main")
+        if not self._has_repo():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            _git_at(self.root.parent, "clone", "-q", "--no-tags", self.git_remote, str(self.root))
+            self._git("symbolic-ref", "HEAD", "refs/heads/main")  # an empty remote: main is unborn
+        elif self._git("remote", "get-url", "origin", check=False).strip() != self.git_remote:
+            self._attach(self.git_remote)
+        self._fetch()
+        return True
+
+    def _has_tag(self, tag: str) -> bool:
+        return bool(self._git("rev-parse", "-q", "--verify", f"refs/tags/{tag}", check=False))
+
     def ensure(self) -> None:
-        """Initialise git, DVC and the default remote if missing (idempotent)."""
+        """Initialise (or clone) git, DVC and the default remote if missing (idempotent).
+
+        With a git remote: the local main branch is reset to the remote's (a local commit that the remote
+        lacks is one a crashed publish left, untagged). A repository that had no git remote publishes its
+        versions to it first (this also happens on the first read, so that worker needs write access once).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.root / ".git").exists():
+        if self.git_remote is not None:
+            self._sync(create=True)
+            if self._git("rev-parse", "-q", "--verify", "refs/remotes/origin/main", check=False):
+                self._git("reset", "-q", "--hard", "refs/remotes/origin/main")
+        elif not self._has_repo():
             self._git("init", "-q", "-b", "main")
         if not (self.root / ".dvc").exists():
             os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -115,13 +214,18 @@ class DatasetRegistry:
 
     # -- queries ----------------------------------------------------------------------------------------
     def versions(self, task_type: str) -> list[DatasetVersion]:
-        """All versions of a task type, oldest first.
+        """All versions of a task type, oldest first (with a git remote: the remote's, fetched first).
 
         Raises:
             InvalidNameError: The task type is not a valid name.
+            RuntimeError: The git remote could not be read.
         """
         check_task_type(task_type)
-        if not (self.root / ".git").exists():
+        self._sync()
+        return self._local_versions(task_type)
+
+    def _local_versions(self, task_type: str) -> list[DatasetVersion]:
+        if not self._has_repo():
             return []
         out = self._git(
             "for-each-ref", f"refs/tags/dataset/{task_type}/", "--format=%(refname:short)%09%(contents:subject)"
@@ -137,7 +241,7 @@ class DatasetRegistry:
 
     def task_types(self) -> list[str]:
         """Task types with at least one version."""
-        if not (self.root / ".git").exists():
+        if not self._sync():
             return []
         tags = self._git("tag", "--list", "dataset/*").split()
         return sorted({t.split("/")[1] for t in tags if t.count("/") == 2})
@@ -153,12 +257,15 @@ class DatasetRegistry:
         Raises:
             DatasetNotFoundError: No such version.
         """
-        versions = self.versions(task_type)
         if version is None or version == "latest":
+            versions = self.versions(task_type)
             if not versions:
                 raise DatasetNotFoundError(f"task type {task_type!r} has no dataset version yet; run ftops_curate")
             return versions[-1]
         number = int(str(version).rsplit("/", 1)[-1].lstrip("v"))
+        versions = self._local_versions(check_task_type(task_type))
+        if not any(v.version == number for v in versions):  # another worker may have published it
+            versions = self.versions(task_type)
         for v in versions:
             if v.version == number:
                 return v
@@ -170,6 +277,7 @@ class DatasetRegistry:
         import dvc.api
 
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+        self._fetch_missing(version)
         text = dvc.api.read(f"{version.task_type}/{split}.jsonl", repo=str(self.root), rev=version.tag)
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -177,7 +285,12 @@ class DatasetRegistry:
         """The version's metadata.json."""
         import dvc.api
 
+        self._fetch_missing(version)
         return json.loads(dvc.api.read(f"{version.task_type}/metadata.json", repo=str(self.root), rev=version.tag))
+
+    def _fetch_missing(self, version: DatasetVersion) -> None:
+        if self.git_remote is not None and not (self._has_repo() and self._has_tag(version.tag)):
+            self._sync()
 
     # -- publishing -------------------------------------------------------------------------------------
     def publish(
@@ -189,7 +302,8 @@ class DatasetRegistry:
         *,
         reuse_older: bool = True,
     ) -> DatasetVersion:
-        """Version a dataset: write, ``dvc add``, push (verified), commit, tag.
+        """Version a dataset: write, ``dvc add``, push (verified), commit, tag; with a git remote, push the
+        commit and the tag (one atomic push).
 
         Same train/test content as an existing version returns that version (``created=False``). With
         ``reuse_older=False`` only the latest version counts: content equal to an older version's becomes a
@@ -197,23 +311,37 @@ class DatasetRegistry:
         content must be what the governor and fine-tunes read next).
 
         Raises:
-            RuntimeError: The push could not be verified against the remote, or git failed.
+            RuntimeError: The DVC push could not be verified against the DVC remote, git failed, or the git
+                remote refused the version (after trying again when another writer had taken its number).
         """
         check_task_type(task_type)
         train_text, test_text = to_jsonl(train), to_jsonl(test)
         digest = content_hash(train_text, test_text)
-        self.ensure()
-        versions = self.versions(task_type)
-        for existing in versions if reuse_older else versions[-1:]:
-            if existing.content_hash == digest:
-                log.info("Content %s is already %s: nothing to version", digest[:12], existing.tag)
-                return existing
+        for attempt in range(1, _PUSH_ATTEMPTS + 1):
+            self.ensure()
+            versions = self._local_versions(task_type)  # ensure() fetched the remote's
+            for existing in versions if reuse_older else versions[-1:]:
+                if existing.content_hash == digest:
+                    log.info("Content %s is already %s: nothing to version", digest[:12], existing.tag)
+                    return existing
+            created, message = self._write_and_commit(task_type, train_text, test_text, digest, metadata)
+            if self.git_remote is None:
+                self._git("tag", "-a", created.tag, "-m", message)
+            if self.git_remote is None or self._push(created, message, last_attempt=attempt == _PUSH_ATTEMPTS):
+                log.info("Created dataset version %s (content %s)", created.tag, digest[:12])
+                return created
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _write_and_commit(
+        self, task_type: str, train_text: str, test_text: str, digest: str, metadata: Mapping[str, Any]
+    ) -> tuple[DatasetVersion, str]:
+        """Write, ``dvc add``, push (verified) and commit a version; returns it (untagged) and its tag message."""
         folder = contained_path(self.root, check_task_type(task_type))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "train.jsonl").write_text(train_text)
         (folder / "test.jsonl").write_text(test_text)
-        meta = {**metadata, "content_hash": digest, "train_rows": len(train), "test_rows": len(test)}
+        n_train, n_test = train_text.count("\n"), test_text.count("\n")
+        meta = {**metadata, "content_hash": digest, "train_rows": n_train, "test_rows": n_test}
         (folder / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
         with self._dvc() as repo:
@@ -229,9 +357,41 @@ class DatasetRegistry:
 
         self._git("add", f"{task_type}.dvc", ".gitignore")
         if self._git("diff", "--cached", "--name-only"):
-            self._git("commit", "-q", "-m", f"Dataset {task_type}: {len(train)} train, {len(test)} test")
-        number = max((v.version for v in self.versions(task_type)), default=0) + 1
-        created = DatasetVersion(task_type, number, digest, created=True)
-        self._git("tag", "-a", created.tag, "-m", f"content_hash={digest} train={len(train)} test={len(test)}")
-        log.info("Created dataset version %s (content %s)", created.tag, digest[:12])
-        return created
+            self._git("commit", "-q", "-m", f"Dataset {task_type}: {n_train} train, {n_test} test")
+        number = max((v.version for v in self._local_versions(task_type)), default=0) + 1
+        message = f"content_hash={digest} train={n_train} test={n_test}"
+        return DatasetVersion(task_type, number, digest, created=True), message
+
+    def _push(self, version: DatasetVersion, message: str, *, last_attempt: bool) -> bool:
+        """Push main and the version's tag in one atomic push, then tag locally.
+
+        The tag object is made without a local ref, so a crash before the push leaves no trace of the version
+        and one after it leaves a tag that the next fetch brings.
+
+        Returns:
+            True when published; False when another writer took the number or moved main first (the caller
+            tries again on top of the remote's state).
+        """
+        commit = self._git("rev-parse", "HEAD").strip()
+        tagger = f"ftops <ftops@localhost> {int(time.time())} +0000"  # the identity of _GIT_IDENTITY
+        body = f"object {commit}\ntype commit\ntag {version.tag}\ntagger {tagger}\n\n{message}\n"
+        tag_object = _git_at(self.root, "mktag", stdin=body).strip()
+        try:
+            self._git("push", "-q", "--atomic", "origin", "HEAD:refs/heads/main",
+                      f"{tag_object}:refs/tags/{version.tag}")  # fmt: skip
+        except RuntimeError as exc:
+            error = RuntimeError(f"publishing {version.tag} to the git remote {self.git_remote} failed: {exc}")
+            if last_attempt:
+                raise error from exc
+            try:
+                self._fetch()
+            except RuntimeError:
+                raise error from exc
+            remote_main = self._git("rev-parse", "-q", "--verify", "refs/remotes/origin/main", check=False)
+            moved = remote_main != self._git("merge-base", "refs/remotes/origin/main", "HEAD", check=False)
+            if not (self._has_tag(version.tag) or moved):
+                raise error from exc
+            log.warning("%s: another writer published first; trying again on top of the remote", version.tag)
+            return False
+        self._git("update-ref", f"refs/tags/{version.tag}", tag_object)
+        return True

@@ -1,4 +1,5 @@
-"""Recurring error patterns: clusters of similar failing prompts, found with a FAISS range search.
+"""Recurring error patterns: clusters of similar failing prompts, found with a FAISS range search
+(:func:`ftops.curation.vector_index.neighbours_within`, the index code curation uses too).
 
 A failure's neighbours are the failures whose prompt embeddings lie within ``similarity`` (cosine) of it.
 Clusters are grown greedily: the failure with the most unclaimed neighbours founds a cluster of itself and
@@ -37,18 +38,12 @@ def find_clusters(vectors: np.ndarray, *, similarity: float, min_size: int) -> l
     Returns:
         The clusters, largest first.
     """
-    import faiss
+    from ftops.curation.vector_index import neighbours_within
 
     n = len(vectors)
     if n < min_size or n == 0:
         return []
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    # range_search keeps results with inner product > radius: nudge it so that ``similarity`` itself counts
-    lims, scores, ids = index.range_search(x, float(np.nextafter(np.float32(similarity), np.float32(-1))))
-    neighbours = [dict(zip(ids[lims[i] : lims[i + 1]].tolist(), scores[lims[i] : lims[i + 1]].tolist(), strict=True))
-                  for i in range(n)]  # fmt: skip
+    neighbours = neighbours_within(vectors, similarity)
     claimed: set[int] = set()
     clusters: list[Cluster] = []
     while True:

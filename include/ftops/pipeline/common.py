@@ -16,8 +16,9 @@ __all__ = ["check_base_model"]  # moved to ftops.core.config; imported from here
 
 
 def dataset_registry(cfg: FtopsConfig) -> DatasetRegistry:
+    """The config's dataset registry, a copy of its git remote (default: a bare repository beside it)."""
     repo, remote, _ = cfg.storage.resolved()
-    return DatasetRegistry(repo, remote)
+    return DatasetRegistry(repo, remote, cfg.storage.dataset_remote or str(repo.parent / "datasets-remote.git"))
 
 
 def served_model_version(task_type: str, version: str) -> str:

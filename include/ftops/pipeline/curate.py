@@ -170,10 +170,14 @@ def curate_window(
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     docs_dir = ftops_home() / "data_docs"
     embedder = embedder or SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
+    clock = time.perf_counter()
+    published = published_examples(cfg, task_type)
+    history_s = time.perf_counter() - clock
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
-                           earlier=read_pool(engine, task_type, table), future_after=future_after)  # fmt: skip
+                           earlier=read_pool(engine, task_type, table), future_after=future_after,
+                           published=published)  # fmt: skip
     quarantine(curated)
-    timings = {"read": round(read_s, 3), **curated.timings}
+    timings = {"read": round(read_s, 3), "read_history": round(history_s, 3), **curated.timings}
     clock = time.perf_counter()
     raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
     timings["validate_raw"] = round(time.perf_counter() - clock, 3)
@@ -193,6 +197,9 @@ def curate_window(
         "diversity_score": round(curated.diversity_score, 4),
         "max_cross_split_similarity": round(curated.max_cross_split_similarity, 4),
         "max_user_share": round(curated.max_user_share, 4),
+        "selection_index": curated.selection_index,
+        "ann_recall": None if curated.ann_recall is None else round(curated.ann_recall, 4),
+        "leakage_guard": curated.leakage,
         "timings_s": timings,
     }
 
@@ -224,6 +231,22 @@ def curate_window(
         "config": cfg.curation.model_dump(mode="json"),
     }
     return stage("staged", train_jsonl=to_jsonl(curated.train), test_jsonl=to_jsonl(curated.test), metadata=metadata)
+
+
+def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]]:
+    """(prompt, split) of every example of every published version of a task type: the leakage guard's history.
+
+    Read from the dataset registry (through DVC, one read per version and split); the prompts' embeddings
+    then come from the embedding cache, as each was embedded when it was curated.
+    """
+    from ftops.curation.curate import examples_of
+
+    registry = dataset_registry(cfg)
+    found: dict[tuple[str, str], None] = {}
+    for version in registry.versions(task_type):
+        for split in ("train", "test"):
+            found.update(dict.fromkeys((prompt, split) for prompt, _ in examples_of(registry.read(version, split))))
+    return list(found)
 
 
 def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_key: str) -> dict[str, Any]:

@@ -22,9 +22,7 @@ from ftops.pipeline.common import check_base_model, dataset_registry
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
-
-
-    pass
+    from ftops.training.hf import TrainResult
 
 
 log = logging.getLogger(__name__)
@@ -69,9 +67,12 @@ def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
 def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
     """Fine-tune a candidate on a dataset version and log it as an MLflow run.
 
-    The run gets params, the dataset input, progress metrics as training goes (``train_loss``,
-    ``tokens_per_s``, ``eta_s``, ``learning_rate``, ``max_steps`` by step: ``ftops status`` shows progress
-    and ETA from them), the weights (``adapter/`` or ``full_model/``) and
+    The run gets params (with ``train_examples`` and ``validation_examples`` after the validation split, and
+    ``validation`` saying why there is none), the dataset input, progress metrics as training goes
+    (``train_loss``, ``tokens_per_s``, ``eta_s``, ``learning_rate``, ``max_steps`` by step: ``ftops status``
+    shows progress and ETA from them), ``eval_loss`` once per epoch, the kept checkpoint (tags
+    ``best_checkpoint``, ``best_epoch``; metrics ``best_eval_loss``, ``final_eval_loss``), the weights
+    (``adapter/`` or ``full_model/``) and
     the model in MLflow's ``transformers`` flavour (``model/``, loadable with ``mlflow.transformers.load_model``).
 
     Retry-safe: a finished run with the same run key is returned instead of training again; an unfinished
@@ -80,7 +81,8 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     """
     import mlflow
 
-    from ftops.training.hf import Progress, fine_tune, remove_checkpoints
+    from ftops.training.data import split_validation
+    from ftops.training.hf import Evaluation, Progress, fine_tune, remove_checkpoints
 
     backend = _hf_backend(cfg)
     base_model = check_base_model(backend.base_model)
@@ -100,26 +102,44 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
                             "learning_rate": p.learning_rate, "epoch": p.epoch, "max_steps": p.max_steps},
                            step=p.step)  # fmt: skip
 
+    def log_evaluation(e: Evaluation) -> None:
+        mlflow.log_metrics({"eval_loss": e.eval_loss, "eval_epoch": e.epoch}, step=e.step)
+
     checkpoints = checkpoint_dir(cfg, task_type, run_key)
     weights = "adapter" if backend.method == "lora" else "full_model"
     lineage = {"backend": backend.kind, "base_model": backend.base_model, "ftops.weights": weights}
-    params = backend.model_dump(mode="json") | {"train_examples": len(train)}
+    split = split_validation(train, backend.validation_share)  # from the train split only: test is the gate's
+    params = backend.model_dump(mode="json") | {"train_examples": len(split.train),
+                                                "validation_examples": len(split.validation)}  # fmt: skip
+    if split.note:
+        params["validation"] = f"off: {split.note}"
     with tempfile.TemporaryDirectory() as tmp, candidate_run(
-        task_type, run_key, version, datasets.root, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}",
+        task_type, run_key, version, datasets.url, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}",
         tags=lineage, params=params,
     ) as (run, _):
-        result = fine_tune(base_model, train, Path(tmp) / weights, backend, checkpoint_dir=checkpoints,
-                           on_progress=log_progress)  # fmt: skip
+        result = fine_tune(base_model, split.train, Path(tmp) / weights, backend, validation_rows=split.validation,
+                           checkpoint_dir=checkpoints, on_progress=log_progress, on_evaluate=log_evaluation)  # fmt: skip
         mlflow.log_metrics({
             "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
             "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
             "train_resumed_from_step": result.resumed_from_step,
         })  # fmt: skip
         mlflow.set_tags({"padding_free": str(result.padding_free), "precision": result.precision})
+        if result.best_checkpoint:
+            _log_best(result)
         mlflow.log_artifacts(str(result.output_dir), weights)
         mlflow.set_tag("ftops.model_id", _log_transformers_model(base_model, result.output_dir, backend.method))
     remove_checkpoints(checkpoints)
     return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": result.final_loss}
+
+
+def _log_best(result: TrainResult) -> None:
+    """Tag the kept checkpoint and its epoch; log its validation loss and the saved model's."""
+    import mlflow
+
+    mlflow.set_tags({"best_checkpoint": str(result.best_checkpoint), "best_epoch": f"{result.best_epoch:g}",
+                     "stopped_early": str(result.stopped_early)})  # fmt: skip
+    mlflow.log_metrics({"best_eval_loss": result.best_eval_loss, "final_eval_loss": result.final_eval_loss})
 
 
 def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> str:
@@ -153,25 +173,26 @@ def _log_transformers_model(base_model: str, weights_dir: Path, method: str) -> 
     return str(info.model_id)
 
 
-def _log_dataset_input(version: DatasetVersion, repo: Path) -> None:
-    """Lineage: the dataset version as an MLflow dataset input (source = DVC repo at the tag)."""
+def _log_dataset_input(version: DatasetVersion, repo: str) -> None:
+    """Lineage: the dataset version as an MLflow dataset input (source = the registry's git remote at the tag)."""
     import mlflow
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = HTTPDatasetSource(url=f"{repo.as_uri()}@{version.tag}")
+    source = HTTPDatasetSource(url=f"{repo}@{version.tag}")
     dataset = MetaDataset(source=source, name=version.tag, digest=version.content_hash[:32])  # type: ignore[abstract]
     mlflow.log_input(dataset, context="training")
 
 
 @contextmanager
 def candidate_run(
-    task_type: str, run_key: str, version: DatasetVersion, repo: Path, *, run_name: str, tags: dict[str, str],
+    task_type: str, run_key: str, version: DatasetVersion, repo: str, *, run_name: str, tags: dict[str, str],
     params: dict[str, Any],
 ) -> Iterator[tuple[Any, bool]]:
     """The MLflow run of one training run key, as ``(active run, resumed)``.
 
-    A new run gets the lineage: run key, dataset version and content hash, task type, ``tags`` (backend,
+    A new run gets the lineage: run key, dataset version, content hash and repository (``repo``: the dataset
+    registry's git remote URL, where any worker finds the version), task type, ``tags`` (backend,
     base model...), ``params`` and the dataset version as an input. The unfinished run a crashed or killed
     attempt left is continued as it is, so a run key has one run however many attempts it takes.
     """
@@ -186,7 +207,8 @@ def candidate_run(
     with context as run:
         if not resumed:
             mlflow.set_tags({**registry.run_key_tags(run_key), "dataset_version": version.tag,
-                             "content_hash": version.content_hash, "task_type": task_type, **tags})  # fmt: skip
+                             "content_hash": version.content_hash, "dataset_repo": repo, "task_type": task_type,
+                             **tags})  # fmt: skip
             mlflow.log_params(params)
             _log_dataset_input(version, repo)
         yield run, resumed is not None
@@ -206,6 +228,8 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
         "decision": gate["decision"],
         "reason": "; ".join(gate["reasons"]),
     }
+    if "dataset_repo" in run.data.tags:  # runs from before the git remote have none
+        tags["dataset_repo"] = run.data.tags["dataset_repo"]
     tags |= {f"metric.{k}": round(float(v), 4) for k, v in evaluation["candidate_metrics"].items() if v is not None}
     tags |= {f"baseline.{k}": round(float(v), 4) for k, v in evaluation["baseline_metrics"].items() if v is not None}
     for trivial in evaluation.get("trivial_baselines") or []:  # beside the baseline: what a constant answer scores

@@ -40,6 +40,9 @@ def submit_candidate(
 ) -> dict[str, Any]:
     """Start (or find again) the fine-tuning job of one candidate and record it as an MLflow run.
 
+    About ``validation_share`` of the train split (by prompt hash, see :func:`ftops.training.data.split_validation`)
+    is uploaded as the job's validation file, so the API reports validation loss; the test split stays the gate's.
+
     Retry-safe twice over: a finished MLflow run with this run key returns its job at once, and the job's
     idempotency key (the run key) makes :func:`ftops.training.openai_jobs.submit_job` find a job created by an attempt
     that crashed before recording it; that attempt's unfinished MLflow run is continued, not duplicated.
@@ -55,6 +58,7 @@ def submit_candidate(
 
     from ftops.pipeline.common import dataset_registry
     from ftops.pipeline.finetune import candidate_run
+    from ftops.training.data import split_validation
     from ftops.training.openai_cost import estimate_cost
     from ftops.training.openai_jobs import submit_job
 
@@ -70,13 +74,18 @@ def submit_candidate(
     if len(train) < cfg.training.min_train_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples "
                          f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip
-    estimate = estimate_cost(train, backend)
-    params = backend.model_dump(mode="json", exclude={"price_per_1m_training_tokens"}) | {"train_examples": len(train)}
-    with candidate_run(task_type, run_key, version, datasets.root,
+    split = split_validation(train, backend.validation_share)  # uploaded as the job's validation file
+    estimate = estimate_cost(split.train, backend)
+    params = backend.model_dump(mode="json", exclude={"price_per_1m_training_tokens"}) | {
+        "train_examples": len(split.train), "validation_examples": len(split.validation)}  # fmt: skip
+    if split.note:
+        params["validation"] = f"off: {split.note}"
+    with candidate_run(task_type, run_key, version, datasets.url,
                        run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}-api",
                        tags={"backend": "openai", "base_model": backend.base_model}, params=params) as (run, _):  # fmt: skip
         mlflow.log_metrics({"estimated_cost_usd": estimate.usd, "estimated_training_tokens": estimate.billable_tokens})
-        job_id = submit_job(client, train_rows=train, validation_rows=None, backend=backend, idempotency_key=run_key,
+        job_id = submit_job(client, train_rows=split.train, validation_rows=split.validation or None, backend=backend,
+                            idempotency_key=run_key,
                             metadata={"task_type": task_type, "dataset_version": version.tag})  # fmt: skip
         mlflow.set_tag(JOB_TAG, job_id)
     log.info(

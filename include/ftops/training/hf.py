@@ -16,6 +16,9 @@ through :class:`transformers.Trainer` with:
 * **durable checkpoints**: given a checkpoint folder, the Trainer saves a resumable checkpoint (weights,
   optimiser, scheduler, RNG state) every ``checkpoint_every_steps``; a retried task calling again with the
   same folder resumes from the newest complete checkpoint instead of starting over.
+* **per-epoch validation** on rows carved from the train split (:mod:`ftops.training.data`): a checkpoint
+  each epoch, the one with the lowest validation loss kept and saved, early stopping as an option.
+* **data as a** :class:`datasets.Dataset`, tokenised by a ``map`` cached in the checkpoint folder.
 * **progress** (step, loss, tokens/s, ETA) in the log and to an ``on_progress`` callback (MLflow metrics).
 * a check that fails the run with :class:`TrainingError` at the first non-finite loss (the Trainer's own
   logging would otherwise filter NaN/inf out of its averages and carry on), and a clear
@@ -37,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftops.core.chat import IGNORE_INDEX, ChatFormatError, EncodedExample, encode_conversation, pad_batch
+from ftops.core.chat import pad_batch
+from ftops.training.callbacks import Evaluation, Progress, evaluation_callback, progress_callback, save_every_callback
+from ftops.training.data import TrainingError, as_examples, rows_fingerprint, tokenized_dataset
 from ftops.training.packing import flatten_batch, reply_loss, supports_reply_logits, use_padding_free
 
 if TYPE_CHECKING:
@@ -58,28 +63,8 @@ LORA_TARGET_MODULES: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
 LORA_MODULES_TO_SAVE: tuple[str, ...] = ("ln_f",)
 
 
-class TrainingError(ValueError):
-    """Training cannot succeed as configured: bad input data, a diverged (NaN/inf) loss, out of memory.
-
-    A ``ValueError``, so the pipeline does not retry it: the same data and settings fail the same way.
-    """
-
-
 class TrainingOutOfMemoryError(TrainingError):
     """The device ran out of memory; the message names the step, batch size and sequence length."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report, as logged every ``logging_steps``."""
-
-    step: int
-    max_steps: int
-    epoch: float
-    loss: float
-    learning_rate: float
-    tokens_per_s: float
-    eta_s: float
 
 
 @dataclass(frozen=True)
@@ -99,6 +84,13 @@ class TrainResult:
     resumed_from_step: int = 0  # 0: started from scratch
     padding_free: bool = False
     precision: str = "fp32"
+    validation_examples: int = 0  # 0: no validation split, no per-epoch evaluation
+    evaluations: list[Evaluation] = field(default_factory=list)  # eval_loss per epoch, this attempt's
+    best_checkpoint: str | None = None  # the checkpoint kept (lowest eval_loss), e.g. "checkpoint-12"
+    best_epoch: float = math.nan  # the epoch that ended at best_checkpoint
+    best_eval_loss: float = math.nan
+    final_eval_loss: float = math.nan  # the saved model's validation loss: equals best_eval_loss
+    stopped_early: bool = False
 
 
 def choose_precision(setting: str) -> str:
@@ -162,67 +154,6 @@ def _make_trainer_class() -> type:
     return _CheckedTrainer
 
 
-def _progress_callback(
-    trainer_ref: list[Any], started: float, losses: list[float], on_progress: Callable[[Progress], None] | None
-) -> Any:
-    from transformers import TrainerCallback
-
-    class _Progress(TrainerCallback):  # type: ignore[misc]
-        first_step: int | None = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.first_step = state.global_step  # > 0 when resumed from a checkpoint
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if not logs or "loss" not in logs:
-                return
-            losses.append(float(logs["loss"]))
-            elapsed = time.monotonic() - started
-            step, total = state.global_step, state.max_steps
-            tokens = trainer_ref[0].tokens_seen if trainer_ref else 0
-            done = max(step - (self.first_step or 0), 1)
-            progress = Progress(
-                step=step,
-                max_steps=total,
-                epoch=float(state.epoch or 0.0),
-                loss=float(logs["loss"]),
-                learning_rate=float(logs.get("learning_rate", math.nan)),
-                tokens_per_s=tokens / max(elapsed, 1e-9),
-                eta_s=elapsed / done * (total - step),
-            )
-            logger.info(
-                "train step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s ETA %.0fs",
-                progress.step,
-                progress.max_steps,
-                progress.epoch,
-                progress.loss,
-                progress.learning_rate,
-                progress.tokens_per_s,
-                progress.eta_s,
-            )
-            if on_progress is not None:
-                on_progress(progress)
-
-    return _Progress()
-
-
-def _encode_rows(tokenizer: Any, rows: Sequence[Mapping[str, Any]], max_seq_len: int) -> list[EncodedExample]:
-    examples: list[EncodedExample] = []
-    for i, row in enumerate(rows):
-        try:
-            encoded = encode_conversation(tokenizer, row["messages"], max_seq_len)
-        except (KeyError, TypeError, ChatFormatError) as exc:
-            raise TrainingError(f"training row {i} is not a chat conversation: {exc}") from exc
-        if any(label != IGNORE_INDEX for label in encoded.labels):
-            examples.append(encoded)
-    dropped = len(rows) - len(examples)
-    if dropped:
-        logger.warning("Dropped %d examples whose reply lies beyond max_seq_len=%d", dropped, max_seq_len)
-    if not examples:
-        raise TrainingError("no training examples")
-    return examples
-
-
 def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -256,10 +187,16 @@ def fine_tune(
     out_dir: Path,
     params: HuggingFaceBackend,
     *,
+    validation_rows: Sequence[Mapping[str, Any]] = (),
     checkpoint_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    on_evaluate: Callable[[Evaluation], None] | None = None,
 ) -> TrainResult:
     """Fine-tune on chat conversations and save the adapter (or full model) with the tokenizer.
+
+    With validation rows the model is evaluated at the end of every epoch, a checkpoint is saved there, and
+    the one with the lowest validation loss is what is saved (``load_best_model_at_end``); with
+    ``params.early_stopping_patience`` training stops after that many epochs without improvement.
 
     Args:
         base_model: A resolved local path or hub id of a causal LM with a chat template.
@@ -267,10 +204,13 @@ def fine_tune(
         out_dir: Where the adapter (``adapter_config.json``, ``adapter_model.safetensors``) or the full model
             (``config.json``, ``model.safetensors``) and the tokenizer go.
         params: Method and hyperparameters: method, epochs, learning_rate, batch_size, lora_*, max_seq_len,
-            seed, precision, padding_free, checkpoint_every_steps.
-        checkpoint_dir: A durable folder for resumable checkpoints; one that already holds a complete
-            checkpoint is resumed from. ``None``: no checkpoints.
+            seed, precision, padding_free, checkpoint_every_steps, early_stopping_patience.
+        validation_rows: Rows to evaluate on each epoch (see :func:`ftops.training.data.split_validation`);
+            empty: no evaluation, the last step's weights are saved.
+        checkpoint_dir: A durable folder for resumable checkpoints (and the tokenised data); one that already
+            holds a complete checkpoint is resumed from. ``None``: no durable checkpoints.
         on_progress: Called with every progress report (e.g. to log MLflow metrics).
+        on_evaluate: Called with every epoch's validation loss.
 
     Returns:
         The run's :class:`TrainResult`.
@@ -280,7 +220,14 @@ def fine_tune(
         TrainingOutOfMemoryError: The device ran out of memory.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        TrainingArguments,
+        set_seed,
+    )
 
     out_dir = Path(out_dir)
     set_seed(params.seed)
@@ -289,7 +236,18 @@ def fine_tune(
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise TrainingError(f"tokenizer of {base_model} has no chat template")
-    examples = _encode_rows(tokenizer, train_rows, params.max_seq_len)
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    def tokenize(rows: Sequence[Mapping[str, Any]], name: str) -> Any:
+        key = rows_fingerprint(rows, base_model, len(tokenizer), params.max_seq_len)
+        return tokenized_dataset(tokenizer, rows, params.max_seq_len, name=name, cache_dir=checkpoint_dir,
+                                 cache_key=key)  # fmt: skip
+
+    examples = tokenize(train_rows, "training")
+    evaluation_set = tokenize(validation_rows, "validation") if validation_rows else None
+    validating = evaluation_set is not None
 
     precision = choose_precision(params.precision)
     base = AutoModelForCausalLM.from_pretrained(base_model)
@@ -302,10 +260,11 @@ def fine_tune(
     steps_per_epoch = math.ceil(len(examples) / params.batch_size)
     max_steps = steps_per_epoch * params.epochs
     logger.info(
-        "%s on %s: %d examples, %d epochs x %d steps, batch %d (%s%s), lr %.1e, %s; %d of %d parameters trainable",
+        "%s on %s: %d examples (%s), %d epochs x %d steps, batch %d (%s%s), lr %.1e, %s; %d of %d parameters trainable",
         f"LoRA (r={params.lora_r})" if params.method == "lora" else "Full fine-tuning",
         base_model,
         len(examples),
+        f"{len(evaluation_set)} to validate each epoch" if evaluation_set is not None else "no validation",
         params.epochs,
         steps_per_epoch,
         params.batch_size,
@@ -317,22 +276,21 @@ def fine_tune(
         total,
     )
 
-    resume: Path | None = None
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        resume = latest_checkpoint(checkpoint_dir)
-        if resume is not None:
-            logger.info("Resuming from checkpoint %s", resume)
+    resume = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume is not None:
+        logger.info("Resuming from checkpoint %s", resume)
     pad_id = tokenizer.pad_token_id
     losses: list[float] = []
+    evaluations: list[Evaluation] = []
     started = time.monotonic()
     trainer_ref: list[Any] = []
+    save_every = params.checkpoint_every_steps or max(1, max_steps // 10)
     with tempfile.TemporaryDirectory(prefix="ftops-train-") as scratch:
         args = TrainingArguments(
             output_dir=str(checkpoint_dir or scratch),
             num_train_epochs=params.epochs,
             per_device_train_batch_size=params.batch_size,
+            per_device_eval_batch_size=params.batch_size,
             learning_rate=params.learning_rate,
             lr_scheduler_type="linear",
             warmup_steps=max(1, max_steps // 20),
@@ -341,10 +299,18 @@ def fine_tune(
             logging_strategy="steps",
             logging_steps=max(1, max_steps // 20),
             logging_first_step=True,
-            save_strategy="steps" if checkpoint_dir is not None else "no",
-            save_steps=params.checkpoint_every_steps or max(1, max_steps // 10),
-            save_total_limit=2,  # the newest and one before it, should the newest be cut short
-            eval_strategy="no",
+            # Evaluating needs a checkpoint per epoch to keep the best (in scratch without a durable folder);
+            # the step checkpoints for resuming then come from save_every_callback.
+            eval_strategy="epoch" if validating else "no",
+            save_strategy="epoch" if validating else "steps" if checkpoint_dir is not None else "no",
+            save_steps=save_every,
+            # The newest and one before it, should the newest be cut short; and the best (never deleted).
+            save_total_limit=3 if validating else 2,
+            load_best_model_at_end=validating,
+            metric_for_best_model="eval_loss" if validating else None,
+            greater_is_better=False if validating else None,
+            prediction_loss_only=True,
+            label_names=["labels"],
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
@@ -355,13 +321,20 @@ def fine_tune(
             seed=params.seed,
             data_seed=params.seed,
         )
+        callbacks = [progress_callback(trainer_ref, started, losses, on_progress),
+                     evaluation_callback(evaluations, on_evaluate)]  # fmt: skip
+        if validating and checkpoint_dir is not None:
+            callbacks.append(save_every_callback(save_every))
+        if validating and params.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
         collate = flatten_batch if padding_free else (lambda batch: pad_batch(batch, pad_id))
         trainer = _make_trainer_class()(
             model=model,
             args=args,
             train_dataset=examples,
-            data_collator=collate,
-            callbacks=[_progress_callback(trainer_ref, started, losses, on_progress)],
+            eval_dataset=evaluation_set,
+            data_collator=lambda batch: collate(as_examples(batch)),
+            callbacks=callbacks,
         )
         # With tqdm off the Trainer prints each log dict to stdout; our callback logs them instead.
         trainer.remove_callback(PrinterCallback)
@@ -369,6 +342,8 @@ def fine_tune(
         trainer_ref.append(trainer)
         try:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            # The weights now in memory are the best checkpoint's: check that they score its validation loss.
+            final_eval = trainer.evaluate(metric_key_prefix="final")["final_loss"] if validating else math.nan
         except Exception as exc:
             if _is_out_of_memory(exc):
                 raise TrainingOutOfMemoryError(
@@ -378,6 +353,12 @@ def fine_tune(
                 ) from exc
             raise
     seconds = time.monotonic() - started
+    best = trainer.state.best_model_checkpoint
+    best_loss = trainer.state.best_metric
+    best_step = int(Path(best).name.removeprefix("checkpoint-")) if best else -1
+    # The state's log history spans attempts (it is restored with a checkpoint); evaluations only this one's.
+    best_epoch = next((e["epoch"] for e in trainer.state.log_history if "eval_loss" in e and e["step"] == best_step),
+                      math.nan)  # fmt: skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
     base.config.use_cache = True  # for generation with the saved model
@@ -398,6 +379,13 @@ def fine_tune(
         resumed_from_step=resumed_from,
         padding_free=padding_free,
         precision=precision,
+        validation_examples=len(evaluation_set) if evaluation_set is not None else 0,
+        evaluations=evaluations,
+        best_checkpoint=Path(best).name if best else None,
+        best_epoch=float(best_epoch),
+        best_eval_loss=float(best_loss) if best_loss is not None else math.nan,
+        final_eval_loss=float(final_eval),
+        stopped_early=int(output.global_step) < max_steps,
     )
     logger.info(
         "Trained steps %d-%d in %.1fs (%d tokens, %.0f tokens/s); loss %.4f -> %.4f; saved to %s",
@@ -410,6 +398,10 @@ def fine_tune(
         result.final_loss,
         out_dir,
     )
+    if validating:
+        logger.info("Kept %s (epoch %g): validation loss %.4f (the saved model scores %.4f)%s",
+                    result.best_checkpoint, result.best_epoch, result.best_eval_loss, result.final_eval_loss,
+                    "; stopped early" if result.stopped_early else "")  # fmt: skip
     return result
 
 
