@@ -265,13 +265,23 @@ def _select_in_blocks(matrix: NDArray[np.float32], k: int, threshold: float, blo
             kept.append(start + int(survivors[pos]))
             if len(kept) == k:
                 return kept, scanned
-            later = within[pos, pos + 1 :]
-            rejected[pos + 1 :] |= later >= threshold + margin
-            for offset in np.flatnonzero((later >= threshold - margin) & (later < threshold + margin)):
-                other = pos + 1 + int(offset)
-                if not rejected[other] and exact_similarity(candidates[pos], candidates[other]) >= threshold:
-                    rejected[other] = True
+            _reject_later(candidates, within, rejected, pos, threshold, margin)
     return kept, scanned
+
+
+def _reject_later(candidates: np.ndarray, within: np.ndarray, rejected: np.ndarray, pos: int, threshold: float,
+                  margin: float) -> None:  # fmt: skip
+    """Mark the block's later candidates that are near duplicates of the one just kept at ``pos``.
+
+    Clearly similar ones go by the block's float32 similarities; those within the rounding ``margin`` of the
+    threshold are decided by :func:`exact_similarity`.
+    """
+    later = within[pos, pos + 1 :]
+    rejected[pos + 1 :] |= later >= threshold + margin
+    for offset in np.flatnonzero((later >= threshold - margin) & (later < threshold + margin)):
+        other = pos + 1 + int(offset)
+        if not rejected[other] and exact_similarity(candidates[pos], candidates[other]) >= threshold:
+            rejected[other] = True
 
 
 def select_diverse_approx(
@@ -316,12 +326,7 @@ def select_diverse_approx(
                 kept.append(start + int(survivors[pos]))
                 if len(kept) == k:
                     break
-                later = within[pos, pos + 1 :]
-                rejected[pos + 1 :] |= later >= threshold + margin
-                for offset in np.flatnonzero((later >= threshold - margin) & (later < threshold + margin)):
-                    other = pos + 1 + int(offset)
-                    if not rejected[other] and exact_similarity(candidates[pos], candidates[other]) >= threshold:
-                        rejected[other] = True
+                _reject_later(candidates, within, rejected, pos, threshold, margin)
             index.add(matrix[kept[before:]])
             if len(kept) == k:
                 break

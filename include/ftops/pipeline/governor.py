@@ -86,9 +86,9 @@ def govern(
     now = now or datetime.now(UTC)
     ensure_schema(engine, cfg.interactions_table)
     datasets = dataset_registry(cfg)
-    chosen = [check_task_type(t) for t in task_types] or known_task_types(cfg, datasets)
+    known = known_task_types(cfg, datasets)
+    chosen = [check_task_type(t) for t in task_types] or known
     if task_types:
-        known = known_task_types(cfg, datasets)
         unknown = [t for t in chosen if t not in known]
         if unknown:
             raise LookupError(f"unknown task type(s) {unknown}: no config entry, dataset version or model "
