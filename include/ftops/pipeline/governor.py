@@ -325,12 +325,10 @@ def _error_patterns(
 
 
 def _not_erased(table: str) -> Any:
-    """The log rows no erasure request marked (every row while the erasure module is absent)."""
-    try:
-        from ftops.warehouse.erasure import not_erased
-        from ftops.warehouse.schema import log_tables
-    except ImportError:
-        return None
+    """The log rows no erasure request marked (``ftops erase``)."""
+    from ftops.warehouse.erasure import not_erased
+    from ftops.warehouse.schema import log_tables
+
     return not_erased(log_tables(table)[1], table)
 
 
