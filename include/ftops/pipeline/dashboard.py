@@ -278,7 +278,8 @@ def live_series(
     if first is None:
         return {"buckets": [], "bucket_s": None, "series": {}}
     first = first if first.tzinfo else first.replace(tzinfo=UTC)
-    width = max((now - first) / buckets, timedelta(minutes=1))
+    # rounded up (timedelta division truncates to microseconds), so the first bucket starts at or before the first call
+    width = max((now - first) / buckets + timedelta(microseconds=1), timedelta(minutes=1))
     starts = [now - (buckets - i) * width for i in range(buckets)]  # the last bucket ends now
     series = {}
     for role, version in served.items():
