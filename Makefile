@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint ui ui-screenshot clean
+.PHONY: install demo test lint ui ui-screenshot e2e-distributed clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ ui: install  ## the Airflow UI on http://127.0.0.1:8080 (airflow standalone on e
 
 ui-screenshot: install  ## docs/ui/ftops-page.png: the FT-Ops page on the embedded state (its own API server, then stopped)
 	bash -c '. scripts/env.sh && python scripts/ui_screenshot.py'
+
+e2e-distributed: install  ## the loop on the CeleryExecutor: two workers that share no folder (needs PostgreSQL and Redis)
+	bash -c '. scripts/env.sh && python scripts/e2e_distributed.py'
 
 clean:  ## forget all embedded state (warehouse, datasets, MLflow, Airflow DB, built base model)
 	rm -rf .ftops

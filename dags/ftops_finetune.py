@@ -44,6 +44,7 @@ from ftops_airflow.common import (
     openai_client,
     resolve_config,
     snapshot,
+    training_queue,
     warehouse_engine,
 )
 from ftops_airflow.openai_wait import WaitForFineTuneOperator
@@ -59,7 +60,7 @@ HF, OPENAI = "Hugging Face backend", "OpenAI backend"
     start_date=START_DATE,
     catchup=False,
     # evaluating a trained candidate goes before training the next run's (they share the training pool)
-    default_args={**DEFAULT_ARGS, "weight_rule": "upstream"},
+    default_args={**DEFAULT_ARGS, "weight_rule": "upstream", **training_queue()},
     tags=TAGS["training"],
     doc_md=__doc__,
     params={

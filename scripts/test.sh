@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The test suite: lint, type-check, then pytest (unit → DAG integrity → integration end to end).
 # Runs on embedded defaults in a throw-away FTOPS_HOME; the PostgreSQL tests use 127.0.0.1:5432 when it is
-# reachable and are required to run when CI=true. So are the browser tests (the FT-Ops page in the Airflow UI,
-# driven by Playwright in the system's Chromium): with CI=true, Chromium is installed here when it is missing.
+# reachable and are required to run when CI=true. So are the distributed run (PostgreSQL and Redis: the
+# CeleryExecutor with two workers) and the browser tests (the FT-Ops page in the Airflow UI, driven by
+# Playwright in the system's Chromium): with CI=true, Chromium is installed here when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FTOPS_HOME="${FTOPS_TEST_HOME:-$(mktemp -d /tmp/ftops-test.XXXXXX)}"
 export AIRFLOW_HOME="$FTOPS_HOME/airflow"
 . scripts/env.sh
-if [[ "${CI:-}" == "true" ]]; then export FTOPS_REQUIRE_POSTGRES=1 FTOPS_REQUIRE_BROWSER=1; fi
+if [[ "${CI:-}" == "true" ]]; then export FTOPS_REQUIRE_POSTGRES=1 FTOPS_REQUIRE_BROWSER=1 FTOPS_REQUIRE_DISTRIBUTED=1; fi
 if [[ "${FTOPS_REQUIRE_BROWSER:-}" == "1" ]] && ! command -v chromium > /dev/null && [[ ! -x /usr/bin/chromium ]]; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get > /dev/null; then
     echo "== installing chromium for the browser tests (apt-get)"

@@ -34,8 +34,40 @@ NOT_RETRYABLE = ExceptionRetryPolicy(
         )
     ]
 )
+
+
+def log_worker(context: Any) -> None:
+    """First line of every task's log: the worker that runs it (with the CeleryExecutor, which machine and
+    which queue; the worker's name is ``hostname_callable``'s, ``worker_hostname`` below where it is set)."""
+    from airflow.sdk.api.client import get_hostname
+
+    task = context["task"]
+    log.info("FT-Ops task %s runs on worker %s (queue %s, FTOPS_HOME %s)", task.task_id, get_hostname(),
+             task.queue, ftops_home())  # fmt: skip
+
+
+def worker_hostname() -> str:
+    """A ``[core] hostname_callable`` for several workers on one host: ``$FTOPS_WORKER_NAME``, else the FQDN.
+
+    Task instances record it as their ``hostname`` (the UI and REST API show which worker ran what);
+    machines of their own need none of this.
+    """
+    import os
+    import socket
+
+    return os.environ.get("FTOPS_WORKER_NAME") or socket.getfqdn()
+
+
+def training_queue() -> dict[str, str]:
+    """``{"queue": training.queue}`` for ftops_finetune's default args (read when the DAG is parsed), or
+    nothing: Airflow's default queue."""
+    queue = load_config().training.queue
+    return {"queue": queue} if queue else {}
+
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "ftops",
+    "on_execute_callback": log_worker,
     "retries": 2,
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,

@@ -205,11 +205,29 @@ print(json.dumps({"env": sorted(set(read)), "modules": sorted(m for m in ("opena
 
 def test_parsing_finetune_reads_no_environment_and_imports_no_api_client() -> None:
     """The wait's interval and timeout come from the run's config snapshot, not from the environment at parse
-    time; the openai client and mlflow are imported by the task and the trigger, never by the DAG file."""
+    time (the one variable read is FTOPS_CONFIG, the config file whose ``training.queue`` the tasks are put
+    on); the openai client and mlflow are imported by the task and the trigger, never by the DAG file."""
     dag_file = ROOT / "dags" / "ftops_finetune.py"
     env = {**os.environ, "FTOPS_API_POKE_SECONDS": "0.1"}
     out = subprocess.run([sys.executable, "-c", FINETUNE_PARSE_PROBE, str(dag_file), str(ROOT)], capture_output=True,
                          text=True, timeout=120, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"env": [], "modules": []}
+    assert result == {"env": ["FTOPS_CONFIG"], "modules": []}
+
+
+def test_training_queue_puts_every_fine_tune_task_on_it_and_nothing_else(tmp_path, monkeypatch) -> None:
+    """CeleryExecutor: `training.queue` sends ftops_finetune, and only it, to the workers listening there."""
+    import yaml
+    from airflow.configuration import conf
+    from airflow.dag_processing.dagbag import DagBag
+
+    config = tmp_path / "ftops.yaml"
+    config.write_text(yaml.safe_dump({"training": {"queue": "gpu"}}))
+    monkeypatch.setenv("FTOPS_CONFIG", str(config))
+    queues = {}
+    for name in ("ftops_finetune", "ftops_curate"):
+        bag = DagBag(dag_folder=str(ROOT / "dags" / f"{name}.py"))
+        queues[name] = {t.queue for t in bag.dags[name].tasks}
+
+    assert queues == {"ftops_finetune": {"gpu"}, "ftops_curate": {conf.get("operators", "default_queue")}}

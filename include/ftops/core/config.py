@@ -150,6 +150,7 @@ class TrainingConfig(_Strict):
     min_train_examples: int = Field(
         20, ge=1, description="Fewest examples a training split may hold; a smaller one fails before any work."
     )
+    queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$", description="Airflow queue of every ftops_finetune task (CeleryExecutor: the workers with the accelerator listen on it, `airflow celery worker --queues`); read when the DAG is parsed; empty: [operators] default_queue.")
 
 
 class GateConfig(_Strict):

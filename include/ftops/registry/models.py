@@ -84,19 +84,23 @@ def _hide_password(text: str) -> str:
 
 
 def experiment_id(task_type: str) -> str:
-    """The experiment of a task type, created with artifacts under ``FTOPS_HOME`` when missing.
+    """The experiment of a task type, created when missing: artifacts under ``$FTOPS_ARTIFACT_ROOT``, else
+    where a tracking server puts them (``mlflow server --serve-artifacts``: every worker uploads and downloads
+    through the server), else under ``FTOPS_HOME``.
 
-    An explicit artifact location matters: MLflow's default for a SQLite store is ``./mlruns`` relative to
-    the worker's working directory.
+    An explicit artifact location matters for a database store: MLflow's default there is ``./mlruns``
+    relative to the worker's working directory, which no other worker can read.
     """
     c = client()
     name = model_name(task_type)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = os.environ.get("FTOPS_ARTIFACT_ROOT") or (ftops_home() / "mlartifacts").as_uri()
+    location = os.environ.get("FTOPS_ARTIFACT_ROOT")
+    if not location and not tracking_uri().startswith(("http://", "https://", "databricks")):
+        location = (ftops_home() / "mlartifacts").as_uri()
     with store_errors(f"create experiment {name}", exists_ok=True):
-        return c.create_experiment(name, artifact_location=f"{location}/{name}")
+        return c.create_experiment(name, artifact_location=f"{location}/{name}" if location else None)
     exp = c.get_experiment_by_name(name)  # another worker created it between our get and create
     if exp is None:
         raise RegistryUnavailableError(f"experiment {name} exists and cannot be read")
