@@ -98,6 +98,28 @@ def test_cache_second_call_embeds_nothing(tmp_path: Path) -> None:
     assert len(embedder.calls) == 1  # the second call never reached the model
 
 
+def test_all_cached_never_loads_the_model_and_another_models_vectors_are_refused(tmp_path: Path) -> None:
+    """A fresh worker with a warm cache does not load MiniLM just to learn its length (``SentenceEmbedder.dim``
+    loads it); vectors of two lengths under one name (another model's, cached under this name) are an error."""
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    texts = [f"prompt {i}" for i in range(5)]
+    embed_with_cache(CountingEmbedder(), texts, cache)
+
+    class Unloadable(CountingEmbedder):
+        @property
+        def dim(self) -> int:  # type: ignore[override]
+            raise AssertionError("asked for the model's length")
+
+    warm, new = embed_with_cache(Unloadable(), texts, cache)
+    assert new == 0 and warm.shape == (5, 8)
+
+    class Wider(CountingEmbedder):
+        dim = 16
+
+    with pytest.raises(ValueError, match=r"lengths \[8, 16\]"):
+        embed_with_cache(Wider(), [*texts, "a prompt not cached yet"], cache)
+
+
 def test_only_misses_embedded_each_once(tmp_path: Path) -> None:
     embedder = CountingEmbedder()
     cache = EmbeddingCache(tmp_path / "cache.sqlite")

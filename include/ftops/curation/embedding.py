@@ -262,7 +262,7 @@ def embed_with_cache(
         embedded.
 
     Raises:
-        ValueError: The embedder returned the wrong shape, or a cached vector's length is not ``embedder.dim``.
+        ValueError: The embedder returned the wrong shape, or the vectors (cached and new) differ in length.
     """
     hashes = [text_sha256(text) for text in texts]
     found = cache.get_many(embedder.name, hashes)
@@ -283,7 +283,10 @@ def embed_with_cache(
         found.update(fresh)
     if not hashes:
         return np.zeros((0, embedder.dim), dtype=np.float32), 0
-    vectors = np.stack([found[key] for key in hashes])
-    if vectors.shape[1] != embedder.dim:
-        raise ValueError(f"cached vectors for {embedder.name} have length {vectors.shape[1]}, not {embedder.dim}")
-    return vectors, len(missing)
+    # The model's length is asked only when it was loaded anyway: a worker whose vectors are all cached (a
+    # nightly run of mostly known prompts) never loads the model (~5 s).
+    lengths = {len(found[key]) for key in hashes} | ({new.shape[1]} if missing else set())
+    if len(lengths) != 1:
+        raise ValueError(f"vectors for {embedder.name} have lengths {sorted(lengths)}: the cache holds vectors of "
+                         "another model under its name; delete the cache file")  # fmt: skip
+    return np.stack([found[key] for key in hashes]), len(missing)
