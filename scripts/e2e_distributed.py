@@ -275,7 +275,8 @@ def deploy_check(c: Cluster, started: float) -> dict[str, Any]:
     from mlflow import MlflowClient
     from openai import OpenAI
 
-    client = MlflowClient(f"http://127.0.0.1:{c.ports['mlflow']}")
+    server = f"http://127.0.0.1:{c.ports['mlflow']}"
+    client = MlflowClient(server, registry_uri=server)
     champion = client.get_model_version_by_alias(f"ftops-{TASK_TYPE}", "champion")
     run = client.get_run(champion.run_id)
     step(started, f"gateway: ftops serve on {c.ports['gateway']}, champion ftops-{TASK_TYPE}/{champion.version}")
@@ -328,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis", default=os.environ.get("FTOPS_DIST_REDIS", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops every machine (finally below)
+    for key in [k for k in os.environ if k.startswith(("AIRFLOW", "FTOPS_", "MLFLOW_"))]:
+        del os.environ[key]  # this process reads the cluster only through the addresses it set up (a caller's
+        # MLFLOW_TRACKING_URI would otherwise be the registry of MlflowClient(tracking_uri) below)
     started = time.time()
     root = (args.root or Path(tempfile.mkdtemp(prefix="ftops-dist-"))).resolve()
     cluster = Cluster(root, args.postgres, args.redis, args.keep)
