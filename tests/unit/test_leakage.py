@@ -148,19 +148,41 @@ def test_curation_switches_to_the_approximate_index_when_pool_and_target_exceed_
     assert capped.selection_index == "exact"
 
 
-def test_the_history_is_every_example_of_every_published_version_once(monkeypatch) -> None:
+def test_the_history_is_every_example_of_every_published_version_once(monkeypatch, tmp_path) -> None:
+    """Each version is read through the registry once per worker; later runs take it from the worker's cache,
+    keyed by content hash (a new version is read, a torn cache file is read again)."""
     from ftops.curation.curate import to_example
+    from ftops.datasets.versions import DatasetVersion
     from ftops.pipeline import curate as pipeline
 
     class Registry:
-        def versions(self, task_type: str) -> list[str]:
-            return ["v1", "v2"]
+        def __init__(self) -> None:
+            self.published = [DatasetVersion("qa", 1, "a" * 64), DatasetVersion("qa", 2, "b" * 64)]
+            self.reads: list[tuple[int, str]] = []
 
-        def read(self, version: str, split: str) -> list[dict]:
+        def versions(self, task_type: str) -> list[DatasetVersion]:
+            return self.published
+
+        def read(self, version: DatasetVersion, split: str) -> list[dict]:
+            self.reads.append((version.version, split))
             shared = [to_example("asked in both versions", "a")] if split == "train" else []
-            return [to_example(f"{version} {split} question", "a"), *shared]
+            return [to_example(f"v{version.version} {split} question", "a"), *shared]
 
-    monkeypatch.setattr(pipeline, "dataset_registry", lambda cfg: Registry())
-    assert pipeline.published_examples(load_config(), "qa") == [
-        ("v1 train question", "train"), ("asked in both versions", "train"), ("v1 test question", "test"),
-        ("v2 train question", "train"), ("v2 test question", "test")]  # fmt: skip
+    monkeypatch.setenv("FTOPS_HOME", str(tmp_path))
+    registry = Registry()
+    monkeypatch.setattr(pipeline, "dataset_registry", lambda cfg: registry)
+    expected = [("v1 train question", "train"), ("asked in both versions", "train"), ("v1 test question", "test"),
+                ("v2 train question", "train"), ("v2 test question", "test")]  # fmt: skip
+    assert pipeline.published_examples(load_config(), "qa") == expected
+    assert len(registry.reads) == 4
+    assert pipeline.published_examples(load_config(), "qa") == expected
+    assert len(registry.reads) == 4  # every version from the cache
+    registry.published.append(DatasetVersion("qa", 3, "c" * 64))
+    (tmp_path / "cache" / "published" / "qa" / f"{'a' * 64}.json").write_text('[["v1 train q')  # torn
+    assert pipeline.published_examples(load_config(), "qa") == [*expected, ("v3 train question", "train"),
+                                                                 ("v3 test question", "test")]  # fmt: skip
+    assert sorted(registry.reads[4:]) == [(1, "test"), (1, "train"), (3, "test"), (3, "train")]
+    del registry.published[1]  # v2's tag deleted on the remote (a purge after an erasure)
+    assert ("v2 train question", "train") not in pipeline.published_examples(load_config(), "qa")
+    cached = sorted(p.stem[0] for p in (tmp_path / "cache" / "published" / "qa").iterdir())
+    assert cached == ["a", "c"]  # v2's prompts are gone from this worker too

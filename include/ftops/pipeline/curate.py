@@ -236,16 +236,38 @@ def curate_window(
 def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]]:
     """(prompt, split) of every example of every published version of a task type: the leakage guard's history.
 
-    Read from the dataset registry (through DVC, one read per version and split); the prompts' embeddings
-    then come from the embedding cache, as each was embedded when it was curated.
+    A version's examples are read from the dataset registry (through DVC, one read per split) once per worker,
+    then from ``FTOPS_HOME/cache/published/<task_type>/<content hash>.json`` (a version's content never changes
+    under its hash; the worker's DVC cache holds the same text); the file of a version no longer listed (its
+    tag deleted on the remote) is deleted. The prompts' embeddings then come from the embedding cache, as
+    each was embedded when it was curated.
     """
+    from ftops.core.config import ftops_home
     from ftops.curation.curate import examples_of
 
     registry = dataset_registry(cfg)
+    folder = ftops_home() / "cache" / "published" / task_type
     found: dict[tuple[str, str], None] = {}
-    for version in registry.versions(task_type):
-        for split in ("train", "test"):
-            found.update(dict.fromkeys((prompt, split) for prompt, _ in examples_of(registry.read(version, split))))
+    read, versions = 0, registry.versions(task_type)
+    for version in versions:
+        path = folder / f"{version.content_hash}.json"
+        try:
+            pairs = [(str(p), str(s)) for p, s in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError):  # not cached yet, or a torn file: read the version again
+            pairs = [(prompt, split) for split in ("train", "test")
+                     for prompt, _ in examples_of(registry.read(version, split))]  # fmt: skip
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps(pairs, ensure_ascii=False))
+            partial.replace(path)  # whole or absent
+            read += 1
+        found.update(dict.fromkeys(pairs))
+    listed = {f"{v.content_hash}.json" for v in versions}
+    for stale in folder.glob("*.json"):
+        if stale.name not in listed:  # a version deleted on the remote (a purge): its prompts go here too
+            stale.unlink(missing_ok=True)
+    log.info("%s: leakage history of %d examples, %d version(s) read through DVC, the rest cached",
+             task_type, len(found), read)  # fmt: skip
     return list(found)
 
 
