@@ -37,7 +37,7 @@ NOT_RETRYABLE = ExceptionRetryPolicy(
 
 
 def log_worker(context: Any) -> None:
-    """First line of every task's log: the worker that runs it (with the CeleryExecutor, which machine and
+    """A line of every task's log, before the task starts: the worker that runs it (with the CeleryExecutor, which machine and
     which queue; the worker's name is ``hostname_callable``'s, ``worker_hostname`` below where it is set)."""
     from airflow.sdk.api.client import get_hostname
 
