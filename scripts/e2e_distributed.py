@@ -108,7 +108,6 @@ class Cluster:
             "AIRFLOW__API__PORT": str(self.ports["api"]),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.ports['api']}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret, "AIRFLOW__CORE__FERNET_KEY": self.fernet_key,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
             "AIRFLOW__CELERY__BROKER_URL": self.redis,
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{airflow_db}",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.queues["worker-a"],
@@ -120,6 +119,8 @@ class Cluster:
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_TELEMETRY": "false",
             "DO_NOT_TRACK": "1",
         })  # fmt: skip
+        if machine == "control":  # workers reach the metadata database only through the API server
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = airflow_db
         return env
 
     def write_config(self, machine: str) -> None:
