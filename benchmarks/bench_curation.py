@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -33,10 +34,13 @@ TASK = "city_extraction"
 
 
 class HashEmbedder:
-    """Deterministic unit vectors from a hash of the text: a stand-in that costs nothing to run."""
+    """Deterministic unit vectors from a hash of the text: a stand-in that costs nothing to run (under any
+    name: bench_nightly.py fills the cache of the configured model's name with it)."""
 
-    name = "hash-bench"
     dim = 384
+
+    def __init__(self, name: str = "hash-bench") -> None:
+        self.name = name
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), np.float32)
@@ -48,14 +52,19 @@ class HashEmbedder:
 
 
 class CountingEmbedder:
-    """Wraps an embedder and counts the texts it was asked to embed."""
+    """Wraps an embedder and counts the texts it was asked to embed; ``name`` given, the inner model is not
+    loaded for its name, and its length is asked only when needed."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001 - any Embedder
-        self.inner, self.name, self.dim, self.count = inner, inner.name, inner.dim, 0
+    def __init__(self, inner: Any, name: str | None = None) -> None:
+        self.inner, self.name, self.count = inner, name or inner.name, 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.count += len(texts)
-        return self.inner.embed(texts)
+        return np.asarray(self.inner.embed(texts))
 
 
 def _setup(folder: Path):

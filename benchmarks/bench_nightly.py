@@ -43,51 +43,18 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
+from bench_curation import CountingEmbedder, HashEmbedder
 
 TASK = "city_extraction"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)  # the watermark after the history's curation
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PHASES = ("read", "read_history", "rules", "scrub", "dedup", "embed", "select_and_split", "validate_raw",
           "validate_curated", "version", "pool")  # fmt: skip
-
-
-class HashEmbedder:
-    """Deterministic unit vectors from a hash of the text, under any name: fills the cache for nothing."""
-
-    dim = 384
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
-
-
-class CountingEmbedder:
-    """Wraps an embedder and counts the texts it was asked to embed (without loading it for its name)."""
-
-    def __init__(self, inner: Any, name: str) -> None:
-        self.inner, self.name, self.count = inner, name, 0
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.count += len(texts)
-        return np.asarray(self.inner.embed(texts))
 
 
 class Warehouse:
