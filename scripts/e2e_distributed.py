@@ -11,7 +11,7 @@ it; they meet only over the network, as they would on separate hosts:
   worker-b    `airflow celery worker` on the training queue (`training.queue`): every ftops_finetune task
   gateway     `ftops serve`: the champion, loaded from the MLflow server
 
-The run: simulated logs → ftops_curate → (Asset event) ftops_governor → ftops_finetune → champion, then three
+The run: simulated logs → ftops_curate → (Asset event) ftops_governor → ftops_finetune → champion, then five
 questions to the gateway. It checks which worker ran which task (the REST API's task instances and each
 worker's own task logs), the champion's lineage (the git remote's URL and tag), that the artifacts are on the
 MLflow server only, and that the deployed model answers; `--report FILE` writes what it found as JSON.
@@ -270,7 +270,7 @@ def worker_logs(c: Cluster) -> dict[str, dict[str, list[str]]]:
 
 
 def deploy_check(c: Cluster, started: float) -> dict[str, Any]:
-    """The champion, from the MLflow server, served by a gateway on a machine of its own; three questions."""
+    """The champion, from the MLflow server, served by a gateway on a machine of its own; five questions."""
     import sqlalchemy as sa
     from ftops_dev.simulate import TASKS
     from mlflow import MlflowClient
@@ -287,8 +287,11 @@ def deploy_check(c: Cluster, started: float) -> dict[str, Any]:
 
     rng, answers = random.Random(3), []
     openai = OpenAI(base_url=f"http://127.0.0.1:{c.ports['gateway']}/v1", api_key="unused", timeout=120)
-    for _ in range(3):
+    questions: dict[str, str] = {}  # expected answer -> prompt: five different cities, so five different answers
+    while len(questions) < 5:
         prompt, expected, _ = TASKS[TASK_TYPE][0](rng)
+        questions.setdefault(expected, prompt)
+    for expected, prompt in questions.items():
         done = openai.chat.completions.create(model=f"ftops/{TASK_TYPE}", messages=[{"role": "user", "content": prompt}])
         answers.append({"prompt": prompt, "expected": expected, "answer": done.choices[0].message.content,
                         "model": done.model})  # fmt: skip
