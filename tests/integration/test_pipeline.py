@@ -245,7 +245,8 @@ def postgres_config(postgres_url, tmp_path) -> tuple[Path, str]:
 def test_airflow_dags_test_curate_on_postgres(airflow_db, airflow_cli, postgres_url, postgres_config, tmp_path) -> None:
     from ftops_dev.simulate import generate_interactions
 
-    from ftops.warehouse.schema import ensure_schema, insert_interactions, read_interactions
+    from ftops.warehouse.logread import read_interactions
+    from ftops.warehouse.schema import ensure_schema, insert_interactions
 
     config_path, table = postgres_config
     engine = sa.create_engine(postgres_url)

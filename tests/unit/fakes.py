@@ -35,5 +35,5 @@ def row(i: int, **overrides) -> dict:
     base = {"id": f"r{i}", "task_type": "sentiment", "prompt": f"Classify review number {i}: great value",
             "response": GOOD, "user_feedback": 5, "success": True, "latency_ms": 300, "confidence": 0.9,
             "timestamp": pd.Timestamp("2026-11-01", tz="UTC"), "user_id": f"u{i}", "model_version": "base",
-            "tokens_used": 40, "metadata": None}  # fmt: skip
+            "tokens_used": 40, "metadata": None, "task_success": None}  # fmt: skip
     return base | overrides

@@ -50,6 +50,8 @@ ROW_CASES = [
     ("confidence as text", {"confidence": "high"}, "quarantined:confidence_not_a_number"),
     ("success as text", {"success": "yes"}, "quarantined:success_not_boolean"),
     ("null success", {"success": None}, "quarantined:null_success"),
+    ("task success as text", {"task_success": "yes"}, "quarantined:task_success_not_boolean"),
+    ("the client said it failed", {"task_success": False}, "filtered:task_failed"),
     ("null id", {"id": None}, "quarantined:null_id"),
     ("invalid task type", {"task_type": "../../escape"}, "quarantined:invalid_task_type"),
     ("timestamp in the future", {"timestamp": pd.Timestamp("2027-01-01", tz="UTC")}, "quarantined:timestamp_in_future"),

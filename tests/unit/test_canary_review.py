@@ -21,7 +21,7 @@ from ftops.pipeline.rollback import rollback
 from ftops.registry import models as registry
 from ftops.serving.router import Router
 from ftops.warehouse import state
-from ftops.warehouse.schema import ensure_schema, insert_interactions
+from ftops.warehouse.schema import ensure_schema, insert_interactions, log_tables
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
@@ -301,3 +301,38 @@ def test_live_metrics_counts_ratings_and_task_success_in_the_window(any_warehous
     assert strict["task_successes"] < expected
     empty = state.live_metrics(any_warehouse, "m", "ftops-m/9", T0)
     assert empty["requests"] == 0 and empty["mean_rating"] is None and empty["latency_p95_ms"] == 0.0
+
+
+def test_the_clients_verdict_decides_task_success_and_never_the_error_rate(any_warehouse) -> None:
+    # (success, task_success, rating): the verdict wins over the rating; a failed call stays an error
+    calls = [(True, False, 5), (True, True, 1), (True, None, 4), (True, None, 2), (False, True, 5), (True, None, None)]
+    insert_interactions(any_warehouse, [
+        {"id": f"v{i}", "timestamp": T0 + i * timedelta(seconds=1), "task_type": "v", "prompt": "p", "response": "r",
+         "model_version": "ftops-v/1", "success": s, "task_success": ts, "user_feedback": r, "latency_ms": 10}
+        for i, (s, ts, r) in enumerate(calls)
+    ])  # fmt: skip
+    m = state.live_metrics(any_warehouse, "v", "ftops-v/1", T0)
+    assert (m["requests"], m["errors"]) == (6, 1)
+    assert m["task_successes"] == 3  # v1 (said yes despite a 1), v2 (rated 4), v5 (no feedback)
+    failures = {r["id"] for r in state.recent_failures(any_warehouse, "v", None)}
+    assert failures == {"v0", "v3", "v4"}  # said no; rated 2; the failed call
+
+
+def test_a_log_table_of_an_earlier_release_gains_the_new_columns_in_place(any_warehouse) -> None:
+    old = sa.Table("old_log", sa.MetaData(), *(c.copy() for c in log_tables("old_log")[1].c
+                                                if c.name not in ("task_success", "key_id")))  # fmt: skip
+    old.create(any_warehouse)
+    insert_row = {"id": "o1", "timestamp": T0, "task_type": "o", "prompt": "p", "response": "r", "success": True,
+                  "model_version": "ftops-o/1", "latency_ms": 5}  # fmt: skip
+    with any_warehouse.begin() as conn:
+        conn.execute(sa.insert(old), [insert_row])
+    assert state.live_metrics(any_warehouse, "o", "ftops-o/1", T0, "old_log")["task_successes"] == 1  # read before
+    ensure_schema(any_warehouse, "old_log")
+    ensure_schema(any_warehouse, "old_log")  # idempotent
+    columns = {c["name"] for c in sa.inspect(any_warehouse).get_columns("old_log")}
+    assert {"task_success", "key_id"} <= columns
+    _, t, _, _ = log_tables("old_log")
+    with any_warehouse.begin() as conn:
+        conn.execute(sa.update(t).where(t.c.id == "o1").values(task_success=False))
+        assert conn.execute(sa.select(t.c.success, t.c.task_success)).all() == [(True, False)]
+    assert state.live_metrics(any_warehouse, "o", "ftops-o/1", T0, "old_log")["task_successes"] == 0

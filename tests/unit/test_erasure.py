@@ -29,13 +29,13 @@ from ftops.pipeline.curate import curate_window, publish_window
 from ftops.pipeline.erase import PENDING_TAG, erase_user
 from ftops.registry import models as registry
 from ftops.warehouse import erasure
+from ftops.warehouse.logread import read_log_window
 from ftops.warehouse.schema import (
     curation_tables,
     ensure_schema,
     ensure_state_tables,
     insert_interactions,
     log_tables,
-    read_log_window,
 )
 from ftops.warehouse.state import read_decisions, write_quarantine
 

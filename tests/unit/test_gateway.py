@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from ftops.core.config import ServingConfig
 from ftops.deployment import rollout
-from ftops.serving.gateway import VERSION_HEADER, build_gateway, hash_api_key, parse_key_hashes
+from ftops.serving.gateway import KEY_ID_CHARS, VERSION_HEADER, build_gateway, hash_api_key, parse_key_hashes
 from ftops.training.basemodel import build_base_model
 from ftops.warehouse.schema import log_tables
 from tests.serving_support import GatewayServer, register_local_version
@@ -163,13 +164,14 @@ def test_feedback_updates_the_row_and_refuses_what_it_cannot_apply(client: opena
     ok = httpx.post(url, json={"id": done.id, "rating": 2, "success": False})  # before any flush: spooled still
     assert ok.status_code == 200, ok.text
     row = _row(served["engine"], done.id)
-    assert row["user_feedback"] == 2 and row["success"] is False
+    # the client's verdict is its own column; what the gateway recorded stays
+    assert row["user_feedback"] == 2 and row["task_success"] is False and row["success"] is True
     assert httpx.post(url, json={"id": done.id, "rating": 5}).status_code == 200
     assert _row(served["engine"], done.id)["user_feedback"] == 5
     unknown = httpx.post(url, json={"id": "chatcmpl-nope", "rating": 4})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     for bad in ({"id": done.id, "rating": 7}, {"id": done.id, "rating": "5"}, {"id": done.id}, {"rating": 3},
-                {"id": done.id, "rating": 3, "success": "yes"}):  # fmt: skip
+                {"id": done.id, "rating": 3, "success": "yes"}, {"id": done.id, "task_success": 1}):  # fmt: skip
         refused = httpx.post(url, json=bad)
         assert refused.status_code == 422 and refused.json()["error"]["param"], bad
     assert _row(served["engine"], done.id)["user_feedback"] == 5  # nothing refused changed it
@@ -200,6 +202,46 @@ def test_api_keys_are_required_when_configured_and_never_logged(
         assert KEY not in text and "wrong-key" not in text, where
     with pytest.raises(ValueError, match="not SHA-256"):
         parse_key_hashes(KEY)  # a key pasted where its hash belongs
+
+
+def test_feedback_is_the_calling_keys_verdict_and_never_rewrites_what_the_gateway_recorded(
+    served: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = KEY + "-other"
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    gateway = build_gateway(ServingConfig(), engine, key_hashes=parse_key_hashes(f"{hash_api_key(KEY)},{hash_api_key(other)}"),
+                            spool_dir=str(tmp_path / "spool"))  # fmt: skip
+    key_a, key_b = hash_api_key(KEY)[:KEY_ID_CHARS], hash_api_key(other)[:KEY_ID_CHARS]
+    with GatewayServer(gateway) as server:
+        a = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
+        b_headers = {"authorization": f"Bearer {other}"}
+        done = a.chat.completions.create(model=f"ftops/{TASK}", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=4, user="alice")  # fmt: skip
+        # B cannot rate A's call, and learns nothing about it (the same 404 as an unknown id)
+        stolen = httpx.post(f"{server.base_url}/feedback", json={"id": done.id, "rating": 1, "success": False},
+                            headers=b_headers)  # fmt: skip
+        assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "not_found", stolen.text
+        mine = httpx.post(f"{server.base_url}/feedback", json={"id": done.id, "rating": 4},
+                          headers={"authorization": f"Bearer {KEY}"})  # fmt: skip
+        assert mine.status_code == 200, mine.text
+        # a call that fails is logged as failed; the 500 hands out its id, and feedback cannot make it a success
+        batcher = next(iter(gateway.pool._batchers.values()))
+
+        def broken(requests: Any) -> Any:
+            raise RuntimeError("decoder fell over (test)")
+
+        monkeypatch.setattr(batcher.backend, "complete", broken)
+        failed = httpx.post(f"{server.base_url}/chat/completions", headers=b_headers,
+                            json={"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "boom"}]})  # fmt: skip
+        assert failed.status_code == 500
+        failed_id = re.search(r"chatcmpl-[0-9a-f]+", failed.json()["error"]["message"]).group(0)  # type: ignore[union-attr]
+        rewrite = httpx.post(f"{server.base_url}/feedback", json={"id": failed_id, "rating": 5, "success": True},
+                             headers=b_headers)  # fmt: skip
+        assert rewrite.status_code == 200, rewrite.text
+        gateway.logger.flush()
+    good, bad = _row(engine, done.id), _row(engine, failed_id)
+    assert (good["key_id"], good["user_id"], good["user_feedback"], good["task_success"]) == (key_a, f"{key_a}/alice", 4, None)
+    assert (bad["key_id"], bad["success"], bad["task_success"], bad["user_feedback"]) == (key_b, False, True, 5)
 
 
 def test_a_version_that_cannot_load_gets_no_traffic(

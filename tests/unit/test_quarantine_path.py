@@ -45,6 +45,7 @@ COLUMN_FOR = {
     "latency as text": ("latency_ms", sa.Text),
     "confidence as text": ("confidence", sa.Text),
     "success as text": ("success", sa.Text),
+    "task success as text": ("task_success", sa.Text),
     "timestamp that is not a time": ("timestamp", sa.Text),
 }
 LAYOUTS = sorted({COLUMN_FOR.get(name) for name, *_ in ROW_CASES}, key=str)

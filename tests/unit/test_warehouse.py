@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from ftops_dev.simulate import generate_interactions
 
+from ftops.warehouse import logread, state
 from ftops.warehouse import schema as wh
-from ftops.warehouse import state
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -36,9 +36,9 @@ def test_schema_is_created_idempotently_and_rows_round_trip(engine, request) -> 
     rows = generate_interactions(60, seed=1)
     assert wh.insert_interactions(engine, rows, table) == 60
     assert wh.insert_interactions(engine, rows, table) == 0  # same ids: nothing duplicated
-    types = wh.list_task_types(engine, table)
+    types = logread.list_task_types(engine, table)
     assert types == sorted({r["task_type"] for r in rows})
-    frame = wh.read_interactions(engine, types[0], table=table)
+    frame = logread.read_interactions(engine, types[0], table=table)
     assert len(frame) == sum(r["task_type"] == types[0] for r in rows)
     assert set(wh.INTERACTION_COLUMNS) <= set(frame.columns)
 
@@ -50,14 +50,14 @@ def test_since_reads_only_newer_rows(engine, request) -> None:
     wh.insert_interactions(engine, rows, table)
     task_type = rows[0]["task_type"]
     cut = sorted(r["timestamp"] for r in rows if r["task_type"] == task_type)[10]
-    newer = wh.read_interactions(engine, task_type, table=table, since=cut)
+    newer = logread.read_interactions(engine, task_type, table=table, since=cut)
     assert len(newer) == sum(r["task_type"] == task_type and r["timestamp"] >= cut for r in rows)
 
 
 def test_missing_table_is_a_clear_error(tmp_path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(LookupError, match="does not exist"):
-        wh.read_interactions(engine, "sentiment", table="nope")
+        logread.read_interactions(engine, "sentiment", table="nope")
 
 
 def test_quarantine_is_replaced_per_run_key(tmp_path) -> None:

@@ -117,6 +117,9 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
         return "null_success"
     if isinstance(success, str) or success not in (True, False):
         return "success_not_boolean"
+    verdict = row.get("task_success")
+    if not is_missing(verdict) and (isinstance(verdict, str) or verdict not in (True, False)):
+        return "task_success_not_boolean"
     for column in ("latency_ms", "confidence"):
         value = row.get(column)
         if not is_missing(value) and not _is_number(value):
@@ -141,6 +144,9 @@ def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
         return "low_rating"
     if not bool(row.get("success")):
         return "failed_call"
+    verdict = row.get("task_success")
+    if not is_missing(verdict) and not bool(verdict):  # the client said the answer did not do its job
+        return "task_failed"
     response: str = row["response"]
     if len(response) < cfg.min_response_chars:
         return "response_too_short"

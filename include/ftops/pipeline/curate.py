@@ -38,7 +38,8 @@ def task_types_to_curate(engine: sa.Engine, cfg: FtopsConfig, chosen: Sequence[s
     Raises:
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
-    from ftops.warehouse.schema import ensure_state_tables, list_task_types
+    from ftops.warehouse.logread import list_task_types
+    from ftops.warehouse.schema import ensure_state_tables
 
     ensure_state_tables(engine, cfg.interactions_table)
     return list(chosen) or list(cfg.task_types) or list_task_types(engine, cfg.interactions_table)
@@ -116,7 +117,8 @@ def curate_window(
     from ftops.curation.embedding import EmbeddingCache, SentenceEmbedder
     from ftops.curation.validation import require, validate_curated, validate_raw
     from ftops.datasets.versions import to_jsonl
-    from ftops.warehouse.schema import ensure_state_tables, read_log_window
+    from ftops.warehouse.logread import read_log_window
+    from ftops.warehouse.schema import ensure_state_tables
     from ftops.warehouse.state import (
         curation_window,
         finish_curation_run,

@@ -84,7 +84,8 @@ def erase_user(
     from ftops.curation.rules import user_key
     from ftops.curation.scrub import scrub
     from ftops.warehouse import erasure
-    from ftops.warehouse.schema import curation_tables, ensure_state_tables, log_columns, log_tables
+    from ftops.warehouse.logread import log_columns
+    from ftops.warehouse.schema import curation_tables, ensure_state_tables, log_tables
 
     key = user_key(user_id)
     if key is None:

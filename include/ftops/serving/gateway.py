@@ -1,11 +1,14 @@
 """``ftops serve``: an OpenAI-compatible gateway over the registry's champions and canaries.
 
 Routes: ``GET /v1/models`` (``ftops/<task_type>`` for each task type with a champion), ``POST
-/v1/chat/completions`` (plain or ``stream: true``), ``POST /v1/feedback`` (``{"id", "rating", "success"}``) and
-``GET /healthz``. A completion's ``id`` is the id of its ``interactions`` row, which is spooled durably
+/v1/chat/completions`` (plain or ``stream: true``), ``POST /v1/feedback`` (``{"id", "rating", "task_success"}``)
+and ``GET /healthz``. A completion's ``id`` is the id of its ``interactions`` row, which is spooled durably
 before the answer leaves (see :mod:`ftops.serving.interaction_log`); the header ``x-ftops-model-version``
 names the version that answered. Errors are OpenAI error objects; nothing returns a traceback. With API key
-hashes configured every ``/v1`` route needs ``Authorization: Bearer <key>``; keys are never logged.
+hashes configured every ``/v1`` route needs ``Authorization: Bearer <key>``; keys are never logged. Each row
+records which key made the call (``key_id``, a prefix of the key's hash); feedback is taken only with that key,
+and ``user`` is namespaced by it, so one key can neither rate another's calls nor speak for its users.
+Feedback never changes what the gateway recorded (``success``): the client's verdict goes to ``task_success``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = "x-ftops-model-version"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 RECENT_IDS = 100_000  # ids answered by this process, for feedback that arrives before the row is flushed
+KEY_ID_CHARS = 12  # 48 bits of the key's hash name it in the log: enough to tell keys apart, useless to guess it
 
 
 def hash_api_key(key: str) -> str:
@@ -99,14 +103,20 @@ class Gateway:
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     # -- access ------------------------------------------------------------------------------------------
-    def check_key(self, authorization: str | None) -> None:
+    def check_key(self, authorization: str | None) -> str | None:
+        """The calling key's id (``KEY_ID_CHARS`` of its hash), None when no keys are configured.
+
+        Raises:
+            ApiError: 401 for a missing or unknown key.
+        """
         if not self.key_hashes:
-            return
+            return None
         scheme, _, key = (authorization or "").partition(" ")
         digest = hash_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else ""
         if not any(hmac.compare_digest(digest, h) for h in self.key_hashes):
             raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")  # fmt: skip
+        return digest[:KEY_ID_CHARS]
 
     # -- chat ----------------------------------------------------------------------------------------------
     async def route(self, task_type: str, key: str) -> tuple[Route, Batcher]:
@@ -134,26 +144,31 @@ class Gateway:
                 self.router.mark_unavailable(task_type, route.version, f"{type(exc).__name__}: {exc}"[:500])
         raise ApiError(503, f"no version of {MODEL_PREFIX}{task_type} could be loaded", "server_error", "model_unavailable")
 
-    async def chat(self, req: ChatRequest) -> tuple[str, Route, Completion]:
-        """Answer one checked request; its row is spooled (fsynced) before this returns."""
+    async def chat(self, req: ChatRequest, key_id: str | None = None) -> tuple[str, Route, Completion]:
+        """Answer one checked request made with key ``key_id``; its row is spooled (fsynced) before this returns.
+
+        With keys on, ``user`` is namespaced by the key (``<key_id>/<user>``) for routing and in the log.
+        """
         started = time.perf_counter()
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
-        route, batcher = await self.route(req.task_type, req.user or call_id)
+        user = f"{key_id}/{req.user}" if key_id and req.user else req.user
+        route, batcher = await self.route(req.task_type, user or call_id)
         try:
             answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens))
         except Exception:  # noqa: BLE001 - logged as a failed call, answered as a 500 without a traceback
             log.exception("%s failed to answer request %s", route.model_version, call_id)
             answer = None
-        await self._log(call_id, req, route, answer, started)
+        await self._log(call_id, req, route, answer, started, user, key_id)
         if answer is None:
             raise ApiError(500, f"{route.model_version} failed to answer; the call is logged as failed (id "
                                 f"{call_id})", "server_error", "model_error")  # fmt: skip
         return call_id, route, answer
 
-    async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float) -> None:
+    async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float,
+                   user: str | None, key_id: str | None) -> None:  # fmt: skip
         row: dict[str, Any] = {
-            "id": call_id, "task_type": req.task_type, "prompt": req.prompt,
-            "response": answer.text if answer else "", "model_version": route.model_version, "user_id": req.user,
+            "id": call_id, "task_type": req.task_type, "prompt": req.prompt, "key_id": key_id,
+            "response": answer.text if answer else "", "model_version": route.model_version, "user_id": user,
             "success": answer is not None, "latency_ms": round((time.perf_counter() - started) * 1000),
             "tokens_used": (answer.prompt_tokens + answer.completion_tokens) if answer else 0,
             "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
@@ -170,39 +185,56 @@ class Gateway:
             self._recent.popitem(last=False)
 
     # -- feedback ------------------------------------------------------------------------------------------
-    def feedback(self, body: Any) -> dict[str, Any]:
-        """Record a rating (1-5) and optionally success on a logged call (blocking: run it in a thread)."""
+    def feedback(self, body: Any, key_id: str | None = None) -> dict[str, Any]:
+        """Record a rating (1-5) and/or the client's verdict (``task_success``) on a call made with key ``key_id``.
+
+        ``success`` is accepted as the older name of ``task_success``; either way the gateway's own ``success``
+        column keeps what it recorded. Blocking: run it in a thread.
+
+        Raises:
+            ApiError: 422 for a malformed body; 404 when no call of this key has the id; 503 while the warehouse
+                (or the call's still-spooled row) cannot be reached.
+        """
         if not isinstance(body, dict):
-            raise ApiError(422, "the body must be a JSON object {id, rating, success}", code="invalid_value")
-        call_id, rating, success = body.get("id"), body.get("rating"), body.get("success")
-        if not isinstance(call_id, str) or not call_id:
+            raise ApiError(422, "the body must be a JSON object {id, rating, task_success}", code="invalid_value")
+        call_id, rating = body.get("id"), body.get("rating")
+        verdict_field = "task_success" if "task_success" in body else "success"
+        verdict = body.get(verdict_field)
+        if not isinstance(call_id, str) or not call_id or len(call_id) > 200:
             raise ApiError(422, "id must be the id of a chat completion", code="invalid_value", param="id")
-        if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
             raise ApiError(422, f"rating must be an integer from 1 to 5, got {rating!r}", code="invalid_value",
                            param="rating")  # fmt: skip
-        if success is not None and not isinstance(success, bool):
-            raise ApiError(422, f"success must be true, false or null, got {success!r}", code="invalid_value",
-                           param="success")  # fmt: skip
+        if verdict is not None and not isinstance(verdict, bool):
+            raise ApiError(422, f"{verdict_field} must be true, false or null, got {verdict!r}", code="invalid_value",
+                           param=verdict_field)  # fmt: skip
+        if rating is None and verdict is None:
+            raise ApiError(422, "send a rating (1-5), task_success (true/false) or both", code="invalid_value",
+                           param="rating")  # fmt: skip
         try:
-            found = self._set_feedback(call_id, rating, success)
+            found = self._set_feedback(call_id, key_id, rating, verdict)
             if not found and call_id in self._recent:  # answered here, maybe still in the spool
                 self.logger.flush()
-                found = self._set_feedback(call_id, rating, success)
-                if not found:
+                found = self._set_feedback(call_id, key_id, rating, verdict)
+                if not found and self.logger.spooled():  # else the row is in the warehouse: another key's call
                     raise ApiError(503, "the call's row is still spooled (the warehouse is unreachable): retry "
                                         "later", "server_error", "warehouse_unavailable")  # fmt: skip
-        except sa.exc.OperationalError:
+        except sa.exc.OperationalError as exc:
+            log.warning("Feedback not stored, warehouse unreachable: %s", type(exc.orig or exc).__name__)
             raise ApiError(503, "the warehouse is unreachable: retry later", "server_error",
                            "warehouse_unavailable") from None  # fmt: skip
-        if not found:
-            raise ApiError(404, f"no logged call has id {call_id!r}", code="not_found", param="id")
-        return {"id": call_id, "object": "feedback", "rating": rating, "success": success}
+        if not found:  # also another key's call: its existence is not disclosed
+            raise ApiError(404, f"no call with id {call_id!r} was made with this API key", code="not_found",
+                           param="id")  # fmt: skip
+        return {"id": call_id, "object": "feedback", "rating": rating, "task_success": verdict}
 
-    def _set_feedback(self, call_id: str, rating: int, success: bool | None) -> bool:
+    def _set_feedback(self, call_id: str, key_id: str | None, rating: int | None, verdict: bool | None) -> bool:
         _, t, _, _ = log_tables(self.table)
-        values: dict[str, Any] = {"user_feedback": rating} | ({} if success is None else {"success": success})
+        values: dict[str, Any] = {"user_feedback": rating} if rating is not None else {}
+        values |= {"task_success": verdict} if verdict is not None else {}
+        same_key = t.c.key_id.is_(None) if key_id is None else t.c.key_id == key_id
         with self.engine.begin() as conn:
-            return conn.execute(sa.update(t).where(t.c.id == call_id).values(**values)).rowcount > 0
+            return conn.execute(sa.update(t).where(t.c.id == call_id, same_key).values(**values)).rowcount > 0
 
     # -- listing -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -273,7 +305,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                                      "internal_error").body(), status_code=500)  # fmt: skip
 
     async def body_of(request: Request) -> Any:
-        gateway.check_key(request.headers.get("authorization"))
+        request.state.key_id = gateway.check_key(request.headers.get("authorization"))
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted",
@@ -300,7 +332,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         req = parse_chat_request(await body_of(request), gateway.limits)
-        call_id, route, answer = await gateway.chat(req)
+        call_id, route, answer = await gateway.chat(req, request.state.key_id)
         headers = {VERSION_HEADER: route.model_version}
         model = f"{MODEL_PREFIX}{req.task_type}"
         if req.stream:
@@ -310,7 +342,8 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
-        return await asyncio.to_thread(gateway.feedback, await body_of(request))
+        body = await body_of(request)
+        return await asyncio.to_thread(gateway.feedback, body, request.state.key_id)
 
     return app
 

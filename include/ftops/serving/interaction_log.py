@@ -62,14 +62,15 @@ def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
         raise ValueError(f"unknown fields {unknown}")
     out: dict[str, Any] = {c: row.get(c) for c in INTERACTION_COLUMNS}
     out["task_type"] = check_task_type(out["task_type"])
-    for name in ("prompt", "response", "model_version", "user_id"):
+    for name in ("prompt", "response", "model_version", "user_id", "key_id"):
         if out[name] is not None and not isinstance(out[name], str):
             raise ValueError(f"{name} must be text, got {type(out[name]).__name__}")
     feedback = out["user_feedback"]
     if feedback is not None and (isinstance(feedback, bool) or not isinstance(feedback, int) or not 1 <= feedback <= 5):
         raise ValueError(f"user_feedback must be an integer 1-5 or null, got {feedback!r}")
-    if out["success"] is not None and not isinstance(out["success"], bool):
-        raise ValueError(f"success must be true, false or null, got {out['success']!r}")
+    for name in ("success", "task_success"):
+        if out[name] is not None and not isinstance(out[name], bool):
+            raise ValueError(f"{name} must be true, false or null, got {out[name]!r}")
     conf = out["confidence"]
     if conf is not None and (isinstance(conf, bool) or not isinstance(conf, int | float) or not math.isfinite(conf)):
         raise ValueError(f"confidence must be a finite number or null, got {conf!r}")

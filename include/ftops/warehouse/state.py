@@ -297,6 +297,13 @@ def training_outcomes(engine: sa.Engine, task_type: str) -> dict[str, dict[str, 
     return {r.run_id: {**r._mapping, "finished_at": as_utc(r.finished_at)} for r in rows}
 
 
+def verdict_column(engine: sa.Engine, t: sa.Table) -> sa.ColumnElement[Any]:
+    """The log's ``task_success``, or null for a log table no gateway has upgraded (``ensure_schema``)."""
+    with engine.connect() as conn:
+        present = any(c["name"] == "task_success" for c in sa.inspect(conn).get_columns(t.name))
+    return t.c.task_success if present else sa.null().label("task_success")
+
+
 def recent_failures(
     engine: sa.Engine,
     task_type: str,
@@ -307,13 +314,14 @@ def recent_failures(
     limit: int = 2000,
     exclude: sa.ColumnElement[bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest failed calls of a task type since ``since``: ``success`` false, or rated ``max_rating`` or
-    lower. Returns ``id``, ``prompt``, ``timestamp``, newest first, at most ``limit``.
+    """The newest failed calls of a task type since ``since``: ``success`` or ``task_success`` false, or, without a
+    verdict, rated ``max_rating`` or lower. Returns ``id``, ``prompt``, ``timestamp``, newest first, at most ``limit``.
 
     ``exclude`` is a further condition on the log table's rows to keep (e.g. "not erased").
     """
     _, t, _, _ = log_tables(table)
-    failed = sa.or_(t.c.success.is_(False), t.c.user_feedback <= max_rating)
+    verdict = verdict_column(engine, t)  # the client's verdict, where given, outweighs its rating
+    failed = sa.or_(t.c.success.is_(False), verdict.is_(False), sa.and_(verdict.is_(None), t.c.user_feedback <= max_rating))
     where = [t.c.task_type == task_type, failed, t.c.prompt.is_not(None)]
     if since is not None:
         where.append(t.c.timestamp >= since)
@@ -354,24 +362,25 @@ def live_metrics(
         ``latency_p95_ms`` (linear interpolation, as :func:`~ftops.core.stats.percentile`; a missing latency
         counts as 0); ``rated`` (calls with a rating 1-5; other values count as unrated), ``rating_counts``
         (calls rated 1, 2, 3, 4, 5) and ``mean_rating`` (None without ratings); ``task_successes`` and
-        ``task_success_rate``: calls that succeeded and, when rated, were rated ``success_min_rating`` or
-        higher, over every call (an unrated successful call counts as a task success: most calls are never
-        rated, and leaving them out would judge a version by its few raters alone).
+        ``task_success_rate``: calls that succeeded (the gateway's ``success``) and that the client judged a
+        success (``task_success`` from feedback) or, without a verdict, were rated ``success_min_rating`` or
+        higher or not rated, over every call (an unjudged successful call counts as a task success: most
+        calls get no feedback, and leaving them out would judge a version by its few raters alone).
     """
     _, t, _, _ = log_tables(table)
     where = [t.c.task_type == task_type, t.c.model_version == model_version, t.c.timestamp >= since]
     if until is not None:
         where.append(t.c.timestamp < until)
     n = sa.func.count()
-    query = sa.select(t.c.success, t.c.user_feedback, t.c.latency_ms, n).where(*where).group_by(
-        t.c.success, t.c.user_feedback, t.c.latency_ms
-    )
+    columns = (t.c.success, verdict_column(engine, t), t.c.user_feedback, t.c.latency_ms)
+    grouped = [c for c in columns if isinstance(c, sa.Column)]  # PostgreSQL refuses GROUP BY NULL
+    query = sa.select(*columns, n).where(*where).group_by(*grouped)
     with engine.connect() as conn:
         groups = conn.execute(query).all()
     requests = errors = task_successes = 0
     rating_counts = [0] * 5
     latencies: Counter[float] = Counter()
-    for success, rating, latency, count in groups:
+    for success, verdict, rating, latency, count in groups:
         requests += count
         latencies[float(latency or 0)] += count
         rated = rating is not None and 1 <= rating <= 5
@@ -379,7 +388,7 @@ def live_metrics(
             rating_counts[int(rating) - 1] += count
         if not success:
             errors += count
-        elif not rated or rating >= success_min_rating:
+        elif verdict if verdict is not None else (not rated or rating >= success_min_rating):
             task_successes += count
     rated_n = sum(rating_counts)
     return {
