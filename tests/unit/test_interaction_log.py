@@ -93,9 +93,14 @@ def test_a_down_warehouse_keeps_rows_and_a_later_flush_catches_up(
     ids += [logger.log(**_row(i)) for i in range(10, 15)]
     assert logger.flush() == 0
     assert logger.spooled() == 15
-    assert "Warehouse unavailable, 15 rows stay spooled" in caplog.text
+    assert "10 rows stay spooled" in caplog.text and "Warehouse unavailable: OperationalError" in caplog.text
+    assert "15 rows stay spooled" not in caplog.text  # the same cause is logged once, not at every flush
+    health = logger.health()
+    assert health["spooled_rows"] == 15 and health["rejected_rows"] == 0 and not health["spool_full"]
+    assert health["flush_error"].startswith("Warehouse unavailable: OperationalError") and health["last_flush_at"] is None
     logger.engine = engine  # the warehouse is back
     assert logger.flush() == 15
+    assert logger.health()["flush_error"] is None and logger.health()["last_flush_at"] is not None
     logger.close()
     assert sorted(_ids(engine, table)) == sorted(ids)
 
@@ -221,5 +226,7 @@ def test_an_unreadable_spooled_line_is_kept_aside_once(tmp_path: Path) -> None:
     logger.engine = engine
     assert logger.flush() == 1
     logger.close()
-    assert (spool / "rejected.jsonl").read_text() == "{broken\n"
+    (entry,) = [json.loads(line) for line in (spool / "rejected.jsonl").read_text().splitlines()]
+    assert entry["line"] == "{broken" and entry["segment"] == "segment-00000001.jsonl"
+    assert entry["reason"].startswith("unreadable line: JSONDecodeError") and "row" not in entry
     assert len(_ids(engine, "interactions")) == 1
