@@ -59,8 +59,9 @@ def build_server(cfg: FtopsConfig, warehouse_url: str, airflow: AirflowAPI | Non
     from mcp.types import ToolAnnotations
 
     from ftops.pipeline import operations
+    from ftops.warehouse.engines import create_engine
 
-    engine = sa.create_engine(warehouse_url, pool_pre_ping=True)
+    engine = create_engine(warehouse_url, pool_pre_ping=True)  # never logs parameters
     api = airflow or AirflowAPI()
     app: MCPServer = MCPServer("ftops", instructions=INSTRUCTIONS)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)

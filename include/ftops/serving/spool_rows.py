@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ftops.core.names import check_task_type, key_digest
@@ -148,3 +149,41 @@ def rejected_line(segment: str, reason: str, *, row: Mapping[str, Any] | None = 
         entry["line"] = line.decode("utf-8", "replace")
     # ensure_ascii: an unreadable line may hold anything; the rejected file stays valid UTF-8 JSON lines
     return (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def read_spool(spool_dir: str | Path) -> dict[str, Any]:
+    """What a spool folder holds, read from its files (for ``ftops spool``; takes no lock, changes nothing).
+
+    Args:
+        spool_dir: The spool folder.
+
+    Returns:
+        ``spooled_rows`` and ``spool_bytes`` (active file and segments), ``segments``, the ``rejected_file`` and
+        ``rejected``: per rejected line its ``id`` (None for an unreadable line), ``rejected_at``, ``segment``
+        and ``reason``, with control characters removed (never the prompt or any other row text).
+    """
+    spool_dir = Path(spool_dir)
+    files = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
+    rows = 0
+    for p in files:
+        with open(p, "rb") as f:
+            rows += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+    rejected: list[dict[str, Any]] = []
+    path = spool_dir / "rejected.jsonl"
+    if path.exists():
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    entry = json.loads(raw)
+                    row = entry.get("row") or {}
+                    shown = {"id": row.get("id"), "rejected_at": entry.get("rejected_at"),
+                             "segment": entry.get("segment"), "reason": entry.get("reason")}  # fmt: skip
+                except (ValueError, AttributeError):  # a line written by an older version: the raw line itself
+                    shown = {"id": None, "rejected_at": None, "segment": None, "reason": f"unreadable line {n}"}
+                rejected.append({k: _CONTROL.sub("", str(v))[:300] if v is not None else None for k, v in shown.items()})
+    return {"spool_dir": str(spool_dir), "spooled_rows": rows, "spool_bytes": sum(p.stat().st_size for p in files),
+            "segments": len(files) - (1 if (spool_dir / "active.jsonl").exists() else 0),
+            "rejected_file": str(path), "rejected": rejected}  # fmt: skip
