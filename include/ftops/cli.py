@@ -179,7 +179,6 @@ def _live_lines(table: str, task_type: str) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
     import uvicorn
 
     from ftops.serving.gateway import build_gateway, create_app, parse_key_hashes

@@ -54,7 +54,6 @@ def build_server(cfg: FtopsConfig, warehouse_url: str, airflow: AirflowAPI | Non
         warehouse_url: The warehouse as a SQLAlchemy URL.
         airflow: The REST API client (default: from the environment, see :mod:`ftops.core.airflow_api`).
     """
-    import sqlalchemy as sa
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
 

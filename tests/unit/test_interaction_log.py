@@ -264,7 +264,9 @@ def _checked_table(engine: sa.Engine, table: str) -> None:
                              "CHECK (user_id IS NULL OR length(user_id) <= 8))")  # fmt: skip
 
 
-def test_a_refused_row_is_set_aside_and_the_others_are_inserted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_row_is_set_aside_and_the_others_are_inserted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")  # without hide_parameters: the spool must not leak
     _checked_table(engine, "interactions")
     spool = tmp_path / "spool"
@@ -283,6 +285,13 @@ def test_a_refused_row_is_set_aside_and_the_others_are_inserted(tmp_path: Path, 
     with InteractionLogger(engine, spool_dir=spool) as again:
         assert again.flush() == 0 and again.health()["rejected_rows"] == 1 and again.spooled() == 0
     assert len(_ids(engine, "interactions")) == 9
+    from ftops.cli import main
+
+    capsys.readouterr()
+    assert main(["spool", "--spool-dir", str(spool)]) == 0  # what a person reads: id, when, why; never the text
+    out = capsys.readouterr().out
+    assert f"{ids[3]}  {entry['rejected_at']}  IntegrityError: CHECK constraint failed" in out
+    assert "0 rows spooled" in out and "1 rejected" in out and "secret prompt" not in out and "u-long" not in out
 
 
 def test_a_missing_table_rejects_nothing(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from ftops.core.config import ServingConfig
 from ftops.registry.models import RegistryUnavailableError, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
+from ftops.serving.interaction_log import SpoolFullError
 from ftops.serving.openai_wire import (
     MODEL_PREFIX,
     ApiError,
@@ -41,7 +42,6 @@ from ftops.serving.openai_wire import (
     parse_json,
     stream_events,
 )
-from ftops.serving.interaction_log import SpoolFullError
 from ftops.warehouse.schema import log_tables
 
 if TYPE_CHECKING:

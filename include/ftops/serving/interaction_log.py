@@ -36,7 +36,7 @@ from ftops.core.config import ftops_home
 from ftops.core.files import private_dir
 from ftops.core.names import check_task_type
 from ftops.serving.log_import import ImportResult, import_jsonl
-from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row, db_row, rejected_line
+from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row, count_lines, db_row, rejected_line
 from ftops.warehouse.bisect_insert import WarehouseRefusedError, error_text, insert_or_bisect
 from ftops.warehouse.schema import WarehouseUnavailableError
 
@@ -73,11 +73,6 @@ def _open_private(path: Path, flags: int) -> int:
     fd = os.open(path, flags | os.O_CREAT, 0o600)
     os.fchmod(fd, 0o600)  # whatever the umask, and for files an older version made 0644
     return fd
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(MIB), b""))
 
 
 class InteractionLogger:
@@ -131,10 +126,10 @@ class InteractionLogger:
         self._thread: threading.Thread | None = None
         # Counted once here by streaming the files, then kept up to date: health() and spooled() read no file.
         files = [*self._segments(), self.spool_dir / ACTIVE]
-        self._rows = sum(_count_lines(p) for p in files if p.exists())
+        self._rows = sum(count_lines(p) for p in files if p.exists())
         self._bytes = sum(p.stat().st_size for p in files if p.exists())
         rejected = self.spool_dir / REJECTED
-        self._rejected = _count_lines(rejected) if rejected.exists() else 0
+        self._rejected = count_lines(rejected) if rejected.exists() else 0
         self._full = False  # a row was refused for want of space, and no flush has freed any since
         self._flush_error: str | None = None
         self._last_flush_at: datetime | None = None

@@ -151,6 +151,15 @@ def rejected_line(segment: str, reason: str, *, row: Mapping[str, Any] | None = 
     return (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()
 
 
+def count_lines(path: Path) -> int:
+    """Newline-terminated lines of a file, read 1 MiB at a time."""
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -167,10 +176,7 @@ def read_spool(spool_dir: str | Path) -> dict[str, Any]:
     """
     spool_dir = Path(spool_dir)
     files = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
-    rows = 0
-    for p in files:
-        with open(p, "rb") as f:
-            rows += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+    rows = sum(count_lines(p) for p in files)
     rejected: list[dict[str, Any]] = []
     path = spool_dir / "rejected.jsonl"
     if path.exists():
