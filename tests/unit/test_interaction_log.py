@@ -435,3 +435,50 @@ def test_a_large_segment_is_never_held_in_memory(tmp_path: Path) -> None:
     # a batch of 200 rows (and SQLAlchemy's statement cache), not the file: the old reader peaked above 2x its size
     assert peak < len(big) / 3, (peak, len(big))
     assert len(_ids(engine, "interactions")) == 4000
+
+
+def test_import_rejects_a_row_the_warehouse_refuses_and_goes_on(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    _checked_table(engine, "interactions")
+    ts = "2026-03-01T10:00:00+00:00"
+    lines = [json.dumps(_row(i, timestamp=ts, id=f"imp-{i}", user_id="far-too-long" if i in (2, 5) else "u"))
+             for i in range(8)]  # fmt: skip
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = import_jsonl(path, engine, batch_rows=3)
+    assert (result.lines, result.inserted, result.duplicates) == (8, 6, 0)
+    assert [n for n, _ in result.rejected] == [3, 6]
+    assert all("IntegrityError: CHECK constraint failed" in reason for _, reason in result.rejected)
+    assert sorted(_ids(engine, "interactions")) == sorted(f"imp-{i}" for i in range(8) if i not in (2, 5))
+
+
+SHORT_WRITE_CHILD = """
+import errno, json, os, resource, signal, sys
+import sqlalchemy as sa
+from ftops.serving.interaction_log import InteractionLogger
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() returns short, then fails with EFBIG
+logger = InteractionLogger(sa.create_engine(sys.argv[1]), spool_dir=sys.argv[2], flush_rows=10**9)
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, resource.RLIM_INFINITY))
+ids = []
+try:
+    while True:
+        ids.append(logger.log(task_type="summarization", prompt="p" * 700, response="r", success=True))
+except OSError as exc:
+    assert exc.errno == errno.EFBIG, exc
+print(json.dumps({"ids": ids, "spooled": logger.spooled(), "bytes": logger.health()["spool_bytes"]}))
+"""
+
+
+def test_a_short_write_leaves_no_partial_line(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    child = subprocess.run([sys.executable, "-c", SHORT_WRITE_CHILD, DOWN_URL, str(spool)], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    told = json.loads(child.stdout)
+    data = (spool / "active.jsonl").read_bytes()
+    row_bytes = len(data) // len(told["ids"])
+    # the next row was written in part (up to the 5000-byte limit), then failed: its part is cut off again
+    assert data.endswith(b"\n") and 0 < 5000 - len(data) < row_bytes
+    assert [json.loads(line)["id"] for line in data.splitlines()] == told["ids"]
+    assert told["spooled"] == len(told["ids"]) and told["bytes"] == len(data)

@@ -11,7 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from ftops.serving.spool_rows import check_row, db_row
-from ftops.warehouse.schema import WarehouseUnavailableError, insert_interactions
+from ftops.warehouse.bisect_insert import WarehouseRefusedError, insert_or_bisect
+from ftops.warehouse.schema import WarehouseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,24 @@ def import_jsonl(
         Counts of inserted and duplicate lines, and each rejected line's number and reason.
 
     Raises:
-        WarehouseUnavailableError: The warehouse cannot be reached (batches before it stay inserted; a rerun
-            skips them as duplicates).
+        WarehouseUnavailableError: The warehouse cannot be reached or its table refuses every row (batches
+            before it stay inserted; a rerun skips them as duplicates). A row it alone refuses is rejected.
     """
     result = ImportResult()
     batch: list[dict[str, Any]] = []
+    line_of: dict[str, int] = {}  # id -> line number, for the rows of the batch
     seen: set[str] = set()
 
     def insert() -> None:
-        try:
-            new = insert_interactions(engine, [db_row(r) for r in batch], table)
-        except sa.exc.OperationalError as exc:
-            raise WarehouseUnavailableError(f"import of {path} stopped at line {result.lines}: {exc.orig}") from exc
+        try:  # a row the warehouse refuses is rejected with its line; the rest of the batch goes in
+            new, refused = insert_or_bisect(engine, [db_row(r) for r in batch], table)
+        except (WarehouseUnavailableError, WarehouseRefusedError) as exc:
+            raise WarehouseUnavailableError(f"import of {path} stopped at line {result.lines}: {exc}") from None
         result.inserted += new
-        result.duplicates += len(batch) - new
+        result.duplicates += len(batch) - new - len(refused)
+        result.rejected += [(line_of[row["id"]], f"the warehouse refused it: {reason}") for row, reason in refused]
         batch.clear()
+        line_of.clear()
 
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -78,11 +82,13 @@ def import_jsonl(
                 result.duplicates += 1
                 continue
             seen.add(row["id"])
+            line_of[row["id"]] = n
             batch.append(row)
             if len(batch) >= batch_rows:
                 insert()
     if batch:
         insert()
+    result.rejected.sort()
     if result.rejected:
         log.warning("%s: %s of %s lines rejected, first: line %s: %s", path, len(result.rejected), result.lines,
                     *result.rejected[0])  # fmt: skip
