@@ -2,14 +2,18 @@
 
     python benchmarks/bench_spool.py --rows 20000 --baseline 14a6b13
 
-Both loggers spool the same rows while the warehouse is down (a long outage, as one segment), then flush them
-into a fresh SQLite warehouse; the peak Python memory of the flush is traced (tracemalloc) in a second pass.
+Interleaved repeats, for the spool at a git revision and this tree: spool rows while the warehouse is down,
+count them as ``/healthz`` does (the old ``spooled()`` read every file; ``health()`` reads none), and flush the
+same 20 000-row segment into a fresh SQLite warehouse; then the flush's peak Python memory (tracemalloc).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,13 +42,25 @@ def _module(rev: str) -> ModuleType:
     return mod
 
 
-def _run(logger_cls: type, rows: int, trace: bool) -> tuple[float, int]:
-    d = Path(tempfile.mkdtemp())
-    with logger_cls(sa.create_engine(DOWN_URL), spool_dir=d / "spool", flush_rows=10**9) as down:
+def _spool(logger_cls: type, spool: Path, rows: int) -> dict[str, float]:
+    """Spool rows while the warehouse is down; the rate in, and the cost of the count /healthz shows."""
+    with logger_cls(sa.create_engine(DOWN_URL), spool_dir=spool, flush_rows=10**9) as down:
+        t0 = time.perf_counter()
         for i in range(rows):
             down.log(task_type="summarization", prompt=f"prompt {i} " + "words " * 60, response="an answer " * 10,
                      model_version="ftops-summarization/3", user_id=f"user-{i % 500}", success=True,
                      latency_ms=40, tokens_used=120, metadata={"gateway": "ftops serve", "role": "champion"})  # fmt: skip
+        in_rows_s = rows / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            getattr(down, "health", down.spooled)()
+        return {"in_rows_s": in_rows_s, "count_ms": (time.perf_counter() - t0) / 20 * 1000}
+
+
+def _flush(logger_cls: type, spool: Path, rows: int, trace: bool) -> float:
+    """Flush a copy of the spool into a fresh SQLite warehouse: rows/s, or the peak Python memory in MiB."""
+    d = Path(tempfile.mkdtemp())
+    shutil.copytree(spool, d / "spool")
     engine = sa.create_engine(f"sqlite:///{d / 'w.db'}")
     ensure_schema(engine)
     logger = logger_cls(engine, spool_dir=d / "spool")
@@ -53,26 +69,40 @@ def _run(logger_cls: type, rows: int, trace: bool) -> tuple[float, int]:
     t0 = time.perf_counter()
     assert logger.flush() == rows
     seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] if trace else 0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     logger.close()
-    return seconds, peak
+    shutil.rmtree(d)
+    return peak if trace else rows / seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--rows", type=int, default=20_000, help="rows flushed")
+    ap.add_argument("--spool-rows", type=int, default=2_000, help="rows spooled (one fsync each) per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline", default="14a6b13", help="git revision of the spool to compare with")
     args = ap.parse_args()
     from ftops.serving.interaction_log import InteractionLogger
 
-    old = _module(args.baseline).InteractionLogger
-    for name, cls in (("baseline " + args.baseline, old), ("this tree", InteractionLogger)):
-        s, _ = _run(cls, args.rows, trace=False)
-        _, peak = _run(cls, args.rows, trace=True)
-        print(f"{name:20s} flush {args.rows} rows: {s:6.2f} s = {args.rows / s:8.0f} rows/s; "
-              f"peak Python memory of the flush {peak / 2**20:6.1f} MiB")  # fmt: skip
-    sys.stdout.flush()
+    logging.disable(logging.WARNING)  # "rows stay spooled" while the warehouse is down, on purpose
+    loggers = {f"baseline {args.baseline}": _module(args.baseline).InteractionLogger, "this tree": InteractionLogger}
+    base = Path(tempfile.mkdtemp())
+    _spool(InteractionLogger, base / "big", args.rows)  # the same segment for both (the line format is unchanged)
+    results: dict[str, dict[str, list[float]]] = {n: {"in": [], "count": [], "flush": []} for n in loggers}
+    for r in range(args.repeats):  # interleaved: the disk is shared, so both see the same noise
+        for name, cls in loggers.items():
+            spooled = _spool(cls, base / f"{name}-{r}".replace(" ", "_"), args.spool_rows)
+            results[name]["in"].append(spooled["in_rows_s"])
+            results[name]["count"].append(spooled["count_ms"])
+            results[name]["flush"].append(_flush(cls, base / "big", args.rows, trace=False))
+    for name, cls in loggers.items():
+        m = {k: statistics.median(v) for k, v in results[name].items()}
+        print(f"{name:18s} spool in {m['in']:6.0f} rows/s (fsync each); count for /healthz {m['count']:8.3f} ms; "
+              f"flush {args.rows} rows {m['flush']:6.0f} rows/s (median of {args.repeats}: "
+              f"{', '.join(f'{x:.0f}' for x in results[name]['flush'])}); peak Python memory of the flush "
+              f"{_flush(cls, base / 'big', args.rows, trace=True):5.1f} MiB")  # fmt: skip
+    shutil.rmtree(base)
 
 
 if __name__ == "__main__":
