@@ -19,7 +19,7 @@ GW_PORT="${FTOPS_DEMO_GATEWAY_PORT:-8000}"
 export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$PORT/execution/"  # login off: 127.0.0.1 only (env.sh)
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5 AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
-mkdir -p "$FTOPS_HOME"
+(umask 077 && mkdir -p "$FTOPS_HOME")  # 0700 when made here: it holds prompts and stores
 LOG="$FTOPS_HOME/standalone.log"
 GW_LOG="$FTOPS_HOME/gateway.log"
 started=$(date +%s)

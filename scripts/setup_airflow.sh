@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-mkdir -p "$AIRFLOW_HOME"
+(umask 077 && mkdir -p "$AIRFLOW_HOME")  # 0700 (and FTOPS_HOME above it) when made here
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
 airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null

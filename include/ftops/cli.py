@@ -8,6 +8,7 @@
     ftops serve [--host H --port P]          the OpenAI-compatible gateway over the registry's champions/canaries
     ftops simulate-traffic --requests 300    simulated users calling the gateway and rating its answers
     ftops import-logs FILE.jsonl             load interaction rows logged by an application itself
+    ftops spool [--json]                     the gateway's log spool: rows waiting, rejected rows and why
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
     ftops erase --user-id U                  remove a user's data from FT-Ops' tables and latest datasets
 """
@@ -35,22 +36,22 @@ def warehouse_url(explicit: str | None = None) -> str:
     """
     url = explicit or os.environ.get("FTOPS_WAREHOUSE_URL") or os.environ.get("AIRFLOW_CONN_FTOPS_WAREHOUSE")
     if not url:
-        home = ftops_home()
-        home.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{home / 'warehouse.db'}"
+        from ftops.core.files import private_file
+
+        return f"sqlite:///{private_file(ftops_home() / 'warehouse.db')}"  # 0600 in a 0700 FTOPS_HOME: it holds prompts
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     return url
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
     from ftops_dev.simulate import generate_interactions
 
+    from ftops.warehouse.engines import create_engine
     from ftops.warehouse.schema import ensure_schema, insert_interactions
 
     cfg = load_config()
-    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    engine = create_engine(warehouse_url(args.warehouse_url))
     ensure_schema(engine, cfg.interactions_table)
     extra = {"task_types": args.task_types} if args.task_types else {}
     rows = generate_interactions(args.rows, seed=args.seed, **extra)
@@ -143,11 +144,9 @@ def _fail_fast() -> None:
 
 
 def _engine(url: str):  # noqa: ANN202 - sqlalchemy.Engine, imported lazily
-    import sqlalchemy as sa
+    from ftops.warehouse.engines import create_engine
 
-    # a warehouse server that does not answer: fail in seconds (psycopg's default waits for the OS)
-    extra = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else {}
-    return sa.create_engine(url, pool_pre_ping=True, **extra)
+    return create_engine(url, pool_pre_ping=True)  # hides parameters; a 5 s PostgreSQL connect timeout
 
 
 def _live_lines(table: str, task_type: str) -> list[str]:
@@ -160,7 +159,7 @@ def _live_lines(table: str, task_type: str) -> list[str]:
     from ftops.warehouse.schema import log_tables
     from ftops.warehouse.state import live_metrics
 
-    engine = sa.create_engine(warehouse_url())
+    engine = _engine(warehouse_url())
     _, t, _, _ = log_tables(table)
     prefix = f"{registry.model_name(task_type)}/"
     with engine.connect() as conn:
@@ -180,7 +179,6 @@ def _live_lines(table: str, task_type: str) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
     import uvicorn
 
     from ftops.serving.gateway import build_gateway, create_app, parse_key_hashes
@@ -200,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         base_url = args.openai_base_url or os.environ.get("FTOPS_OPENAI_BASE_URL")
         api_client = partial(make_client, key, base_url, key_source="FTOPS_OPENAI_API_KEY")
-    engine = sa.create_engine(warehouse_url(args.warehouse_url), pool_pre_ping=True)  # survives warehouse restarts
+    engine = _engine(warehouse_url(args.warehouse_url))  # pre-ping: survives warehouse restarts
     gateway = build_gateway(s, engine, cfg.interactions_table, api_client=api_client, key_hashes=hashes)
     log.info("FT-Ops gateway on http://%s:%s/v1 (%s API keys configured)", host, port, len(hashes))
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=args.access_log)
@@ -219,13 +217,11 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
 
 
 def _import_logs(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from ftops.serving.interaction_log import import_jsonl
+    from ftops.serving.log_import import import_jsonl
     from ftops.warehouse.schema import ensure_schema
 
     cfg = load_config()
-    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    engine = _engine(warehouse_url(args.warehouse_url))
     ensure_schema(engine, cfg.interactions_table)
     result = import_jsonl(args.file, engine, cfg.interactions_table)
     print(f"{args.file}: {result.lines} lines, {result.inserted} inserted, {result.duplicates} duplicates, "
@@ -238,12 +234,10 @@ def _import_logs(args: argparse.Namespace) -> int:
 def _erase(args: argparse.Namespace) -> int:
     import json
 
-    import sqlalchemy as sa
-
     from ftops.pipeline.erase import erase_user
 
     cfg = load_config()
-    engine = sa.create_engine(warehouse_url(args.warehouse_url))
+    engine = _engine(warehouse_url(args.warehouse_url))
     try:
         summary = erase_user(engine, cfg, args.user_id, request_key=args.request_key)
     except (LookupError, ValueError) as exc:
@@ -254,6 +248,23 @@ def _erase(args: argparse.Namespace) -> int:
         print(f"Note: the {summary['log_rows']} rows of {summary['user_key']} in the log table "
               f"{cfg.interactions_table!r} are marked, not deleted: FT-Ops never reads them again, but deleting "
               "them from the application's own log is its owner's job.", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _spool(args: argparse.Namespace) -> int:
+    import json
+
+    from ftops.serving.interaction_log import default_spool_dir
+    from ftops.serving.spool_rows import read_spool
+
+    state = read_spool(args.spool_dir or default_spool_dir(load_config().interactions_table))
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"{state['spool_dir']}: {state['spooled_rows']} rows spooled ({state['spool_bytes']} bytes, "
+          f"{state['segments']} segments); {len(state['rejected'])} rejected in {state['rejected_file']}")  # fmt: skip
+    for r in state["rejected"]:
+        print(f"  {r['id'] or '(unreadable line)'}  {r['rejected_at'] or '?'}  {r['reason']}")
     return 0
 
 
@@ -345,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp.add_argument("file")
     imp.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     imp.set_defaults(func=_import_logs)
+    spool = sub.add_parser("spool", help="the gateway's log spool: rows waiting, and each rejected row's id, time "
+                           "and reason (never its text)")  # fmt: skip
+    spool.add_argument("--spool-dir", default=None, help="default FTOPS_HOME/spool/<interactions table>")
+    spool.add_argument("--json", action="store_true")
+    spool.set_defaults(func=_spool)
     sub.add_parser("hash-api-key", help="SHA-256 digest of the key on standard input").set_defaults(func=_hash_api_key)
     erase = sub.add_parser("erase", help="remove a user's data from FT-Ops' tables and latest datasets (re-runnable)")
     erase.add_argument("--user-id", required=True, help="the user id as the log holds it (never logged)")

@@ -54,13 +54,13 @@ def build_server(cfg: FtopsConfig, warehouse_url: str, airflow: AirflowAPI | Non
         warehouse_url: The warehouse as a SQLAlchemy URL.
         airflow: The REST API client (default: from the environment, see :mod:`ftops.core.airflow_api`).
     """
-    import sqlalchemy as sa
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
 
     from ftops.pipeline import operations
+    from ftops.warehouse.engines import create_engine
 
-    engine = sa.create_engine(warehouse_url, pool_pre_ping=True)
+    engine = create_engine(warehouse_url, pool_pre_ping=True)  # never logs parameters
     api = airflow or AirflowAPI()
     app: MCPServer = MCPServer("ftops", instructions=INSTRUCTIONS)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)

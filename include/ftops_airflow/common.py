@@ -109,14 +109,15 @@ def warehouse_engine(conn_id: str) -> sa.Engine:
     try:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        import sqlalchemy as sa
+        from ftops.core.files import private_file
+        from ftops.warehouse.engines import create_engine
 
-        path = ftops_home() / "warehouse.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = private_file(ftops_home() / "warehouse.db")  # 0600 in a 0700 FTOPS_HOME when made here
         log.info("No connection %r: using the embedded SQLite warehouse %s", conn_id, path)
         # task types curate in parallel: wait for the file lock rather than fail after SQLite's default 5 s
-        return sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
-    return conn.get_hook().get_sqlalchemy_engine()
+        return create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
+    # hide_parameters: a failed statement's error text (and so the task log) never carries row values
+    return conn.get_hook().get_sqlalchemy_engine(engine_kwargs={"hide_parameters": True})
 
 
 def _api_settings(conn: Connection) -> dict[str, Any]:

@@ -281,3 +281,22 @@ def test_simulated_users_call_through_the_gateway_and_rate_the_answers(served: d
         ratings = list(conn.scalars(sa.select(t.c.user_feedback).where(
             t.c.user_id.is_not(None), t.c.model_version == name, t.c.user_feedback.is_not(None))))  # fmt: skip
     assert len(ratings) >= len(stats.ratings) > 0  # every rating the users gave reached its row
+
+
+def test_a_full_spool_answers_503_with_retry_after(served: dict[str, Any], tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    # ~2 rows of this test's size: the cap, not the model, decides
+    gateway = build_gateway(ServingConfig(spool_max_mb=0.002, flush_every_s=0.2), engine, spool_dir=str(tmp_path / "spool"))
+    body = {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    with GatewayServer(gateway) as server:
+        gateway.logger.engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")  # warehouse gone
+        answers = [httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60) for _ in range(6)]
+        assert answers[0].status_code == 200
+        full = answers[-1]
+        assert full.status_code == 503 and full.json()["error"]["code"] == "spool_full"
+        assert int(full.headers["retry-after"]) >= 1
+        assert gateway.logger.health()["spool_full"]
+        gateway.logger.engine = engine  # the warehouse is back: the rows go in, calls are taken again
+        gateway.logger.flush()
+        assert not gateway.logger.health()["spool_full"]
+        assert httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60).status_code == 200

@@ -279,6 +279,14 @@ class ServingConfig(_Strict):
     max_request_chars: int = Field(20_000, ge=1, description="Most characters of message content per request.")
     alias_ttl_s: float = Field(5, ge=0, description="Seconds the registry's aliases are cached by the router.")
     flush_every_s: float = Field(2, gt=0, description="Seconds between two flushes of the log spool to the warehouse.")
+    spool_segment_mb: float = Field(
+        16, gt=0, description="The log spool's active file becomes a segment at this size (MiB), also while the "
+        "warehouse is down, so recovery streams bounded files.",
+    )
+    spool_max_mb: float = Field(
+        1024, gt=0, description="Cap of the log spool (MiB; ~1 KiB a row: about a million calls). Once full, calls "
+        "are answered 503 `spool_full` with Retry-After until the warehouse takes the rows.",
+    )
     api_key_hashes_env: str = Field(
         "FTOPS_API_KEY_HASHES",
         description="Environment variable holding comma-separated SHA-256 hex digests of the accepted API keys "

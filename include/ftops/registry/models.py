@@ -39,9 +39,9 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    home = ftops_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
+    from ftops.core.files import private_file
+
+    return f"sqlite:///{private_file(ftops_home() / 'mlflow.db')}"  # 0600 in a 0700 FTOPS_HOME when made here
 
 
 class RegistryUnavailableError(ConnectionError):

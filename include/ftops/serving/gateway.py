@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from ftops.core.config import ServingConfig
 from ftops.registry.models import RegistryUnavailableError, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
+from ftops.serving.interaction_log import SpoolFullError
 from ftops.serving.openai_wire import (
     MODEL_PREFIX,
     ApiError,
@@ -176,6 +177,12 @@ class Gateway:
         }  # fmt: skip
         try:
             await asyncio.to_thread(self.logger.log, **row)
+        except SpoolFullError as exc:  # the warehouse has been away for long: tell the client when to come back
+            log.error("Spool full, the call %s is refused: %s", call_id, exc)
+            err = ApiError(503, "the gateway's log spool is full (the warehouse is unreachable): retry later",
+                           "server_error", "spool_full")  # fmt: skip
+            err.headers = {"Retry-After": str(max(1, round(self.logger.flush_every_s * 5)))}  # type: ignore[attr-defined]
+            raise err from None
         except Exception as exc:  # noqa: BLE001 - no answer leaves without its row
             log.exception("Could not spool the row of %s", call_id)
             raise ApiError(503, "the call could not be logged, so it is not answered: retry later", "server_error",
@@ -287,7 +294,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:
@@ -362,7 +369,7 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     from ftops.core.config import ftops_home
     from ftops.serving.backends import load_backend
     from ftops.serving.batcher import ModelPool
-    from ftops.serving.interaction_log import InteractionLogger
+    from ftops.serving.interaction_log import MIB, InteractionLogger
     from ftops.serving.router import Router
     from ftops.warehouse.schema import ensure_schema
 
@@ -373,6 +380,7 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     return Gateway(
         router=Router(cfg.alias_ttl_s),
         pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000),
-        logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s),
+        logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s,
+                                 segment_bytes=round(cfg.spool_segment_mb * MIB), max_bytes=round(cfg.spool_max_mb * MIB)),
         engine=engine, table=table, limits=limits, key_hashes=key_hashes, preload=preload,
     )  # fmt: skip

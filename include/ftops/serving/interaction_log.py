@@ -1,25 +1,31 @@
 """Writing the interaction log: a durable local spool first, the warehouse in batches after.
 
-Every served call goes through :class:`InteractionLogger`. ``log`` appends the row as one JSON line to
-``active.jsonl`` in the spool folder and fsyncs before it returns, so a gateway answers only once its row would
-survive a crash. ``flush`` renames the active file to a numbered segment, inserts it into the warehouse in
-batches (ids already present are skipped) and deletes it only after its inserts committed: a crash at any
-point loses no row, and a replay inserts each row once. While the warehouse is down, rows stay spooled.
-One logger owns a spool folder at a time (an exclusive file lock, released when its process dies).
-:func:`import_jsonl` loads a JSONL file of such rows for applications that call their models themselves.
+Every served call goes through :class:`InteractionLogger`. ``log`` checks the row (:func:`check_row`), appends
+it as one JSON line to ``active.jsonl`` in the spool folder and fsyncs before it returns, so a gateway answers
+only once its row would survive a crash. The active file becomes a numbered segment when it reaches
+``segment_bytes`` (also while the warehouse is down) and at each flush. ``flush`` streams each segment into the
+warehouse ``batch_rows`` at a time (ids already present are skipped) and deletes it only after every batch
+committed: a crash at any point loses no row, and a replay inserts each row once.
+
+Nothing a row holds can stop the loop. A batch the warehouse refuses is bisected (:mod:`ftops.warehouse.
+bisect_insert`): only the rows refused on their own go to ``rejected.jsonl`` with the reason (``ftops spool``
+lists them), the others are inserted. An unreachable warehouse or a table that refuses every row rejects
+nothing: rows stay spooled, and :meth:`~InteractionLogger.health` says why. The spool is capped at
+``max_bytes``: once full, ``log`` raises :class:`SpoolFullError` without writing (the gateway answers 503).
+
+One logger owns a spool folder at a time (an exclusive file lock, released when its process dies). The folder
+is 0700 and its files 0600: they hold prompts.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
-import math
 import os
 import threading
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,14 +33,25 @@ from typing import Any
 import sqlalchemy as sa
 
 from ftops.core.config import ftops_home
-from ftops.core.names import check_task_type, key_digest
-from ftops.warehouse.schema import INTERACTION_COLUMNS, WarehouseUnavailableError, insert_interactions
+from ftops.core.files import private_dir
+from ftops.core.names import check_task_type
+from ftops.serving.log_import import ImportResult, import_jsonl
+from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row, count_lines, db_row, rejected_line
+from ftops.warehouse.bisect_insert import WarehouseRefusedError, error_text, insert_or_bisect
+from ftops.warehouse.schema import WarehouseUnavailableError
+
+__all__ = ["MAX_USER_ID_CHARS", "ImportResult", "InteractionLogger", "SpoolFullError", "check_row", "import_jsonl"]
 
 log = logging.getLogger(__name__)
 
 ACTIVE = "active.jsonl"
 _SEGMENT = "segment-{:08d}.jsonl"
-REJECTED = "rejected.jsonl"  # spooled lines that could not be read back, kept for a person
+REJECTED = "rejected.jsonl"  # rows the warehouse refused and lines that could not be read, kept for a person
+MIB = 1024 * 1024
+
+
+class SpoolFullError(RuntimeError):
+    """The spool holds ``max_bytes`` already (the warehouse has been unreachable for long): nothing was written."""
 
 
 def default_spool_dir(table: str = "interactions") -> Path:
@@ -42,81 +59,20 @@ def default_spool_dir(table: str = "interactions") -> Path:
     return ftops_home() / "spool" / check_task_type(table)
 
 
-def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
-    """A log row checked against the interaction schema, as JSON-ready values.
-
-    Args:
-        row: Fields of the interaction log (see ``INTERACTION_COLUMNS``).
-        fill: Generate a missing ``id`` (uuid4 hex) and ``timestamp`` (now, UTC). Without it a missing
-            timestamp is an error and a missing id is derived from the row's content, so loading one file twice
-            inserts its rows once.
-
-    Returns:
-        The row with every column; ``timestamp`` an ISO 8601 UTC string, ``metadata`` text.
-
-    Raises:
-        ValueError: A field is unknown, missing or of the wrong type or range (the message names it).
-    """
-    unknown = sorted(set(row) - set(INTERACTION_COLUMNS))
-    if unknown:
-        raise ValueError(f"unknown fields {unknown}")
-    out: dict[str, Any] = {c: row.get(c) for c in INTERACTION_COLUMNS}
-    out["task_type"] = check_task_type(out["task_type"])
-    for name in ("prompt", "response", "model_version", "user_id", "key_id"):
-        if out[name] is not None and not isinstance(out[name], str):
-            raise ValueError(f"{name} must be text, got {type(out[name]).__name__}")
-    feedback = out["user_feedback"]
-    if feedback is not None and (isinstance(feedback, bool) or not isinstance(feedback, int) or not 1 <= feedback <= 5):
-        raise ValueError(f"user_feedback must be an integer 1-5 or null, got {feedback!r}")
-    for name in ("success", "task_success"):
-        if out[name] is not None and not isinstance(out[name], bool):
-            raise ValueError(f"{name} must be true, false or null, got {out[name]!r}")
-    conf = out["confidence"]
-    if conf is not None and (isinstance(conf, bool) or not isinstance(conf, int | float) or not math.isfinite(conf)):
-        raise ValueError(f"confidence must be a finite number or null, got {conf!r}")
-    for name, v in (("latency_ms", out["latency_ms"]), ("tokens_used", out["tokens_used"])):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{name} must be a non-negative integer or null, got {v!r}")
-    if out["metadata"] is not None and not isinstance(out["metadata"], str):
-        try:
-            out["metadata"] = json.dumps(out["metadata"], sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata must be text or JSON-serialisable: {exc}") from None
-    out["timestamp"] = _timestamp(out["timestamp"], fill=fill)
-    if out["id"] is None:
-        out["id"] = uuid.uuid4().hex if fill else "h" + key_digest(json.dumps(out, sort_keys=True))[:31]
-    if not isinstance(out["id"], str) or not out["id"]:
-        raise ValueError(f"id must be non-empty text, got {out['id']!r}")
-    return out
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may take fewer bytes than given)."""
+    view, done = memoryview(data), 0
+    while done < len(data):
+        n = os.write(fd, view[done:])
+        if n <= 0:
+            raise OSError(errno.EIO, "the spool file took no bytes")
+        done += n
 
 
-def _timestamp(value: Any, *, fill: bool) -> str:
-    if value is None and not fill:
-        raise ValueError("timestamp is missing")
-    value = datetime.now(UTC) if value is None else value
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"timestamp {value!r} is not ISO 8601") from None
-    if not isinstance(value, datetime):
-        raise ValueError(f"timestamp must be a datetime or ISO 8601 text, got {type(value).__name__}")
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)  # naive means UTC
-    return value.isoformat()
-
-
-def _db_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {**row, "timestamp": datetime.fromisoformat(row["timestamp"])}
-
-
-def _first_of_each_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with ids unique within the batch: one insert statement cannot hold an id twice."""
-    first: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        first.setdefault(r["id"], r)
-    if len(first) < len(rows):
-        log.warning("%s spooled rows repeat an earlier row's id; the first of each id is kept", len(rows) - len(first))
-    return list(first.values())
+def _open_private(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask, and for files an older version made 0644
+    return fd
 
 
 class InteractionLogger:
@@ -128,7 +84,9 @@ class InteractionLogger:
         spool_dir: The spool folder; default ``FTOPS_HOME/spool/<table>``.
         flush_every_s: The background thread (:meth:`start`) flushes at least this often ...
         flush_rows: ... and as soon as this many rows are spooled.
-        batch_rows: Rows per warehouse insert.
+        batch_rows: Rows per warehouse insert, and the most rows of a segment held in memory.
+        segment_bytes: The active file becomes a segment once it is this large.
+        max_bytes: The spool's cap (active file and segments): :meth:`log` refuses rows past it.
 
     Raises:
         RuntimeError: Another live logger owns the spool folder.
@@ -143,24 +101,39 @@ class InteractionLogger:
         flush_every_s: float = 5.0,
         flush_rows: int = 500,
         batch_rows: int = 1000,
+        segment_bytes: int = 16 * MIB,
+        max_bytes: int = 1024 * MIB,
     ) -> None:
         self.engine, self.table = engine, table
         self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool_dir(table)
         self.flush_every_s, self.flush_rows, self.batch_rows = flush_every_s, flush_rows, batch_rows
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.spool_dir / "spool.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.segment_bytes, self.max_bytes = segment_bytes, max_bytes
+        private_dir(self.spool_dir, force=True)
+        self._lock_fd = _open_private(self.spool_dir / "spool.lock", os.O_RDWR)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
             raise RuntimeError(f"spool folder {self.spool_dir} is in use by another interaction logger") from None
-        self._write_lock = threading.Lock()  # the active file: appends and rotation
+        for p in self.spool_dir.glob("*.jsonl"):
+            os.chmod(p, 0o600)  # files an older version left world-readable
+        self._write_lock = threading.Lock()  # the active file, rotation and the running counts
         self._sync_lock = threading.Lock()  # one fsync at a time, covering every row appended before it
         self._written = self._synced = 0  # rows appended / rows known durable (group commit)
         self._flush_lock = threading.Lock()  # segments: one flush at a time
-        self._pending, self._fd = 0, -1
+        self._pending, self._fd, self._active_bytes = 0, -1, 0
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
+        # Counted once here by streaming the files, then kept up to date: health() and spooled() read no file.
+        files = [*self._segments(), self.spool_dir / ACTIVE]
+        self._rows = sum(count_lines(p) for p in files if p.exists())
+        self._bytes = sum(p.stat().st_size for p in files if p.exists())
+        rejected = self.spool_dir / REJECTED
+        self._rejected = count_lines(rejected) if rejected.exists() else 0
+        self._full = False  # a row was refused for want of space, and no flush has freed any since
+        self._flush_error: str | None = None
+        self._last_flush_at: datetime | None = None
+        self._resume: dict[str, tuple[int, int]] = {}  # segment -> (bytes, lines) committed by an interrupted flush
         # A crashed writer's active file may end in a torn line; move it aside before appending anything.
         self._next_segment = max((int(p.stem.split("-")[1]) for p in self._segments()), default=0) + 1
         with self._write_lock:
@@ -178,29 +151,47 @@ class InteractionLogger:
 
         Raises:
             ValueError: The row does not fit the interaction schema (nothing is written).
+            SpoolFullError: The spool is full (nothing is written).
         """
         checked = check_row(row, fill=True)
-        line = (json.dumps(checked, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        line = (json.dumps(checked, ensure_ascii=False, allow_nan=False) + "\n").encode()  # no surrogate: checked
         with self._write_lock:
             if self._fd < 0:
                 raise RuntimeError("interaction logger is closed")
-            os.write(self._fd, line)  # O_APPEND: one write per row
+            if self._bytes + len(line) > self.max_bytes:
+                self._full = True
+                raise SpoolFullError(f"the spool {self.spool_dir} holds {self._bytes} bytes of at most "
+                                     f"{self.max_bytes}; rows are refused until the warehouse takes them")  # fmt: skip
+            try:
+                _write_all(self._fd, line)  # O_APPEND: the row's bytes follow the previous row's
+            except BaseException:
+                os.ftruncate(self._fd, self._active_bytes)  # no partial line before the next row
+                raise
             self._written += 1
             mine = self._written
             self._pending += 1
+            self._rows, self._bytes, self._active_bytes = self._rows + 1, self._bytes + len(line), self._active_bytes + len(line)
             due = self._pending >= self.flush_rows
+            rotate = self._active_bytes >= self.segment_bytes
         with self._sync_lock:  # group commit: rows appended while another fsync ran share the next one
             if self._synced < mine:
                 with self._write_lock:
                     fd, upto = self._fd, self._written
                 os.fsync(fd)  # open: closing it needs the sync lock
                 self._synced = upto
+        if rotate:  # by size, also while the warehouse is down: recovery never reads one huge file
+            self._rotate_active(min_bytes=self.segment_bytes)
         if due:
             self._wake.set()
         return str(checked["id"])
 
     def _open_active(self) -> None:
-        self._fd = os.open(self.spool_dir / ACTIVE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = self.spool_dir / ACTIVE
+        created = not path.exists()
+        self._fd = _open_private(path, os.O_WRONLY | os.O_APPEND)
+        self._active_bytes = os.fstat(self._fd).st_size
+        if created:
+            _fsync_dir(self.spool_dir)  # the new file's name survives a crash with the rows in it
 
     def _rotate(self) -> None:
         """Rename a non-empty active file to the next segment (caller holds the write lock, file closed)."""
@@ -209,88 +200,158 @@ class InteractionLogger:
             active.rename(self.spool_dir / _SEGMENT.format(self._next_segment))
             self._next_segment += 1
             _fsync_dir(self.spool_dir)
-        self._pending, self._fd = 0, -1
+        self._fd, self._active_bytes = -1, 0
+
+    def _rotate_active(self, min_bytes: int = 1) -> None:
+        """Make the active file a segment if it holds at least ``min_bytes``, durably, and open a new one."""
+        with self._sync_lock, self._write_lock:
+            if self._fd >= 0 and self._active_bytes >= min_bytes:
+                os.fsync(self._fd)  # rows whose log() waits for its fsync are durable before the rename
+                self._synced = self._written
+                os.close(self._fd)
+                self._rotate()
+                self._pending = 0
+                self._open_active()
 
     def _segments(self) -> list[Path]:
         return sorted(self.spool_dir.glob("segment-*.jsonl"))
 
     def flush(self) -> int:
-        """Move spooled rows to the warehouse (they stay spooled while it is down); returns how many were new."""
+        """Move spooled rows to the warehouse (they stay spooled while it is down); returns how many were new.
+
+        Rows the warehouse refuses one by one go to the rejected file; nothing a row holds makes this raise.
+        """
         with self._flush_lock:
             # Segments left by a crash or a failed flush first: while the warehouse is down the active file
-            # grows instead of leaving a segment per attempt.
-            inserted = self._insert_segments()
-            if inserted is None:
-                return 0
-            with self._sync_lock, self._write_lock:
-                if self._fd >= 0 and (self.spool_dir / ACTIVE).stat().st_size > 0:
-                    os.fsync(self._fd)  # rows whose log() waits for its fsync are durable before the rename
-                    self._synced = self._written
-                    os.close(self._fd)
-                    self._rotate()
-                    self._open_active()
-            more = self._insert_segments()
-            return inserted + (more or 0)
+            # grows (up to segment_bytes) instead of leaving a segment per attempt.
+            inserted, ok = self._insert_segments()
+            if ok:
+                self._rotate_active()
+                more, ok = self._insert_segments()
+                inserted += more
+            if ok:
+                self._flush_error, self._last_flush_at = None, datetime.now(UTC)
+            return inserted
 
-    def _insert_segments(self) -> int | None:
-        """Insert every segment, oldest first; None when the warehouse cannot be reached."""
+    def _insert_segments(self) -> tuple[int, bool]:
+        """Insert every segment, oldest first; False once the warehouse is unreachable or refuses every row."""
         inserted = 0
         for segment in self._segments():
             try:
                 inserted += self._insert_segment(segment)
-            except (WarehouseUnavailableError, sa.exc.OperationalError) as exc:
-                log.warning("Warehouse unavailable, %s rows stay spooled in %s: %s", self.spooled(), self.spool_dir,
-                            str(exc).splitlines()[0][:300])  # fmt: skip
-                return None
-        return inserted
+            except (WarehouseUnavailableError, WarehouseRefusedError) as exc:
+                what = "Warehouse unavailable" if isinstance(exc, WarehouseUnavailableError) else "Table refuses rows"
+                error = f"{what}: {(str(exc).splitlines() or [''])[0][:500]}"  # texts of error_text: no row data
+                if error != self._flush_error:  # once per distinct cause, not every few seconds
+                    log.warning("%s rows stay spooled in %s: %s", self._rows, self.spool_dir, error)
+                self._flush_error = error
+                return inserted, False
+        return inserted, True
 
     def _insert_segment(self, segment: Path) -> int:
-        rows, bad = self._read_segment(segment)
-        rows = _first_of_each_id(rows)
-        new = 0
-        for i in range(0, len(rows), self.batch_rows):
-            new += insert_interactions(self.engine, [_db_row(r) for r in rows[i : i + self.batch_rows]], self.table)
-        if bad:  # kept for a person, once: only after the rows committed, as a failed insert reads them again
-            with open(self.spool_dir / REJECTED, "ab") as f:
-                f.write(b"".join(raw + b"\n" for raw in bad))
-                os.fsync(f.fileno())
+        """Stream one segment into the warehouse, ``batch_rows`` at a time; delete it once every batch committed."""
+        size = segment.stat().st_size
+        offset, lines = self._resume.get(segment.name, (0, 0))
+        new = refused = 0
+        batch: list[dict[str, Any]] = []
+        bad: list[bytes] = []
+        with open(segment, "rb") as f:
+            f.seek(offset)
+            for raw in f:
+                if not raw.endswith(b"\n"):  # only the last line can: a write cut short by a crash
+                    log.warning("%s ends in a torn line (%s bytes) from a crash before its fsync; that call was "
+                                "never answered, so the line is dropped", segment.name, len(raw))  # fmt: skip
+                    break
+                lines += 1
+                try:
+                    obj = json.loads(raw)
+                    if not isinstance(obj, dict):
+                        raise ValueError(f"not a JSON object but {type(obj).__name__}")
+                    batch.append(check_row(obj, fill=False))
+                except (ValueError, RecursionError) as exc:  # includes JSONDecodeError and UnicodeDecodeError
+                    log.error("%s line %s cannot be read (%s); it goes to %s", segment.name, lines,
+                              error_text(exc, mask_values=True), REJECTED)  # fmt: skip
+                    bad.append(rejected_line(segment.name, f"unreadable line: {error_text(exc)}", line=raw[:-1]))
+                if len(batch) >= self.batch_rows:
+                    n, r = self._insert_batch(segment.name, batch, bad)
+                    new, refused = new + n, refused + r
+                    batch, bad = [], []
+                    self._resume[segment.name] = (f.tell(), lines)  # committed: a retry starts after it
+        n, r = self._insert_batch(segment.name, batch, bad)
+        new, refused = new + n, refused + r
         segment.unlink()  # only now: every batch of it has committed
         _fsync_dir(self.spool_dir)
-        log.info("Flushed %s: %s rows, %s new in %s, %s already there", segment.name, len(rows), new, self.table,
-                 len(rows) - new)  # fmt: skip
+        self._resume.pop(segment.name, None)
+        with self._write_lock:
+            self._rows -= lines
+            self._bytes -= size
+            self._full = False
+        log.info("Flushed %s: %s rows, %s new in %s, %s refused, %s already there", segment.name, lines, new,
+                 self.table, refused, lines - new - refused)  # fmt: skip
         return new
 
-    def _read_segment(self, segment: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
-        lines = segment.read_bytes().split(b"\n")
-        torn = lines.pop()  # b"" when the file ends with a newline; otherwise a write cut short by a crash
-        if torn:
-            log.warning("%s ends in a torn line (%s bytes) from a crash before its fsync; that call was never "
-                        "answered, so the line is dropped", segment.name, len(torn))  # fmt: skip
-        rows, bad = [], []
-        for n, raw in enumerate(lines, 1):
-            try:
-                rows.append(check_row(json.loads(raw), fill=False))
-            except ValueError as exc:  # includes JSONDecodeError
-                log.error("%s line %s cannot be read (%s); it goes to %s", segment.name, n, exc, REJECTED)
-                bad.append(raw)
-        return rows, bad
+    def _insert_batch(self, segment: str, batch: list[dict[str, Any]], bad: list[bytes]) -> tuple[int, int]:
+        """Insert one batch; its refused rows and unreadable lines go to the rejected file once it committed."""
+        first: dict[str, dict[str, Any]] = {}
+        for r in batch:  # one insert statement cannot hold an id twice
+            first.setdefault(r["id"], r)
+        if len(first) < len(batch):
+            log.warning("%s spooled rows repeat an earlier row's id; the first of each id is kept", len(batch) - len(first))
+        new, refused = insert_or_bisect(self.engine, [db_row(r) for r in first.values()], self.table)
+        lines = [rejected_line(segment, reason, row=first[row["id"]]) for row, reason in refused]
+        if refused:
+            log.error("The warehouse refused %s rows of %s (first: %s); they are kept in %s", len(refused), segment,
+                      refused[0][1], self.spool_dir / REJECTED)  # fmt: skip
+        self._append_rejected([*lines, *bad])
+        return new, len(refused)
+
+    def _append_rejected(self, lines: Iterable[bytes]) -> None:
+        data = b"".join(lines)
+        if not data:
+            return
+        fd = _open_private(self.spool_dir / REJECTED, os.O_WRONLY | os.O_APPEND)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._write_lock:
+            self._rejected += data.count(b"\n")
 
     def spooled(self) -> int:
-        """How many rows wait in the spool (lines in the active file and in segments)."""
-        files = [*self._segments(), self.spool_dir / ACTIVE]
-        return sum(p.read_bytes().count(b"\n") for p in files if p.exists())
+        """How many rows wait in the spool (lines in the active file and in segments), without reading a file."""
+        return self._rows
+
+    def health(self) -> dict[str, Any]:
+        """The spool's state from running counts (no file is read): for ``/healthz`` and ``ftops spool``.
+
+        Returns:
+            ``spooled_rows``, ``spool_bytes``, ``spool_max_bytes``, ``spool_full`` (rows are being refused),
+            ``rejected_rows`` (in the rejected file), ``flush_error`` (why rows stay spooled: an exception type
+            and the driver's message, never row data; None after a flush that emptied the spool's segments) and
+            ``last_flush_at`` (ISO 8601 UTC of the last such flush, or None).
+        """
+        return {
+            "spooled_rows": self._rows, "spool_bytes": self._bytes, "spool_max_bytes": self.max_bytes,
+            "spool_full": self._full or self._bytes >= self.max_bytes, "rejected_rows": self._rejected,
+            "flush_error": self._flush_error,
+            "last_flush_at": self._last_flush_at.isoformat() if self._last_flush_at else None,
+        }  # fmt: skip
 
     def replay(self) -> int:
         """Insert whatever an earlier, crashed logger left in the spool; returns how many rows were new."""
-        if left := self.spooled():
-            log.warning("Replaying %s spooled rows left in %s", left, self.spool_dir)
+        if self._rows:
+            log.warning("Replaying %s spooled rows left in %s", self._rows, self.spool_dir)
         return self.flush()
 
     def start(self) -> None:
         """Replay the spool, then flush in a background thread every ``flush_every_s`` or ``flush_rows`` rows."""
         if self._thread is not None:
             return
-        self.replay()
+        try:
+            self.replay()
+        except Exception as exc:  # noqa: BLE001 - a gateway starts whatever its spool holds; the thread retries
+            self._log_failure(exc)
         self._thread = threading.Thread(target=self._run, name=f"ftops-spool-{self.table}", daemon=True)
         self._thread.start()
 
@@ -300,8 +361,14 @@ class InteractionLogger:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the thread must outlive one bad flush; the rows stay spooled
-                log.exception("Flushing %s failed; rows stay spooled and the next flush retries", self.spool_dir)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive one bad flush; the rows stay spooled
+                self._log_failure(exc)
+
+    def _log_failure(self, exc: Exception) -> None:
+        self._flush_error = error_text(exc, mask_values=True)
+        # no traceback for a statement's error: its text may carry the parameters (engines made elsewhere)
+        log.error("Flushing %s failed (%s); rows stay spooled and the next flush retries", self.spool_dir,
+                  self._flush_error, exc_info=None if isinstance(exc, sa.exc.StatementError) else exc)  # fmt: skip
 
     def close(self) -> None:
         """Stop the background thread, flush once more, and release the spool folder."""
@@ -334,78 +401,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@dataclass
-class ImportResult:
-    """What :func:`import_jsonl` did with every line: ``lines == inserted + duplicates + len(rejected)``."""
-
-    lines: int = 0
-    inserted: int = 0  # rows new in the warehouse
-    duplicates: int = 0  # rows whose id was already in the warehouse or earlier in the file
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason); nothing of it inserted
-
-
-def import_jsonl(
-    path: str | Path, engine: sa.Engine, table: str = "interactions", *, batch_rows: int = 1000
-) -> ImportResult:
-    """Load a JSONL file of interaction rows into the warehouse, in batches, each row checked.
-
-    A row without an ``id`` gets one derived from its content, so importing a file again inserts nothing
-    twice; a row without a ``timestamp`` is rejected (the time of the import would be wrong).
-
-    Args:
-        path: One JSON object per line.
-        engine: The warehouse (its interaction table must exist).
-        table: The interaction log table.
-        batch_rows: Rows per insert.
-
-    Returns:
-        Counts of inserted and duplicate lines, and each rejected line's number and reason.
-
-    Raises:
-        WarehouseUnavailableError: The warehouse cannot be reached (batches before it stay inserted; a rerun
-            skips them as duplicates).
-    """
-    result = ImportResult()
-    batch: list[dict[str, Any]] = []
-    seen: set[str] = set()
-
-    def insert() -> None:
-        try:
-            new = insert_interactions(engine, [_db_row(r) for r in batch], table)
-        except sa.exc.OperationalError as exc:
-            raise WarehouseUnavailableError(f"import of {path} stopped at line {result.lines}: {exc.orig}") from exc
-        result.inserted += new
-        result.duplicates += len(batch) - new
-        batch.clear()
-
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            result.lines += 1
-            try:
-                text = raw.decode("utf-8").strip()
-                if not text:
-                    raise ValueError("empty line")
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    raise ValueError(f"not a JSON object but {type(obj).__name__}")
-                row = check_row(obj, fill=False)
-            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-                result.rejected.append((n, str(exc)[:300]))
-                continue
-            if row["id"] in seen:
-                result.duplicates += 1
-                continue
-            seen.add(row["id"])
-            batch.append(row)
-            if len(batch) >= batch_rows:
-                insert()
-    if batch:
-        insert()
-    if result.rejected:
-        log.warning("%s: %s of %s lines rejected, first: line %s: %s", path, len(result.rejected), result.lines,
-                    *result.rejected[0])  # fmt: skip
-    log.info("Imported %s: %s lines, %s inserted, %s duplicates, %s rejected", path, result.lines, result.inserted,
-             result.duplicates, len(result.rejected))  # fmt: skip
-    return result

@@ -134,9 +134,9 @@ def _engine(conn_id: str) -> Any:
     with _engine_lock:
         if key not in _engines:
             if url:
-                import sqlalchemy as sa
+                from ftops.warehouse.engines import create_engine
 
-                _engines[key] = sa.create_engine(url)
+                _engines[key] = create_engine(url)  # never logs parameters
             else:
                 from ftops_airflow.common import warehouse_engine
 

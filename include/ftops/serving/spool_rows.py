@@ -1,0 +1,196 @@
+"""The rows of the interaction spool: what a row may hold, and how a refused one is written down for a person.
+
+:func:`check_row` is the one gate every row passes before it is spooled (``InteractionLogger.log``), read back
+from a segment, or imported (``import_jsonl``). It refuses what a warehouse would refuse later, when refusing
+would block the rows behind it: NUL characters and lone surrogates in any text, and over-long user ids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ftops.core.names import check_task_type, key_digest
+from ftops.warehouse.schema import INTERACTION_COLUMNS
+
+MAX_USER_ID_CHARS = 256  # a user id is a name, not a payload: the gateway refuses longer ones with a 400
+# PostgreSQL text cannot hold NUL; a lone surrogate cannot be encoded as UTF-8 (every driver refuses it).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(name: str, value: str) -> None:
+    """Refuse text that no warehouse can store: a NUL character or a lone surrogate.
+
+    Args:
+        name: The field, named in the error (the value never is: it may be a user's data).
+        value: The text.
+
+    Raises:
+        ValueError: The text holds a NUL character or a lone surrogate.
+    """
+    found = _UNSTORABLE.search(value)
+    if found:
+        what = "a NUL character" if found.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise ValueError(f"{name} contains {what} at character {found.start()}")
+
+
+def _check_json_strings(value: Any, depth: int = 0) -> None:
+    """Every key and string inside a metadata value, checked like top-level text."""
+    if depth > 32:
+        raise ValueError("metadata is nested deeper than 32 levels")
+    if isinstance(value, str):
+        check_text("metadata", value)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str):
+                check_text("metadata", k)
+            _check_json_strings(v, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_json_strings(v, depth + 1)
+
+
+def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
+    """A log row checked against the interaction schema, as JSON-ready values.
+
+    Args:
+        row: Fields of the interaction log (see ``INTERACTION_COLUMNS``).
+        fill: Generate a missing ``id`` (uuid4 hex) and ``timestamp`` (now, UTC). Without it a missing
+            timestamp is an error and a missing id is derived from the row's content, so loading one file twice
+            inserts its rows once.
+
+    Returns:
+        The row with every column; ``timestamp`` an ISO 8601 UTC string, ``metadata`` text. Its JSON line
+        encodes as UTF-8 (no text holds a NUL or a lone surrogate).
+
+    Raises:
+        ValueError: A field is unknown, missing or of the wrong type or range, or holds unstorable text (the
+            message names the field, never a text value).
+    """
+    unknown = sorted(set(row) - set(INTERACTION_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown fields {[u[:64] for u in unknown][:10]}")
+    out: dict[str, Any] = {c: row.get(c) for c in INTERACTION_COLUMNS}
+    if isinstance(out["task_type"], str):
+        check_text("task_type", out["task_type"])  # before check_task_type, whose message quotes the value
+    out["task_type"] = check_task_type(out["task_type"])
+    for name in ("prompt", "response", "model_version", "user_id", "key_id"):
+        if out[name] is not None and not isinstance(out[name], str):
+            raise ValueError(f"{name} must be text, got {type(out[name]).__name__}")
+    if out["user_id"] is not None and len(out["user_id"]) > MAX_USER_ID_CHARS:
+        raise ValueError(f"user_id is {len(out['user_id'])} characters long; at most {MAX_USER_ID_CHARS} are allowed")
+    feedback = out["user_feedback"]
+    if feedback is not None and (isinstance(feedback, bool) or not isinstance(feedback, int) or not 1 <= feedback <= 5):
+        raise ValueError(f"user_feedback must be an integer 1-5 or null, got {feedback!r}")
+    for name in ("success", "task_success"):
+        if out[name] is not None and not isinstance(out[name], bool):
+            raise ValueError(f"{name} must be true, false or null, got {type(out[name]).__name__}")
+    conf = out["confidence"]
+    if conf is not None and (isinstance(conf, bool) or not isinstance(conf, int | float) or not math.isfinite(conf)):
+        raise ValueError(f"confidence must be a finite number or null, got {conf!r}"[:200])
+    for name, v in (("latency_ms", out["latency_ms"]), ("tokens_used", out["tokens_used"])):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{name} must be a non-negative integer or null, got {v!r}"[:200])
+    if out["metadata"] is not None and not isinstance(out["metadata"], str):
+        _check_json_strings(out["metadata"])
+        try:
+            out["metadata"] = json.dumps(out["metadata"], sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be text or JSON-serialisable: {exc}"[:200]) from None
+    out["timestamp"] = _timestamp(out["timestamp"], fill=fill)
+    if out["id"] is None:
+        out["id"] = uuid.uuid4().hex if fill else "h" + key_digest(json.dumps(out, sort_keys=True))[:31]
+    if not isinstance(out["id"], str) or not out["id"]:
+        raise ValueError(f"id must be non-empty text, got {type(out['id']).__name__}")
+    for name, value in out.items():  # every text column, including ones added to the schema later
+        if isinstance(value, str):
+            check_text(name, value)
+    return out
+
+
+def _timestamp(value: Any, *, fill: bool) -> str:
+    if value is None and not fill:
+        raise ValueError("timestamp is missing")
+    value = datetime.now(UTC) if value is None else value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"timestamp {value[:40]!r} is not ISO 8601") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"timestamp must be a datetime or ISO 8601 text, got {type(value).__name__}")
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)  # naive means UTC
+    return value.isoformat()
+
+
+def db_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked row as the warehouse takes it (``timestamp`` a datetime)."""
+    return {**row, "timestamp": datetime.fromisoformat(row["timestamp"])}
+
+
+def rejected_line(segment: str, reason: str, *, row: Mapping[str, Any] | None = None, line: bytes | None = None) -> bytes:
+    """One JSON line of the rejected file: when, from which segment, why, and the row (or the unreadable line).
+
+    Args:
+        segment: The spool segment the row came from.
+        reason: Why it was refused: an exception type and the driver's first message line, never parameters.
+        row: The refused row, kept so that a person can repair and import it.
+        line: The raw spooled line that could not be read (decoded with replacement characters).
+    """
+    entry: dict[str, Any] = {"rejected_at": datetime.now(UTC).isoformat(), "segment": segment, "reason": reason}
+    if row is not None:
+        entry["row"] = dict(row)
+    if line is not None:
+        entry["line"] = line.decode("utf-8", "replace")
+    # ensure_ascii: an unreadable line may hold anything; the rejected file stays valid UTF-8 JSON lines
+    return (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()
+
+
+def count_lines(path: Path) -> int:
+    """Newline-terminated lines of a file, read 1 MiB at a time."""
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+    return n
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def read_spool(spool_dir: str | Path) -> dict[str, Any]:
+    """What a spool folder holds, read from its files (for ``ftops spool``; takes no lock, changes nothing).
+
+    Args:
+        spool_dir: The spool folder.
+
+    Returns:
+        ``spooled_rows`` and ``spool_bytes`` (active file and segments), ``segments``, the ``rejected_file`` and
+        ``rejected``: per rejected line its ``id`` (None for an unreadable line), ``rejected_at``, ``segment``
+        and ``reason``, with control characters removed (never the prompt or any other row text).
+    """
+    spool_dir = Path(spool_dir)
+    files = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
+    rows = sum(count_lines(p) for p in files)
+    rejected: list[dict[str, Any]] = []
+    path = spool_dir / "rejected.jsonl"
+    if path.exists():
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    entry = json.loads(raw)
+                    row = entry.get("row") or {}
+                    shown = {"id": row.get("id"), "rejected_at": entry.get("rejected_at"),
+                             "segment": entry.get("segment"), "reason": entry.get("reason")}  # fmt: skip
+                except (ValueError, AttributeError):  # a line written by an older version: the raw line itself
+                    shown = {"id": None, "rejected_at": None, "segment": None, "reason": f"unreadable line {n}"}
+                rejected.append({k: _CONTROL.sub("", str(v))[:300] if v is not None else None for k, v in shown.items()})
+    return {"spool_dir": str(spool_dir), "spooled_rows": rows, "spool_bytes": sum(p.stat().st_size for p in files),
+            "segments": len(files) - (1 if (spool_dir / "active.jsonl").exists() else 0),
+            "rejected_file": str(path), "rejected": rejected}  # fmt: skip
