@@ -30,7 +30,16 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE, resolve_config, snapshot, warehouse_engine
+from ftops_airflow.common import (
+    ALIASES_POOL,
+    DEFAULT_ARGS,
+    START_DATE,
+    TAGS,
+    TASK_TYPE,
+    resolve_config,
+    snapshot,
+    warehouse_engine,
+)
 
 
 @dag(
@@ -57,7 +66,7 @@ def ftops_canary():
         cfg = snapshot(resolve_config({}))
         return list(cfg.task_types) or dataset_registry(cfg).task_types()
 
-    @task(map_index_template="{{ task_type }}")
+    @task(pool=ALIASES_POOL, map_index_template="{{ task_type }}")
     def review_canary(task_type: str) -> dict:
         from airflow.sdk import get_current_context
 
