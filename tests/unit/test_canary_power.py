@@ -103,6 +103,8 @@ def test_worse_by_the_minimum_effect_never_promotes_at_any_sample(cfg: CanaryCon
             assert action in ("hold", "rollback"), (n, action)
             seen.add(action)
     assert seen == {"hold", "rollback"}  # held on small samples, rolled back once significant
+    # exactly min_effect worse on a large sample is significant and large enough: rolled back (not held on a float)
+    assert decide(rates(20_000, 0.88), rates(20_000, 0.90), CFG) == "rollback"
 
 
 # -- Must show 5: latency against the champion ----------------------------------------------------------------

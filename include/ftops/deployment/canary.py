@@ -51,6 +51,8 @@ from ftops.core.config import CanaryConfig
 from ftops.core.stats import difference_upper_bound, normal_quantile, normal_sf
 
 Action = Literal["hold", "ramp", "promote", "rollback"]
+# A harm of exactly min_effect counts as that large: 2400/20000 - 2000/20000 is 0.019999999999999997 in floats.
+TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def calls_needed(
     Returns:
         The count (normal approximation, at the observed values); None when ``harm`` ≥ ``min_effect``.
     """
-    if harm >= min_effect:
+    if harm >= min_effect - TOLERANCE:
         return None
     return max(1, math.ceil(z * z * (var_canary + var_champion / ratio) / (min_effect - harm) ** 2))
 
@@ -241,7 +243,7 @@ def compare(canary: Mapping[str, Any], champion: Mapping[str, Any], cfg: CanaryC
         v1, v2 = ((b + z * z / 2) / (n + z * z) for b, n in ((bad1, n1), (bad2, n2)))  # Wilson centres: never 0
         needed = calls_needed(v1 * (1 - v1), v2 * (1 - v2), n2 / n1, harm, cfg.min_effect, z)
         c, ch = (e1 / n1, e2 / n2) if metric == "error_rate" else (s1 / n1, s2 / n2)
-        worse = p < alpha and harm >= cfg.min_effect and harm > 0
+        worse = p < alpha and harm >= cfg.min_effect - TOLERANCE and harm > 0
         shown = upper < cfg.min_effect
         return Comparison(metric, c, ch, harm, p, alpha, cfg.min_effect, worse, upper, shown, None if shown else needed)
 
@@ -253,8 +255,8 @@ def compare(canary: Mapping[str, Any], champion: Mapping[str, Any], cfg: CanaryC
         p = ratings_lower_p(canary["rating_counts"], champion["rating_counts"])
         upper = harm + z * math.sqrt(var1 / r1 + var2 / r2)
         needed = None if upper < effect else calls_needed(var1, var2, r2 / r1, harm, effect, z)
-        out.append(Comparison("mean_rating", m1, m2, harm, p, alpha, effect, p < alpha and harm >= effect and harm > 0,
-                              upper, upper < effect, needed))  # fmt: skip
+        worse = p < alpha and harm >= effect - TOLERANCE and harm > 0
+        out.append(Comparison("mean_rating", m1, m2, harm, p, alpha, effect, worse, upper, upper < effect, needed))
     return tuple(out)
 
 
