@@ -130,6 +130,23 @@ def test_a_slow_service_holds_but_a_slow_canary_is_rolled_back() -> None:
     assert judge(rates(600, 0.9, p95=2100), rates(600, 0.9, p95=1900), DONE, WIDE).action == "rollback"
     assert judge(rates(600, 0.9, p95=390), rates(600, 0.9, p95=200), DONE, WIDE).action == "promote"  # + 190 ms
     assert judge(rates(600, 0.9, p95=1400), rates(600, 0.9, p95=1000), DONE, WIDE).action == "promote"  # × 1.4
-    # nothing to compare against: the absolute limit alone decides
+    # no champion at all: the absolute limit alone rolls back; a champion that served too little in the span
+    # tells nothing about the service, so the limit holds
     assert judge(rates(600, 0.9, p95=2100), {}, DONE, WIDE).action == "rollback"
-    assert judge(rates(600, 0.9, p95=2100), rates(5, 0.9, p95=2500), DONE, WIDE).action == "rollback"
+    assert judge(rates(600, 0.9, p95=2100), rates(5, 0.9, p95=2500), DONE, WIDE).action == "hold"
+
+
+def test_a_100_percent_step_is_compared_only_where_both_served() -> None:
+    # At 100 % the champion serves nothing new: a load spike in the step (3× the champion's p95 from the
+    # earlier steps) holds; the window is compared on the canary's calls before the step, beside the champion.
+    champion, before = rates(1800, 0.9, p95=600), rates(600, 0.9, p95=620)
+    spike = rates(600, 0.9, p95=1800)
+    window = rates(1200, 0.9, p95=1700)  # the spike dominates the canary's window p95
+    v = judge(window, champion, DONE, WIDE, RampPosition(2, 8, spike, rates(0, 0.9, p95=0), before))
+    assert v.action == "promote", v.reason  # under the absolute limit: healthy
+    slow = rates(600, 0.9, p95=2400)
+    v = judge(window, champion, DONE, WIDE, RampPosition(2, 8, slow, rates(0, 0.9, p95=0), before))
+    assert v.action == "hold" and "nothing to tell the service from the canary" in v.reason, v.reason
+    # a canary that was already slower than the champion while both served is still rolled back
+    v = judge(window, champion, DONE, WIDE, RampPosition(2, 8, spike, rates(0, 0.9, p95=0), rates(600, 0.9, p95=1900)))
+    assert v.action == "rollback" and "since deployment" in v.reason, v.reason

@@ -197,6 +197,23 @@ def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
     assert router.routing("ramp").canary is None
 
 
+def test_at_100_percent_a_slow_step_is_not_compared_with_the_champions_earlier_calls(engine) -> None:
+    # The champion serves nothing in the last step: a step 4.5× slower than the champion's earlier calls (a busy
+    # hour, or CI) is not a relative breach; only the spans both served are compared.
+    for task_type, step_ms, expected in (("late", 900, "promote"), ("lateslow", 2500, "hold")):
+        champion, canary = _deploy(task_type)
+        registry.set_tags(task_type, canary, {"ramp_step": 2, "traffic_percent": 100,
+                                              "ramp_started_at": (T0 + 16 * H).isoformat()})  # fmt: skip
+        _log(engine, task_type, champion, 200, T0, T0 + 16 * H)
+        _log(engine, task_type, canary, 60, T0, T0 + 16 * H)
+        _log(engine, task_type, canary, 40, T0 + 16 * H, T0 + 24 * H, latency_ms=step_ms)
+        result = review_canary(engine, CFG, task_type, now=T0 + 24 * H)
+        assert result["action"] == expected, result["reason"]
+        assert result["canary_metrics"]["latency_p95_ms"] == step_ms  # the window alone would say "slower"
+        assert result["champion_step_metrics"]["requests"] == 0
+    assert "nothing to tell the service from the canary" in result["reason"]
+
+
 def test_a_one_step_config_promotes_after_the_duration_as_before_ramps(engine) -> None:
     champion, canary = _deploy("good")
     _log(engine, "good", champion, 100, T0, T0 + 30 * H)

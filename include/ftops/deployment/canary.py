@@ -8,11 +8,12 @@ ramp step. In order:
    ``hold``.
 2. **Hard limits**, in the window and (once it has ``min_rollback_requests`` calls) in the current step, so a
    breakage that comes with a larger share is not diluted by the earlier, smaller one: error rate ≥
-   ``max_error_rate``: ``rollback``. Latency is judged against the champion's p95 over the same window (or
-   step): canary p95 > max(champion × ``max_latency_ratio``, champion + ``latency_margin_ms``): ``rollback``;
+   ``max_error_rate``: ``rollback``. Latency is judged against the champion's p95 over the same span (window
+   or step): canary p95 > max(champion × ``max_latency_ratio``, champion + ``latency_margin_ms``): ``rollback``;
    canary p95 ≥ ``max_latency_p95_ms``: ``rollback`` when the champion's is under it, ``hold`` when the
-   champion is as slow (the service is slow, not the canary). Without champion calls to compare, the
-   absolute limit alone rolls back.
+   champion is as slow (the service is slow, not the canary). Only spans both served are compared: in a
+   step where the champion serves too little (100 %), the window is compared on the canary's calls before
+   the step and the step's own p95 over the limit holds. With no champion at all the limit rolls back.
 3. **Significantly worse than the champion** (needs ``min_rollback_requests`` champion calls in the window;
    with fewer, ``hold``). Each comparison is one-sided (only harm matters) and counts only when it is both
    significant and at least the configured minimum effect:
@@ -111,14 +112,16 @@ class RampPosition:
         step: Index into ``ramp_percent`` (clamped to the last step).
         step_age_hours: How long the current step has run.
         step_metrics: The canary's live metrics since the current step began.
-        champion_step_metrics: The champion's over the same span (its latency is the step's reference when it
-            has ``min_rollback_requests`` calls; else the champion's window is).
+        champion_step_metrics: The champion's over the same span: the step's latency reference.
+        canary_before_step: The canary's calls from deployment to the step's start, given when the champion
+            served too few calls in the step (a 100 % step): the window's latency is compared on them.
     """
 
     step: int
     step_age_hours: float
     step_metrics: Mapping[str, Any]
     champion_step_metrics: Mapping[str, Any] | None = None
+    canary_before_step: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,9 @@ def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None,
 
     Args:
         canary: The canary's metrics over the span (``requests``, ``latency_p95_ms``).
-        champion: The champion's over the same span; None or too few calls: the absolute limit alone decides.
+        champion: The champion's over the same span. None (there is no champion): the absolute limit alone rolls
+            back. Fewer than ``min_rollback_requests`` calls (it served too little in the span, e.g. a 100 %
+            step): nothing tells a slow service from a slow canary, so the absolute limit holds.
         where: Names the span in the reason.
         cfg: ``max_latency_ratio``, ``latency_margin_ms``, ``max_latency_p95_ms``.
 
@@ -282,10 +287,13 @@ def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None,
         (``ok``, ``""``), or (``hold`` or ``rollback``, the reason).
     """
     n, p95, limit = int(canary["requests"]), float(canary["latency_p95_ms"]), cfg.max_latency_p95_ms
-    if champion is None or int(champion.get("requests", 0)) < _min_judge(cfg):
-        if p95 >= limit:
+    if champion is None or int(champion.get("requests", 0)) < min_judge_requests(cfg):
+        if p95 < limit:
+            return "ok", ""
+        if champion is None:
             return "rollback", f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where} (no champion)"
-        return "ok", ""
+        return "hold", (f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where}, and the champion served "
+                        f"{int(champion.get('requests', 0))} calls then: nothing to tell the service from the canary")
     ref = float(champion["latency_p95_ms"])
     bound = max(ref * cfg.max_latency_ratio, ref + cfg.latency_margin_ms)
     versus = f"the champion's {ref:.0f} ms over {int(champion['requests'])} calls"
@@ -300,7 +308,8 @@ def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None,
     return "ok", ""
 
 
-def _min_judge(cfg: CanaryConfig) -> int:
+def min_judge_requests(cfg: CanaryConfig) -> int:
+    """Fewest calls (canary, and champion to compare) before anything is judged."""
     return min(cfg.min_rollback_requests, cfg.min_requests)
 
 
@@ -340,17 +349,19 @@ def judge(
     ) -> CanaryVerdict:
         return CanaryVerdict(action, reason, step, percent, comps)
 
-    n, n_step, least = int(canary.get("requests", 0)), int(step_m.get("requests", 0)), _min_judge(cfg)
+    n, n_step, least = int(canary.get("requests", 0)), int(step_m.get("requests", 0)), min_judge_requests(cfg)
     if n < least:
         return verdict("hold", f"{n} canary calls so far, {least} needed to judge ({at})")
     slow: list[str] = []
-    spans = [(canary, champion or None, f"since deployment ({at})")]
+    # Latency is compared only over spans both served: once the champion serves too little in the step (100 %),
+    # the window's comparison uses the canary's calls before the step, and the step's has no reference.
+    before = ramp.canary_before_step if ramp is not None else None
+    spans = [(canary, before or canary, champion or None, f"since deployment ({at})")]
     if n_step >= least and step_m is not canary:
-        enough = champion_step is not None and int(champion_step.get("requests", 0)) >= least
-        spans.append((step_m, champion_step if enough else champion or None, f"in {at}"))
-    for m, reference, where in spans:
+        spans.append((step_m, step_m, (champion_step or {}) if champion else None, f"in {at}"))
+    for m, timed, reference, where in spans:
         broken = _error_limit(m, where, cfg)
-        action, why = latency_check(m, reference, where, cfg)
+        action, why = latency_check(timed, reference, where, cfg)
         if broken or action == "rollback":
             return verdict("rollback", broken or why, 0)
         if action == "hold":
