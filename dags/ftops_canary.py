@@ -14,7 +14,7 @@ since the canary was deployed, and the canary's calls in its current ramp step.
   or the step is younger than `duration_hours / len(ramp_percent)`;
 - `rollback` at once: error rate ≥ `max_error_rate`; canary p95 > max(champion p95 × `max_latency_ratio`,
   champion p95 + `latency_margin_ms`) over the same window or step, or ≥ `max_latency_p95_ms` while the
-  champion is under it; or the canary is *significantly worse* than the champion: one-sided tests at
+  champion is under it (only spans both served are compared: at 100 % the window before the step); or the canary is *significantly worse* than the champion: one-sided tests at
   `significance` (Bonferroni over the metrics) on error rate and task success (two-proportion z-test) and
   rating (Mann-Whitney U, with ≥ `min_rated` ratings each), counted only when the difference is at least
   `min_effect` / `min_rating_drop`. The `canary` alias is removed and the reason tagged on the version;
