@@ -9,7 +9,8 @@ ramp step. In order:
 2. **Hard limits**, in the window and (once it has ``min_rollback_requests`` calls) in the current step, so a
    breakage that comes with a larger share is not diluted by the earlier, smaller one: error rate ≥
    ``max_error_rate``: ``rollback``. Latency is judged against the champion's p95 over the same span (window
-   or step): canary p95 > max(champion × ``max_latency_ratio``, champion + ``latency_margin_ms``): ``rollback``;
+   or step): canary p95 > max(champion × ``max_latency_ratio``, champion + ``latency_margin_ms``), with
+   ``LATENCY_MIN_CALLS`` (100) calls a side in the span: ``rollback``;
    canary p95 ≥ ``max_latency_p95_ms``: ``rollback`` when the champion's is under it, ``hold`` when the
    champion is as slow (the service is slow, not the canary). Only spans both served are compared: in a
    step where the champion serves too little (100 %), the window is compared on the canary's calls before
@@ -52,6 +53,9 @@ from ftops.core.config import CanaryConfig
 from ftops.core.stats import difference_upper_bound, normal_quantile, normal_sf
 
 Action = Literal["hold", "ramp", "promote", "rollback"]
+# A p95 of n calls rests on the n/20 slowest: below 100 calls a side (5 calls) two equally fast versions differ
+# by half again by chance under load, so the ratio and margin apply from 100 calls a side in the span compared.
+LATENCY_MIN_CALLS = 100
 # A harm of exactly min_effect counts as that large: 2400/20000 - 2000/20000 is 0.019999999999999997 in floats.
 TOLERANCE = 1e-9
 
@@ -277,7 +281,8 @@ def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None,
 
     Args:
         canary: The canary's metrics over the span (``requests``, ``latency_p95_ms``).
-        champion: The champion's over the same span. None (there is no champion): the absolute limit alone rolls
+        champion: The champion's over the same span; the ratio and margin apply once both sides have
+            ``LATENCY_MIN_CALLS`` calls in it (a p95 of fewer is noise). None (no champion): the absolute limit rolls
             back. Fewer than ``min_rollback_requests`` calls (it served too little in the span, e.g. a 100 %
             step): nothing tells a slow service from a slow canary, so the absolute limit holds.
         where: Names the span in the reason.
@@ -297,7 +302,7 @@ def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None,
     ref = float(champion["latency_p95_ms"])
     bound = max(ref * cfg.max_latency_ratio, ref + cfg.latency_margin_ms)
     versus = f"the champion's {ref:.0f} ms over {int(champion['requests'])} calls"
-    if p95 > bound:
+    if p95 > bound and min(n, int(champion["requests"])) >= LATENCY_MIN_CALLS:
         return "rollback", (f"p95 latency {p95:.0f} ms > {bound:.0f} ms (max of ×{cfg.max_latency_ratio:g} and "
                             f"+{cfg.latency_margin_ms:.0f} ms on {versus}) over {n} calls {where}")  # fmt: skip
     if p95 >= limit and ref < limit:
