@@ -8,29 +8,42 @@ p95 latency, user ratings and task success (`success` and, where rated, a rating
 since the canary was deployed, and the canary's calls in its current ramp step.
 
 **Decides** per canary (settings in the `canary:` section of the config):
-- `hold`: fewer than `min_requests` canary calls (in the window, or in the current step), too few champion
-  calls to compare, or the step is younger than `duration_hours / len(ramp_percent)`;
-- `rollback` at once: error rate ≥ `max_error_rate` or p95 ≥ `max_latency_p95_ms`, or the canary is
-  *significantly worse* than the champion: one-sided tests at `significance` (Bonferroni over the metrics) on
-  error rate and task success (two-proportion z-test) and rating (Mann-Whitney U, with ≥ `min_rated` ratings
-  each), counted only when the difference is at least `min_effect` / `min_rating_drop`. The `canary` alias is
-  removed and the reason tagged on the version (`rollback_reason`);
-- `ramp`: a healthy step is over, so the canary's `traffic_percent` tag moves to the next share of
-  `ramp_percent` (default 10 → 50 → 100 %); the gateway's router picks it up within seconds;
+- `hold`: fewer than `min_rollback_requests` canary calls, or champion calls to compare; not yet *shown not
+  worse* (fewer than `min_requests` calls, or an upper confidence bound of a harm not below its minimum
+  effect: the reason says about how many calls are needed); the service slow for champion and canary alike;
+  or the step is younger than `duration_hours / len(ramp_percent)`;
+- `rollback` at once: error rate ≥ `max_error_rate`; canary p95 > max(champion p95 × `max_latency_ratio`,
+  champion p95 + `latency_margin_ms`) over the same window or step, or ≥ `max_latency_p95_ms` while the
+  champion is under it (only spans both served are compared: at 100 % the window before the step); or the canary is *significantly worse* than the champion: one-sided tests at
+  `significance` (Bonferroni over the metrics) on error rate and task success (two-proportion z-test) and
+  rating (Mann-Whitney U, with ≥ `min_rated` ratings each), counted only when the difference is at least
+  `min_effect` / `min_rating_drop`. The `canary` alias is removed and the reason tagged on the version;
+- `ramp`: a healthy step shown not worse is over, so the canary's `traffic_percent` tag moves to the next
+  share of `ramp_percent` (default 10 → 50 → 100 %); the gateway's router picks it up within seconds;
 - `promote`: the last step is over (≥ `duration_hours` in all): the canary becomes `champion`, the old
   champion `previous`.
 
 Every move names the version judged and is skipped if the canary changed meanwhile, so reruns and retries
 are safe. The verdict, with the metrics and test results, is the task's return value (XCom).
 
-**Runs** every 30 minutes, or by hand for one task type.
+**Runs** every 30 minutes, or by hand for one task type; each review in the one-slot `ftops_aliases` pool,
+with every other task that moves registry aliases (`ftops_rollback`, `ftops_finetune`'s deploy).
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from ftops_airflow.common import DEFAULT_ARGS, START_DATE, TAGS, TASK_TYPE, resolve_config, snapshot, warehouse_engine
+from ftops_airflow.common import (
+    ALIASES_POOL,
+    DEFAULT_ARGS,
+    START_DATE,
+    TAGS,
+    TASK_TYPE,
+    resolve_config,
+    snapshot,
+    warehouse_engine,
+)
 
 
 @dag(
@@ -57,7 +70,7 @@ def ftops_canary():
         cfg = snapshot(resolve_config({}))
         return list(cfg.task_types) or dataset_registry(cfg).task_types()
 
-    @task(map_index_template="{{ task_type }}")
+    @task(pool=ALIASES_POOL, map_index_template="{{ task_type }}")
     def review_canary(task_type: str) -> dict:
         from airflow.sdk import get_current_context
 

@@ -28,7 +28,8 @@
 5. `choose_path` branches: `deploy_canary` (the first passing model of a task type becomes `champion`
    directly; later ones become `canary` with `traffic_percent`) or `archive` (reasons tagged, aliases untouched).
 
-Training runs in the one-slot `ftops_training` pool.
+Training runs in the one-slot `ftops_training` pool; `deploy_canary` in the one-slot `ftops_aliases` pool, with
+every other task that moves registry aliases (`ftops_canary`, `ftops_rollback`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, get_current_context, task
 
 from ftops_airflow.common import (
+    ALIASES_POOL,
     DEFAULT_ARGS,
     START_DATE,
     TAGS,
@@ -163,7 +165,7 @@ def ftops_finetune():
     def choose_path(registered: dict) -> str:
         return "deploy_canary" if registered["passed"] else "archive"
 
-    @task
+    @task(pool=ALIASES_POOL)
     def deploy_canary(config: dict, registered: dict, params: dict | None = None) -> dict:
         from ftops.pipeline.finetune import deploy_candidate
 

@@ -42,6 +42,10 @@ demo = {
     "canary.ramp_percent": [10, 50, 100],  # shipped: the same steps over 24 h
     "canary.duration_hours": 0.05,         # 3 minutes in all, 1 per step (shipped: 24 h)
     "canary.min_requests": 20,
+    # A few hundred calls per step can show "not worse" only for large effects (shipped: 2 points of task
+    # success and 0.2 stars, which take ~3 500 calls): the demo asks the canary to rule out 10 points and 0.5.
+    "canary.min_effect": 0.1,
+    "canary.min_rating_drop": 0.5,
     # Cycle 2's candidate meets a champion at 0.88-0.94 accuracy, which leaves no room for the shipped gate's
     # +0.05 with a CI above 0 on ~90 test rows. The demo lets a candidate that is not worse go to canary
     # (non-inferiority: gain >= 0, the gain's 95 % CI above -0.05, perplexity at most +0.05), so that live

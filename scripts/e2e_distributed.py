@@ -223,6 +223,7 @@ def start_airflow(c: Cluster, started: float, base_model: Path) -> None:
     c.run("control", "airflow", "db", "migrate")
     c.run("control", "airflow", "pools", "set", "ftops_training", "1", "one training at a time")
     c.run("control", "airflow", "pools", "set", "ftops_versioning", "1", "one DVC writer at a time")
+    c.run("control", "airflow", "pools", "set", "ftops_aliases", "1", "one registry alias move at a time")
     api = c.start("control", "api-server", "airflow", "api-server", "--port", str(c.ports["api"]))
     for component in ("scheduler", "dag-processor", "triggerer"):
         c.start("control", component, "airflow", component)

@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
 airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null
+airflow pools set ftops_aliases 1 "one registry alias move at a time" > /dev/null

@@ -106,7 +106,8 @@ def build_server(cfg: FtopsConfig, warehouse_url: str, airflow: AirflowAPI | Non
         to_version: Annotated[int | None, Field(ge=1, description="Version to restore; empty = 'previous'.")] = None,
     ) -> dict[str, Any]:
         """Ask to put an earlier version back as champion (default: the 'previous' alias). Refused unless the target
-        served before, passed the gate and is not the champion; a canary in progress is retired by the rollback."""
+        served before, passed the gate, is neither champion nor canary and was not trained on since-erased data (the
+        same guard runs again in ftops_rollback's task); a canary in progress is retired by the rollback."""
         return _answer(lambda: operations.request_rollback(engine, cfg, api, task_type, reason, to_version))
 
     @app.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True))

@@ -85,6 +85,7 @@ TAGS = {
 }
 TRAINING_POOL = "ftops_training"  # one slot: training saturates the worker's cores
 VERSIONING_POOL = "ftops_versioning"  # one slot: DVC holds a repo lock, writers must be serialised
+ALIASES_POOL = "ftops_aliases"  # one slot: registry alias writes are last-writer-wins, every DAG's writers serialised
 
 # One event per curated dataset; its extra names the task type, version, row counts and content hash.
 DATASETS = Asset(name="ftops_datasets", uri="ftops://datasets")

@@ -118,6 +118,32 @@ def test_erase_holds_the_versioning_pool_and_wakes_the_governor(dagbag) -> None:
     assert [o.name for o in erase.outlets] == ["ftops_datasets"]
 
 
+# The library entry points that move registry aliases (each calls ftops.deployment.rollout's moves).
+ALIAS_MOVERS = ("ftops.pipeline.canary", "ftops.pipeline.rollback", "deploy_candidate", "ftops.deployment.rollout")
+
+
+def test_every_alias_moving_task_holds_the_one_aliases_pool(dagbag) -> None:
+    import inspect
+
+    movers, others = set(), set()
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            source = inspect.getsource(task.python_callable) if hasattr(task, "python_callable") else ""
+            (movers if any(m in source for m in ALIAS_MOVERS) else others).add((dag.dag_id, task.task_id))
+            if (dag.dag_id, task.task_id) in movers:
+                assert task.pool == "ftops_aliases", f"{dag.dag_id}.{task.task_id} moves aliases outside the pool"
+            else:
+                assert task.pool != "ftops_aliases", f"{dag.dag_id}.{task.task_id} holds the pool, moves nothing"
+    assert movers == {("ftops_canary", "review_canary"), ("ftops_rollback", "rollback_champion"),
+                      ("ftops_finetune", "deploy_canary")}  # fmt: skip
+    # and the pool exists wherever pools are made: the Astro settings, the local setup, the test Airflow
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())["airflow"]["pools"]
+    assert {p["pool_name"]: p["pool_slot"] for p in settings}["ftops_aliases"] == 1
+    assert "pools set ftops_aliases 1" in (ROOT / "scripts" / "setup_airflow.sh").read_text()
+
+
 def test_governor_triggers_finetune(dagbag) -> None:
     dag = dagbag.dags["ftops_governor"]
     trigger = dag.get_task("trigger_finetune")

@@ -21,7 +21,7 @@ def _run_airflow(*args: str, env: dict[str, str] | None = None, timeout: int = 9
 def airflow_db() -> None:
     out = _run_airflow("db", "migrate")
     assert out.returncode == 0, out.stderr[-3000:]
-    for pool in ("ftops_training", "ftops_versioning"):
+    for pool in ("ftops_training", "ftops_versioning", "ftops_aliases"):
         assert _run_airflow("pools", "set", pool, "1", "test").returncode == 0
 
 

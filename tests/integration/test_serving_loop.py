@@ -71,8 +71,10 @@ def loop(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None) -> Any:
             "ramp_percent": [20, 50, 100], "duration_hours": 24 / 3600,  # 24 s: 8 s per step
             "min_requests": 10, "min_rated": 10,
             # Two equally good versions differ by chance on every review; effects this large need a real
-            # difference (the degraded canary is 2 stars and ~40 points of task success worse).
-            "min_rating_drop": 0.5, "min_effect": 0.1,
+            # difference (the degraded canary is 2 stars and ~40 points of task success worse). A ramp needs
+            # the upper bound of each harm under them: at 0.15 that takes ~30-60 canary calls when the two
+            # are alike (at 0.1 a chance 5-point gap in task success held step 1 for 220 calls in one run).
+            "min_rating_drop": 0.5, "min_effect": 0.15,
         }})  # fmt: skip
         with GatewayServer(gateway) as server:
             yield {"server": server, "gateway": gateway, "engine": engine, "models": models, "cfg": cfg}

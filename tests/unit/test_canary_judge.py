@@ -10,6 +10,8 @@ from ftops.core.config import CanaryConfig, FtopsConfig, load_config
 from ftops.deployment.canary import RampPosition, judge, proportion_worse_p, ratings_lower_p
 
 CFG = CanaryConfig()
+# The sample the shipped config asked for before promotions needed evidence, with effects such samples can show.
+SMALL = CanaryConfig(min_requests=20, min_effect=0.05)
 
 
 def metrics(n: int, errors: int = 0, successes: int | None = None, ratings: list[int] | None = None,
@@ -69,13 +71,13 @@ def test_ratings_are_compared_only_with_enough_on_both_sides_and_never_block() -
     # 19 one-star ratings, fewer than min_rated (20). (Task success is left at 100 % here, to test the rating
     # rule alone; live_metrics would count those calls as failed tasks.)
     few = metrics(200, ratings=[19, 0, 0, 0, 0])
-    v = judge(few, champion, 9, CFG, at(0, 9, few))
+    v = judge(few, champion, 9, SMALL, at(0, 9, few))
     assert [c.metric for c in v.comparisons] == ["error_rate", "task_success_rate"]
     assert v.comparisons[0].alpha == pytest.approx(0.025)  # Bonferroni over two comparisons
     assert v.action == "ramp"  # too few ratings to compare does not block the ramp
     enough = metrics(400, ratings=[20, 0, 0, 0, 0])
     champion = metrics(400, ratings=[0, 0, 0, 0, 50])
-    v = judge(enough, champion, 9, CFG, at(0, 9, enough))
+    v = judge(enough, champion, 9, SMALL, at(0, 9, enough))
     rating = next(c for c in v.comparisons if c.metric == "mean_rating")
     assert rating.worse and rating.harm == pytest.approx(4.0) and v.action == "rollback"
     assert "mean_rating 1.000 vs champion 5.000: significantly worse" in v.reason
@@ -87,7 +89,8 @@ def test_no_comparison_without_enough_champion_calls_but_hard_limits_still_apply
     assert v.action == "hold" and "the champion has 5 calls" in v.reason
     broken = metrics(100, errors=10)
     assert judge(broken, metrics(5), 1, CFG, at(0, 1, broken)).action == "rollback"
-    assert judge(canary, {}, 8, CFG, at(2, 8, canary)).action == "promote"  # no champion at all: limits only
+    assert judge(canary, {}, 8, SMALL, at(2, 8, canary)).action == "promote"  # no champion at all: limits only
+    assert judge(canary, {}, 8, CFG, at(2, 8, canary)).action == "hold"  # ... and min_requests
 
 
 def test_a_breakage_in_the_current_step_is_not_diluted_by_earlier_steps() -> None:
@@ -100,13 +103,13 @@ def test_a_breakage_in_the_current_step_is_not_diluted_by_earlier_steps() -> Non
 
 def test_each_step_needs_its_time_and_its_own_minimum_sample() -> None:
     window, champion = metrics(500), metrics(2000)
-    assert judge(window, champion, 20, CFG, at(1, 9, metrics(19))).action == "hold"
-    assert judge(window, champion, 20, CFG, at(1, 7.9, metrics(100))).action == "hold"
-    v = judge(window, champion, 20, CFG, at(1, 8, metrics(100)))
+    assert judge(window, champion, 20, SMALL, at(1, 9, metrics(19))).action == "hold"
+    assert judge(window, champion, 20, SMALL, at(1, 7.9, metrics(100))).action == "hold"
+    v = judge(window, champion, 20, SMALL, at(1, 8, metrics(100)))
     assert (v.action, v.step, v.traffic_percent) == ("ramp", 1, 100)
-    v = judge(window, champion, 24, CFG, at(2, 8, metrics(100)))
+    v = judge(window, champion, 24, SMALL, at(2, 8, metrics(100)))
     assert (v.action, v.traffic_percent) == ("promote", 100)
-    assert judge(window, champion, 24, CFG, at(7, 8, metrics(100))).action == "promote"  # config shortened
+    assert judge(window, champion, 24, SMALL, at(7, 8, metrics(100))).action == "promote"  # config shortened
 
 
 # -- the configuration ----------------------------------------------------------------------------------------

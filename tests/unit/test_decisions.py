@@ -33,6 +33,7 @@ def test_canary_judge() -> None:
     healthy = {"requests": 500, "error_rate": 0.01, "latency_p95_ms": 900}
     assert judge({"requests": 3, "error_rate": 1.0, "latency_p95_ms": 1}, {}, 30, cfg).action == "hold"
     assert judge(healthy, {}, 2, cfg).action == "hold"
-    assert judge(healthy, {}, 25, cfg).action == "promote"
+    assert judge(healthy, {}, 25, cfg).action == "hold"  # 500 calls: min_requests (3 532 by 80 % power) not met
+    assert judge(healthy, {}, 25, CanaryConfig(min_requests=500)).action == "promote"
     assert judge({**healthy, "error_rate": 0.2}, {"error_rate": 0.01}, 2, cfg).action == "rollback"
     assert judge({**healthy, "latency_p95_ms": 2500}, {}, 30, cfg).action == "rollback"

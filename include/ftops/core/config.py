@@ -7,12 +7,15 @@ merged config once and later tasks use that snapshot, so a retry sees the same s
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ftops.core.stats import required_calls
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "ftops.yaml"
@@ -181,6 +184,11 @@ class GateConfig(_Strict):
     )
 
 
+# 80 % power for "not worse by min_effect" at the defaults: ceil((z(1 - 0.05/2) + z(0.8))² · 2 · 0.9 · 0.1 / 0.02²)
+# = ceil((1.960 + 0.842)² · 0.18 / 0.0004) = ceil(7.849 · 450) = 3 532 canary calls (README: "How many calls").
+DEFAULT_MIN_REQUESTS = required_calls(0.9, 0.02, 0.05 / 2, 0.8)
+
+
 class CanaryConfig(_Strict):
     traffic_percent: int = Field(
         10, ge=1, le=100,
@@ -195,16 +203,22 @@ class CanaryConfig(_Strict):
     duration_hours: float = Field(
         24, gt=0, description="How long a canary is observed (all ramp steps together) before it is promoted."
     )
-    max_error_rate: float = Field(
-        0.05, ge=0, le=1, description="Canary error rate at or above which it is rolled back at once."
-    )
-    max_latency_p95_ms: float = Field(
-        2000, gt=0, description="Canary p95 latency (ms) at or above which it is rolled back at once."
-    )
-    min_requests: int = Field(
-        20, ge=1, description="Fewest canary calls any decision needs, in the canary's window and in each ramp step; "
-        "the champion needs as many in the window before the two are compared.",
-    )  # fmt: skip
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Canary error rate at or above which it is rolled "
+                                  "back at once.")
+    max_latency_p95_ms: float = Field(2000, gt=0, description="Canary p95 latency (ms) at or above which it is "
+                                      "rolled back, unless the champion's p95 over the same window is too (hold).")
+    max_latency_ratio: float = Field(1.5, ge=1, description="Canary p95 above this multiple of the champion's p95 (same "
+                                     "window) and above it + latency_margin_ms: rolled back at once.")
+    latency_margin_ms: float = Field(200, ge=0, description="Slack (ms) over the champion's p95 a canary's p95 always "
+                                     "has (a fast champion's p95 × 1.5 is only a few ms more).")
+    min_requests: int = Field(DEFAULT_MIN_REQUESTS, ge=1, description="Canary calls a ramp or promotion needs (window "
+                              "and each step). Not set: required_calls(expected_success_rate, min_effect, "
+                              "significance / 2, power), 80 % power to show 'not worse' for an equal canary.")
+    min_rollback_requests: int = Field(20, ge=1, description="Canary (and champion) calls before anything is judged; "
+                                       "from here a canary over a limit or worse is rolled back (≤ min_requests).")
+    power: float = Field(0.8, ge=0.5, lt=1, description="Chance an equal canary is shown 'not worse' at min_requests.")
+    expected_success_rate: float = Field(0.9, gt=0, lt=1, description="The champion's typical task success: only "
+                                         "sizes min_requests when it is not set.")
     significance: float = Field(
         0.05, gt=0, lt=0.5, description="Chance per review of rolling back a canary that is not worse (family-wise: "
         "split evenly, Bonferroni, over the comparisons made).",
@@ -229,6 +243,12 @@ class CanaryConfig(_Strict):
     def _fill_first_step(cls, data: Any) -> Any:
         # Configs written before ramps set only traffic_percent: they keep their one-step behaviour.
         if isinstance(data, dict):
+            if "min_requests" not in data:  # sized from this config's own power settings
+                f = {k: float(data.get(k) or cls.model_fields[k].default) for k in
+                     ("expected_success_rate", "min_effect", "significance", "power")}  # fmt: skip
+                with contextlib.suppress(ValueError):  # out of range: the field validators say which one
+                    data = {**data, "min_requests": required_calls(f["expected_success_rate"], f["min_effect"],
+                                                                   f["significance"] / 2, f["power"])}  # fmt: skip
             if "ramp_percent" not in data and data.get("traffic_percent") is not None:
                 data = {**data, "ramp_percent": [data["traffic_percent"]]}
             elif "traffic_percent" not in data and data.get("ramp_percent"):

@@ -1,36 +1,45 @@
 """Canary judgement: hold, ramp, promote or roll back a canary from what its users saw, next to the champion.
 
-The judge is a pure function of two windows of live metrics (see
-:func:`ftops.warehouse.state.live_metrics`): the canary's and the champion's over the same window (since the
-canary was deployed), plus the canary's own calls since its current ramp step began. In order:
+The judge is a pure function of live metrics (see :func:`ftops.warehouse.state.live_metrics`): the canary's
+and the champion's over the same window (since the canary was deployed), and both over the canary's current
+ramp step. In order:
 
-1. **Minimum sample.** Fewer than ``min_requests`` canary calls in the window: ``hold``, nothing is judged.
-2. **Hard limits.** Error rate ≥ ``max_error_rate`` or p95 latency ≥ ``max_latency_p95_ms``, in the window or
-   in the current step (once the step has ``min_requests`` calls, so a breakage that comes with a larger share
-   is not diluted by the earlier, smaller one): ``rollback`` at once.
-3. **Significantly worse than the champion** (needs ``min_requests`` champion calls in the window; with fewer,
-   ``hold``). Each comparison is one-sided (only harm matters) and counts only when it is both significant
-   and at least the configured minimum effect, so a negligible difference on a huge sample does not roll back:
+1. **Too few calls to judge.** Fewer than ``min_rollback_requests`` canary calls (capped at ``min_requests``):
+   ``hold``.
+2. **Hard limits**, in the window and (once it has ``min_rollback_requests`` calls) in the current step, so a
+   breakage that comes with a larger share is not diluted by the earlier, smaller one: error rate ≥
+   ``max_error_rate``: ``rollback``. Latency is judged against the champion's p95 over the same span (window
+   or step): canary p95 > max(champion × ``max_latency_ratio``, champion + ``latency_margin_ms``), with
+   ``LATENCY_MIN_CALLS`` (100) calls a side in the span: ``rollback``;
+   canary p95 ≥ ``max_latency_p95_ms``: ``rollback`` when the champion's is under it, ``hold`` when the
+   champion is as slow (the service is slow, not the canary). Only spans both served are compared: in a
+   step where the champion serves too little (100 %), the window is compared on the canary's calls before
+   the step and the step's own p95 over the limit holds. With no champion at all the limit rolls back.
+3. **Significantly worse than the champion** (needs ``min_rollback_requests`` champion calls in the window;
+   with fewer, ``hold``). Each comparison is one-sided (only harm matters) and counts only when it is both
+   significant and at least the configured minimum effect:
 
    * error rate, and task success (a call that succeeded and, where rated, was rated ``success_min_rating``
      or higher, over all calls): pooled two-proportion z-test, effect ≥ ``min_effect`` (absolute);
    * user rating (only when both have ``min_rated`` rated calls; otherwise it is not compared and does not
      block: many products collect few ratings): Mann-Whitney U (normal approximation with tie and continuity
-     corrections; ratings are ordinal 1-5 with many ties, which a t-test on means handles less well), effect =
-     drop in mean rating ≥ ``min_rating_drop``.
+     corrections), effect = drop in mean rating ≥ ``min_rating_drop``.
 
    The family-wise ``significance`` is split evenly (Bonferroni) over the comparisons made in one review.
    Any one significantly worse: ``rollback``.
-4. **Ramp.** A step of ``ramp_percent`` lasts ``duration_hours / len(ramp_percent)`` and needs
+4. **Evidence of "not worse"** before any ramp or promotion: ``min_requests`` canary calls in the window, and
+   for every comparison the one-sided upper confidence bound of the harm (at the same Bonferroni level;
+   Newcombe's hybrid score interval for the two rates, a normal interval for the mean rating) below its
+   minimum effect. Otherwise ``hold``, with about how many calls the bound needs at the observed rates.
+5. **Ramp.** A step of ``ramp_percent`` lasts ``duration_hours / len(ramp_percent)`` and needs
    ``min_requests`` calls of its own: until then ``hold``; then ``ramp`` to the next share, or after the last
    step ``promote`` (so promotion comes no earlier than ``duration_hours``).
 
 What this does not guard against, honestly: the canary is reviewed every 30 minutes and each review tests
-again on data that includes the previous reviews', so the chance of ever rolling back a canary that is not
-worse over a whole ramp is larger than ``significance`` (repeated looks; the minimum effects and Bonferroni
-keep it down, and a false rollback costs one retraining, while a missed harm costs users). The z-test is an
-approximation that is poor for very rare errors on small samples; the hard error-rate limit covers that case.
-At a 100 % step the champion serves nothing new, so it is compared on its calls from the earlier steps.
+again on data that includes the previous reviews', so the chance of ever rolling back (or of promoting) on
+chance over a whole ramp is larger than one review's level (repeated looks). The z-test is an approximation
+that is poor for very rare errors on small samples; the hard error-rate limit covers that case. At a 100 %
+step the champion serves nothing new, so it is compared on its calls from the earlier steps.
 """
 
 from __future__ import annotations
@@ -41,8 +50,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ftops.core.config import CanaryConfig
+from ftops.core.stats import difference_upper_bound, normal_quantile, normal_sf
 
 Action = Literal["hold", "ramp", "promote", "rollback"]
+# A p95 of n calls rests on the n/20 slowest: below 100 calls a side (5 calls) two equally fast versions differ
+# by half again by chance under load, so the ratio and margin apply from 100 calls a side in the span compared.
+LATENCY_MIN_CALLS = 100
+# A harm of exactly min_effect counts as that large: 2400/20000 - 2000/20000 is 0.019999999999999997 in floats.
+TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,12 @@ class Comparison:
         alpha: The level it was tested at (``significance`` / comparisons made).
         min_effect: The smallest harm that counts.
         worse: Significant and at least ``min_effect``.
+        upper: One-sided upper confidence bound (level ``alpha``) of the harm.
+        not_worse: ``upper`` < ``min_effect``: the data rule out a harm of ``min_effect`` (needed to ramp or
+            promote).
+        needed: About how many canary calls (rated calls for the rating) would bring ``upper`` under
+            ``min_effect`` at the observed values, the champion growing in proportion; None when it already is,
+            or when the observed harm is ``min_effect`` or more (no sample size can show "not worse").
     """
 
     metric: str
@@ -68,11 +89,23 @@ class Comparison:
     alpha: float
     min_effect: float
     worse: bool
+    upper: float = 0.0
+    not_worse: bool = True
+    needed: int | None = None
 
     def describe(self) -> str:
         verdict = "significantly worse" if self.worse else "not significantly worse"
         return (f"{self.metric} {self.canary:.3f} vs champion {self.champion:.3f}: {verdict} "
                 f"(p={self.p_value:.2g}, alpha {self.alpha:.3g}, min effect {self.min_effect:g})")  # fmt: skip
+
+    def shortfall(self, calls: int) -> str:
+        """Why this comparison does not show "not worse" yet (``calls``: the canary's so far)."""
+        bound = (f"{self.metric} {self.canary:.3f} vs champion {self.champion:.3f}: harm up to {self.upper:.3f} "
+                 f"(upper bound, alpha {self.alpha:.3g}), not below min effect {self.min_effect:g}")  # fmt: skip
+        if self.needed is None:
+            return f"{bound}; the observed harm {self.harm:.3f} is that large: more calls will not show 'not worse'"
+        unit = "rated calls" if self.metric == "mean_rating" else "calls"
+        return f"{bound}; about {self.needed} canary {unit} needed at these values ({calls} so far)"
 
 
 @dataclass(frozen=True)
@@ -83,11 +116,16 @@ class RampPosition:
         step: Index into ``ramp_percent`` (clamped to the last step).
         step_age_hours: How long the current step has run.
         step_metrics: The canary's live metrics since the current step began.
+        champion_step_metrics: The champion's over the same span: the step's latency reference.
+        canary_before_step: The canary's calls from deployment to the step's start, given when the champion
+            served too few calls in the step (a 100 % step): the window's latency is compared on them.
     """
 
     step: int
     step_age_hours: float
     step_metrics: Mapping[str, Any]
+    champion_step_metrics: Mapping[str, Any] | None = None
+    canary_before_step: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +152,6 @@ class CanaryVerdict:
 
 
 # -- statistics (pure Python: the normal approximation needs only erfc) ---------------------------------------
-def normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
 def proportion_worse_p(canary_hits: int, canary_n: int, champion_hits: int, champion_n: int) -> float:
     """One-sided pooled two-proportion z-test of "the canary's rate is higher than the champion's".
 
@@ -169,8 +202,30 @@ def ratings_lower_p(canary_counts: Sequence[int], champion_counts: Sequence[int]
     return 1 - normal_sf(z)
 
 
+def _mean_var(counts: Sequence[int]) -> tuple[float, float]:
+    """Mean and sample variance of ratings 1, 2, ... given as counts per level."""
+    n = sum(counts)
+    mean = sum(i * c for i, c in enumerate(counts, 1)) / n
+    var = sum(c * (i - mean) ** 2 for i, c in enumerate(counts, 1)) / max(n - 1, 1)
+    return mean, var
+
+
+def calls_needed(
+    var_canary: float, var_champion: float, ratio: float, harm: float, min_effect: float, z: float
+) -> int | None:
+    """Canary calls for ``harm + z·sqrt(var_canary/n + var_champion/(ratio·n))`` to fall under ``min_effect``.
+
+    Returns:
+        The count (normal approximation, at the observed values); None when ``harm`` ≥ ``min_effect``.
+    """
+    if harm >= min_effect - TOLERANCE:
+        return None
+    return max(1, math.ceil(z * z * (var_canary + var_champion / ratio) / (min_effect - harm) ** 2))
+
+
 def compare(canary: Mapping[str, Any], champion: Mapping[str, Any], cfg: CanaryConfig) -> tuple[Comparison, ...]:
-    """Test whether the canary is significantly and materially worse than the champion, metric by metric.
+    """Compare the canary with the champion, metric by metric: significantly worse (roll back), and shown not
+    worse (the upper confidence bound of the harm under the minimum effect: may ramp or promote).
 
     Args:
         canary: The canary's live metrics (``requests``, ``errors``, ``task_successes``, ``rated``,
@@ -184,32 +239,83 @@ def compare(canary: Mapping[str, Any], champion: Mapping[str, Any], cfg: CanaryC
     n1, n2 = int(canary["requests"]), int(champion["requests"])
     rate_ok = int(canary.get("rated", 0)) >= cfg.min_rated and int(champion.get("rated", 0)) >= cfg.min_rated
     alpha = cfg.significance / (3 if rate_ok else 2)
+    z = normal_quantile(1 - alpha)
     e1, e2 = int(canary["errors"]), int(champion["errors"])
     s1, s2 = int(canary["task_successes"]), int(champion["task_successes"])
-    tests = [
-        ("error_rate", e1 / n1, e2 / n2, proportion_worse_p(e1, n1, e2, n2), cfg.min_effect),
-        ("task_success_rate", s1 / n1, s2 / n2, proportion_worse_p(n1 - s1, n1, n2 - s2, n2), cfg.min_effect),
-    ]
+
+    def rate(metric: str, bad1: int, bad2: int) -> Comparison:
+        # ``bad``: errors, or failed tasks; harm = canary's bad rate - champion's; pooled test, Newcombe bound
+        harm, p = bad1 / n1 - bad2 / n2, proportion_worse_p(bad1, n1, bad2, n2)
+        upper = difference_upper_bound(bad1, n1, bad2, n2, z)
+        v1, v2 = ((b + z * z / 2) / (n + z * z) for b, n in ((bad1, n1), (bad2, n2)))  # Wilson centres: never 0
+        needed = calls_needed(v1 * (1 - v1), v2 * (1 - v2), n2 / n1, harm, cfg.min_effect, z)
+        c, ch = (e1 / n1, e2 / n2) if metric == "error_rate" else (s1 / n1, s2 / n2)
+        worse = p < alpha and harm >= cfg.min_effect - TOLERANCE and harm > 0
+        shown = upper < cfg.min_effect
+        return Comparison(metric, c, ch, harm, p, alpha, cfg.min_effect, worse, upper, shown, None if shown else needed)
+
+    out = [rate("error_rate", e1, e2), rate("task_success_rate", n1 - s1, n2 - s2)]
     if rate_ok:
-        m1, m2 = float(canary["mean_rating"]), float(champion["mean_rating"])
+        (m1, var1), (m2, var2) = _mean_var(canary["rating_counts"]), _mean_var(champion["rating_counts"])
+        r1, r2 = int(canary["rated"]), int(champion["rated"])
+        harm, effect = m2 - m1, cfg.min_rating_drop
         p = ratings_lower_p(canary["rating_counts"], champion["rating_counts"])
-        tests.append(("mean_rating", m1, m2, p, cfg.min_rating_drop))
-    out = []
-    for metric, c, ch, p, effect in tests:
-        harm = c - ch if metric == "error_rate" else ch - c
-        worse = p < alpha and harm >= effect and harm > 0
-        out.append(Comparison(metric, c, ch, harm, p, alpha, effect, worse))
+        upper = harm + z * math.sqrt(var1 / r1 + var2 / r2)
+        needed = None if upper < effect else calls_needed(var1, var2, r2 / r1, harm, effect, z)
+        worse = p < alpha and harm >= effect - TOLERANCE and harm > 0
+        out.append(Comparison("mean_rating", m1, m2, harm, p, alpha, effect, worse, upper, upper < effect, needed))
     return tuple(out)
 
 
 # -- the verdict ------------------------------------------------------------------------------------------------
-def _over_limit(m: Mapping[str, Any], where: str, cfg: CanaryConfig) -> str | None:
-    n, err, p95 = int(m["requests"]), float(m["error_rate"]), float(m["latency_p95_ms"])
+def _error_limit(m: Mapping[str, Any], where: str, cfg: CanaryConfig) -> str | None:
+    n, err = int(m["requests"]), float(m["error_rate"])
     if err >= cfg.max_error_rate:
         return f"error rate {err:.3f} ≥ {cfg.max_error_rate} over {n} calls {where}"
-    if p95 >= cfg.max_latency_p95_ms:
-        return f"p95 latency {p95:.0f} ms ≥ {cfg.max_latency_p95_ms:.0f} ms over {n} calls {where}"
     return None
+
+
+def latency_check(canary: Mapping[str, Any], champion: Mapping[str, Any] | None, where: str,
+                  cfg: CanaryConfig) -> tuple[Literal["ok", "hold", "rollback"], str]:  # fmt: skip
+    """The canary's p95 against the champion's over the same span (module docstring, rule 2).
+
+    Args:
+        canary: The canary's metrics over the span (``requests``, ``latency_p95_ms``).
+        champion: The champion's over the same span; the ratio and margin apply once both sides have
+            ``LATENCY_MIN_CALLS`` calls in it (a p95 of fewer is noise). None (no champion): the absolute limit rolls
+            back. Fewer than ``min_rollback_requests`` calls (it served too little in the span, e.g. a 100 %
+            step): nothing tells a slow service from a slow canary, so the absolute limit holds.
+        where: Names the span in the reason.
+        cfg: ``max_latency_ratio``, ``latency_margin_ms``, ``max_latency_p95_ms``.
+
+    Returns:
+        (``ok``, ``""``), or (``hold`` or ``rollback``, the reason).
+    """
+    n, p95, limit = int(canary["requests"]), float(canary["latency_p95_ms"]), cfg.max_latency_p95_ms
+    if champion is None or int(champion.get("requests", 0)) < min_judge_requests(cfg):
+        if p95 < limit:
+            return "ok", ""
+        if champion is None:
+            return "rollback", f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where} (no champion)"
+        return "hold", (f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where}, and the champion served "
+                        f"{int(champion.get('requests', 0))} calls then: nothing to tell the service from the canary")
+    ref = float(champion["latency_p95_ms"])
+    bound = max(ref * cfg.max_latency_ratio, ref + cfg.latency_margin_ms)
+    versus = f"the champion's {ref:.0f} ms over {int(champion['requests'])} calls"
+    if p95 > bound and min(n, int(champion["requests"])) >= LATENCY_MIN_CALLS:
+        return "rollback", (f"p95 latency {p95:.0f} ms > {bound:.0f} ms (max of ×{cfg.max_latency_ratio:g} and "
+                            f"+{cfg.latency_margin_ms:.0f} ms on {versus}) over {n} calls {where}")  # fmt: skip
+    if p95 >= limit and ref < limit:
+        return "rollback", f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where}, {versus} is under it"
+    if p95 >= limit:
+        return "hold", (f"p95 latency {p95:.0f} ms ≥ {limit:.0f} ms over {n} calls {where}, but {versus} is too: "
+                        "the service is slow, not the canary")  # fmt: skip
+    return "ok", ""
+
+
+def min_judge_requests(cfg: CanaryConfig) -> int:
+    """Fewest calls (canary, and champion to compare) before anything is judged."""
+    return min(cfg.min_rollback_requests, cfg.min_requests)
 
 
 def judge(
@@ -235,11 +341,12 @@ def judge(
         The verdict. ``ramp`` carries the next share in ``traffic_percent``.
     """
     steps = cfg.ramp_percent
+    champion_step: Mapping[str, Any] | None = None
     if ramp is None:
         step, step_age, step_m, step_hours = len(steps) - 1, age_hours, canary, cfg.duration_hours
     else:
         step, step_age, step_m = min(max(ramp.step, 0), len(steps) - 1), ramp.step_age_hours, ramp.step_metrics
-        step_hours = cfg.duration_hours / len(steps)
+        step_hours, champion_step = cfg.duration_hours / len(steps), ramp.champion_step_metrics
     at = f"step {step + 1}/{len(steps)} at {steps[step]} %"
 
     def verdict(
@@ -247,28 +354,44 @@ def judge(
     ) -> CanaryVerdict:
         return CanaryVerdict(action, reason, step, percent, comps)
 
-    n = int(canary.get("requests", 0))
-    if n < cfg.min_requests:
-        return verdict("hold", f"{n} canary calls so far, {cfg.min_requests} needed to judge ({at})")
-    broken = _over_limit(canary, f"since deployment ({at})", cfg)
-    if broken is None and int(step_m.get("requests", 0)) >= cfg.min_requests:
-        broken = _over_limit(step_m, f"in {at}", cfg)
-    if broken:
-        return verdict("rollback", broken, 0)
+    n, n_step, least = int(canary.get("requests", 0)), int(step_m.get("requests", 0)), min_judge_requests(cfg)
+    if n < least:
+        return verdict("hold", f"{n} canary calls so far, {least} needed to judge ({at})")
+    slow: list[str] = []
+    # Latency is compared only over spans both served: once the champion serves too little in the step (100 %),
+    # the window's comparison uses the canary's calls before the step, and the step's has no reference.
+    before = ramp.canary_before_step if ramp is not None else None
+    spans = [(canary, before or canary, champion or None, f"since deployment ({at})")]
+    if n_step >= least and step_m is not canary:
+        spans.append((step_m, step_m, (champion_step or {}) if champion else None, f"in {at}"))
+    for m, timed, reference, where in spans:
+        broken = _error_limit(m, where, cfg)
+        action, why = latency_check(timed, reference, where, cfg)
+        if broken or action == "rollback":
+            return verdict("rollback", broken or why, 0)
+        if action == "hold":
+            slow.append(why)
     comps: tuple[Comparison, ...] = ()
     if champion:
         n_champion = int(champion.get("requests", 0))
-        if n_champion < cfg.min_requests:
+        if n_champion < least:
             return verdict("hold", f"the champion has {n_champion} calls in the canary's window, "
-                                   f"{cfg.min_requests} needed to compare ({at})")  # fmt: skip
+                                   f"{least} needed to compare ({at})")  # fmt: skip
         comps = compare(canary, champion, cfg)
         worse = [c.describe() for c in comps if c.worse]
         if worse:
             return verdict("rollback", f"over {n} canary and {n_champion} champion calls: " + "; ".join(worse), 0,
                            comps)  # fmt: skip
+    if slow:
+        return verdict("hold", "; ".join(slow) + f" ({at})", None, comps)
+    if n < cfg.min_requests:
+        return verdict("hold", f"healthy so far; {n} canary calls, {cfg.min_requests} needed to ramp "
+                               f"or promote ({at})", None, comps)  # fmt: skip
+    unproven = [c.shortfall(n) for c in comps if not c.not_worse]
+    if unproven:
+        return verdict("hold", f"not yet shown not worse ({at}): " + "; ".join(unproven), None, comps)
     health = (f"error rate {float(canary['error_rate']):.3f}, p95 {float(canary['latency_p95_ms']):.0f} ms"
               + ("" if champion else ", no champion to compare") + f" over {n} calls")  # fmt: skip
-    n_step = int(step_m.get("requests", 0))
     if n_step < cfg.min_requests:
         return verdict("hold", f"healthy ({health}); {at} has {n_step} calls, {cfg.min_requests} needed", None, comps)
     if step_age < step_hours:

@@ -5,16 +5,27 @@ Canary moves name the version they judged and act only while the ``canary`` alia
 overlapping reviews (or a retry after a crash) cannot promote, ramp or retire a version they did not judge,
 and repeating a finished move is a no-op. MLflow has no transactions: each move re-reads the alias right
 before it writes, but another writer can still move the alias between that read and the write (milliseconds).
-Alias writes are last-writer-wins; serialise the writers (``ftops_canary`` runs one at a time,
-``max_active_runs=1``) for a guarantee.
+Alias writes are last-writer-wins; every task that moves aliases (``ftops_canary``'s review,
+``ftops_rollback``, ``ftops_finetune``'s deploy) runs in the one-slot Airflow pool ``ftops_aliases``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
-from ftops.registry.models import CANARY, CHAMPION, PREVIOUS, alias_version, client, model_name, set_tags
+from ftops.registry.models import (
+    CANARY,
+    CHAMPION,
+    PREVIOUS,
+    alias_version,
+    client,
+    model_name,
+    set_tags,
+    store_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,25 +176,120 @@ def retire_canary(task_type: str, reason: str, version: str | None = None) -> st
     return version
 
 
-def restore_champion(task_type: str, to_version: str | None = None) -> tuple[str, str]:
-    """Make ``to_version`` (default: the ``previous`` alias) champion again; returns (old, new) versions.
+# A rollback records its move on the versions before it writes an alias, so a retry finishes the same move:
+RESTORE_TO = "ftops.restore_to"  # on the champion being replaced, until the move is done: the target
+RESTORED_FROM = "ftops.restored_from"  # on the target: the champion it replaces
+RESTORE_KEY = "ftops.restore_key"  # on the target: the request (DAG run) that moves it
+
+
+class ChampionMovedError(ValueError):
+    """The champion changed while a rollback was under way (another writer moved it): nothing was changed."""
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """A rollback resolved once: from which champion to which version, and how far an earlier attempt got.
+
+    Attributes:
+        old: The champion it starts from ("" when there is none).
+        new: The version to restore.
+        stage: ``start`` (nothing written yet), ``resume`` (an earlier attempt recorded this move and crashed
+            before the champion moved) or ``finish`` (the champion moved; ``previous`` and tags may remain).
+    """
+
+    old: str
+    new: str
+    stage: Literal["start", "resume", "finish"]
+
+
+def plan_restore(task_type: str, to_version: str | None = None, *, key: str | None = None) -> RestorePlan:
+    """Resolve a rollback's target once, or find the move an interrupted attempt recorded.
+
+    Args:
+        task_type: The task type.
+        to_version: The version to restore; None: the move an earlier attempt recorded on the champion
+            (``ftops.restore_to``), else the ``previous`` alias.
+        key: Names the request (the DAG run): a retry with the same key after the champion moved finishes
+            that move instead of rolling back again.
 
     Raises:
-        LookupError: There is no previous version to go back to.
+        LookupError: No ``to_version``, nothing recorded and no ``previous`` alias; or an unknown version.
     """
-    c = client()
     name = model_name(task_type)
+    champion = alias_version(task_type, CHAMPION)
+    old = str(champion.version) if champion else ""
+    tags = dict(champion.tags or {}) if champion else {}
+    came_from = tags.get(RESTORED_FROM)
+    if came_from and (to_version is None or str(to_version) == old):
+        # The champion is a restored version: this request's own move (same key), or one whose replaced
+        # champion still carries the intent (the attempt crashed after the champion moved).
+        mine = key is not None and tags.get(RESTORE_KEY) == key
+        if mine or _tag(task_type, came_from, RESTORE_TO) == old:
+            return RestorePlan(came_from, old, "finish")
+    if to_version is None and tags.get(RESTORE_TO):
+        return RestorePlan(old, tags[RESTORE_TO], "resume")
     if to_version is None:
         previous = alias_version(task_type, PREVIOUS)
         if previous is None:
             raise LookupError(f"{name} has no 'previous' alias; name a version to roll back to")
         to_version = str(previous.version)
-    c.get_model_version(name, to_version)  # raises for an unknown version
-    champion = alias_version(task_type, CHAMPION)
-    old = str(champion.version) if champion else ""
-    if old and old != to_version:
+    target = None
+    with store_errors(f"read {name} version {to_version}", missing_ok=True):
+        target = client().get_model_version(name, str(to_version))
+    if target is None:
+        raise LookupError(f"{name} has no version {to_version}")
+    return RestorePlan(old, str(to_version), "start")
+
+
+def restore_champion(
+    task_type: str, to_version: str | None = None, *, key: str | None = None, plan: RestorePlan | None = None
+) -> tuple[str, str]:
+    """Make ``to_version`` (default: the ``previous`` alias) champion again; returns (old, new) versions.
+
+    The move is recorded before any alias is written (``ftops.restore_to`` on the replaced champion,
+    ``ftops.restored_from`` and ``ftops.restore_key`` on the target), the champion alias is written only if
+    it still points at the champion the rollback started from (compare-and-set; MLflow itself has none, so
+    alias writers share one pool, ``ftops_aliases``), then ``champion``, then ``previous``, then the tags,
+    and last the intent is removed. A retry after a crash anywhere resolves the same move
+    (:func:`plan_restore`) and finishes it: the restored version stays champion and ``previous`` ends on the
+    replaced champion, as after an uninterrupted rollback.
+
+    Args:
+        task_type: The task type.
+        to_version: The version to restore (see :func:`plan_restore`).
+        key: Names the request, so its retries are recognised.
+        plan: A plan already made (and checked) by the caller; default: made here.
+
+    Raises:
+        LookupError: There is no previous version to go back to.
+        ChampionMovedError: The champion moved to another version since the plan was made.
+    """
+    c = client()
+    name = model_name(task_type)
+    plan = plan or plan_restore(task_type, to_version, key=key)
+    old, new = plan.old, plan.new
+    if plan.stage != "finish":
+        if old and old != new:
+            set_tags(task_type, old, {RESTORE_TO: new})
+        set_tags(task_type, new, {RESTORED_FROM: old, RESTORE_KEY: key or ""})
+        champion = alias_version(task_type, CHAMPION)
+        now = str(champion.version) if champion else ""
+        if now not in (old, new):
+            if old and old != new:
+                c.delete_model_version_tag(name, old, RESTORE_TO)
+            raise ChampionMovedError(f"the champion of {name} moved from v{old} to v{now} while rolling back to "
+                                     f"v{new}: nothing was changed; decide again")  # fmt: skip
+        c.set_registered_model_alias(name, CHAMPION, new)
+    if old and old != new:
         c.set_registered_model_alias(name, PREVIOUS, old)
         set_tags(task_type, old, {"deployment": "rolled_back", "traffic_percent": 0})
-    c.set_registered_model_alias(name, CHAMPION, to_version)
-    set_tags(task_type, to_version, {"deployment": "champion", "traffic_percent": 100})
-    return old, to_version
+    set_tags(task_type, new, {"deployment": "champion", "traffic_percent": 100,
+                              "restored_at": datetime.now(UTC).isoformat()})  # fmt: skip
+    if old and old != new and _tag(task_type, old, RESTORE_TO) is not None:
+        c.delete_model_version_tag(name, old, RESTORE_TO)  # the move is done
+    log.info("%s champion restored: v%s -> v%s (%s)", name, old or "none", new, plan.stage)
+    return old, new
+
+
+def _tag(task_type: str, version: str, key: str) -> str | None:
+    return (client().get_model_version(model_name(task_type), version).tags or {}).get(key)

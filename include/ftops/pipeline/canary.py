@@ -43,10 +43,10 @@ def review_canary(engine: sa.Engine, cfg: FtopsConfig, task_type: str, now: date
         The verdict as strict JSON: ``action`` (``none``, ``hold``, ``ramp``, ``promote``, ``rollback``),
         ``reason``, ``applied`` (False when the canary alias moved to another version before the move, so
         nothing was changed), ``version``, ``champion_version``, ``step``, ``traffic_percent`` (the share after
-        the action), ``comparisons``, the window starts and the three metric sets (canary and champion since
-        deployment, canary in the current step).
+        the action), ``comparisons``, the window starts and the metric sets (canary and champion since
+        deployment, canary in the current step) and the champion's in the current step.
     """
-    from ftops.deployment.canary import RampPosition, judge
+    from ftops.deployment.canary import RampPosition, judge, min_judge_requests
     from ftops.warehouse.state import live_metrics
 
     canary = registry.alias_version(task_type, registry.CANARY)
@@ -77,8 +77,16 @@ def review_canary(engine: sa.Engine, cfg: FtopsConfig, task_type: str, now: date
     canary_m = metrics(version, deployed)
     champion_m = metrics(str(champion.version), deployed) if champion is not None else {}
     step_m = canary_m if step_started == deployed else metrics(version, step_started)
+    # the champion over the same step: the canary's latency in the step is judged against it
+    champion_step = champion_m if step_started == deployed or champion is None else metrics(str(champion.version),
+                                                                                            step_started)  # fmt: skip
+    before = None  # the canary's calls the champion served beside: when it serves too few in this step (100 %)
+    if step_started > deployed and champion_step and int(champion_step["requests"]) < min_judge_requests(cfg.canary):
+        before = live_metrics(engine, task_type, served_model_version(task_type, version), deployed,
+                              cfg.interactions_table, until=step_started,
+                              success_min_rating=cfg.canary.success_min_rating)  # fmt: skip
     verdict = judge(canary_m, champion_m, _hours(now - deployed), cfg.canary,
-                    RampPosition(step, _hours(now - step_started), step_m))  # fmt: skip
+                    RampPosition(step, _hours(now - step_started), step_m, champion_step or None, before))  # fmt: skip
     applied = _apply(task_type, version, verdict, now)
     log.info("%s canary v%s: %s%s (%s)", task_type, version, verdict.action, "" if applied else " NOT APPLIED",
              verdict.reason)  # fmt: skip
@@ -89,6 +97,7 @@ def review_canary(engine: sa.Engine, cfg: FtopsConfig, task_type: str, now: date
         "window_start": deployed.isoformat(), "step_started_at": step_started.isoformat(),
         "reviewed_at": now.isoformat(),
         "canary_metrics": canary_m, "champion_metrics": champion_m, "step_metrics": step_m,
+        "champion_step_metrics": champion_step,
     })  # fmt: skip
 
 

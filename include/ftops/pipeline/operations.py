@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ftops.core.airflow_api import AirflowAPI, AirflowAPIError, AirflowUnavailableError
 from ftops.core.config import FtopsConfig
 from ftops.core.names import check_task_type
+from ftops.deployment.guards import RollbackCheck, rollback_guard
 from ftops.pipeline.common import dataset_registry, json_safe
 from ftops.registry import models as registry
 
@@ -222,63 +223,13 @@ def request_training(
                     record, accepted_reason=f"requested: {why}")  # fmt: skip
 
 
-def rollback_guard(task_type: str, to_version: int | None) -> tuple[Verdict, str | None]:
-    """Whether rolling ``task_type`` back to ``to_version`` (default: the ``previous`` alias) is safe now.
-
-    The target must exist, not be the champion, have passed the gate and served before (a ``deployment``
-    tag), not be a canary that was rolled back without ever serving as champion, and not be trained on data
-    since erased. A canary in progress does not stop a rollback: ``ftops_rollback`` retires it first.
-
-    Returns:
-        The verdict and the target version (None when there is none).
-    """
-    from ftops.pipeline.governor import Verdict
-
-    name = registry.model_name(task_type)
-    champion = registry.alias_version(task_type, registry.CHAMPION)
-    if champion is None:
-        return Verdict(False, f"{name} has no champion: nothing to roll back"), None
-    if to_version is None:
-        target = registry.alias_version(task_type, registry.PREVIOUS)
-        if target is None:
-            return Verdict(False, f"{name} has no 'previous' version: name the version to roll back to"), None
-    else:
-        target = None
-        with registry.store_errors(f"read {name} version {to_version}", missing_ok=True):
-            target = registry.client().get_model_version(name, str(to_version))
-        if target is None:
-            return Verdict(False, f"{name} has no version {to_version}"), None
-    v, t = str(target.version), dict(target.tags or {})
-    canary = registry.alias_version(task_type, registry.CANARY)
-    details = {"champion": str(champion.version), "target": v, "canary": str(canary.version) if canary else None,
-               "target_deployment": t.get("deployment"), "target_decision": t.get("decision")}  # fmt: skip
-    if v == str(champion.version):
-        return Verdict(False, f"v{v} is already the champion of {name}", details), v
-    if canary is not None and v == str(canary.version):
-        return Verdict(False, f"v{v} is the canary: ftops_canary promotes it when its ramp is done; a rollback "
-                              "restores an earlier champion", details), v  # fmt: skip
-    if t.get("deployment") == "archived" or (t.get("decision") or "").lower() == "archive":
-        return Verdict(False, f"v{v} failed the deployment gate and was archived: {t.get('archive_reason', '')}"
-                       .rstrip(": "), details), v  # fmt: skip
-    if not t.get("deployment"):
-        return Verdict(False, f"v{v} was never deployed: only a version that served before can be restored",
-                       details), v  # fmt: skip
-    if t.get("rollback_reason") and not t.get("promoted_at"):
-        return Verdict(False, f"v{v} was rolled back as a canary and never served as champion "
-                              f"({t['rollback_reason'][:200]})", details), v  # fmt: skip
-    if t.get("ftops.erasure_pending"):
-        return Verdict(False, f"v{v} was trained on data that has since been erased "
-                              f"({t['ftops.erasure_pending'][:200]}): retrain instead", details), v  # fmt: skip
-    extra = f"; canary v{canary.version} will be retired" if canary else ""
-    return Verdict(True, f"v{v} served before and passed the gate{extra}", details), v
-
-
 def request_rollback(
     engine: sa.Engine, cfg: FtopsConfig, airflow: AirflowAPI, task_type: str, reason: str,
     to_version: int | None = None, *, now: datetime | None = None,
 ) -> dict[str, Any]:
     """Ask for ``task_type``'s champion to go back to ``to_version`` (default ``previous``): refused when
-    :func:`rollback_guard` says no, else ``ftops_rollback`` is triggered with the version it checked. Either
+    :func:`ftops.deployment.guards.rollback_guard` says no (``ftops_rollback``'s task asks it again), else
+    ``ftops_rollback`` is triggered with the version it checked. Either
     way the request is recorded (kind ``rollback_request``).
 
     Raises:
@@ -294,7 +245,8 @@ def request_rollback(
         raise ValueError(f"to_version must be a positive integer, not {to_version!r}")
     now = now or datetime.now(UTC)
     ensure_schema(engine, cfg.interactions_table)
-    verdict, target = rollback_guard(task_type, to_version)
+    verdict = rollback_guard(task_type, to_version)
+    target = verdict.target
     key, run_id = _request_ids("rollback_request", task_type, now)
     record = {"details": {"requested_reason": why, "requested_through": "mcp", "to_version": to_version,
                           "guards": verdict.details}}  # fmt: skip
@@ -309,7 +261,7 @@ def request_rollback(
 
 def _trigger(
     engine: sa.Engine, airflow: AirflowAPI, dag_id: str, conf: dict[str, Any], run_id: str, key: str, now: datetime,
-    task_type: str, kind: str, verdict: Verdict, record: dict[str, Any], *, accepted_reason: str,
+    task_type: str, kind: str, verdict: Verdict | RollbackCheck, record: dict[str, Any], *, accepted_reason: str,
 ) -> dict[str, Any]:
     """Trigger an allowed request's DAG run and record the request with the run id (or why it did not start)."""
     try:
