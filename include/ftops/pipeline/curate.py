@@ -298,7 +298,7 @@ def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_k
 
 def _publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_key: str) -> dict[str, Any]:
     from ftops.core.names import contained_path
-    from ftops.pipeline.erase import drop_erased
+    from ftops.pipeline.erase_copies import drop_erased
     from ftops.warehouse.state import finish_curation_run, finished_run, read_staged, upsert_pool
 
     table = cfg.interactions_table

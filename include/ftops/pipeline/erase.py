@@ -6,7 +6,7 @@ is idempotent, and each finds its work from the stores, not from an earlier step
 
 1. mark the user's log rows erased (``ftops.warehouse.erasure``): from then on no FT-Ops reader of the log
    reads them (curation, the governor's error patterns), and publishing drops any that a curation run in
-   flight staged before the mark (:func:`drop_erased`);
+   flight staged before the mark (:func:`ftops.pipeline.erase_copies.drop_erased`);
 2. for every task type whose latest dataset version holds the user's examples, publish a successor version
    without them (its metadata names the parent and the request; its lineage lacks the user's rows);
 3. tag every registered model version trained on a dataset version that held them ``ftops.erasure_pending``,
@@ -351,38 +351,3 @@ def _record_decisions(
                f"{summary['pool_rows_deleted']} pool and {summary['quarantine_rows_deleted']} quarantine rows "
                "deleted; no dataset version held its examples", None, {})  # fmt: skip
     return recorded
-
-
-def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[str, Any]:
-    """What a curation run staged, less the rows an erasure marked since it read them.
-
-    ``ftops_erase`` and publishing share a one-slot pool, so publishing sees every mark made before it: a
-    dataset staged before an erasure never brings the erased examples back, nor its candidates into the pool.
-
-    Raises:
-        RuntimeError: Rows must go but the staged lineage does not match the staged dataset.
-    """
-    from ftops.warehouse.erasure import erased_ids
-
-    metadata = staged.get("metadata") or {}
-    lineage = metadata.get("lineage") or {}
-    gone = erased_ids(engine, table, [c["row_id"] for c in staged["candidates"]]
-                      + [i for s in SPLITS for i in lineage.get(s, [])])  # fmt: skip
-    if not gone:
-        return staged
-    result = {**staged, "candidates": [c for c in staged["candidates"] if c["row_id"] not in gone]}
-    if staged["train_jsonl"] is not None:
-        kept_lineage = {}
-        for s in SPLITS:
-            lines = [line for line in staged[f"{s}_jsonl"].split("\n") if line.strip()]
-            if len(lines) != len(lineage.get(s) or []):
-                raise RuntimeError(f"the staged {s} split has {len(lines)} rows but {len(lineage.get(s) or [])} "
-                                   "lineage ids: re-curate the window")  # fmt: skip
-            pairs = [(line, i) for line, i in zip(lines, lineage[s], strict=True) if i not in gone]
-            result[f"{s}_jsonl"] = "".join(line + "\n" for line, _ in pairs)
-            kept_lineage[s] = [i for _, i in pairs]
-        result["metadata"] = {**metadata, "lineage": kept_lineage}
-        result["summary"] = {**staged["summary"], "train_rows": len(kept_lineage["train"]),
-                             "test_rows": len(kept_lineage["test"]), "erased_before_publishing": len(gone)}  # fmt: skip
-    log.warning("%d staged rows were erased since they were curated: left out of what is published", len(gone))
-    return result

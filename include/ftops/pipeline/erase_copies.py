@@ -25,6 +25,8 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftops.datasets.versions import SPLITS
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
@@ -41,7 +43,6 @@ def drop_staged(engine: sa.Engine, table: str) -> int:
     window again)."""
     import sqlalchemy as sa
 
-    from ftops.pipeline.erase import drop_erased
     from ftops.warehouse.schema import curation_tables
     from ftops.warehouse.state import read_staged, stage_curation
 
@@ -265,3 +266,38 @@ def redact_decisions(engine: sa.Engine, table: sa.Table, prompts: Iterable[str])
                              .values(reason=new_reason, details=new_details))  # fmt: skip
                 changed += 1
     return changed
+
+
+def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[str, Any]:
+    """What a curation run staged, less the rows an erasure marked since it read them.
+
+    ``ftops_erase`` and publishing share a one-slot pool (and the versioning lock), so publishing sees every mark made before it: a
+    dataset staged before an erasure never brings the erased examples back, nor its candidates into the pool.
+
+    Raises:
+        RuntimeError: Rows must go but the staged lineage does not match the staged dataset.
+    """
+    from ftops.warehouse.erasure import erased_ids
+
+    metadata = staged.get("metadata") or {}
+    lineage = metadata.get("lineage") or {}
+    gone = erased_ids(engine, table, [c["row_id"] for c in staged["candidates"]]
+                      + [i for s in SPLITS for i in lineage.get(s, [])])  # fmt: skip
+    if not gone:
+        return staged
+    result = {**staged, "candidates": [c for c in staged["candidates"] if c["row_id"] not in gone]}
+    if staged["train_jsonl"] is not None:
+        kept_lineage = {}
+        for s in SPLITS:
+            lines = [line for line in staged[f"{s}_jsonl"].split("\n") if line.strip()]
+            if len(lines) != len(lineage.get(s) or []):
+                raise RuntimeError(f"the staged {s} split has {len(lines)} rows but {len(lineage.get(s) or [])} "
+                                   "lineage ids: re-curate the window")  # fmt: skip
+            pairs = [(line, i) for line, i in zip(lines, lineage[s], strict=True) if i not in gone]
+            result[f"{s}_jsonl"] = "".join(line + "\n" for line, _ in pairs)
+            kept_lineage[s] = [i for _, i in pairs]
+        result["metadata"] = {**metadata, "lineage": kept_lineage}
+        result["summary"] = {**staged["summary"], "train_rows": len(kept_lineage["train"]),
+                             "test_rows": len(kept_lineage["test"]), "erased_before_publishing": len(gone)}  # fmt: skip
+    log.warning("%d staged rows were erased since they were curated: left out of what is published", len(gone))
+    return result
