@@ -262,6 +262,7 @@ def _read_user_id(args: argparse.Namespace) -> str:
 
 
 def _erase(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
     import sqlalchemy as sa
@@ -272,7 +273,8 @@ def _erase(args: argparse.Namespace) -> int:
     engine = sa.create_engine(warehouse_url(args.warehouse_url), hide_parameters=True)  # never echo the id
     try:
         user_id = _read_user_id(args)
-        summary = erase_user(engine, cfg, user_id, request_key=args.request_key, purge=args.purge)
+        with contextlib.redirect_stdout(sys.stderr):  # DVC's gc prints progress: stdout carries only the summary
+            summary = erase_user(engine, cfg, user_id, request_key=args.request_key, purge=args.purge)
     except (LookupError, ValueError, OSError) as exc:
         print(f"ftops erase: {printable(str(exc))}", file=sys.stderr)
         return 2
