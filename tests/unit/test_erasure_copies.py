@@ -146,7 +146,7 @@ def test_spooled_rows_are_marked_and_leave_the_spool_and_the_rejected_file(home:
 def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> None:
     from fakes import HashEmbedder
 
-    from ftops.pipeline.curate import curate_window, publish_window
+    from ftops.pipeline.curate import curate_window, publish_window, published_examples
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
     cfg = _config(tmp_path)
@@ -171,6 +171,8 @@ def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> No
         mlflow.log_text("weights", "adapter/README.txt")
     model = registry.register(task_type, run.info.run_id, f"{run.info.artifact_uri}/adapter",
                               {"dataset_version": v1.tag})  # fmt: skip
+    published_examples(cfg, task_type)  # the leakage guard's history: v1's prompts cached under FTOPS_HOME
+    assert b"erin-marker-prompt" in (home / "cache" / "published" / task_type / f"{v1.content_hash}.json").read_bytes()
     docs = home / "data_docs" / "planted"  # beside the site curation just built
     docs.mkdir(parents=True)
     (docs / "quoting.html").write_text(f"<td>{mine[0]['prompt']}</td>")
@@ -198,6 +200,7 @@ def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> No
     stored = b"".join(p.read_bytes() for base in (tmp_path / "remote", tmp_path / "datasets" / ".dvc" / "cache")
                       for p in base.rglob("*") if p.is_file())  # fmt: skip
     assert b"erin-marker-prompt" not in stored and b"sentiment" in stored  # the successor's content stays
+    assert not (home / "cache" / "published" / task_type / f"{v1.content_hash}.json").exists()
     tags = {str(mv.version): mv.tags for mv in registry.versions(task_type)}[model]
     assert tags[PURGED_TAG].startswith(f"{v1.tag} purged by")
     with pytest.raises(DatasetNotFoundError, match="does not exist"):  # purged: a fine-tune cannot name it

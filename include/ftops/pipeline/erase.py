@@ -197,11 +197,16 @@ def _env_api_client() -> Callable[[], Any] | None:
 
 def _purge(datasets: DatasetRegistry, found: dict[str, dict[str, Any]], key: str, request: str) -> list[str]:
     """``--purge``: the held versions that have a successor go; models trained on them say so in a tag."""
+    from ftops.core.config import ftops_home
     from ftops.datasets.purge import purge_versions
     from ftops.registry import models as registry
 
     held = {tag for f in found.values() for tag in f["held"] if tag != f["latest"]}
+    hashes = {v.tag: v.content_hash for t in found for v in datasets.versions(t) if v.tag in held}
     purged = purge_versions(datasets, held)
+    for tag in purged:  # this worker's copy of the version's prompts (the leakage guard's history); others
+        # drop theirs at their next curation, when the tag is no longer listed
+        (ftops_home() / "cache" / "published" / tag.split("/")[1] / f"{hashes[tag]}.json").unlink(missing_ok=True)
     gone = set(purged) | {t for t in held if t not in {v.tag for v in datasets.versions(t.split("/")[1])}}
     for task_type in found:
         for mv in registry.versions(task_type):
