@@ -140,7 +140,7 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
         except BlockingIOError:
             found["spool_in_use"] = True
             log.warning("A gateway holds the spool %s: %d rows of %s stay spooled, marked erased; they leave the "
-                        "spool when it flushes", spool_dir, sum(1 for _ in per_file), user_key)  # fmt: skip
+                        "spool when it flushes", spool_dir, found["spooled_rows"], user_key)  # fmt: skip
             return found
         for path, kept in per_file.items():
             found["removed"] += _rewrite_counted(path, kept)
