@@ -221,3 +221,56 @@ def test_a_fine_tune_refuses_a_version_that_an_erasure_superseded(home: Path, tm
     with pytest.raises(ErasedDatasetError, match=f"{v1.tag} predates the erasure successor {v2.tag}.*ticket-7"):
         refuse_pre_erasure(datasets, v1)
     refuse_pre_erasure(datasets, v2)
+
+
+def test_the_training_files_uploaded_for_jobs_on_affected_versions_are_deleted(home: Path) -> None:
+    from fake_openai import FakeOpenAI
+
+    from ftops.core.config import OpenAIBackend
+    from ftops.core.openai_api import make_client
+    from ftops.pipeline.erase_copies import FILES_DELETED_TAG, delete_api_files
+    from ftops.training.openai_jobs import submit_job
+
+    backend = OpenAIBackend(n_epochs=1, batch_size=2, learning_rate_multiplier=0.5)
+    chat = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                          {"role": "assistant", "content": f"{2 * i}."}]} for i in range(12)]  # fmt: skip
+    with FakeOpenAI(api_key="sk-test") as fake, make_client("sk-test", fake.base_url, max_retries=0) as client:
+        job_id = submit_job(client, train_rows=chat, validation_rows=chat, idempotency_key="erase/1",
+                            backend=backend, retry_delay_s=0.01)  # fmt: skip
+        uploaded = [fake.job(job_id)["training_file"], fake.job(job_id)["validation_file"]]
+        experiment = registry.experiment_id("api_erasure")
+        run = registry.client().create_run(experiment)
+        out = delete_api_files({run.info.run_id: job_id}, lambda: make_client("sk-test", fake.base_url))
+        assert out == {"deleted": uploaded, "pending": []} and sorted(fake.deleted_files) == sorted(uploaded)
+        assert not set(uploaded) & set(fake.files)
+        assert registry.client().get_run(run.info.run_id).data.tags[FILES_DELETED_TAG] == "true"
+        # deleted before (a re-run after a crash): a 404 is done, not an error
+        assert delete_api_files({run.info.run_id: job_id}, lambda: make_client("sk-test", fake.base_url))["deleted"]
+    assert delete_api_files({"r": "ftjob-1"}, None) == {"deleted": [], "pending": ["ftjob-1"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_an_erasure_waits_for_the_versioning_lock_that_publishing_holds(backend: str, home: Path, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:  # fmt: skip
+    import threading
+
+    from ftops.warehouse.locks import VersioningLockTimeout, versioning_lock
+
+    url = f"sqlite:///{tmp_path / 'w.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    with versioning_lock(engine, what="a publish"):  # held as publish_window holds it
+        with pytest.raises(VersioningLockTimeout, match="holds the versioning lock"):
+            with versioning_lock(sa.create_engine(url), wait_s=1, what="ftops erase"):
+                pass
+    if backend == "postgres":
+        return  # the rest writes the shared database's public tables
+    ensure_schema(engine)
+    insert_interactions(engine, _rows(3, "gina", "lock-marker"))
+    done: dict[str, Any] = {}
+    with versioning_lock(engine, what="a publish"):
+        worker = threading.Thread(target=lambda: done.update(erase_user(engine, _config(tmp_path), "gina")))
+        worker.start()
+        worker.join(timeout=2)
+        assert worker.is_alive() and not done  # waiting for the publish to finish
+    worker.join(timeout=60)
+    assert done["rows_marked"] == 3
