@@ -38,6 +38,7 @@ from ftops_airflow.common import (
     START_DATE,
     TAGS,
     VERSIONING_POOL,
+    openai_client,
     resolve_config,
     snapshot,
     warehouse_engine,
@@ -64,12 +65,16 @@ from ftops_airflow.common import (
 def ftops_erase():
     @task(pool=VERSIONING_POOL, outlets=[DATASETS])
     def erase_user_data(params: dict | None = None) -> dict:
+        from functools import partial
+
         from ftops.pipeline.erase import erase_user
 
         ctx = get_current_context()
         cfg = snapshot(resolve_config({}))
+        backend = cfg.training.backend  # the API connection deletes the training files FT-Ops uploaded
+        api_client = partial(openai_client, backend.conn_id) if backend.kind == "openai" else None
         summary = erase_user(warehouse_engine(cfg.warehouse_conn_id), cfg, params["user_id"], run_id=ctx["run_id"],
-                             purge=bool(params.get("purge")))  # fmt: skip
+                             purge=bool(params.get("purge")), api_client=api_client)  # fmt: skip
         ctx["outlet_events"][DATASETS].extra = {"erasure": summary["user_key"],
                                                 "successor_versions": summary["successor_versions"]}  # fmt: skip
         return summary
