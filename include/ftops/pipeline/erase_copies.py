@@ -87,15 +87,38 @@ def _is_user(row: dict[str, Any] | None, user_id: str) -> bool:
     return row is not None and row.get("user_id") is not None and str(row["user_id"]) == user_id
 
 
-def _rewrite(path: Path, lines: list[bytes]) -> None:
-    """Replace ``path`` with ``lines`` atomically (mode 0600, fsynced)."""
-    tmp = path.with_name(path.name + ".erasing")
+def _needles(user_id: str) -> tuple[bytes, ...]:
+    """The user id as a JSON line may spell it (UTF-8 or ASCII-escaped): lines without either are not parsed."""
+    return tuple({json.dumps(user_id, ensure_ascii=False).encode(), json.dumps(user_id).encode()})
+
+
+def _user_lines(path: Path, user_id: str) -> list[dict[str, Any]]:
+    """The user's rows in one spool file, streamed (a spool grown during an outage is not read whole)."""
+    needles, rows = _needles(user_id), []
+    with path.open("rb") as f:
+        for line in f:
+            row = _row_of(line) if any(n in line for n in needles) else None
+            if row is not None and _is_user(row, user_id):
+                rows.append(row)
+    return rows
+
+
+def _rewrite_without(path: Path, user_id: str) -> int:
+    """Replace ``path`` with its lines that are not the user's, atomically (mode 0600, fsynced); returns the
+    lines removed. A torn last line (a crash mid-write) is kept as it was."""
+    needles, removed = _needles(user_id), 0
+    tmp = path.with_name(path.name + ".erasing")  # not a segment-*.jsonl name: no flush ever picks it up
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"".join(line + b"\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    with os.fdopen(fd, "wb") as out, path.open("rb") as f:
+        for line in f:
+            if any(n in line for n in needles) and _is_user(_row_of(line), user_id):
+                removed += 1
+                continue
+            out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    return removed
 
 
 def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, user_key: str, request_key: str
@@ -106,7 +129,7 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
     arrives in the log later, no FT-Ops reader sees it. The rejected file is rewritten without the user's rows.
     The segments and the active file are rewritten only when no gateway holds the spool's lock (a running
     gateway appends to them); otherwise their rows reach the log table marked, and the spool files go when it
-    flushes.
+    flushes. Files are streamed line by line.
 
     Returns:
         ``spooled_rows`` (the user's rows found), ``marked`` (new marks), ``removed`` (lines removed from
@@ -120,18 +143,18 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
     data = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
     rejected = spool_dir / "rejected.jsonl"
     ids: set[str] = set()
-    per_file: dict[Path, list[bytes]] = {}
+    holding: list[Path] = []
     for path in [*data, *([rejected] if rejected.exists() else [])]:
-        lines = [line for line in path.read_bytes().split(b"\n") if line]
-        mine = [row for line in lines if _is_user(row := _row_of(line), user_id)]
+        mine = _user_lines(path, user_id)
         if mine:
             found["spooled_rows"] += len(mine)
-            ids.update(str(r["id"]) for r in mine if r and r.get("id") is not None)
-            per_file[path] = [line for line in lines if not _is_user(_row_of(line), user_id)]
+            ids.update(str(r["id"]) for r in mine if r.get("id") is not None)
+            holding.append(path)
     found["marked"] = mark_erased(engine, table, ids, user_key=user_key, request_key=request_key) if ids else 0
-    if rejected in per_file:
-        found["removed"] += _rewrite_counted(rejected, per_file.pop(rejected))
-    if not per_file:
+    if rejected in holding:
+        found["removed"] += _rewrite_without(rejected, user_id)
+        holding.remove(rejected)
+    if not holding:
         return found
     lock_fd = os.open(spool_dir / "spool.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -142,17 +165,11 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
             log.warning("A gateway holds the spool %s: %d rows of %s stay spooled, marked erased; they leave the "
                         "spool when it flushes", spool_dir, found["spooled_rows"], user_key)  # fmt: skip
             return found
-        for path, kept in per_file.items():
-            found["removed"] += _rewrite_counted(path, kept)
+        for path in holding:
+            found["removed"] += _rewrite_without(path, user_id)
     finally:
         os.close(lock_fd)
     return found
-
-
-def _rewrite_counted(path: Path, kept: list[bytes]) -> int:
-    before = sum(1 for line in path.read_bytes().split(b"\n") if line)
-    _rewrite(path, kept)
-    return before - len(kept)
 
 
 def _texts(prompts: Iterable[str]) -> list[str]:
