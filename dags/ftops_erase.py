@@ -14,16 +14,18 @@ run finishes the job or changes nothing):
 4. deletes the user's rows from the tables FT-Ops owns: `interactions_curated` and `interactions_quarantine`;
 5. records the request in `ftops_decisions` (kind `erasure`).
 
-**Not done**: the log table itself is the application's record and is never altered: deleting the user's raw
-rows there is the application owner's job. Earlier dataset versions keep their tags, so their content stays in
-the registry's git history and on the DVC remote until a person deletes those tags and runs `dvc gc`.
+Then the other copies: the user's rows in the gateway's spool (marked; removed from the files when no gateway
+holds them, and from the rejected file), staged curation rows, evaluation outputs in MLflow of runs on the
+affected versions, training files uploaded to an OpenAI-compatible API for them, Data Docs pages quoting the
+user, and quoted prompts in recorded decisions. With **purge**, the superseded versions that held the user's
+examples are deleted from the dataset registry, its git remote and the DVC remote.
 
-**Privacy**: FT-Ops logs and records only the pseudonymous key of the user (`user-<12 hex>`), never the id.
-The id you enter is kept, as every trigger param is, in the DAG run's conf in Airflow's metadata database.
+**Not done**: the log table itself is the application's record and is never altered: deleting the user's raw
+rows there is the application owner's job. See the README's erasure section for what erasure cannot reach.
 
 Runs in the one-slot `ftops_versioning` pool, as `ftops_curate`'s publishing does: a curation run that staged
-the user's rows before the erasure leaves them out when it publishes. `ftops erase --user-id U` does the same
-from the command line.
+the user's rows before the erasure leaves them out when it publishes. `ftops erase --user-id-file -` (the id on
+standard input) does the same from the command line, under the same lock as publishing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ftops_airflow.common import (
     START_DATE,
     TAGS,
     VERSIONING_POOL,
+    openai_client,
     resolve_config,
     snapshot,
     warehouse_engine,
@@ -54,16 +57,24 @@ from ftops_airflow.common import (
         "user_id": Param(type="string", minLength=1, title="User id",
                          description="The user whose data to erase, exactly as the log's user_id column holds it.",
                          section="Erasure"),
+        "purge": Param(False, type="boolean", title="Purge superseded versions",
+                       description="Also delete the earlier dataset versions that held the user's examples (tags "
+                       "and DVC content, here and on the remotes) once their successor exists.", section="Erasure"),
     },
 )
 def ftops_erase():
     @task(pool=VERSIONING_POOL, outlets=[DATASETS])
     def erase_user_data(params: dict | None = None) -> dict:
+        from functools import partial
+
         from ftops.pipeline.erase import erase_user
 
         ctx = get_current_context()
         cfg = snapshot(resolve_config({}))
-        summary = erase_user(warehouse_engine(cfg.warehouse_conn_id), cfg, params["user_id"], run_id=ctx["run_id"])
+        backend = cfg.training.backend  # the API connection deletes the training files FT-Ops uploaded
+        api_client = partial(openai_client, backend.conn_id) if backend.kind == "openai" else None
+        summary = erase_user(warehouse_engine(cfg.warehouse_conn_id), cfg, params["user_id"], run_id=ctx["run_id"],
+                             purge=bool(params.get("purge")), api_client=api_client)  # fmt: skip
         ctx["outlet_events"][DATASETS].extra = {"erasure": summary["user_key"],
                                                 "successor_versions": summary["successor_versions"]}  # fmt: skip
         return summary

@@ -121,12 +121,17 @@ HF, OPENAI = "Hugging Face backend", "OpenAI backend"
 def ftops_finetune():
     @task
     def resolve_run_config(params: dict | None = None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from ftops.core.config import load_config
-        from ftops.pipeline.finetune import check_training_request
+        from ftops.pipeline.finetune import ErasedDatasetError, check_training_request
         from ftops.training.params import training_overrides
 
         config = resolve_config(training_overrides(load_config(), params["backend"], params))
-        check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
+        try:
+            check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
+        except ErasedDatasetError as exc:  # a retry cannot change it
+            raise AirflowFailException(str(exc)) from exc
         return config
 
     @task(pool=TRAINING_POOL)

@@ -117,7 +117,8 @@ class FakeOpenAI:
         self.api_keys_seen: list[str] = []
         self.idempotency_keys_seen: list[str] = []
         self.files: dict[str, dict[str, Any]] = {}
-        self.file_contents: dict[str, bytes] = {}
+        self.file_contents: dict[str, bytes] = {}  # kept after a delete: a finished job's replies learn from it
+        self.deleted_files: list[str] = []
         self._jobs: dict[str, _Job] = {}  # insertion order = creation order
         self._models: dict[str, str] = {}  # fine-tuned model name -> job id
         self._faults: list[_Fault] = []
@@ -531,6 +532,12 @@ class FakeOpenAI:
         if len(rest) == 2 and rest[0] == "files" and method == "GET":
             with self._lock:
                 return self._file(rest[1])
+        if len(rest) == 2 and rest[0] == "files" and method == "DELETE":
+            with self._lock:
+                self._file(rest[1])  # 404 when unknown (or deleted before)
+                del self.files[rest[1]]
+                self.deleted_files.append(rest[1])
+            return {"id": rest[1], "object": "file", "deleted": True}
         if rest == ["fine_tuning", "jobs"]:
             if method == "POST":
                 return self.create_job(json_body())

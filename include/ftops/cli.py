@@ -10,7 +10,7 @@
     ftops import-logs FILE.jsonl             load interaction rows logged by an application itself
     ftops spool [--json]                     the gateway's log spool: rows waiting, rejected rows and why
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
-    ftops erase --user-id U                  remove a user's data from FT-Ops' tables and latest datasets
+    ftops erase --user-id-file - [--purge]   remove a user's data (the id on stdin) from everything FT-Ops made
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from ftops.core.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
 from ftops.core.names import check_task_type
+from ftops.core.text import printable
 
 log = logging.getLogger("ftops")
 
@@ -110,7 +111,7 @@ def _summary(args: argparse.Namespace) -> int:
                              + "".join(f"\n      last {x}" for x in live))  # fmt: skip
             lines += _answers(str(mv.run_id))
         lines += _live_lines(cfg.interactions_table, task_type)
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(printable("\n".join(lines) + "\n"))  # tags and answers are untrusted text
     return 0
 
 
@@ -212,7 +213,7 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
     report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
                               requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
     print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
-    print("\n".join(report.lines()))
+    print(printable("\n".join(report.lines())))
     return 1 if any(name.startswith("error:") for name in report.versions) else 0
 
 
@@ -227,11 +228,37 @@ def _import_logs(args: argparse.Namespace) -> int:
     print(f"{args.file}: {result.lines} lines, {result.inserted} inserted, {result.duplicates} duplicates, "
           f"{len(result.rejected)} rejected")  # fmt: skip
     for line, reason in result.rejected[:20]:
-        print(f"  line {line}: {reason}")
+        print(f"  line {line}: {printable(reason, keep_breaks=False)}")
     return 1 if result.rejected else 0
 
 
+def _read_user_id(args: argparse.Namespace) -> str:
+    """The user id from ``--user-id-file`` (``-``: standard input), or from the deprecated ``--user-id``.
+
+    The file holds the id alone; one trailing line break is dropped, nothing else (ids are compared exactly).
+
+    Raises:
+        ValueError: No id, an empty one, or more than one line.
+    """
+    if args.user_id is not None:
+        print("ftops erase: --user-id shows the id in `ps` and the shell's history; it is deprecated: use "
+              "--user-id-file - and give the id on standard input", file=sys.stderr)  # fmt: skip
+        return str(args.user_id)
+    if args.user_id_file is None:
+        raise ValueError("give the user id with --user-id-file FILE (or - for standard input)")
+    if args.user_id_file == "-":
+        text = sys.stdin.read()
+    else:
+        with open(args.user_id_file, encoding="utf-8") as f:
+            text = f.read()
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip() or "\n" in text:
+        raise ValueError("the user id file must hold exactly one non-empty line")
+    return text
+
+
 def _erase(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
     from ftops.pipeline.erase import erase_user
@@ -239,11 +266,13 @@ def _erase(args: argparse.Namespace) -> int:
     cfg = load_config()
     engine = _engine(warehouse_url(args.warehouse_url))
     try:
-        summary = erase_user(engine, cfg, args.user_id, request_key=args.request_key)
-    except (LookupError, ValueError) as exc:
-        print(f"ftops erase: {exc}", file=sys.stderr)
+        user_id = _read_user_id(args)
+        with contextlib.redirect_stdout(sys.stderr):  # DVC's gc prints progress: stdout carries only the summary
+            summary = erase_user(engine, cfg, user_id, request_key=args.request_key, purge=args.purge)
+    except (LookupError, ValueError, OSError) as exc:
+        print(f"ftops erase: {printable(str(exc))}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(printable(json.dumps(summary, indent=2, sort_keys=True)))
     if summary["log_rows"]:
         print(f"Note: the {summary['log_rows']} rows of {summary['user_key']} in the log table "
               f"{cfg.interactions_table!r} are marked, not deleted: FT-Ops never reads them again, but deleting "
@@ -363,7 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     spool.set_defaults(func=_spool)
     sub.add_parser("hash-api-key", help="SHA-256 digest of the key on standard input").set_defaults(func=_hash_api_key)
     erase = sub.add_parser("erase", help="remove a user's data from FT-Ops' tables and latest datasets (re-runnable)")
-    erase.add_argument("--user-id", required=True, help="the user id as the log holds it (never logged)")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id-file", default=None, help="file holding the user id as the log holds it, one "
+                     "line; - reads standard input (the id never shows in ps or the shell history)")  # fmt: skip
+    who.add_argument("--user-id", default=None, help=argparse.SUPPRESS)  # deprecated: visible in ps
+    erase.add_argument("--purge", action="store_true", help="also delete the superseded dataset versions that "
+                       "held the user's examples, from the registry and its remote, and their DVC content")  # fmt: skip
     erase.add_argument("--request-key", default=None, help="names the request, e.g. a ticket id "
                        "(default erasure-<user key>)")  # fmt: skip
     erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")

@@ -25,7 +25,7 @@ PARAMS = {
                        "learning_rate_multiplier", "reason", "policy", "decision_key"},  # fmt: skip
     "ftops_canary": {"task_type"},
     "ftops_rollback": {"task_type", "to_version"},
-    "ftops_erase": {"user_id"},
+    "ftops_erase": {"user_id", "purge"},
 }
 
 

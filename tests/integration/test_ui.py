@@ -167,6 +167,7 @@ def test_data_docs_are_served_from_their_folder_only(server: dict[str, Any]) -> 
     url = f"{server['url']}/ftops/data-docs"
     page = httpx.get(f"{url}/{DOC_PAGE}", headers=auth)
     assert page.status_code == 200 and "curated_sentiment validation" in page.text
+    assert page.headers["content-security-policy"] == "sandbox"  # no script runs on the Airflow origin
     escapes = ("%2e%2e/secret.txt", "..%2fsecret.txt", "link.txt", "%2fetc%2fpasswd", "validations/../../secret.txt")
     for escape in escapes:
         answer = httpx.get(f"{url}/{escape}", headers=auth)

@@ -37,7 +37,7 @@ from ftops.warehouse.schema import (
     insert_interactions,
     log_tables,
 )
-from ftops.warehouse.state import read_decisions, write_quarantine
+from ftops.warehouse.state import read_decisions, read_staged, write_quarantine
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one MLflow store per module: task types differ per test
 NOW = datetime(2026, 11, 1, tzinfo=UTC)  # the simulator's rows lie in the 30 days before
@@ -210,7 +210,9 @@ def test_an_unknown_or_empty_user_is_a_clear_error(tmp_path: Path, capsys: pytes
         erase_user(engine, _config(tmp_path), "nobody-42")
     with pytest.raises(ValueError, match="empty"):
         erase_user(engine, _config(tmp_path), " ")
-    assert main(["erase", "--user-id", "nobody-42", "--warehouse-url", str(engine.url)]) == 2
+    id_file = tmp_path / "user-id.txt"
+    id_file.write_text("nobody-42\n")
+    assert main(["erase", "--user-id-file", str(id_file), "--warehouse-url", str(engine.url)]) == 2
     err = capsys.readouterr().err
     assert "ftops erase: no row of the log table" in err and "nobody-42" not in err
     assert erasure.marked_rows(engine, "interactions", user_key("nobody-42")) == set()
@@ -267,6 +269,10 @@ def test_rows_erased_between_curating_and_publishing_are_never_published(tmp_pat
 
     summary = erase_user(engine, cfg, victim)  # nothing is versioned yet: only the warehouse changes
     assert summary["successor_versions"] == {} and [d["task_type"] for d in read_decisions(engine)] == ["*"]
+    # the staged rows lost the victim's examples at once, not only when publishing
+    restaged = read_staged(engine, "night-1", task_type)
+    assert summary["staged_rows_dropped"] > 0 and not their_ids & {c["row_id"] for c in restaged["candidates"]}
+    assert not their_ids & {i for s in SPLITS for i in restaged["metadata"]["lineage"][s]}
     published = publish_window(engine, cfg, task_type, run_key="night-1")
 
     datasets = dataset_registry(cfg)

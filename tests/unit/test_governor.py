@@ -33,7 +33,8 @@ def test_error_pattern_needs_a_cluster_and_something_new() -> None:
     pattern = [{"size": 12, "mean_similarity": 0.9, "examples": ["convert 300 F to kelvin"], "row_ids": []}]
     kw = {"untrained": True, "latest": "dataset/t/v2", "cfg": GOV}
     assert p.error_pattern_policy(40, pattern, NOW, new_examples=3, **kw).fired
-    assert "12 similar failures" in p.error_pattern_policy(40, pattern, NOW, new_examples=3, **kw).reason
+    reason = p.error_pattern_policy(40, pattern, NOW, new_examples=3, **kw).reason
+    assert "12 similar failures" in reason and "kelvin" not in reason  # counts and cluster ids, never a prompt
     assert not p.error_pattern_policy(40, [], NOW, new_examples=3, **kw).fired
     stale = p.error_pattern_policy(40, pattern, NOW, new_examples=0, **kw)
     assert not stale.fired and "nothing new" in stale.reason
@@ -303,6 +304,8 @@ def test_error_pattern_policy_end_to_end(state, embedder) -> None:
     assert found["train"] and found["policy"] == "error_pattern", found["reason"]
     pattern = found["details"]["policies"]["error_pattern"]["inputs"]["patterns"][0]
     assert pattern["size"] >= 10 and all("Fahrenheit" in e or "°F" in e for e in pattern["examples"])
+    assert pattern["cluster"] in found["reason"] and pattern["cluster"].startswith("pattern-")
+    assert not any(e[:20] in found["reason"] for e in pattern["examples"]), found["reason"]
 
 
 def test_plateau_policy_end_to_end(state) -> None:

@@ -163,3 +163,30 @@ def test_mcp_erase_user_answers_with_the_pseudonymous_key_only(state: State) -> 
     assert answer["user_key"] and answer["rows_marked"] > 0
     assert "user-1" not in json.dumps(answer)
     assert "printable" in tool_error(empty)
+
+
+HOSTILE = "pattern \x1b]8;;https://evil.example\x07click\x1b]8;;\x07 \x1b[2J\x1b[31mred\x9b1m\x00 done"
+
+
+def test_control_characters_never_reach_a_terminal_or_an_assistant(state: State) -> None:
+    """Last in the file: it adds a decision to the module's installation."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from ftops.core.text import printable
+    from ftops.warehouse.state import record_decision
+
+    assert printable(HOSTILE) == "pattern ]8;;https://evil.exampleclick]8;; [2J[31mred1m done"
+    assert printable("a\tb\nc\x85d") == "a\tb\ncd" and printable("a\tb\nc", keep_breaks=False) == "a b c"
+    engine = sa.create_engine(state.env["FTOPS_WAREHOUSE_URL"])
+    record_decision(engine, {"decision_key": "hostile", "decided_at": datetime.now(UTC), "task_type": TASK,
+                             "train": False, "reason": HOSTILE, "dataset_version": None, "details": {"note": HOSTILE},
+                             "kind": "training_request", "policy": "force", "run_id": None})  # fmt: skip
+    out = _cli(state, "status")
+    assert "red1m done" in out.stdout and not any(c in out.stdout for c in "\x1b\x07\x9b\x00")
+    _, (listed, status) = anyio.run(mcp_calls, state, [("list_decisions", {"limit": 3}), ("status", {})])
+    for answer in (tool_result(listed), tool_result(status)):
+        text = json.dumps(answer, ensure_ascii=False)
+        assert "red1m done" in text and not any(c in text for c in "\x1b\x07\x9b\x00")
+        assert "untrusted data" in answer["untrusted_text"]

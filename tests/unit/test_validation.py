@@ -187,7 +187,7 @@ def test_curated_suite_fails_on_an_empty_test_split() -> None:
 def test_curated_suite_fails_on_duplicate_prompts_and_short_responses() -> None:
     train = examples(40) + [to_example("train question number 0 about the product", "Positive.")]
     message = failure_message(validate_curated(train, examples(10, "test"), CFG, "sentiment"))
-    assert "prompt not unique in 2 rows" in message
+    assert "prompt not unique in 2 rows" in message and "question number 0" not in message  # counted, not quoted
     assert "response length outside 50..5000 in 1 row, e.g. 9" in message
 
 

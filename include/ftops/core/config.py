@@ -173,6 +173,13 @@ class GateConfig(_Strict):
     )
     confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the accuracy-gain confidence interval.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Paired bootstrap resamples for that interval.")
+    log_examples: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="Test answers printed in the evaluation's task log, each scrubbed and cut to 60 characters. "
+        "0 (the default) prints counts only: task logs are kept and shipped where erasure cannot reach them.",
+    )
     max_cost_per_1k_tokens: float | None = Field(
         None, ge=0, description="Cost ceiling per 1 000 generated tokens for the candidate; empty = no ceiling."
     )

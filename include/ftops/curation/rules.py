@@ -16,6 +16,7 @@ from typing import Any
 
 from ftops.core.config import CurationConfig
 from ftops.core.names import is_task_type
+from ftops.core.userkey import hmac_user_key
 
 
 def normalise_text(text: str) -> str:
@@ -29,10 +30,11 @@ def text_hash(text: str) -> str:
 
 
 def user_key(user_id: Any) -> str | None:
-    """A pseudonymous key for a user id (the id itself never leaves the warehouse)."""
+    """A pseudonymous key for a user id (the id itself never leaves the warehouse): an HMAC under the
+    installation's secret (:mod:`ftops.core.userkey`), or None for a missing or blank id."""
     if is_missing(user_id) or not str(user_id).strip():
         return None
-    return "user-" + hashlib.sha256(str(user_id).encode("utf-8", "backslashreplace")).hexdigest()[:12]
+    return hmac_user_key(user_id)
 
 
 def split_of(prompt: str, test_share: float) -> str:

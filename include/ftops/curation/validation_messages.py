@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 SAMPLES = 5  # unexpected values quoted in a failure message
+TEXT_COLUMNS = frozenset({"prompt", "response", "user_id"})  # a user's text is counted, never quoted
 
 
 # -- failure messages ---------------------------------------------------------------------------------------
@@ -54,6 +55,8 @@ def describe_failure(result: Any, hints: dict[str, str]) -> str:
     unexpected = int(res.get("unexpected_count") or 0)
     elements = int(res.get("element_count") or 0)
     samples = [_fmt(v) for v in (res.get("partial_unexpected_list") or [])[:SAMPLES] if v is not None]
+    if kwargs.get("column") in TEXT_COLUMNS:  # the message goes to task logs, which erasure cannot reach
+        samples = []
     example = f", e.g. {', '.join(samples)}" if samples else ""
     if check == "rows":
         bound = f"{lo}..{hi}" if hi is not None else f"at least {lo}"

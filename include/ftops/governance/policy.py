@@ -89,7 +89,13 @@ def new_data_policy(new_examples: int, reference: str | None, *, untrained: bool
 
 def error_pattern_policy(failures: int, patterns: list[dict[str, Any]], since: datetime | None, *,
                          new_examples: int, untrained: bool, latest: str, cfg: GovernorConfig) -> Check:  # fmt: skip
-    """``patterns``: clusters of similar failures (``size``, ``mean_similarity``, scrubbed ``examples``)."""
+    """``patterns``: clusters of similar failures (``cluster`` id, ``size``, ``mean_similarity``, scrubbed
+    ``examples``).
+
+    The reason is built from counts and cluster ids only: it travels into run conf, MLflow tags, the UI and
+    assistants' answers, so it never quotes a prompt; the examples stay in the details, which every reader
+    outside the warehouse gets with them withheld.
+    """
     window = f"since {since:%Y-%m-%d %H:%M} UTC" if since else "so far"
     inputs = {"failures": failures, "since": since, "patterns": patterns, "error_pattern_min": cfg.error_pattern_min,
               "similarity": cfg.error_pattern_similarity}  # fmt: skip
@@ -97,7 +103,8 @@ def error_pattern_policy(failures: int, patterns: list[dict[str, Any]], since: d
         return Check("error_pattern", False, f"{failures} failures {window}, no {cfg.error_pattern_min} of them "
                      "alike", inputs)  # fmt: skip
     top = patterns[0]
-    found = f"{top['size']} similar failures {window} (e.g. {top['examples'][0][:80]!r})"
+    found = (f"{top['size']} similar failures {window} (cluster {top.get('cluster', '?')}, mean similarity "
+             f"{float(top.get('mean_similarity', 0)):.2f}; {len(patterns)} pattern(s))")
     if not untrained or new_examples < 1:
         return Check("error_pattern", False, f"{found}, but {latest} brings nothing new to learn from: curate "
                      "more data for it", inputs)  # fmt: skip

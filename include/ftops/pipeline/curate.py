@@ -290,12 +290,20 @@ def publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_k
         RuntimeError: The DVC push or git failed.
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
-    from ftops.core.names import check_task_type, contained_path
-    from ftops.pipeline.erase import drop_erased
+    from ftops.core.names import check_task_type
+    from ftops.warehouse.locks import versioning_lock
+
+    check_task_type(task_type)
+    with versioning_lock(engine, what=f"publishing {task_type}"):  # ftops erase outside Airflow takes it too
+        return _publish_window(engine, cfg, task_type, run_key=run_key)
+
+
+def _publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_key: str) -> dict[str, Any]:
+    from ftops.core.names import contained_path
+    from ftops.pipeline.erase_copies import drop_erased
     from ftops.warehouse.state import finish_curation_run, finished_run, read_staged, upsert_pool
 
     table = cfg.interactions_table
-    check_task_type(task_type)
     staged = read_staged(engine, run_key, task_type, table)
     if staged is None:
         recorded = finished_run(engine, run_key, task_type, table)

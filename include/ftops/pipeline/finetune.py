@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig, HuggingFaceBackend
 from ftops.core.names import check_task_type, contained_path, key_digest
-from ftops.datasets.versions import DatasetVersion
+from ftops.datasets.versions import DatasetRegistry, DatasetVersion
 from ftops.deployment import rollout
 from ftops.pipeline.common import check_base_model, dataset_registry
 from ftops.registry import models as registry
@@ -52,7 +52,35 @@ def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None
         from ftops.training.openai_cost import price_per_1m
 
         price_per_1m(backend.base_model, backend.price_per_1m_training_tokens)  # no price: no budget check
-    return dataset_registry(cfg).get(task_type, dataset).tag
+    datasets = dataset_registry(cfg)
+    version = datasets.get(task_type, dataset)
+    refuse_pre_erasure(datasets, version)
+    return version.tag
+
+
+class ErasedDatasetError(ValueError):
+    """The dataset version predates an erasure: a later version is an erasure's successor (fail, never retry)."""
+
+
+def refuse_pre_erasure(datasets: DatasetRegistry, version: DatasetVersion) -> None:
+    """Refuse a dataset version that an erasure has superseded.
+
+    A version is refused when any later version of its task type was published by an erasure (its metadata
+    has ``erasure``): the older version may hold the erased user's examples, and training on it would bring
+    them back. Conservative: an erasure of a user the version never held blocks it too; train on the
+    successor or a later version.
+
+    Raises:
+        ErasedDatasetError: A later version is an erasure's successor.
+    """
+    for later in (v for v in datasets.versions(version.task_type) if v.version > version.version):
+        erasure = datasets.read_metadata(later).get("erasure")
+        if erasure:
+            raise ErasedDatasetError(
+                f"{version.tag} predates the erasure successor {later.tag} (request "
+                f"{erasure.get('request_key', '?')}): it may hold erased users' examples; train on {later.tag} or a "
+                "later version"
+            )
 
 
 def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
@@ -88,6 +116,7 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     base_model = check_base_model(backend.base_model)
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, dataset)
+    refuse_pre_erasure(datasets, version)
     existing = registry.find_run(task_type, run_key)
     if existing:
         log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)

@@ -57,7 +57,7 @@ def submit_candidate(
     import mlflow
 
     from ftops.pipeline.common import dataset_registry
-    from ftops.pipeline.finetune import candidate_run
+    from ftops.pipeline.finetune import candidate_run, refuse_pre_erasure
     from ftops.training.data import split_validation
     from ftops.training.openai_cost import estimate_cost
     from ftops.training.openai_jobs import submit_job
@@ -65,6 +65,7 @@ def submit_candidate(
     backend = _backend(cfg)
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, dataset)
+    refuse_pre_erasure(datasets, version)
     existing = registry.find_run(task_type, run_key)
     if existing:
         job_id = registry.client().get_run(existing).data.tags[JOB_TAG]

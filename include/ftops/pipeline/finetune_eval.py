@@ -10,6 +10,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig
+from ftops.core.text import printable
 from ftops.curation.curate import examples_of
 from ftops.pipeline.common import check_base_model, dataset_registry, json_safe, mlflow_download, weights_artifact
 from ftops.registry import models as registry
@@ -149,14 +150,21 @@ def evaluate_candidate(
         ]  # fmt: skip
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
-    log.info("What the candidate says (%d distinct answers to %d test prompts), first %d:\n%s",
-             len(set(candidate.outputs)), len(test), min(SHOWN_ANSWERS, len(test)),
-             "\n".join(f"  {p[:80]!r}\n    -> {a[:120]!r} (reference {r[:60]!r})"
-                       for (p, r), a in list(zip(examples_of(test), candidate.outputs, strict=True))[:SHOWN_ANSWERS]))  # fmt: skip
+    log.info("The candidate gave %d distinct answers to %d test prompts (%d right); the answers are in the run's "
+             "%s", len(set(candidate.outputs)), len(test), sum(candidate.correct), "evaluation/outputs.jsonl")  # fmt: skip
+    if cfg.gate.log_examples:  # off by default: prompts in task logs are copies that erasure cannot reach
+        log.info("First %d answers (scrubbed, cut):\n%s", min(cfg.gate.log_examples, len(test)), "\n".join(
+            f"  {_cut(p)!r} -> {_cut(a)!r} (reference {_cut(r)!r})" for (p, r), a in
+            list(zip(examples_of(test), candidate.outputs, strict=True))[:cfg.gate.log_examples]))  # fmt: skip
     return json_safe(report)
 
 
-SHOWN_ANSWERS = 5  # answers of the candidate printed in the task log: look at what the model says
+def _cut(text: str, limit: int = 60) -> str:
+    from ftops.curation.scrub import scrub
+
+    return printable(scrub(text).text, keep_breaks=False)[:limit]
+
+
 
 
 def _quoted(answer: str, limit: int = 40) -> str:

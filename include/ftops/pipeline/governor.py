@@ -315,7 +315,9 @@ def _error_patterns(
         embedder = SentenceEmbedder(cfg.curation.embedding_model, batch_size=cfg.curation.embedding_batch_size)
     vectors = embedder.embed([f["prompt"] for f in failures])
     clusters = find_clusters(vectors, similarity=gov.error_pattern_similarity, min_size=gov.error_pattern_min)
-    patterns = [{"size": c.size, "mean_similarity": c.mean_similarity,
+    # the cluster id names the pattern without quoting it: a digest of its founding failure's row id
+    patterns = [{"cluster": "pattern-" + key_digest(str(failures[c.members[0]]["id"]))[:8], "size": c.size,
+                 "mean_similarity": c.mean_similarity,
                  "examples": [scrub(failures[i]["prompt"]).text[:200] for i in c.members[:3]],
                  "row_ids": [failures[i]["id"] for i in c.members[:50]]}
                 for c in clusters[:3]]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ftops.core.text import printable
 from ftops.pipeline.common import parse_time
 from ftops.pipeline.status import one_line
 
@@ -47,7 +48,7 @@ def render_status(status: dict[str, Any]) -> str:
         run = f" → run {d['run_id']}" if d.get("run_id") else ""
         lines.append(f"  {_when(d['decided_at'])}  {d['task_type']:14s} {verdict:5s} {kind}: "
                      f"{one_line(d['reason'], 110)}{run}")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")  # reasons, notes and run ids are untrusted: no escapes reach a terminal
 
 
 def _active_lines(run: dict[str, Any]) -> list[str]:

@@ -122,11 +122,12 @@ def erased_ids(engine: sa.Engine, table: str, ids: Iterable[str]) -> set[str]:
     return found
 
 
-def marked_rows(engine: sa.Engine, table: str, user_key: str) -> set[str]:
-    """The ids of the log rows marked erased for a user (by the user's key)."""
+def marked_rows(engine: sa.Engine, table: str, user_keys: str | Collection[str]) -> set[str]:
+    """The ids of the log rows marked erased for a user (by any of the user's keys: current and legacy)."""
     marks = ERASED_ROWS.c
+    keys = [user_keys] if isinstance(user_keys, str) else list(user_keys)
     with engine.connect() as conn:
-        return set(conn.scalars(sa.select(marks.row_id).where(marks.log_table == table, marks.user_key == user_key)))
+        return set(conn.scalars(sa.select(marks.row_id).where(marks.log_table == table, marks.user_key.in_(keys))))
 
 
 def user_rows(engine: sa.Engine, log_table_obj: sa.Table, user_id: str) -> list[dict[str, Any]]:
@@ -141,9 +142,10 @@ def user_rows(engine: sa.Engine, log_table_obj: sa.Table, user_id: str) -> list[
                 for r in conn.execute(query)]  # fmt: skip
 
 
-def pool_rows(engine: sa.Engine, pool: sa.Table, user_key: str) -> list[dict[str, Any]]:
-    """A user's candidates in the curated pool (``row_id``, ``task_type``, ``prompt``: scrubbed), by key."""
-    query = sa.select(pool.c.row_id, pool.c.task_type, pool.c.prompt).where(pool.c.user_key == user_key)
+def pool_rows(engine: sa.Engine, pool: sa.Table, user_keys: str | Collection[str]) -> list[dict[str, Any]]:
+    """A user's candidates in the curated pool (``row_id``, ``task_type``, ``prompt``: scrubbed), by any key."""
+    keys = [user_keys] if isinstance(user_keys, str) else list(user_keys)
+    query = sa.select(pool.c.row_id, pool.c.task_type, pool.c.prompt).where(pool.c.user_key.in_(keys))
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -153,7 +155,7 @@ def delete_user_rows(
     pool: sa.Table,
     quarantine: sa.Table,
     *,
-    user_key: str,
+    user_key: str | Collection[str],
     row_ids: Collection[str],
     stored_user_ids: Collection[str],
 ) -> tuple[int, int]:
@@ -163,7 +165,7 @@ def delete_user_rows(
         engine: The warehouse.
         pool: The curated pool of the log table (``<table>_curated``).
         quarantine: The quarantine of the log table (``<table>_quarantine``).
-        user_key: The user's key: pool rows carry it.
+        user_key: The user's key (or keys: current and legacy): pool rows carry one.
         row_ids: The user's log row ids: pool and quarantine rows of these ids go.
         stored_user_ids: The user id as a quarantined copy holds it (scrubbed): quarantined rows without an id
             go when their copy's ``user_id`` is one of these.
@@ -174,7 +176,8 @@ def delete_user_rows(
     ids = sorted(row_ids)
     pool_deleted = quarantine_deleted = 0
     with engine.begin() as conn:
-        pool_deleted += conn.execute(sa.delete(pool).where(pool.c.user_key == user_key)).rowcount
+        keys = [user_key] if isinstance(user_key, str) else list(user_key)
+        pool_deleted += conn.execute(sa.delete(pool).where(pool.c.user_key.in_(keys))).rowcount
         for i in range(0, len(ids), _BATCH):
             part = ids[i : i + _BATCH]
             pool_deleted += conn.execute(sa.delete(pool).where(pool.c.row_id.in_(part))).rowcount

@@ -98,16 +98,23 @@ def dashboard(request: Request, _: UserDep) -> dict[str, Any]:
                              metadata_cache=_metadata_cache)  # fmt: skip
 
 
+DATA_DOCS_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+
+
 @app.get("/data-docs/{path:path}", include_in_schema=False)
 def data_docs(path: str, _: UserDep) -> FileResponse:
-    """A file of the Data Docs site; a path that leaves the site folder (``..``, a link) is not found."""
+    """A file of the Data Docs site; a path that leaves the site folder (``..``, a link) is not found.
+
+    Served with ``Content-Security-Policy: sandbox``: the pages load scripts from public CDNs and hold samples
+    of logged text, so they render without scripts, as an opaque origin that cannot reach the Airflow session or its API.
+    """
     from ftops.pipeline.dashboard import data_docs_root
 
     root = data_docs_root().resolve()
     target = (root / (path or "index.html")).resolve()
     if not target.is_relative_to(root) or not target.is_file() or target.name.startswith("."):
         raise HTTPException(status_code=404, detail="no such Data Docs page")
-    return FileResponse(target)
+    return FileResponse(target, headers=DATA_DOCS_HEADERS)
 
 
 def _self_url(request: Request) -> str:
