@@ -6,6 +6,14 @@ Routes: ``GET /v1/models`` (``ftops/<task_type>`` for each task type with a cham
 before the answer leaves (see :mod:`ftops.serving.interaction_log`); the header ``x-ftops-model-version``
 names the version that answered. Errors are OpenAI error objects; nothing returns a traceback. With API key
 hashes configured every ``/v1`` route needs ``Authorization: Bearer <key>``; keys are never logged.
+
+Limits (each a ``serving`` config field; the README's table lists them): the body is refused on its
+``Content-Length`` before it is read and read as a stream with a size cap and a deadline (413, 408); NUL and
+lone surrogates and an over-long ``user`` are refused (400); each version's queue is bounded (429 with
+``Retry-After``, nothing logged: no model saw the call) and each request has a deadline (504, the call logged as
+failed with ``finish_reason`` ``timeout``). The registry is never read on the event loop: routing comes from the
+router's cache, and only the first request of a task type waits for a read (on the gateway's own small thread
+pool, so a slow registry cannot starve the spool's threads).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +40,7 @@ from starlette.exceptions import HTTPException
 from ftops.core.config import ServingConfig
 from ftops.registry.models import RegistryUnavailableError, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
+from ftops.serving.batcher import DeadlineExceededError, QueueFullError
 from ftops.serving.openai_wire import (
     MODEL_PREFIX,
     ApiError,
@@ -39,8 +49,10 @@ from ftops.serving.openai_wire import (
     completion_body,
     parse_chat_request,
     parse_json,
+    read_body,
     stream_events,
 )
+from ftops.serving.refresh import NotReadYet, RefreshingCache
 from ftops.warehouse.schema import log_tables
 
 if TYPE_CHECKING:
@@ -51,7 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-ftops-model-version"
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = Limits.max_body_bytes  # the default of serving.max_body_bytes
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 RECENT_IDS = 100_000  # ids answered by this process, for feedback that arrives before the row is flushed
 
 
@@ -97,6 +110,11 @@ class Gateway:
     key_hashes: frozenset[str] = frozenset()
     preload: bool = True
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # registry reads (only a task type's first, or the model list's) wait here, never on the default pool that
+    # the spool's appends use: a hung registry then delays first requests, not logging
+    _registry: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftops-registry"))
+    _task_types: RefreshingCache[list[str]] | None = None
 
     # -- access ------------------------------------------------------------------------------------------
     def check_key(self, authorization: str | None) -> None:
@@ -114,7 +132,11 @@ class Gateway:
         and the request routed again (so its share falls to the other version)."""
         for _ in range(3):
             try:
-                route = await asyncio.to_thread(self.router.route, task_type, key)
+                try:
+                    route = self.router.route(task_type, key, wait=False)  # from the cache: never blocks
+                except NotReadYet:  # the task type's first request: wait for its read, off the event loop
+                    loop = asyncio.get_running_loop()
+                    route = await loop.run_in_executor(self._registry, self.router.route, task_type, key)
             except RegistryUnavailableError as exc:
                 raise ApiError(503, f"the model registry is unreachable and this gateway has no routing for "
                                     f"{MODEL_PREFIX}{task_type} yet: retry later ({exc})", "server_error",
@@ -122,8 +144,9 @@ class Gateway:
             except LookupError as exc:
                 raise ApiError(404, f"The model '{MODEL_PREFIX}{task_type}' cannot be served: {exc}",
                                code="model_not_found", param="model") from None  # fmt: skip
-            routing = self.router.routing(task_type)  # cached by the call above
-            self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
+            routing = self.router.cached(task_type)  # cached by the call above; no registry read
+            if routing is not None:
+                self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
             try:
                 return route, await self.pool.batcher(task_type, route.version)
             except RegistryUnavailableError as exc:
@@ -139,25 +162,38 @@ class Gateway:
         started = time.perf_counter()
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
         route, batcher = await self.route(req.task_type, req.user or call_id)
+        timed_out = False
         try:
-            answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens))
+            decode = self.limits.decode_cap(req.max_tokens)
+            answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens, decode))
+        except QueueFullError as exc:  # no model saw the call: nothing to log
+            raise ApiError(429, f"{exc}; the gateway is at its queue bound (serving.max_queue)", "requests",
+                           "rate_limit_exceeded", headers={"Retry-After": str(exc.retry_after_s)}) from None  # fmt: skip
+        except DeadlineExceededError:
+            log.warning("%s did not answer request %s within its deadline", route.model_version, call_id)
+            answer, timed_out = None, True
         except Exception:  # noqa: BLE001 - logged as a failed call, answered as a 500 without a traceback
             log.exception("%s failed to answer request %s", route.model_version, call_id)
             answer = None
-        await self._log(call_id, req, route, answer, started)
+        await self._log(call_id, req, route, answer, started, "timeout" if timed_out else "error")
+        if timed_out:
+            raise ApiError(504, f"{route.model_version} did not answer within {batcher.timeout_s} s "
+                                f"(serving.request_timeout_s); the call is logged as failed (id {call_id})",
+                           "server_error", "timeout")  # fmt: skip
         if answer is None:
             raise ApiError(500, f"{route.model_version} failed to answer; the call is logged as failed (id "
                                 f"{call_id})", "server_error", "model_error")  # fmt: skip
         return call_id, route, answer
 
-    async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float) -> None:
+    async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float,
+                   failure: str = "error") -> None:  # fmt: skip
         row: dict[str, Any] = {
             "id": call_id, "task_type": req.task_type, "prompt": req.prompt,
             "response": answer.text if answer else "", "model_version": route.model_version, "user_id": req.user,
             "success": answer is not None, "latency_ms": round((time.perf_counter() - started) * 1000),
             "tokens_used": (answer.prompt_tokens + answer.completion_tokens) if answer else 0,
             "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
-                         "finish_reason": answer.finish_reason if answer else "error", "stream": req.stream},
+                         "finish_reason": answer.finish_reason if answer else failure, "stream": req.stream},
         }  # fmt: skip
         try:
             await asyncio.to_thread(self.logger.log, **row)
@@ -206,15 +242,40 @@ class Gateway:
 
     # -- listing -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        """Task types with a champion (from the router's cached aliases)."""
+        """Task types with a champion, from cached reads (blocking only for the very first list read).
+
+        A task type whose aliases were never read is left out of this answer (its read starts now).
+        """
+        if self._task_types is None:
+            self._task_types = RefreshingCache(lambda _: registered_task_types(), self.router.ttl_s)
         served = []
-        for task_type in registered_task_types():
+        for task_type in self._task_types.get(""):
             try:
-                if self.router.routing(task_type).champion:
+                if self.router.routing(task_type, wait=False).champion:
                     served.append(task_type)
-            except RegistryUnavailableError:
+            except (RegistryUnavailableError, NotReadYet, LookupError):
                 continue
         return served
+
+    def health(self, detailed: bool) -> dict[str, Any]:
+        """``/healthz``: from memory only (no registry, no file reads); ``detailed`` adds what is loaded, queued,
+        unavailable and how old each routing is."""
+        now = time.monotonic()
+        routings = self.router.served()
+        unavailable = self.router.unavailable()
+        stale = max(3 * self.router.ttl_s, 30.0)  # several refreshes failed: the registry is unreachable
+        ages = {t: round(now - r.read_at, 1) for t, r in routings.items()}
+        status = "degraded" if unavailable or any(a > stale for a in ages.values()) else "ok"
+        if not detailed:
+            return {"status": status}
+        return {
+            "status": status, "loaded": self.pool.loaded(), "routing_age_s": ages,
+            "routing": {t: {"champion": r.champion, "canary": r.canary, "canary_percent": r.canary_percent}
+                        for t, r in routings.items()},
+            "unavailable": [f"{t}/{v}: {why}" for (t, v), why in unavailable.items()],
+            # MERGE(lead): switch to `**self.logger.health()` once spool's InteractionLogger.health() is in
+            "spooled_rows": self.logger.spooled(),
+        }  # fmt: skip
 
     async def warm(self) -> None:
         """Load the champion and canary of every task type now, so first requests do not wait for a load."""
@@ -250,12 +311,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         finally:
             await asyncio.to_thread(gateway.logger.close)
             gateway.pool.close()
+            gateway._registry.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="FT-Ops gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:
@@ -274,23 +336,26 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     async def body_of(request: Request) -> Any:
         gateway.check_key(request.headers.get("authorization"))
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted",
-                           code="request_too_large")  # fmt: skip
+        raw = await read_body(request.stream(), request.headers.get("content-length"), gateway.limits)
         return parse_json(raw)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "spooled_rows": await asyncio.to_thread(gateway.logger.spooled),
-                "loaded": gateway.pool.loaded(),
-                "unavailable": [f"{t}/{v}: {why}" for (t, v), why in gateway.router.unavailable().items()]}  # fmt: skip
+    async def healthz(request: Request) -> dict[str, Any]:
+        if gateway.key_hashes:
+            try:
+                gateway.check_key(request.headers.get("authorization"))
+                detailed = True
+            except ApiError:
+                detailed = False
+        else:
+            detailed = request.client is not None and request.client.host in LOOPBACK
+        return gateway.health(detailed)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         gateway.check_key(request.headers.get("authorization"))
         try:
-            served = await asyncio.to_thread(gateway.models)
+            served = await asyncio.get_running_loop().run_in_executor(gateway._registry, gateway.models)
         except RegistryUnavailableError as exc:
             raise ApiError(503, f"the model registry is unreachable: {exc}", "server_error",
                            "registry_unavailable") from None  # fmt: skip
@@ -336,10 +401,13 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     ensure_schema(engine, table)
     loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client)
     limits = Limits(default_max_tokens=cfg.default_max_tokens, max_tokens_limit=cfg.max_tokens_limit,
-                    max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars)  # fmt: skip
+                    max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars,
+                    max_user_chars=cfg.max_user_chars, max_body_bytes=cfg.max_body_bytes,
+                    body_timeout_s=cfg.body_timeout_s, max_tokens_buckets=tuple(sorted(cfg.max_tokens_buckets)))  # fmt: skip
     return Gateway(
-        router=Router(cfg.alias_ttl_s),
-        pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000),
+        router=Router(cfg.alias_ttl_s, max_negative=cfg.max_negative_routings),
+        pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000, max_queue=cfg.max_queue,
+                       timeout_s=cfg.request_timeout_s),  # fmt: skip
         logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s),
         engine=engine, table=table, limits=limits, key_hashes=key_hashes, preload=preload,
     )  # fmt: skip
