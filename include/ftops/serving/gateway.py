@@ -265,7 +265,8 @@ class Gateway:
         unavailable = self.router.unavailable()
         stale = max(3 * self.router.ttl_s, 30.0)  # several refreshes failed: the registry is unreachable
         ages = {t: round(now - r.read_at, 1) for t, r in routings.items()}
-        status = "degraded" if unavailable or any(a > stale for a in ages.values()) else "ok"
+        routed_out = [(t, v) for (t, v) in unavailable if t in routings and v in (routings[t].champion, routings[t].canary)]
+        status = "degraded" if routed_out or any(a > stale for a in ages.values()) else "ok"
         if not detailed:
             return {"status": status}
         return {
