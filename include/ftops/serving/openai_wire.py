@@ -93,7 +93,8 @@ async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limits: 
     if declared is not None and (not declared.strip().isdigit() or int(declared) > cap):
         valid = declared.strip().isdigit()
         raise ApiError(413 if valid else 400, f"Content-Length {declared[:30]!r}: at most {cap} bytes are accepted "
-                       "(serving.max_body_bytes)", code="request_too_large" if valid else "invalid_value")  # fmt: skip
+                       "(serving.max_body_bytes)", code="request_too_large" if valid else "invalid_value",
+                       headers={"connection": "close"})  # fmt: skip
 
     async def read() -> bytes:
         parts, size = [], 0
@@ -101,7 +102,7 @@ async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limits: 
             size += len(chunk)
             if size > cap:
                 raise ApiError(413, f"the request body is over {cap} bytes (serving.max_body_bytes)",
-                               code="request_too_large")  # fmt: skip
+                               code="request_too_large", headers={"connection": "close"})  # fmt: skip
             parts.append(chunk)
         return b"".join(parts)
 
@@ -109,7 +110,7 @@ async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limits: 
         return await asyncio.wait_for(read(), limit_s)
     except TimeoutError:
         raise ApiError(408, f"the request body did not arrive within {limit_s} s (serving.body_timeout_s)",
-                       code="request_timeout") from None  # fmt: skip
+                       code="request_timeout", headers={"connection": "close"}) from None  # fmt: skip
 
 
 def parse_json(raw: bytes) -> Any:
