@@ -13,7 +13,6 @@ import os
 import socket
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
