@@ -58,7 +58,7 @@ class RefreshingCache(Generic[T]):
 
     Args:
         read: Reads one key's value (blocking; may raise).
-        ttl_s: Seconds a read stays fresh.
+        ttl_s: Seconds a read stays fresh; 0: every `get` reads (callers wait, one read at a time per key).
         clock: Monotonic seconds (injectable for tests).
         pinned: Whether a value is kept outside the bounded LRU (default: every value is).
         max_unpinned: Size of the LRU of unpinned values and failures.
@@ -96,7 +96,7 @@ class RefreshingCache(Generic[T]):
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
-        if entry is not None and (entry.error is None or not leader):
+        if entry is not None and self.ttl_s > 0 and (entry.error is None or not leader):  # ttl 0: always read
             # A stale value (or the last error) answers now; one thread reads the new value meanwhile.
             if leader:
                 threading.Thread(target=self._refresh, args=(key, flight, entry), name=f"refresh {key}",
