@@ -3,7 +3,8 @@
 The gateway reaches a real ``mlflow server`` (SQLite store) through an HTTP proxy in this test that counts
 every registry request and can delay or refuse them. Throughout: ``/healthz`` answers in < 100 ms (measured on
 every call, from a thread of its own), every call is answered on the last routing read, and the registry sees
-at most one alias read per task type per ``alias_ttl_s``. Afterwards a canary taking 100 % of the traffic,
+at most one alias read per task type per ``alias_ttl_s`` (counted by the proxy while it delays, and from the
+gateway's one warning per failed read over the whole outage). Afterwards a canary taking 100 % of the traffic,
 made during the outage, is picked up.
 """
 
@@ -148,6 +149,7 @@ def test_a_slow_then_refusing_registry_never_stalls_the_gateway(mlflow_server: s
         try:
             windows: dict[str, tuple[float, float]] = {}
             served: dict[str, set[str]] = {}
+            models_s: list[float] = []
             for mode, seconds in (("delay", 8.0), ("refuse", 6.0)):
                 proxy.mode = mode
                 if mode == "refuse":
@@ -158,6 +160,11 @@ def test_a_slow_then_refusing_registry_never_stalls_the_gateway(mlflow_server: s
                 while time.monotonic() - started < seconds:
                     i += 1
                     served[mode].add(ask(i))
+                    if i == 2:  # the model list comes from the cache too
+                        t0 = time.perf_counter()
+                        listed = client.get("/v1/models")
+                        models_s.append(time.perf_counter() - t0)
+                        assert [m["id"] for m in listed.json()["data"]] == [f"ftops/{TASK}"], listed.text
                     if mode == "delay" and i == 3:  # a canary with all the traffic, made during the outage
                         canary = register_local_version(TASK, base, "outage-canary")
                         assert rollout.deploy(TASK, canary, 100) == "canary"
@@ -179,10 +186,16 @@ def test_a_slow_then_refusing_registry_never_stalls_the_gateway(mlflow_server: s
     outage = [t for t, path in proxy.reads if windows["delay"][0] <= t <= windows["refuse"][1] and f"ftops-{TASK}" in path]
     gaps = [b - a for a, b in zip(outage, outage[1:], strict=False)]
     # refused connections never reach the proxy: its reads are those of the delay phase (each waits out the
-    # gateway's 2 s timeout, then one ttl) -- at most one per task type per ttl
+    # gateway's 2 s timeout, then one ttl) -- at most one per task type per ttl; the gateway's log counts both
     assert outage and all(g >= TTL_S * 0.9 for g in gaps), gaps
     assert len(outage) <= (windows["delay"][1] - windows["delay"][0]) / TTL_S + 1
+    # every failed read, refused ones included, logs one warning in the gateway: at most one per ttl in all
+    failed = (tmp_path / "gateway.log").read_text().count(f"Registry unavailable; routing {TASK} on aliases")
+    outage_s = windows["refuse"][1] - windows["delay"][0]
+    assert 1 <= failed <= outage_s / TTL_S + 1, (failed, outage_s)
+    assert len(models_s) == 2 and max(models_s) < 1, models_s  # not the 2 s registry timeout, nor 5 s of delay
     assert took and max(took) < 0.1, f"/healthz max {max(took) * 1000:.0f} ms over {len(took)} calls"
     print(f"/healthz: {len(took)} calls, median {sorted(took)[len(took) // 2] * 1000:.1f} ms, max "
           f"{max(took) * 1000:.1f} ms; registry alias reads in the 8 s delay phase: {len(outage)} "
-          f"(gaps {[round(g, 1) for g in gaps]} s); canary picked up {picked_up:.1f} s after the registry came back")
+          f"(gaps {[round(g, 1) for g in gaps]} s); failed reads over the {outage_s:.0f} s outage: {failed}; "
+          f"canary picked up {picked_up:.1f} s after the registry came back")

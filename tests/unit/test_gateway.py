@@ -304,6 +304,10 @@ def test_the_body_is_refused_on_its_length_before_it_is_read(served: dict[str, A
     body = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
     answer, _ = _raw_request(port, chunked, body)  # no Content-Length: counted while streaming, stopped at 4 MiB
     assert answer.startswith(b"HTTP/1.1 413")
+    for length in (b"-1", b"12abc"):  # a malformed length: a 4xx from the server or the gateway, never a 500
+        answer, _ = _raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                                 + b"\r\n\r\n{}")  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 4"), answer
 
 
 def test_a_client_holding_its_body_open_gets_408(served: dict[str, Any]) -> None:

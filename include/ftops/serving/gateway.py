@@ -41,6 +41,7 @@ from ftops.core.config import ServingConfig
 from ftops.registry.models import RegistryUnavailableError, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
 from ftops.serving.batcher import DeadlineExceededError, QueueFullError
+from ftops.serving.health import gateway_health
 from ftops.serving.openai_wire import (
     MODEL_PREFIX,
     ApiError,
@@ -246,10 +247,8 @@ class Gateway:
 
         A task type whose aliases were never read is left out of this answer (its read starts now).
         """
-        if self._task_types is None:
-            self._task_types = RefreshingCache(lambda _: registered_task_types(), self.router.ttl_s)
         served = []
-        for task_type in self._task_types.get(""):
+        for task_type in self._listing().get(""):
             try:
                 if self.router.routing(task_type, wait=False).champion:
                     served.append(task_type)
@@ -257,31 +256,15 @@ class Gateway:
                 continue
         return served
 
-    def health(self, detailed: bool) -> dict[str, Any]:
-        """``/healthz``: from memory only (no registry, no file reads); ``detailed`` adds what is loaded, queued,
-        unavailable and how old each routing is."""
-        now = time.monotonic()
-        routings = self.router.served()
-        unavailable = self.router.unavailable()
-        stale = max(3 * self.router.ttl_s, 30.0)  # several refreshes failed: the registry is unreachable
-        ages = {t: round(now - r.read_at, 1) for t, r in routings.items()}
-        routed_out = [(t, v) for (t, v) in unavailable if t in routings and v in (routings[t].champion, routings[t].canary)]
-        status = "degraded" if routed_out or any(a > stale for a in ages.values()) else "ok"
-        if not detailed:
-            return {"status": status}
-        return {
-            "status": status, "loaded": self.pool.loaded(), "routing_age_s": ages,
-            "routing": {t: {"champion": r.champion, "canary": r.canary, "canary_percent": r.canary_percent}
-                        for t, r in routings.items()},
-            "unavailable": [f"{t}/{v}: {why}" for (t, v), why in unavailable.items()],
-            # MERGE(lead): switch to `**self.logger.health()` once spool's InteractionLogger.health() is in
-            "spooled_rows": self.logger.spooled(),
-        }  # fmt: skip
+    def _listing(self) -> RefreshingCache[list[str]]:
+        if self._task_types is None:  # the registry's task types, refreshed like the aliases
+            self._task_types = RefreshingCache(lambda _: registered_task_types(), self.router.ttl_s)
+        return self._task_types
 
     async def warm(self) -> None:
         """Load the champion and canary of every task type now, so first requests do not wait for a load."""
         try:
-            task_types = await asyncio.to_thread(registered_task_types)
+            task_types = await asyncio.to_thread(self._listing().get, "")  # also primes GET /v1/models
         except RegistryUnavailableError as exc:
             log.warning("Registry unreachable at start, models load on first request: %s", exc)
             return
@@ -350,7 +333,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 detailed = False
         else:
             detailed = request.client is not None and request.client.host in LOOPBACK
-        return gateway.health(detailed)
+        return gateway_health(gateway.router, gateway.pool, gateway.logger, detailed)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
