@@ -70,3 +70,59 @@ class GatewayServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
+
+
+class ServeProcess:
+    """A real ``ftops serve`` subprocess on a free port with its own config file and ``FTOPS_HOME``.
+
+    ``with ServeProcess(tmp, serving={...}, warehouse=url, env={...}) as gw: httpx.get(f"{gw.url}/healthz")``;
+    its output goes to ``tmp/gateway.log`` (shown when it does not come up).
+    """
+
+    def __init__(self, tmp: Path, *, warehouse: str, serving: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None, table: str | None = None) -> None:  # fmt: skip
+        import os
+        import sys
+
+        import yaml
+
+        from ftops.core.config import DEFAULT_CONFIG_PATH
+
+        config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+        config["serving"].update(serving or {})
+        if table:
+            config["interactions_table"] = table
+        (tmp / "ftops.yaml").write_text(yaml.safe_dump(config))
+        self.port, self.tmp = free_port(), tmp
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "FTOPS_HOME": str(tmp / "home"), "FTOPS_CONFIG": str(tmp / "ftops.yaml"),
+                    "OMP_NUM_THREADS": "1", **(env or {})}  # fmt: skip
+        self.command = [sys.executable, "-m", "ftops.cli", "serve", "--port", str(self.port), "--warehouse-url",
+                        warehouse]  # fmt: skip
+
+    def __enter__(self) -> ServeProcess:
+        import subprocess
+
+        import httpx
+
+        self.log = open(self.tmp / "gateway.log", "ab")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ftops serve exited: {(self.tmp / 'gateway.log').read_text()[-3000:]}")
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError("ftops serve did not come up")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - it would not stop: kill it
+                self.proc.kill()
+        self.log.close()

@@ -138,10 +138,10 @@ def _mcp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fail_fast() -> None:
+def _fail_fast(timeout_s: float = 10) -> None:
     """An unreachable MLflow server answers in seconds, not after MLflow's minutes of retries (unless set)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{timeout_s:g}")
 
 
 def _engine(url: str):  # noqa: ANN202 - sqlalchemy.Engine, imported lazily
@@ -189,8 +189,15 @@ def _serve(args: argparse.Namespace) -> int:
     hashes = parse_key_hashes(os.environ.get(s.api_key_hashes_env))
     host, port = args.host or s.host, args.port or s.port
     if host not in ("127.0.0.1", "localhost", "::1") and not hashes:
-        log.warning("Serving on %s without API keys: anyone who reaches this port can call the models and read "
-                    "nothing else, but set %s to require keys", host, s.api_key_hashes_env)  # fmt: skip
+        if not args.insecure_no_auth:
+            log.error("Refusing to serve on %s without API keys: anyone who reaches this port could call the "
+                      "models and steer the canary. Set %s (`ftops hash-api-key` makes an entry), bind 127.0.0.1, "
+                      "or pass --insecure-no-auth to serve the network without keys anyway", host,
+                      s.api_key_hashes_env)  # fmt: skip
+            return 2
+        log.warning("Serving on %s without API keys (--insecure-no-auth): anyone who reaches this port can call "
+                    "the models", host)  # fmt: skip
+    _fail_fast(s.registry_timeout_s)  # a slow registry delays one background read by seconds, not minutes
     api_client = None
     if key := os.environ.get("FTOPS_OPENAI_API_KEY"):
         from functools import partial
@@ -373,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--openai-base-url", default=None,
                        help="OpenAI-compatible endpoint for API-trained versions (key in FTOPS_OPENAI_API_KEY)")
     serve.add_argument("--access-log", action="store_true", help="log one line per request (never headers)")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow a non-loopback --host without API keys (FTOPS_API_KEY_HASHES unset)")  # fmt: skip
     serve.set_defaults(func=_serve)
     traffic = sub.add_parser("simulate-traffic", help="simulated users calling the gateway and rating answers")
     traffic.add_argument("--base-url", default="http://127.0.0.1:8000/v1")

@@ -8,8 +8,13 @@ the spool into a SQLite warehouse.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ import sqlalchemy as sa
 from ftops.core.config import ServingConfig
 from ftops.deployment import rollout
 from ftops.serving.gateway import KEY_ID_CHARS, VERSION_HEADER, build_gateway, hash_api_key, parse_key_hashes
+from ftops.serving.openai_wire import Limits
 from ftops.training.basemodel import build_base_model
 from ftops.warehouse.schema import log_tables
 from tests.serving_support import GatewayServer, register_local_version
@@ -300,3 +306,148 @@ def test_a_full_spool_answers_503_with_retry_after(served: dict[str, Any], tmp_p
         gateway.logger.flush()
         assert not gateway.logger.health()["spool_full"]
         assert httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60).status_code == 200
+
+
+# -- limits and hostile input (issue 19) -----------------------------------------------------------------------
+def _post(url: str, body: Any) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", content=json.dumps(body).encode(),
+                      headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("message", "user", "param"),
+    [
+        ("nul \x00 here", None, "messages[0].content"),
+        ("lone \ud800 surrogate", None, "messages[0].content"),
+        ("fine", "user\x00id", "user"),
+        ("fine", "\udfff", "user"),
+        ("fine", "u" * 257, "user"),
+    ],
+)
+def test_unstorable_text_and_a_long_user_are_refused_before_the_model(
+    served: dict[str, Any], message: str, user: str | None, param: str
+) -> None:
+    before = served["gateway"].pool.loaded()[f"ftops-{TASK}/{served['version']}"]["requests"]
+    body = {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": message}], "max_tokens": 4}
+    refused = _post(served["server"].url, body | ({"user": user} if user is not None else {}))
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_value" and error["param"] == param
+    assert served["gateway"].pool.loaded()[f"ftops-{TASK}/{served['version']}"]["requests"] == before  # no decode
+    fine = _post(served["server"].url, {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "ok"}],
+                                        "max_tokens": 4, "user": "u" * 256})  # fmt: skip
+    assert fine.status_code == 200 and _flushed(served, fine.json()["id"])["user_id"] == "u" * 256
+
+
+def test_a_deeply_nested_body_is_a_json_error_not_a_crash(served: dict[str, Any]) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    bad = httpx.post(f"{served['server'].url}/v1/chat/completions", content=nested, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"", read_s: float = 10) -> tuple[bytes, float]:
+    """Send raw bytes on a fresh connection; the response's bytes and the seconds until the first arrived."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_s) as s:
+        s.sendall(head + body)
+        started = time.monotonic()
+        first = s.recv(65536)
+        return first, time.monotonic() - started
+
+
+def test_the_body_is_refused_on_its_length_before_it_is_read(served: dict[str, Any]) -> None:
+    port = served["server"].port
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000000\r\n\r\n")  # fmt: skip
+    answer, waited = _raw_request(port, head)  # not one body byte sent: answered from the header alone
+    assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer and waited < 5
+    chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 1_000_000
+    body = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
+    answer, _ = _raw_request(port, chunked, body)  # no Content-Length: counted while streaming, stopped at 4 MiB
+    assert answer.startswith(b"HTTP/1.1 413")
+    for length in (b"-1", b"12abc"):  # a malformed length: a 4xx from the server or the gateway, never a 500
+        answer, _ = _raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+                                 + b"\r\n\r\n{}")  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 4"), answer
+
+
+def test_a_client_holding_its_body_open_gets_408(served: dict[str, Any]) -> None:
+    gateway = served["gateway"]
+    limits = gateway.limits
+    gateway.limits = dataclasses.replace(limits, body_timeout_s=0.5)
+    try:
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 200\r\n\r\n")  # fmt: skip
+        answer, waited = _raw_request(served["server"].port, head, b'{"model": "ftops/')  # and then nothing
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer and 0.4 < waited < 5
+    finally:
+        gateway.limits = limits
+
+
+def test_a_full_queue_answers_429_and_a_late_answer_504(served: dict[str, Any]) -> None:
+    gateway = served["gateway"]
+    batcher = gateway.pool._batchers[(TASK, served["version"])]
+    release = threading.Event()
+    gateway.pool._local.submit(release.wait, 30)  # the decode thread is busy: nothing decodes meanwhile
+    saved = batcher.max_queue, batcher.timeout_s
+    batcher.max_queue, batcher.timeout_s = 2, 1.5
+    body = {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "queued?"}], "max_tokens": 4}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=served["server"].url, timeout=30) as c:
+            return await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(6)))
+
+    try:
+        answers = asyncio.run(flood())
+    finally:
+        batcher.max_queue, batcher.timeout_s = saved
+        release.set()
+    codes = sorted(a.status_code for a in answers)
+    # those taken into the (blocked) batch and the two queued time out; the rest find the queue full
+    assert set(codes) == {429, 504} and codes.count(504) >= 2 and codes.count(429) >= 1, codes
+    full = next(a for a in answers if a.status_code == 429)
+    assert full.json()["error"]["code"] == "rate_limit_exceeded" and int(full.headers["retry-after"]) >= 1
+    late = [a.json()["error"] for a in answers if a.status_code == 504]
+    assert all(e["code"] == "timeout" for e in late)
+    call_id = late[0]["message"].rsplit("(id ", 1)[1].rstrip(")")
+    row = _flushed(served, call_id)  # a call past its deadline is logged as failed
+    metadata = row["metadata"] if isinstance(row["metadata"], dict) else json.loads(row["metadata"])
+    assert row["success"] is False and metadata["finish_reason"] == "timeout"
+    assert _post(served["server"].url, body).status_code == 200  # and the gateway serves on
+
+
+def test_caps_are_decoded_in_buckets_and_cut_back(served: dict[str, Any]) -> None:
+    assert Limits().decode_cap(5) == 16 and Limits().decode_cap(16) == 16 and Limits().decode_cap(17) == 32
+    assert Limits(max_tokens_buckets=(8,)).decode_cap(300) == 300
+    url = served["server"].url
+    ask = {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": "what does zip do?"}]}
+    short, long = (_post(url, ask | {"max_tokens": n}).json() for n in (5, 16))
+    assert short["usage"]["completion_tokens"] <= 5
+    assert long["choices"][0]["message"]["content"].startswith(short["choices"][0]["message"]["content"])
+
+
+def test_healthz_is_short_without_a_key_and_full_with_one(served: dict[str, Any], tmp_path: Path) -> None:
+    full = httpx.get(f"{served['server'].url}/healthz").json()  # no keys configured, asked from loopback
+    assert full["status"] == "ok" and f"ftops-{TASK}/{served['version']}" in full["loaded"]
+    assert full["routing"][TASK]["champion"] == served["version"] and full["routing_age_s"][TASK] >= 0
+    assert "queued" in full["loaded"][f"ftops-{TASK}/{served['version']}"] and "spooled_rows" in full
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    gateway = build_gateway(ServingConfig(), engine, key_hashes=parse_key_hashes(hash_api_key(KEY)),
+                            spool_dir=str(tmp_path / "spool"), preload=False)  # fmt: skip
+    with GatewayServer(gateway) as server:
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        wrong = httpx.get(f"{server.url}/healthz", headers={"authorization": "Bearer nope"})
+        assert wrong.json() == {"status": "ok"}
+        keyed = httpx.get(f"{server.url}/healthz", headers={"authorization": f"Bearer {KEY}"}).json()
+        assert set(keyed) >= {"status", "loaded", "unavailable", "routing_age_s", "spooled_rows"}
+
+
+def test_serve_refuses_a_network_bind_without_keys(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftops import cli
+
+    monkeypatch.delenv("FTOPS_API_KEY_HASHES", raising=False)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["serve", "--host", "0.0.0.0"]) == 2  # refused before anything starts
+    assert "FTOPS_API_KEY_HASHES" in caplog.text and "--insecure-no-auth" in caplog.text

@@ -240,7 +240,7 @@ def test_an_unreadable_spooled_line_is_kept_aside_once(tmp_path: Path) -> None:
     ({"response": "\udfff"}, "response"), ({"model_version": "m\x00"}, "model_version"), ({"id": "id\x00"}, "id"),
     ({"metadata": {"k": "v\x00"}}, "metadata"), ({"metadata": {"\ud800": 1}}, "metadata"),
     ({"metadata": "text\x00"}, "metadata"), ({"task_type": "sum\x00"}, "task_type"),
-    ({"user_id": "u" * 257}, "user_id"),
+    ({"user_id": "u" * (MAX_USER_ID_CHARS + 1)}, "user_id"),
 ])  # fmt: skip
 def test_unstorable_text_is_refused_before_anything_is_written(tmp_path: Path, bad: dict[str, object], field: str) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
+import types
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import pytest
 
 from ftops.deployment import rollout
 from ftops.registry import models as registry
+from ftops.serving.refresh import NotReadYet
 from ftops.serving.router import Route, Router, bucket
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
@@ -78,10 +82,14 @@ def test_alias_changes_are_seen_only_after_the_ttl() -> None:
     clock.now += 4.9
     assert router.route("ttl", "u").version == champion  # cached
     clock.now += 0.2
+    assert router.route("ttl", "u").version == champion  # stale: answered at once, one read starts behind it
+    router.settle()
     assert router.route("ttl", "u") == Route("ttl", canary, "canary", f"ftops-ttl/{canary}")
     rollout.retire_canary("ttl", "test")
     assert router.route("ttl", "u").version == canary
     clock.now += 5
+    router.route("ttl", "u")
+    router.settle()
     assert router.route("ttl", "u").version == champion
 
 
@@ -98,6 +106,7 @@ def test_a_registry_outage_keeps_the_last_routing(caplog: pytest.LogCaptureFixtu
     try:
         with caplog.at_level(logging.WARNING, logger="ftops.serving.router"):
             after = {k: router.route("outage", k) for k in before}  # one registry read; then the routing is kept
+            router.settle()
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -149,3 +158,101 @@ def test_an_invalid_canary_share_sends_no_traffic_to_the_canary() -> None:
     registry.set_tags("badtag", canary, {"traffic_percent": "lots"})
     router = Router()
     assert {router.route("badtag", f"u{i}").version for i in range(200)} == {champion}
+
+
+class SlowRegistry:
+    """A lookup that counts its calls and takes ``delay`` seconds (or fails) on demand: the registry's stand-in
+    for the timing tests below (the real MLflow behind a slow proxy is tests/integration/test_gateway_outages.py)."""
+
+    def __init__(self, versions: dict[str, str]) -> None:
+        self.versions, self.calls, self.delay, self.down = versions, 0, 0.0, False
+        self.lock = threading.Lock()
+
+    def __call__(self, task_type: str, alias: str) -> object:
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        if self.down:
+            raise registry.RegistryUnavailableError("registry down")
+        version = self.versions.get(alias)
+        return None if version is None else types.SimpleNamespace(version=version, tags={"traffic_percent": "0"})
+
+
+def test_a_read_is_stamped_when_it_finishes_not_when_it_starts() -> None:
+    reg = SlowRegistry({"champion": "1"})
+    router = Router(ttl_s=0.5, lookup=reg)
+    reg.delay = 0.3  # two lookups: 0.6 s, longer than the ttl
+    started = time.monotonic()
+    router.route("stamp", "u")
+    routing = router.cached("stamp")
+    assert routing is not None and routing.read_at >= started + 0.55
+    calls = reg.calls
+    router.route("stamp", "u")  # fresh: read 0 s ago, not 0.6 s ago
+    assert reg.calls == calls
+
+
+def test_concurrent_callers_share_one_read_and_a_stale_routing_answers_at_once() -> None:
+    reg = SlowRegistry({"champion": "1"})
+    reg.delay = 0.25
+    router = Router(ttl_s=0.2, lookup=reg)
+    with ThreadPoolExecutor(16) as pool:  # 16 first callers: one read, the others wait for it
+        routes = list(pool.map(lambda i: router.route("flight", f"u{i}"), range(16)))
+    assert {r.version for r in routes} == {"1"} and reg.calls == 2  # champion + canary of one read
+    time.sleep(0.25)  # stale now
+    reg.versions["champion"] = "2"
+    with ThreadPoolExecutor(16) as pool:
+        started = time.monotonic()
+        routes = list(pool.map(lambda i: router.route("flight", f"u{i}"), range(16)))
+        waited = time.monotonic() - started
+    assert {r.version for r in routes} == {"1"} and waited < 0.2  # the old routing, without waiting 0.5 s
+    router.settle()
+    assert reg.calls == 4 and router.route("flight", "u").version == "2"  # one background read refreshed it
+
+
+def test_an_outage_costs_one_read_per_ttl_and_keeps_the_routing() -> None:
+    clock = Clock()
+    reg = SlowRegistry({"champion": "1"})
+    router = Router(ttl_s=5, clock=clock, lookup=reg)
+    router.route("down", "u")
+    reg.down, before = True, reg.calls
+    for _ in range(10):  # 10 ttls of outage, 100 requests per ttl
+        clock.now += 5
+        for i in range(100):
+            assert router.route("down", f"u{i}").version == "1"
+        router.settle()
+    assert reg.calls - before == 10  # one failing read (its first lookup) per ttl
+    routing = router.cached("down")
+    assert routing is not None and clock.now - routing.read_at == 50  # the routing's age shows the outage
+    reg.down = False
+    reg.versions["champion"] = "2"
+    clock.now += 5
+    router.route("down", "u")
+    router.settle()
+    assert router.route("down", "u").version == "2"
+
+
+def test_random_model_names_are_remembered_in_a_bounded_lru() -> None:
+    clock = Clock()
+    reg = SlowRegistry({})  # no model: every name is unknown
+    router = Router(ttl_s=5, clock=clock, lookup=reg, max_negative=50)
+    for i in range(200):
+        with pytest.raises(LookupError, match="has no 'champion' alias"):
+            router.route(f"random{i}", "u")
+    assert reg.calls == 400 and router._cache.unpinned_count() == 50  # 200 names read once each, 50 kept
+    for i in range(150, 200):  # the last 50 are cached: no read
+        with pytest.raises(LookupError):
+            router.route(f"random{i}", "u")
+    assert reg.calls == 400 and router.served() == {}
+
+
+def test_a_failed_first_read_is_answered_from_the_cache_until_the_ttl() -> None:
+    clock = Clock()
+    reg = SlowRegistry({"champion": "1"})
+    reg.down = True
+    router = Router(ttl_s=5, clock=clock, lookup=reg)
+    for _ in range(20):
+        with pytest.raises(registry.RegistryUnavailableError):
+            router.route("never", "u")
+    assert reg.calls == 1
+    with pytest.raises(NotReadYet):
+        Router(lookup=reg).route("never", "u", wait=False)  # nothing cached: never blocks, reads behind

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftops.core.serving_config import ServingConfig
 from ftops.core.stats import required_calls
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -290,35 +291,6 @@ class GovernorConfig(_Strict):
     cooldown_hours: float = Field(24, ge=0, description="Guard: hours between training decisions (erasure exempt).")
     daily_api_budget_usd: float = Field(100.0, ge=0, description="Guard: estimated API fine-tuning spend per day.")
     max_failed_attempts: int = Field(3, ge=1, description="Guard: failed fine-tunes of a version before giving up.")
-
-
-class ServingConfig(_Strict):
-    host: str = Field("127.0.0.1", description="Address `ftops serve` binds; 0.0.0.0 exposes it to the network.")
-    port: int = Field(8000, ge=1, le=65535, description="Port `ftops serve` listens on.")
-    max_batch: int = Field(16, ge=1, le=256, description="Most requests for one model version decoded together.")
-    batch_wait_ms: float = Field(
-        50, ge=0, le=1000, description="Under load, the longest a batch waits for the clients it just answered to "
-        "send again before decoding starts; an idle gateway never waits.",
-    )
-    default_max_tokens: int = Field(64, ge=1, description="Answer length cap when a request sets none, in tokens.")
-    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
-    max_messages: int = Field(64, ge=1, description="Most messages one request may carry.")
-    max_request_chars: int = Field(20_000, ge=1, description="Most characters of message content per request.")
-    alias_ttl_s: float = Field(5, ge=0, description="Seconds the registry's aliases are cached by the router.")
-    flush_every_s: float = Field(2, gt=0, description="Seconds between two flushes of the log spool to the warehouse.")
-    spool_segment_mb: float = Field(
-        16, gt=0, description="The log spool's active file becomes a segment at this size (MiB), also while the "
-        "warehouse is down, so recovery streams bounded files.",
-    )
-    spool_max_mb: float = Field(
-        1024, gt=0, description="Cap of the log spool (MiB; ~1 KiB a row: about a million calls). Once full, calls "
-        "are answered 503 `spool_full` with Retry-After until the warehouse takes the rows.",
-    )
-    api_key_hashes_env: str = Field(
-        "FTOPS_API_KEY_HASHES",
-        description="Environment variable holding comma-separated SHA-256 hex digests of the accepted API keys "
-        "(`ftops hash-api-key` makes one); unset or empty: no key needed (bind 127.0.0.1 then).",
-    )
 
 
 class StorageConfig(_Strict):

@@ -30,10 +30,16 @@ API_MODEL_TAG = "openai.fine_tuned_model"  # the training run's tag naming the A
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """One chat request as the backends see it: role/content turns and a token cap."""
+    """One chat request as the backends see it: role/content turns and a token cap.
+
+    ``decode_tokens`` (at least ``max_tokens``) is the cap a local model decodes with: the gateway rounds caps up
+    to a few buckets so that requests with different caps share a batch; the answer is then cut back to
+    ``max_tokens`` (greedy decoding: the first ``max_tokens`` tokens are the same either way).
+    """
 
     messages: tuple[tuple[str, str], ...]
     max_tokens: int
+    decode_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +82,17 @@ class LocalBackend:
         out: list[Completion | None] = [None] * len(requests)
         by_cap: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
-            by_cap.setdefault(req.max_tokens, []).append(i)
+            by_cap.setdefault(max(req.decode_tokens or 0, req.max_tokens), []).append(i)
         for cap, idx in by_cap.items():
             gen = generate_answers(self.loaded, [prompts[i] for i in idx], batch_size=len(idx), max_new_tokens=cap,
                                    progress=False)  # fmt: skip
             for j, i in enumerate(idx):
                 n_prompt = len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"])
-                count = gen.token_counts[j]
-                out[i] = Completion(gen.texts[j], n_prompt, count, "length" if count >= cap else "stop")
+                text, count, asked = gen.texts[j], gen.token_counts[j], requests[i].max_tokens
+                if count > asked:  # decoded to the bucket's cap: cut back to the request's own
+                    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:asked]
+                    text, count = str(tokenizer.decode(ids, skip_special_tokens=True)).strip(), asked
+                out[i] = Completion(text, n_prompt, count, "length" if count >= asked else "stop")
         return [c for c in out if c is not None]
 
 

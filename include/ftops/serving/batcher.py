@@ -5,12 +5,19 @@ batch decodes, the requests that arrive wait, and the next batch takes them all 
 throughput grows with concurrency. An idle gateway decodes a lone request at once; under load a batch waits
 (up to ``wait_s``) for the clients it just answered to come back. Local models decode one batch at a time on
 one shared thread (they need all the cores); API backends use their own threads.
+
+The queue of each version is bounded (``max_queue`` waiting requests): past it :meth:`Batcher.submit` raises
+:class:`QueueFullError` at once (the gateway answers 429 with ``Retry-After``) instead of letting a flood build
+a backlog that no client will wait for. Each request has a deadline (``timeout_s``, queueing and decoding
+together): past it :class:`DeadlineExceededError` is raised and the request is dropped from the queue (a batch
+already decoding finishes, its answer for that request is discarded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -19,6 +26,18 @@ from typing import Any
 from ftops.serving.backends import Backend, Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The version's queue is at its bound; ``retry_after_s`` estimates when there will be room."""
+
+    def __init__(self, name: str, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{name} has {queued} requests queued (the bound): retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(TimeoutError):
+    """A request was not answered within its deadline (queued and decoding)."""
 
 
 class Batcher:
@@ -32,23 +51,47 @@ class Batcher:
 
     LINGER_S = 0.2
 
-    def __init__(self, backend: Backend, executor: Executor, *, max_batch: int = 16, wait_s: float = 0.05) -> None:
+    def __init__(self, backend: Backend, executor: Executor, *, max_batch: int = 16, wait_s: float = 0.05,
+                 max_queue: int = 64, timeout_s: float = 60.0) -> None:  # fmt: skip
         self.backend, self.executor = backend, executor
-        self.max_batch, self.wait_s = max_batch, wait_s
+        self.max_batch, self.wait_s, self.max_queue, self.timeout_s = max_batch, wait_s, max_queue, timeout_s
+        self._batch_s = 0.0  # how long the last batch took to decode: the Retry-After estimate
         self._queue: asyncio.Queue[tuple[CompletionRequest, asyncio.Future[Completion]]] = asyncio.Queue()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._expected, self._last_end = 1, 0.0  # requests in flight when the last batch ended, and when
         self.batches, self.requests = 0, 0  # counters, for tests and /healthz
+        self.refused, self.timed_out = 0, 0
+
+    def queued(self) -> int:
+        """Requests waiting for a batch (not those decoding)."""
+        return self._queue.qsize()
 
     async def submit(self, request: CompletionRequest) -> Completion:
-        """Queue one request and wait for its answer (raises what the backend raised for its batch)."""
+        """Queue one request and wait for its answer.
+
+        Raises:
+            QueueFullError: ``max_queue`` requests are already waiting.
+            DeadlineExceededError: No answer within ``timeout_s``.
+            Exception: What the backend raised for the request's batch.
+        """
+        if self._queue.qsize() >= self.max_queue:
+            self.refused += 1
+            # room comes when the queued batches have decoded: about their number times the last batch's time
+            batches = math.ceil(self._queue.qsize() / self.max_batch)
+            raise QueueFullError(self.backend.name, self._queue.qsize(), max(1, math.ceil(batches * self._batch_s)))
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, future))
+        self._queue.put_nowait((request, future))
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name=f"batcher {self.backend.name}")
-        return await future
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)  # a timeout cancels the future: no batch takes it
+        except TimeoutError:
+            if future.cancelled():
+                self.timed_out += 1
+                raise DeadlineExceededError(f"{self.backend.name} did not answer within {self.timeout_s} s") from None
+            raise  # a TimeoutError the backend raised
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
         """Under load, wait until the requests expected back are queued (or ``wait_s`` has passed)."""
@@ -74,6 +117,7 @@ class Batcher:
             if not batch:
                 continue
             requests = [r for r, _ in batch]
+            started = loop.time()
             try:
                 answers = await loop.run_in_executor(self.executor, self.backend.complete, requests)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the batch's error
@@ -82,6 +126,7 @@ class Batcher:
                     if not f.done():
                         f.set_exception(exc)
             self._expected, self._last_end = len(batch) + self._queue.qsize(), loop.time()
+            self._batch_s = self._last_end - started
             if answers is None:
                 continue
             self.batches += 1
@@ -101,10 +146,14 @@ class ModelPool:
         loader: ``(task_type, version) -> Backend`` (e.g. :func:`~ftops.serving.backends.load_backend`).
         max_batch: Passed to each :class:`Batcher`.
         wait_s: Passed to each :class:`Batcher`.
+        max_queue: Passed to each :class:`Batcher`.
+        timeout_s: Passed to each :class:`Batcher`.
     """
 
-    def __init__(self, loader: Loader, *, max_batch: int = 16, wait_s: float = 0.05) -> None:
+    def __init__(self, loader: Loader, *, max_batch: int = 16, wait_s: float = 0.05, max_queue: int = 64,
+                 timeout_s: float = 60.0) -> None:  # fmt: skip
         self.loader, self.max_batch, self.wait_s = loader, max_batch, wait_s
+        self.max_queue, self.timeout_s = max_queue, timeout_s
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = {}
         self._local = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftops-generate")  # one decode at a time
@@ -126,14 +175,17 @@ class ModelPool:
             # Loading reads weights and builds the model: on the decode thread, so it never races a decode.
             backend = await loop.run_in_executor(self._local, self.loader, task_type, str(version))
             executor = self._local if backend.exclusive else self._remote
-            found = Batcher(backend, executor, max_batch=self.max_batch, wait_s=self.wait_s)
+            found = Batcher(backend, executor, max_batch=self.max_batch, wait_s=self.wait_s, max_queue=self.max_queue,
+                            timeout_s=self.timeout_s)  # fmt: skip
             self._batchers[key] = found
             log.info("Loaded %s for serving", backend.name)
             return found
 
     def loaded(self) -> dict[str, dict[str, Any]]:
-        """``model_version -> {batches, requests}`` of every loaded version."""
-        return {b.backend.name: {"batches": b.batches, "requests": b.requests} for b in self._batchers.values()}
+        """``model_version -> {batches, requests, queued, refused, timed_out}`` of every loaded version."""
+        return {b.backend.name: {"batches": b.batches, "requests": b.requests, "queued": b.queued(),
+                                 "refused": b.refused, "timed_out": b.timed_out}
+                for b in list(self._batchers.values())}  # fmt: skip
 
     def retain(self, task_type: str, versions: set[str]) -> None:
         """Unload the versions of ``task_type`` not in ``versions`` (those no alias routes to any more)."""

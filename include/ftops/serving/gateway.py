@@ -9,6 +9,14 @@ hashes configured every ``/v1`` route needs ``Authorization: Bearer <key>``; key
 records which key made the call (``key_id``, a prefix of the key's hash); feedback is taken only with that key,
 and ``user`` is namespaced by it, so one key can neither rate another's calls nor speak for its users.
 Feedback never changes what the gateway recorded (``success``): the client's verdict goes to ``task_success``.
+
+Limits (each a ``serving`` config field; the README's table lists them): the body is refused on its
+``Content-Length`` before it is read and read as a stream with a size cap and a deadline (413, 408); NUL and
+lone surrogates and an over-long ``user`` are refused (400); each version's queue is bounded (429 with
+``Retry-After``, nothing logged: no model saw the call) and each request has a deadline (504, the call logged as
+failed with ``finish_reason`` ``timeout``). The registry is never read on the event loop: routing comes from the
+router's cache, and only the first request of a task type waits for a read (on the gateway's own small thread
+pool, so a slow registry cannot starve the spool's threads).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +43,8 @@ from starlette.exceptions import HTTPException
 from ftops.core.config import ServingConfig
 from ftops.registry.models import RegistryUnavailableError, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
+from ftops.serving.batcher import DeadlineExceededError, QueueFullError
+from ftops.serving.health import gateway_health
 from ftops.serving.interaction_log import SpoolFullError
 from ftops.serving.openai_wire import (
     MODEL_PREFIX,
@@ -43,9 +54,10 @@ from ftops.serving.openai_wire import (
     completion_body,
     parse_chat_request,
     parse_json,
+    read_body,
     stream_events,
 )
-from ftops.warehouse.schema import log_tables
+from ftops.serving.refresh import NotReadYet, RefreshingCache
 
 if TYPE_CHECKING:
     from ftops.serving.batcher import Batcher, ModelPool
@@ -55,7 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-ftops-model-version"
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = Limits.max_body_bytes  # the default of serving.max_body_bytes
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 RECENT_IDS = 100_000  # ids answered by this process, for feedback that arrives before the row is flushed
 KEY_ID_CHARS = 12  # 48 bits of the key's hash name it in the log: enough to tell keys apart, useless to guess it
 
@@ -102,6 +115,11 @@ class Gateway:
     key_hashes: frozenset[str] = frozenset()
     preload: bool = True
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # registry reads (only a task type's first, or the model list's) wait here, never on the default pool that
+    # the spool's appends use: a hung registry then delays first requests, not logging
+    _registry: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftops-registry"))
+    _task_types: RefreshingCache[list[str]] | None = None
 
     # -- access ------------------------------------------------------------------------------------------
     def check_key(self, authorization: str | None) -> str | None:
@@ -125,7 +143,11 @@ class Gateway:
         and the request routed again (so its share falls to the other version)."""
         for _ in range(3):
             try:
-                route = await asyncio.to_thread(self.router.route, task_type, key)
+                try:
+                    route = self.router.route(task_type, key, wait=False)  # from the cache: never blocks
+                except NotReadYet:  # the task type's first request: wait for its read, off the event loop
+                    loop = asyncio.get_running_loop()
+                    route = await loop.run_in_executor(self._registry, self.router.route, task_type, key)
             except RegistryUnavailableError as exc:
                 raise ApiError(503, f"the model registry is unreachable and this gateway has no routing for "
                                     f"{MODEL_PREFIX}{task_type} yet: retry later ({exc})", "server_error",
@@ -133,8 +155,9 @@ class Gateway:
             except LookupError as exc:
                 raise ApiError(404, f"The model '{MODEL_PREFIX}{task_type}' cannot be served: {exc}",
                                code="model_not_found", param="model") from None  # fmt: skip
-            routing = self.router.routing(task_type)  # cached by the call above
-            self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
+            routing = self.router.cached(task_type)  # cached by the call above; no registry read
+            if routing is not None:
+                self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
             try:
                 return route, await self.pool.batcher(task_type, route.version)
             except RegistryUnavailableError as exc:
@@ -154,35 +177,46 @@ class Gateway:
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
         user = f"{key_id}/{req.user}" if key_id and req.user else req.user
         route, batcher = await self.route(req.task_type, user or call_id)
+        timed_out = False
         try:
-            answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens))
+            decode = self.limits.decode_cap(req.max_tokens)
+            answer: Completion | None = await batcher.submit(CompletionRequest(req.messages, req.max_tokens, decode))
+        except QueueFullError as exc:  # no model saw the call: nothing to log
+            raise ApiError(429, f"{exc}; the gateway is at its queue bound (serving.max_queue)", "requests",
+                           "rate_limit_exceeded", headers={"Retry-After": str(exc.retry_after_s)}) from None  # fmt: skip
+        except DeadlineExceededError:
+            log.warning("%s did not answer request %s within its deadline", route.model_version, call_id)
+            answer, timed_out = None, True
         except Exception:  # noqa: BLE001 - logged as a failed call, answered as a 500 without a traceback
             log.exception("%s failed to answer request %s", route.model_version, call_id)
             answer = None
-        await self._log(call_id, req, route, answer, started, user, key_id)
+        await self._log(call_id, req, route, answer, started, user, key_id, "timeout" if timed_out else "error")
+        if timed_out:
+            raise ApiError(504, f"{route.model_version} did not answer within {batcher.timeout_s} s "
+                                f"(serving.request_timeout_s); the call is logged as failed (id {call_id})",
+                           "server_error", "timeout")  # fmt: skip
         if answer is None:
             raise ApiError(500, f"{route.model_version} failed to answer; the call is logged as failed (id "
                                 f"{call_id})", "server_error", "model_error")  # fmt: skip
         return call_id, route, answer
 
     async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float,
-                   user: str | None, key_id: str | None) -> None:  # fmt: skip
+                   user: str | None, key_id: str | None, failure: str = "error") -> None:  # fmt: skip
         row: dict[str, Any] = {
             "id": call_id, "task_type": req.task_type, "prompt": req.prompt, "key_id": key_id,
             "response": answer.text if answer else "", "model_version": route.model_version, "user_id": user,
             "success": answer is not None, "latency_ms": round((time.perf_counter() - started) * 1000),
             "tokens_used": (answer.prompt_tokens + answer.completion_tokens) if answer else 0,
             "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
-                         "finish_reason": answer.finish_reason if answer else "error", "stream": req.stream},
+                         "finish_reason": answer.finish_reason if answer else failure, "stream": req.stream},
         }  # fmt: skip
         try:
             await asyncio.to_thread(self.logger.log, **row)
         except SpoolFullError as exc:  # the warehouse has been away for long: tell the client when to come back
             log.error("Spool full, the call %s is refused: %s", call_id, exc)
-            err = ApiError(503, "the gateway's log spool is full (the warehouse is unreachable): retry later",
-                           "server_error", "spool_full")  # fmt: skip
-            err.headers = {"Retry-After": str(max(1, round(self.logger.flush_every_s * 5)))}  # type: ignore[attr-defined]
-            raise err from None
+            raise ApiError(503, "the gateway's log spool is full (the warehouse is unreachable): retry later",
+                           "server_error", "spool_full",
+                           headers={"Retry-After": str(max(1, round(self.logger.flush_every_s * 5)))}) from None  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - no answer leaves without its row
             log.exception("Could not spool the row of %s", call_id)
             raise ApiError(503, "the call could not be logged, so it is not answered: retry later", "server_error",
@@ -193,72 +227,35 @@ class Gateway:
 
     # -- feedback ------------------------------------------------------------------------------------------
     def feedback(self, body: Any, key_id: str | None = None) -> dict[str, Any]:
-        """Record a rating (1-5) and/or the client's verdict (``task_success``) on a call made with key ``key_id``.
+        """:func:`ftops.serving.feedback.record_feedback` on this gateway's warehouse (blocking: run in a thread)."""
+        from ftops.serving.feedback import record_feedback
 
-        ``success`` is accepted as the older name of ``task_success``; either way the gateway's own ``success``
-        column keeps what it recorded. Blocking: run it in a thread.
-
-        Raises:
-            ApiError: 422 for a malformed body; 404 when no call of this key has the id; 503 while the warehouse
-                (or the call's still-spooled row) cannot be reached.
-        """
-        if not isinstance(body, dict):
-            raise ApiError(422, "the body must be a JSON object {id, rating, task_success}", code="invalid_value")
-        call_id, rating = body.get("id"), body.get("rating")
-        verdict_field = "task_success" if "task_success" in body else "success"
-        verdict = body.get(verdict_field)
-        if not isinstance(call_id, str) or not call_id or len(call_id) > 200:
-            raise ApiError(422, "id must be the id of a chat completion", code="invalid_value", param="id")
-        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
-            raise ApiError(422, f"rating must be an integer from 1 to 5, got {rating!r}", code="invalid_value",
-                           param="rating")  # fmt: skip
-        if verdict is not None and not isinstance(verdict, bool):
-            raise ApiError(422, f"{verdict_field} must be true, false or null, got {verdict!r}", code="invalid_value",
-                           param=verdict_field)  # fmt: skip
-        if rating is None and verdict is None:
-            raise ApiError(422, "send a rating (1-5), task_success (true/false) or both", code="invalid_value",
-                           param="rating")  # fmt: skip
-        try:
-            found = self._set_feedback(call_id, key_id, rating, verdict)
-            if not found and call_id in self._recent:  # answered here, maybe still in the spool
-                self.logger.flush()
-                found = self._set_feedback(call_id, key_id, rating, verdict)
-                if not found and self.logger.spooled():  # else the row is in the warehouse: another key's call
-                    raise ApiError(503, "the call's row is still spooled (the warehouse is unreachable): retry "
-                                        "later", "server_error", "warehouse_unavailable")  # fmt: skip
-        except sa.exc.OperationalError as exc:
-            log.warning("Feedback not stored, warehouse unreachable: %s", type(exc.orig or exc).__name__)
-            raise ApiError(503, "the warehouse is unreachable: retry later", "server_error",
-                           "warehouse_unavailable") from None  # fmt: skip
-        if not found:  # also another key's call: its existence is not disclosed
-            raise ApiError(404, f"no call with id {call_id!r} was made with this API key", code="not_found",
-                           param="id")  # fmt: skip
-        return {"id": call_id, "object": "feedback", "rating": rating, "task_success": verdict}
-
-    def _set_feedback(self, call_id: str, key_id: str | None, rating: int | None, verdict: bool | None) -> bool:
-        _, t, _, _ = log_tables(self.table)
-        values: dict[str, Any] = {"user_feedback": rating} if rating is not None else {}
-        values |= {"task_success": verdict} if verdict is not None else {}
-        same_key = t.c.key_id.is_(None) if key_id is None else t.c.key_id == key_id
-        with self.engine.begin() as conn:
-            return conn.execute(sa.update(t).where(t.c.id == call_id, same_key).values(**values)).rowcount > 0
+        return record_feedback(self.engine, self.table, self.logger, body, key_id, recent=self._recent)
 
     # -- listing -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
-        """Task types with a champion (from the router's cached aliases)."""
+        """Task types with a champion, from cached reads (blocking only for the very first list read).
+
+        A task type whose aliases were never read is left out of this answer (its read starts now).
+        """
         served = []
-        for task_type in registered_task_types():
+        for task_type in self._listing().get(""):
             try:
-                if self.router.routing(task_type).champion:
+                if self.router.routing(task_type, wait=False).champion:
                     served.append(task_type)
-            except RegistryUnavailableError:
+            except (RegistryUnavailableError, NotReadYet, LookupError):
                 continue
         return served
+
+    def _listing(self) -> RefreshingCache[list[str]]:
+        if self._task_types is None:  # the registry's task types, refreshed like the aliases
+            self._task_types = RefreshingCache(lambda _: registered_task_types(), self.router.ttl_s)
+        return self._task_types
 
     async def warm(self) -> None:
         """Load the champion and canary of every task type now, so first requests do not wait for a load."""
         try:
-            task_types = await asyncio.to_thread(registered_task_types)
+            task_types = await asyncio.to_thread(self._listing().get, "")  # also primes GET /v1/models
         except RegistryUnavailableError as exc:
             log.warning("Registry unreachable at start, models load on first request: %s", exc)
             return
@@ -289,12 +286,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         finally:
             await asyncio.to_thread(gateway.logger.close)
             gateway.pool.close()
+            gateway._registry.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="FT-Ops gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=getattr(exc, "headers", None))
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:
@@ -313,23 +311,26 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     async def body_of(request: Request) -> Any:
         request.state.key_id = gateway.check_key(request.headers.get("authorization"))
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted",
-                           code="request_too_large")  # fmt: skip
+        raw = await read_body(request.stream(), request.headers.get("content-length"), gateway.limits)
         return parse_json(raw)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "spooled_rows": await asyncio.to_thread(gateway.logger.spooled),
-                "loaded": gateway.pool.loaded(),
-                "unavailable": [f"{t}/{v}: {why}" for (t, v), why in gateway.router.unavailable().items()]}  # fmt: skip
+    async def healthz(request: Request) -> dict[str, Any]:
+        if gateway.key_hashes:
+            try:
+                gateway.check_key(request.headers.get("authorization"))
+                detailed = True
+            except ApiError:
+                detailed = False
+        else:
+            detailed = request.client is not None and request.client.host in LOOPBACK
+        return gateway_health(gateway.router, gateway.pool, gateway.logger, detailed)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         gateway.check_key(request.headers.get("authorization"))
         try:
-            served = await asyncio.to_thread(gateway.models)
+            served = await asyncio.get_running_loop().run_in_executor(gateway._registry, gateway.models)
         except RegistryUnavailableError as exc:
             raise ApiError(503, f"the model registry is unreachable: {exc}", "server_error",
                            "registry_unavailable") from None  # fmt: skip
@@ -376,10 +377,13 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     ensure_schema(engine, table)
     loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client)
     limits = Limits(default_max_tokens=cfg.default_max_tokens, max_tokens_limit=cfg.max_tokens_limit,
-                    max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars)  # fmt: skip
+                    max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars,
+                    max_user_chars=cfg.max_user_chars, max_body_bytes=cfg.max_body_bytes,
+                    body_timeout_s=cfg.body_timeout_s, max_tokens_buckets=tuple(sorted(cfg.max_tokens_buckets)))  # fmt: skip
     return Gateway(
-        router=Router(cfg.alias_ttl_s),
-        pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000),
+        router=Router(cfg.alias_ttl_s, max_negative=cfg.max_negative_routings),
+        pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000, max_queue=cfg.max_queue,
+                       timeout_s=cfg.request_timeout_s),  # fmt: skip
         logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s,
                                  segment_bytes=round(cfg.spool_segment_mb * MIB), max_bytes=round(cfg.spool_max_mb * MIB)),
         engine=engine, table=table, limits=limits, key_hashes=key_hashes, preload=preload,

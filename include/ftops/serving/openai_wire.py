@@ -8,9 +8,11 @@ and ignored: answers are greedy, so they are deterministic whatever the temperat
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,9 @@ from ftops.serving.backends import Completion
 
 ROLES = ("system", "user", "assistant", "developer")
 MODEL_PREFIX = "ftops/"
+# NUL: PostgreSQL text refuses it; a lone surrogate cannot be encoded as UTF-8 (a valid pair is one character
+# once JSON is decoded). Either would be refused by the warehouse after the model answered, so refuse it first.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -32,9 +37,10 @@ class ApiError(Exception):
     """
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None) -> None:  # fmt: skip
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -42,12 +48,20 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for (from ``serving`` in the config)."""
+    """What one request may ask for and how its body must arrive (from ``serving`` in the config)."""
 
     default_max_tokens: int = 64
     max_tokens_limit: int = 256
     max_messages: int = 64
     max_request_chars: int = 20_000
+    max_user_chars: int = 256
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 10.0
+    max_tokens_buckets: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+    def decode_cap(self, max_tokens: int) -> int:
+        """The bucket a request's cap is decoded at: the smallest bucket that holds it (else its own cap)."""
+        return min((b for b in self.max_tokens_buckets if b >= max_tokens), default=max_tokens)
 
 
 @dataclass(frozen=True)
@@ -67,12 +81,57 @@ class ChatRequest:
         return next((c for r, c in reversed(self.messages) if r == "user"), "")
 
 
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limits: Limits) -> bytes:
+    """A request body, refused on its ``Content-Length`` before reading and read with a size cap and a deadline.
+
+    Raises:
+        ApiError: 413 past ``max_body_bytes`` (declared or counted: a body without or lying about its length stops
+            at the cap), 400 for a malformed ``Content-Length``, 408 when the whole body has not arrived within
+            ``body_timeout_s`` (a client holding a body open gets its answer and its connection closed).
+    """
+    cap, limit_s = limits.max_body_bytes, limits.body_timeout_s
+    if declared is not None and (not declared.strip().isdigit() or int(declared) > cap):
+        valid = declared.strip().isdigit()
+        raise ApiError(413 if valid else 400, f"Content-Length {declared[:30]!r}: at most {cap} bytes are accepted "
+                       "(serving.max_body_bytes)", code="request_too_large" if valid else "invalid_value",
+                       headers={"connection": "close"})  # fmt: skip
+
+    async def read() -> bytes:
+        parts, size = [], 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, f"the request body is over {cap} bytes (serving.max_body_bytes)",
+                               code="request_too_large", headers={"connection": "close"})  # fmt: skip
+            parts.append(chunk)
+        return b"".join(parts)
+
+    try:
+        return await asyncio.wait_for(read(), limit_s)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {limit_s} s (serving.body_timeout_s)",
+                       code="request_timeout", headers={"connection": "close"}) from None  # fmt: skip
+
+
 def parse_json(raw: bytes) -> Any:
     """The request body as JSON, or a 400 naming the problem."""
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    except RecursionError:  # a body nested thousands of levels deep
+        raise ApiError(400, "We could not parse the JSON body of your request: it is nested too deeply",
+                       code="invalid_json") from None  # fmt: skip
+
+
+def check_text(value: str, param: str) -> str:
+    """``value`` unless it holds a character the interaction log cannot store (400 naming ``param``)."""
+    bad = _UNSTORABLE.search(value)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "a lone UTF-16 surrogate"
+        raise ApiError(400, f"{param} contains {what} (at character {bad.start()}), which cannot be stored",
+                       code="invalid_value", param=param)  # fmt: skip
+    return value
 
 
 def _content(value: Any, i: int) -> str:
@@ -130,7 +189,8 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         if role not in ROLES:
             raise ApiError(400, f"messages[{i}].role must be one of {list(ROLES)}, got {role!r}",
                            code="invalid_value", param=f"messages[{i}].role")  # fmt: skip
-        turns.append(("system" if role == "developer" else str(role), _content(m.get("content"), i)))
+        content = check_text(_content(m.get("content"), i), f"messages[{i}].content")
+        turns.append(("system" if role == "developer" else str(role), content))
     chars = sum(len(c) for _, c in turns)
     if chars > limits.max_request_chars:
         raise ApiError(400, f"the messages hold {chars} characters; at most {limits.max_request_chars} are allowed",
@@ -149,6 +209,11 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise ApiError(400, "user must be a string", code="invalid_value", param="user")
+    if user is not None and len(user) > limits.max_user_chars:
+        raise ApiError(400, f"user holds {len(user)} characters; at most {limits.max_user_chars} are allowed",
+                       code="invalid_value", param="user")  # fmt: skip
+    if user is not None:
+        check_text(user, "user")
     return ChatRequest(
         task_type=task_type, messages=tuple(turns), max_tokens=cap or limits.default_max_tokens, stream=stream,
         include_usage=bool(isinstance(options, Mapping) and options.get("include_usage")), user=user or None,

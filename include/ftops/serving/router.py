@@ -5,9 +5,13 @@ one of 10 000 buckets; buckets below ``traffic_percent × 100`` go to the canary
 user always meets one version for as long as the aliases stay put, and the canary's observed share matches
 its configured share to within sampling noise.
 
-The aliases are read from the registry at most once per task type per ``ttl_s`` seconds. When the registry
-cannot be reached, the last routing read stays in force (and is retried after another ``ttl_s``), because a
-gateway that stops answering when MLflow blinks would be worse than one that routes on slightly old aliases.
+The aliases are read from the registry at most once per task type per ``ttl_s`` seconds, counted from when the
+read finished, through a :class:`~ftops.serving.refresh.RefreshingCache`: one read per task type at a time, a
+stale routing answered at once while one background read refreshes it, so only the very first request of a task
+type waits for the registry. When the registry cannot be reached, the last routing read stays in force (and is
+retried after another ``ttl_s``), because a gateway that stops answering when MLflow blinks would be worse than
+one that routes on slightly old aliases. Task types with no model or no alias (any random ``model`` name a
+client sends) are remembered in a bounded LRU (``max_negative`` names) for ``ttl_s``.
 A version the gateway cannot load is marked unavailable and gets no traffic: its share goes to the champion.
 """
 
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.names import check_task_type
-from ftops.registry.models import CANARY, CHAMPION, RegistryUnavailableError, alias_version, model_name
+from ftops.registry.models import CANARY, CHAMPION, alias_version, model_name
+from ftops.serving.refresh import RefreshingCache
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -59,7 +64,8 @@ class Routing:
         champion: The champion's version, or None when the model has no champion.
         canary: The canary's version, or None.
         canary_percent: The canary's ``traffic_percent`` tag (0-100; 0 without a canary).
-        read_at: The router clock's time of the read.
+        read_at: The router clock's time when the read of these aliases finished (an outage keeps the old
+            routing and its old ``read_at``: its age says how old the aliases in force are).
     """
 
     champion: str | None
@@ -106,23 +112,29 @@ class Router:
     """
 
     def __init__(
-        self, ttl_s: float = 5.0, *, clock: Callable[[], float] = time.monotonic, lookup: AliasLookup | None = None
-    ) -> None:
+        self, ttl_s: float = 5.0, *, clock: Callable[[], float] = time.monotonic, lookup: AliasLookup | None = None,
+        max_negative: int = 1024,
+    ) -> None:  # fmt: skip
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
         self.ttl_s = ttl_s
         self._clock = clock
         self._lookup: AliasLookup = lookup or alias_version
-        self._cache: dict[str, Routing] = {}
+        self._cache: RefreshingCache[Routing] = RefreshingCache(
+            self._read, ttl_s, clock=clock, pinned=lambda r: bool(r.champion or r.canary), max_unpinned=max_negative,
+            on_failure=self._failed,
+        )  # fmt: skip
         self._unavailable: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def route(self, task_type: str, key: str) -> Route:
+    def route(self, task_type: str, key: str, *, wait: bool = True) -> Route:
         """The version that serves ``key`` for ``task_type``.
 
         Args:
             task_type: The task type.
             key: The routing key: the user id, or the request id when there is no user.
+            wait: False: never block on the registry (raise ``NotReadYet`` when the task type was never read;
+                its read starts in the background).
 
         Returns:
             The chosen route.
@@ -131,8 +143,9 @@ class Router:
             InvalidNameError: The task type is not a valid name.
             LookupError: The task type has no champion (or neither champion nor canary can be served).
             RegistryUnavailableError: The registry cannot be reached and this router has no earlier routing.
+            NotReadYet: ``wait`` is false and nothing is cached for the task type.
         """
-        routing = self.routing(task_type)
+        routing = self.routing(task_type, wait=wait)
         champion = (
             routing.champion if routing.champion and not self._is_unavailable(task_type, routing.champion) else None
         )
@@ -148,46 +161,52 @@ class Router:
         raise LookupError(f"{model_name(task_type)}: champion version {routing.champion} is marked unavailable "
                           f"({self._unavailable.get((task_type, routing.champion))}) and no canary can serve")  # fmt: skip
 
-    def routing(self, task_type: str) -> Routing:
-        """The aliases of ``task_type``: cached, read again after ``ttl_s``, kept when the registry fails.
+    def routing(self, task_type: str, *, wait: bool = True) -> Routing:
+        """The aliases of ``task_type``: cached, refreshed after ``ttl_s``, kept when the registry fails.
 
         Raises:
             InvalidNameError: The task type is not a valid name.
             RegistryUnavailableError: The registry cannot be reached and there is no earlier routing.
+            NotReadYet: ``wait`` is false and nothing is cached for the task type.
         """
-        now = self._clock()
-        with self._lock:
-            cached = self._cache.get(task_type)
-        if cached is not None and now - cached.read_at < self.ttl_s:
-            return cached
-        check_task_type(task_type)
-        try:
-            fresh = self._read(task_type, now)
-        except RegistryUnavailableError as exc:
-            if cached is None:
-                raise
-            log.warning("Registry unavailable; routing %s on aliases read %.0f s ago (champion %s, canary %s at "
-                        "%s%%), retry in %s s: %s", task_type, now - cached.read_at, cached.champion, cached.canary,
-                        cached.canary_percent, self.ttl_s, exc)  # fmt: skip
-            # Keep the old aliases but restart the clock: every request retrying the registry (and waiting for
-            # its timeout) during an outage would stall the gateway.
-            fresh = Routing(cached.champion, cached.canary, cached.canary_percent, now)
-        else:
-            if cached is not None and (cached.champion, cached.canary, cached.canary_percent) != (
-                fresh.champion, fresh.canary, fresh.canary_percent
-            ):  # fmt: skip
-                log.info("Routing of %s changed: champion %s -> %s, canary %s (%s%%) -> %s (%s%%)", task_type,
-                         cached.champion, fresh.champion, cached.canary, cached.canary_percent, fresh.canary,
-                         fresh.canary_percent)  # fmt: skip
-        with self._lock:
-            self._cache[task_type] = fresh
-        return fresh
+        return self._cache.get(check_task_type(task_type), wait=wait)
 
-    def _read(self, task_type: str, now: float) -> Routing:
+    def cached(self, task_type: str) -> Routing | None:
+        """The last routing read for ``task_type``, however old, without touching the registry."""
+        entry = self._cache.peek(task_type)
+        return entry.value if entry is not None else None
+
+    def served(self) -> dict[str, Routing]:
+        """Cached routings of the task types with a champion or canary (no registry read)."""
+        return {t: e.value for t in self._cache.keys() if (e := self._cache.peek(t)) is not None and e.value}
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait for the background registry reads in flight (tests; a routing change is then visible)."""
+        self._cache.settle(timeout)
+
+    def _read(self, task_type: str) -> Routing:
         champion = self._lookup(task_type, CHAMPION)
         canary = self._lookup(task_type, CANARY)
         percent = traffic_percent(dict(canary.tags or {})) if canary is not None else 0.0
-        return Routing(champion=_version(champion), canary=_version(canary), canary_percent=percent, read_at=now)
+        fresh = Routing(champion=_version(champion), canary=_version(canary), canary_percent=percent,
+                        read_at=self._clock())  # fmt: skip
+        entry = self._cache.peek(task_type)
+        cached = entry.value if entry is not None else None
+        if cached is not None and (cached.champion, cached.canary, cached.canary_percent) != (
+            fresh.champion, fresh.canary, fresh.canary_percent
+        ):  # fmt: skip
+            log.info("Routing of %s changed: champion %s -> %s, canary %s (%s%%) -> %s (%s%%)", task_type,
+                     cached.champion, fresh.champion, cached.canary, cached.canary_percent, fresh.canary,
+                     fresh.canary_percent)  # fmt: skip
+        return fresh
+
+    def _failed(self, task_type: str, exc: BaseException, kept: Routing | None) -> None:
+        if kept is None:
+            log.warning("Registry unavailable and no routing of %s yet; retry in %s s: %s", task_type, self.ttl_s, exc)
+            return
+        log.warning("Registry unavailable; routing %s on aliases read %.0f s ago (champion %s, canary %s at "
+                    "%s%%), retry in %s s: %s", task_type, self._clock() - kept.read_at, kept.champion, kept.canary,
+                    kept.canary_percent, self.ttl_s, exc)  # fmt: skip
 
     def mark_unavailable(self, task_type: str, version: str, reason: str) -> None:
         """Never route to ``version`` of ``task_type`` again (it cannot be loaded); logged once per version.
@@ -218,14 +237,11 @@ class Router:
 
     def invalidate(self, task_type: str | None = None) -> None:
         """Forget cached aliases (of one task type, or all) so the next request reads the registry."""
-        with self._lock:
-            if task_type is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(task_type, None)
+        self._cache.invalidate(task_type)
 
     def _is_unavailable(self, task_type: str, version: str) -> bool:
-        return (task_type, version) in self._unavailable
+        with self._lock:
+            return (task_type, version) in self._unavailable
 
     @staticmethod
     def _route(task_type: str, version: str, role: str) -> Route:

@@ -19,7 +19,9 @@ from typing import Any
 from ftops.core.names import check_task_type, key_digest
 from ftops.warehouse.schema import INTERACTION_COLUMNS
 
-MAX_USER_ID_CHARS = 256  # a user id is a name, not a payload: the gateway refuses longer ones with a 400
+# A user id is a name, not a payload. The gateway refuses a `user` over serving.max_user_chars (256, at most 1 000)
+# with a 400 and stores it as `<key id>/<user>` when keys are on (13 characters more), so this bound never bites it.
+MAX_USER_ID_CHARS = 1024
 # PostgreSQL text cannot hold NUL; a lone surrogate cannot be encoded as UTF-8 (every driver refuses it).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 

@@ -1,0 +1,85 @@
+"""``POST /v1/feedback``: a client's rating and verdict on a logged call, stored beside what the gateway recorded.
+
+The gateway's ``success`` (did the model answer) is never changed: the client's verdict (did the answer do its
+job) goes to ``task_success`` (``success`` in a feedback body is read as ``task_success``, for older clients).
+Feedback is taken only with the API key that made the call (the row's ``key_id``); another key's call id gets
+the same 404 as an unknown id, so a key learns nothing of other keys' calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ftops.serving.openai_wire import ApiError
+from ftops.warehouse.schema import log_tables
+
+if TYPE_CHECKING:
+    from ftops.serving.interaction_log import InteractionLogger
+
+log = logging.getLogger(__name__)
+
+
+def record_feedback(engine: sa.Engine, table: str, logger: InteractionLogger, body: Any, key_id: str | None,
+                    recent: Container[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Record a rating (1-5) and/or the client's verdict (``task_success``) on a call made with key ``key_id``.
+
+    Args:
+        engine: The warehouse.
+        table: The interaction log table.
+        logger: The gateway's spool (flushed once when the call was answered here but is not in the warehouse).
+        body: The request's JSON body: ``id`` and ``rating`` and/or ``task_success``.
+        key_id: The calling key's id; None when the gateway takes no keys.
+        recent: Ids of calls this gateway process answered (their rows may still be spooled).
+
+    Returns:
+        The feedback object that is answered.
+
+    Raises:
+        ApiError: 422 for a malformed body; 404 when no call of this key has the id; 503 while the warehouse
+            (or the call's still-spooled row) cannot be reached.
+    """
+    if not isinstance(body, dict):
+        raise ApiError(422, "the body must be a JSON object {id, rating, task_success}", code="invalid_value")
+    call_id, rating = body.get("id"), body.get("rating")
+    verdict_field = "task_success" if "task_success" in body else "success"
+    verdict = body.get(verdict_field)
+    if not isinstance(call_id, str) or not call_id or len(call_id) > 200:
+        raise ApiError(422, "id must be the id of a chat completion", code="invalid_value", param="id")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
+        raise ApiError(422, f"rating must be an integer from 1 to 5, got {rating!r}"[:200], code="invalid_value",
+                       param="rating")  # fmt: skip
+    if verdict is not None and not isinstance(verdict, bool):
+        raise ApiError(422, f"{verdict_field} must be true, false or null, got {verdict!r}"[:200],
+                       code="invalid_value", param=verdict_field)  # fmt: skip
+    if rating is None and verdict is None:
+        raise ApiError(422, "send a rating (1-5), task_success (true/false) or both", code="invalid_value",
+                       param="rating")  # fmt: skip
+    try:
+        found = _store(engine, table, call_id, key_id, rating, verdict)
+        if not found and call_id in recent:  # answered here, maybe still in the spool
+            logger.flush()
+            found = _store(engine, table, call_id, key_id, rating, verdict)
+            if not found and logger.spooled():  # else the row is in the warehouse: another key's call
+                raise ApiError(503, "the call's row is still spooled (the warehouse is unreachable): retry later",
+                               "server_error", "warehouse_unavailable")  # fmt: skip
+    except sa.exc.OperationalError as exc:  # the type only: the driver's message may quote parameters
+        log.warning("Feedback not stored, warehouse unreachable: %s", type(exc.orig or exc).__name__)
+        raise ApiError(503, "the warehouse is unreachable: retry later", "server_error",
+                       "warehouse_unavailable") from None  # fmt: skip
+    if not found:  # also another key's call: its existence is not disclosed
+        raise ApiError(404, "no call with this id was made with this API key", code="not_found", param="id")
+    return {"id": call_id, "object": "feedback", "rating": rating, "task_success": verdict}
+
+
+def _store(engine: sa.Engine, table: str, call_id: str, key_id: str | None, rating: int | None,
+           verdict: bool | None) -> bool:  # fmt: skip
+    _, t, _, _ = log_tables(table)
+    values: dict[str, Any] = {"user_feedback": rating} if rating is not None else {}
+    values |= {"task_success": verdict} if verdict is not None else {}
+    same_key = t.c.key_id.is_(None) if key_id is None else t.c.key_id == key_id
+    with engine.begin() as conn:
+        return conn.execute(sa.update(t).where(t.c.id == call_id, same_key).values(**values)).rowcount > 0

@@ -1,0 +1,127 @@
+"""A real ``ftops serve`` on the PostgreSQL warehouse, attacked as a careless or hostile client would.
+
+One server for the module, with small bounds from its config file (queue 2, batch 2, body deadline 1 s). Each
+abuse gets its documented 4xx or 429 (never a 500, nor a 503 of the gateway's own making), and afterwards 50
+normal calls are each in the warehouse exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from ftops.deployment import rollout
+from ftops.training.basemodel import build_base_model
+from ftops.warehouse.schema import log_tables
+from tests.serving_support import ServeProcess, register_local_version
+
+pytestmark = pytest.mark.usefixtures("mlflow_store", "one_torch_thread")
+TASK = "abuse"
+SERVING = {"max_queue": 2, "max_batch": 2, "body_timeout_s": 1, "request_timeout_s": 60, "flush_every_s": 0.3}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, postgres_url: str) -> Any:
+    tmp = tmp_path_factory.mktemp("abuse")
+    base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+    version = register_local_version(TASK, base, "abuse-champion")
+    assert rollout.deploy(TASK, version, 10) == "champion"
+    table = f"interactions_abuse_{os.getpid()}"
+    try:
+        with ServeProcess(tmp, warehouse=postgres_url, serving=SERVING, table=table) as gw:
+            yield {"url": gw.url, "port": gw.port, "table": table, "engine": sa.create_engine(postgres_url)}
+    finally:
+        log_tables(table)[0].drop_all(sa.create_engine(postgres_url))
+
+
+def _chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": f"ftops/{TASK}", "messages": [{"role": "user", "content": content}], "max_tokens": 4} | extra
+
+
+def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"], error
+    return dict(error)
+
+
+def test_unstorable_text_nesting_and_huge_fields_get_400s(gateway: dict[str, Any]) -> None:
+    url = f"{gateway['url']}/v1/chat/completions"
+    with httpx.Client(timeout=30) as c:
+        assert _error(c.post(url, json=_chat("a\x00b")), 400, "invalid_value")["param"] == "messages[0].content"
+        surrogate = json.dumps(_chat("x")).replace('"x"', '"\\ud800"')  # JSON's escape: a lone surrogate
+        assert _error(c.post(url, content=surrogate), 400, "invalid_value")["param"] == "messages[0].content"
+        assert _error(c.post(url, content=b"[" * 200_000 + b"]" * 200_000), 400, "invalid_json")
+        assert _error(c.post(url, content=b"x" * 5_000_000), 413, "request_too_large")
+        assert _error(c.post(url, json=_chat(user="u" * 3_000_000)), 400, "invalid_value")["param"] == "user"
+        assert _error(c.post(url, json=_chat(user="a\x00")), 400, "invalid_value")["param"] == "user"
+
+
+def test_random_model_names_are_404s(gateway: dict[str, Any]) -> None:
+    with httpx.Client(base_url=gateway["url"], timeout=30) as c:
+        for _ in range(200):
+            answer = c.post("/v1/chat/completions", json=_chat(model=f"ftops/r{uuid.uuid4().hex[:12]}"))
+            _error(answer, 404, "model_not_found")
+        assert c.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_client_holding_its_body_open_gets_408_and_its_slot_back(gateway: dict[str, Any]) -> None:
+    with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 500\r\n\r\n{\"model\": ")  # fmt: skip
+        started = time.monotonic()
+        answer = s.recv(65536)
+        waited = time.monotonic() - started
+        while chunk := s.recv(65536):  # then the server closes the connection: the slot is free
+            answer += chunk
+    closed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer and waited < 10, answer
+    assert closed < waited + 2  # closed with the answer, not after a keep-alive timeout
+
+
+def test_a_flood_past_the_queue_bound_gets_429s_not_errors(gateway: dict[str, Any]) -> None:
+    async def client(c: httpx.AsyncClient, k: int) -> list[httpx.Response]:
+        return [await c.post("/v1/chat/completions", json=_chat(f"flood {k} {i}", max_tokens=64)) for i in range(3)]
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway["url"], timeout=60,
+                                     limits=httpx.Limits(max_connections=32)) as c:  # fmt: skip
+            done = await asyncio.gather(*(client(c, k) for k in range(16)))
+        return [r for rs in done for r in rs]
+
+    answers = asyncio.run(flood())
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {200, 429} and codes.count(429) >= 1 and codes.count(200) >= 2, codes
+    full = next(a for a in answers if a.status_code == 429)
+    _error(full, 429, "rate_limit_exceeded")
+    assert int(full.headers["retry-after"]) >= 1
+
+
+def test_after_the_abuse_normal_calls_are_each_stored_once(gateway: dict[str, Any]) -> None:
+    with httpx.Client(base_url=gateway["url"], timeout=60) as c:
+        ids = []
+        for i in range(50):
+            done = c.post("/v1/chat/completions", json=_chat(f"normal call {i}", user=f"user-{i % 5}"))
+            assert done.status_code == 200, done.text
+            ids.append(done.json()["id"])
+    _, t, _, _ = log_tables(gateway["table"])
+    deadline = time.monotonic() + 60
+    while True:
+        with gateway["engine"].connect() as conn:
+            counts = dict(conn.execute(sa.select(t.c.id, sa.func.count()).where(t.c.id.in_(ids)).group_by(t.c.id)).all())
+        if len(counts) == len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert counts == {i: 1 for i in ids}
+    with gateway["engine"].connect() as conn:
+        stored = list(conn.scalars(sa.select(t.c.prompt)))
+    assert not any("\x00" in p for p in stored) and len(stored) == len(set(stored))  # nothing refused was stored
