@@ -71,6 +71,21 @@ def test_buckets_depend_on_the_task_type() -> None:
     assert all(0 <= bucket("a", f"u{i}") < 10_000 for i in range(1000))
 
 
+def test_a_keyed_hash_keeps_clients_from_choosing_canary_users(monkeypatch) -> None:
+    from ftops.core.userkey import routing_salt
+
+    monkeypatch.setenv("FTOPS_USER_KEY_SECRET", "one installation")
+    salt = routing_salt()
+    assert salt == routing_salt() and len(salt) == 32  # stable: one user keeps meeting one version
+    plain = [bucket("a", f"u{i}") < 1000 for i in range(2000)]  # what a client can compute for a 10 % canary
+    keyed = [bucket("a", f"u{i}", salt) < 1000 for i in range(2000)]
+    assert plain != keyed and abs(sum(keyed) - 200) < 60  # other users, the same share
+    picked = [i for i, hit in enumerate(plain) if hit]  # users a client chose to land on the canary
+    assert sum(keyed[i] for i in picked) < len(picked) / 2  # ... mostly land on the champion instead
+    monkeypatch.setenv("FTOPS_USER_KEY_SECRET", "another installation")
+    assert routing_salt() != salt
+
+
 def test_alias_changes_are_seen_only_after_the_ttl() -> None:
     clock = Clock()
     champion = _version("ttl", "a")

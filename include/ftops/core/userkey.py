@@ -93,3 +93,9 @@ def legacy_user_key(user_id: Any) -> str:
 def user_keys(user_id: Any) -> tuple[str, str]:
     """Every key a user's marks and pool rows may carry: the current one first, then the legacy one."""
     return hmac_user_key(user_id), legacy_user_key(user_id)
+
+
+def routing_salt() -> bytes:
+    """The gateway's key for routing hashes (:func:`ftops.serving.router.bucket`), derived from the installation's
+    secret: stable across restarts and across gateways of one installation, unknown to clients."""
+    return hmac.new(user_key_secret(), b"ftops.serving.router.bucket", hashlib.sha256).digest()

@@ -368,6 +368,7 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     from functools import partial
 
     from ftops.core.config import ftops_home
+    from ftops.core.userkey import routing_salt
     from ftops.serving.backends import load_backend
     from ftops.serving.batcher import ModelPool
     from ftops.serving.interaction_log import MIB, InteractionLogger
@@ -381,7 +382,7 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
                     max_user_chars=cfg.max_user_chars, max_body_bytes=cfg.max_body_bytes,
                     body_timeout_s=cfg.body_timeout_s, max_tokens_buckets=tuple(sorted(cfg.max_tokens_buckets)))  # fmt: skip
     return Gateway(
-        router=Router(cfg.alias_ttl_s, max_negative=cfg.max_negative_routings),
+        router=Router(cfg.alias_ttl_s, max_negative=cfg.max_negative_routings, salt=routing_salt()),
         pool=ModelPool(loader, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000, max_queue=cfg.max_queue,
                        timeout_s=cfg.request_timeout_s),  # fmt: skip
         logger=InteractionLogger(engine, table, spool_dir, flush_every_s=cfg.flush_every_s,

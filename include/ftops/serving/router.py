@@ -3,7 +3,8 @@
 A request's routing key (the user, or the request id when there is no user) is hashed with the task type into
 one of 10 000 buckets; buckets below ``traffic_percent × 100`` go to the canary. The hash is stable, so one
 user always meets one version for as long as the aliases stay put, and the canary's observed share matches
-its configured share to within sampling noise.
+its configured share to within sampling noise. The gateway keys the hash with a secret of the installation
+(an HMAC), so a client cannot compute which ``user`` names land on the canary and pick them to steer it.
 
 The aliases are read from the registry at most once per task type per ``ttl_s`` seconds, counted from when the
 read finished, through a :class:`~ftops.serving.refresh.RefreshingCache`: one read per task type at a time, a
@@ -18,6 +19,7 @@ A version the gateway cannot load is marked unavailable and gets no traffic: its
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import threading
@@ -74,12 +76,14 @@ class Routing:
     read_at: float
 
 
-def bucket(task_type: str, key: str) -> int:
+def bucket(task_type: str, key: str, salt: bytes = b"") -> int:
     """The stable bucket (0 to 9 999) of a routing key within a task type.
 
     The task type is part of the hash so that one user is not the canary's test subject for every task type.
+    With a ``salt`` the hash is an HMAC under it: stable for whoever holds the salt, unpredictable to clients.
     """
-    digest = hashlib.sha256(f"{task_type}\x00{key}".encode()).digest()
+    message = f"{task_type}\x00{key}".encode("utf-8", "surrogatepass")
+    digest = hmac.new(salt, message, hashlib.sha256).digest() if salt else hashlib.sha256(message).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
@@ -109,15 +113,17 @@ class Router:
         clock: Monotonic seconds (injectable for tests).
         lookup: Reads one alias, ``(task_type, alias) -> ModelVersion | None``; default the registry's
             :func:`~ftops.registry.models.alias_version`.
+        max_negative: Task types without a champion or canary remembered at most (a bounded LRU).
+        salt: Keys the bucket hash (:func:`bucket`); every gateway of one installation needs the same one.
     """
 
     def __init__(
         self, ttl_s: float = 5.0, *, clock: Callable[[], float] = time.monotonic, lookup: AliasLookup | None = None,
-        max_negative: int = 1024,
+        max_negative: int = 1024, salt: bytes = b"",
     ) -> None:  # fmt: skip
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
-        self.ttl_s = ttl_s
+        self.ttl_s, self.salt = ttl_s, salt
         self._clock = clock
         self._lookup: AliasLookup = lookup or alias_version
         self._cache: RefreshingCache[Routing] = RefreshingCache(
@@ -152,7 +158,7 @@ class Router:
         canary = routing.canary if routing.canary and not self._is_unavailable(task_type, routing.canary) else None
         if canary is not None and canary == champion:
             canary = None
-        if canary is not None and (champion is None or bucket(task_type, key) < routing.canary_percent * 100):
+        if canary is not None and (champion is None or bucket(task_type, key, self.salt) < routing.canary_percent * 100):
             return self._route(task_type, canary, CANARY)
         if champion is not None:
             return self._route(task_type, champion, CHAMPION)
