@@ -1,8 +1,10 @@
 """A real ``ftops serve`` on the PostgreSQL warehouse, attacked as a careless or hostile client would.
 
-One server for the module, with small bounds from its config file (queue 2, batch 2, body deadline 1 s). Each
-abuse gets its documented 4xx or 429 (never a 500, nor a 503 of the gateway's own making), and afterwards 50
-normal calls are each in the warehouse exactly once.
+One server for the module, with small bounds from its config file (queue 2, batch 2, body deadline 1 s), on a
+log table its user created with a ``varchar(8)`` ``user_id``. Each abuse gets its documented 4xx or 429 (never
+a 500, nor a 503 of the gateway's own making); a row the warehouse refuses lands in the spool's rejected file
+and the rows after it are inserted; afterwards 50 normal calls are each in the warehouse exactly once, with
+their feedback stored beside what the gateway recorded.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, postgr
     version = register_local_version(TASK, base, "abuse-champion")
     assert rollout.deploy(TASK, version, 10) == "champion"
     table = f"interactions_abuse_{os.getpid()}"
+    engine = sa.create_engine(postgres_url)
+    _, design, _, _ = log_tables(table)  # the user's own table: the log's columns, a short user_id
+    sa.Table(table, sa.MetaData(), *(sa.Column(c.name, sa.String(8) if c.name == "user_id" else c.type,
+                                               primary_key=c.primary_key) for c in design.c)).create(engine)  # fmt: skip
     try:
         with ServeProcess(tmp, warehouse=postgres_url, serving=SERVING, table=table) as gw:
-            yield {"url": gw.url, "port": gw.port, "table": table, "engine": sa.create_engine(postgres_url)}
+            yield {"url": gw.url, "port": gw.port, "table": table, "engine": engine, "tmp": tmp,
+                   "spool": tmp / "home" / "spool" / table}  # fmt: skip
     finally:
         log_tables(table)[0].drop_all(sa.create_engine(postgres_url))
 
@@ -106,22 +113,54 @@ def test_a_flood_past_the_queue_bound_gets_429s_not_errors(gateway: dict[str, An
     assert int(full.headers["retry-after"]) >= 1
 
 
-def test_after_the_abuse_normal_calls_are_each_stored_once(gateway: dict[str, Any]) -> None:
-    with httpx.Client(base_url=gateway["url"], timeout=60) as c:
-        ids = []
-        for i in range(50):
-            done = c.post("/v1/chat/completions", json=_chat(f"normal call {i}", user=f"user-{i % 5}"))
-            assert done.status_code == 200, done.text
-            ids.append(done.json()["id"])
+def _stored(gateway: dict[str, Any], ids: list[str]) -> dict[str, int]:
+    """id -> copies in the warehouse, once every id is there (or after a minute)."""
     _, t, _, _ = log_tables(gateway["table"])
     deadline = time.monotonic() + 60
     while True:
         with gateway["engine"].connect() as conn:
             counts = dict(conn.execute(sa.select(t.c.id, sa.func.count()).where(t.c.id.in_(ids)).group_by(t.c.id)).all())
         if len(counts) == len(ids) or time.monotonic() > deadline:
-            break
+            return counts
         time.sleep(0.3)
-    assert counts == {i: 1 for i in ids}
+
+
+def test_a_row_the_warehouse_refuses_is_set_aside_and_the_rows_after_it_go_in(gateway: dict[str, Any]) -> None:
+    secret = f"prompt-of-the-refused-row-{uuid.uuid4().hex}"
+    with httpx.Client(base_url=gateway["url"], timeout=60) as c:
+        refused = c.post("/v1/chat/completions", json=_chat(secret, user="a-name-longer-than-8"))
+        assert refused.status_code == 200, refused.text  # valid for the gateway: spooled, then refused by the table
+        after = [c.post("/v1/chat/completions", json=_chat(f"after the refused row {i}", user="u-after")).json()["id"]
+                 for i in range(5)]  # fmt: skip
+    assert _stored(gateway, after) == dict.fromkeys(after, 1)
+    rejected = [json.loads(line) for line in (gateway["spool"] / "rejected.jsonl").read_text().splitlines()]
+    mine = [r for r in rejected if r["row"]["id"] == refused.json()["id"]]
+    assert len(mine) == 1 and "varying(8)" in mine[0]["reason"], rejected
+    _, t, _, _ = log_tables(gateway["table"])
+    with gateway["engine"].connect() as conn:  # its segment came before the rows stored above: it is settled
+        assert conn.scalar(sa.select(sa.func.count()).where(t.c.id == refused.json()["id"])) == 0
+    assert secret not in (gateway["tmp"] / "gateway.log").read_text()  # the reason names the column, not the text
+    with httpx.Client(base_url=gateway["url"], timeout=30) as c:
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok", health  # one refused row does not degrade the gateway
+
+
+def test_after_the_abuse_normal_calls_are_each_stored_once_with_their_feedback(gateway: dict[str, Any]) -> None:
+    with httpx.Client(base_url=gateway["url"], timeout=60) as c:
+        ids = []
+        for i in range(50):
+            done = c.post("/v1/chat/completions", json=_chat(f"normal call {i}", user=f"user-{i % 5}"))
+            assert done.status_code == 200, done.text
+            ids.append(done.json()["id"])
+        for i, call_id in enumerate(ids):
+            rated = c.post("/v1/feedback", json={"id": call_id, "rating": 1 + i % 5, "task_success": i % 2 == 0})
+            assert rated.status_code == 200, rated.text
+    assert _stored(gateway, ids) == dict.fromkeys(ids, 1)
+    _, t, _, _ = log_tables(gateway["table"])
+    with gateway["engine"].connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(t).where(t.c.id.in_(ids)))}
+    assert [(rows[i].user_feedback, rows[i].task_success, rows[i].success) for i in ids] == [
+        (1 + k % 5, k % 2 == 0, True) for k in range(50)]  # fmt: skip
     with gateway["engine"].connect() as conn:
         stored = list(conn.scalars(sa.select(t.c.prompt)))
     assert not any("\x00" in p for p in stored) and len(stored) == len(set(stored))  # nothing refused was stored

@@ -128,6 +128,11 @@ def test_a_registry_outage_keeps_the_last_routing(caplog: pytest.LogCaptureFixtu
     assert after == before
     assert "Registry unavailable; routing outage on aliases read 10 s ago" in caplog.text
     assert len([r for r in caplog.records if "Registry unavailable" in r.message]) == 1
+    assert router.failing() == {"outage"}  # /healthz: degraded once this routing is also old
+    clock.now += 10
+    router.route("outage", "u0")  # the registry is back: the next read succeeds
+    router.settle()
+    assert router.failing() == set()
 
 
 def test_without_earlier_routing_an_outage_raises() -> None:

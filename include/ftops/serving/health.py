@@ -20,7 +20,7 @@ def gateway_health(router: Router, pool: ModelPool, logger: InteractionLogger, d
     """``/healthz``'s body.
 
     "degraded": a version an alias routes to cannot be loaded, a routing is older than ``max(3 × ttl, 30 s)``
-    (its refreshes keep failing: the registry is unreachable, the gateway serves on the last aliases), the spool
+    and its last refresh failed (the registry is unreachable, the gateway serves on the last aliases), the spool
     is full, or its last flush failed (the warehouse is down or refuses the table: rows wait in the spool).
     """
     now = time.monotonic()
@@ -30,7 +30,10 @@ def gateway_health(router: Router, pool: ModelPool, logger: InteractionLogger, d
     ages = {t: round(now - r.read_at, 1) for t, r in routings.items()}
     routed_out = [(t, v) for (t, v) in unavailable if t in routings and v in (routings[t].champion, routings[t].canary)]
     spool = logger.health()  # running counts: no file is read
-    degraded = routed_out or any(a > stale for a in ages.values()) or spool["spool_full"] or spool["flush_error"]
+    # an idle gateway reads no aliases, so age alone says nothing: stale means old *and* the last read failed
+    failing = router.failing()
+    old = any(a > stale and t in failing for t, a in ages.items())
+    degraded = routed_out or old or spool["spool_full"] or spool["flush_error"]
     status = "degraded" if degraded else "ok"
     if not detailed:
         return {"status": status}

@@ -40,6 +40,7 @@ class Entry(Generic[T]):
     value: T | None
     error: BaseException | None
     stamped: float
+    failed: bool = False  # the last read failed and ``value`` is the one kept from before it
 
     def result(self) -> T:
         if self.error is not None:
@@ -179,5 +180,5 @@ class RefreshingCache(Generic[T]):
             kept = before.value if before is not None and before.error is None else None
             if self._on_failure is not None:
                 self._on_failure(key, exc, kept)
-            return Entry(kept, None, self._clock()) if kept is not None else Entry(None, exc, self._clock())
+            return Entry(kept, None, self._clock(), failed=True) if kept is not None else Entry(None, exc, self._clock())
         return Entry(value, None, self._clock())  # stamped after the read finished

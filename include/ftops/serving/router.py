@@ -186,6 +186,10 @@ class Router:
         """Cached routings of the task types with a champion or canary (no registry read)."""
         return {t: e.value for t in self._cache.keys() if (e := self._cache.peek(t)) is not None and e.value}
 
+    def failing(self) -> set[str]:
+        """Task types served on a kept routing because their last registry read failed (no registry read)."""
+        return {t for t in self._cache.keys() if (e := self._cache.peek(t)) is not None and e.failed}
+
     def settle(self, timeout: float = 30) -> None:
         """Wait for the background registry reads in flight (tests; a routing change is then visible)."""
         self._cache.settle(timeout)
