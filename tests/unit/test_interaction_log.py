@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from ftops.serving import interaction_log
 from ftops.serving.interaction_log import MAX_USER_ID_CHARS, InteractionLogger, SpoolFullError, check_row, import_jsonl
 from ftops.warehouse.schema import curation_tables, ensure_schema, log_tables
 
@@ -481,3 +483,25 @@ def test_a_short_write_leaves_no_partial_line(tmp_path: Path) -> None:
     assert data.endswith(b"\n") and 0 < 5000 - len(data) < row_bytes
     assert [json.loads(line)["id"] for line in data.splitlines()] == told["ids"]
     assert told["spooled"] == len(told["ids"]) and told["bytes"] == len(data)
+
+
+def test_an_outage_does_not_make_the_flusher_spin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past flush_rows every row used to wake the flusher, which parsed a batch of the segment to fail again:
+    # an outage took the spool from ~4 000 to ~150 rows/s (benchmarks/bench_spool_outage.py)
+    logger = InteractionLogger(sa.create_engine(DOWN_URL), spool_dir=tmp_path / "spool", flush_every_s=3600,
+                               flush_rows=100)  # fmt: skip
+    parsed = []
+    real_check = interaction_log.check_row
+    monkeypatch.setattr(interaction_log, "check_row", lambda row, **kw: parsed.append(1) or real_check(row, **kw))
+    flushes = []
+    real_flush = logger.flush
+    monkeypatch.setattr(logger, "flush", lambda: flushes.append(1) or real_flush())
+    logger.start()
+    for i in range(600):
+        logger.log(**_row(i))
+    time.sleep(0.5)
+    assert len(flushes) <= 3, len(flushes)  # the start's replay and one wake at flush_rows, not one per row
+    reads = len(parsed) - 600  # check_row of log() itself: 600
+    assert reads <= 200, reads  # after the first failure the flusher asks for a connection before parsing
+    assert logger.health()["spooled_rows"] == 600
+    logger.close()

@@ -37,7 +37,7 @@ from ftops.core.files import private_dir
 from ftops.core.names import check_task_type
 from ftops.serving.log_import import ImportResult, import_jsonl
 from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row, count_lines, db_row, rejected_line
-from ftops.warehouse.bisect_insert import WarehouseRefusedError, error_text, insert_or_bisect
+from ftops.warehouse.bisect_insert import UNAVAILABLE, WarehouseRefusedError, error_text, insert_or_bisect
 from ftops.warehouse.schema import WarehouseUnavailableError
 
 __all__ = ["MAX_USER_ID_CHARS", "ImportResult", "InteractionLogger", "SpoolFullError", "check_row", "import_jsonl"]
@@ -171,7 +171,7 @@ class InteractionLogger:
             mine = self._written
             self._pending += 1
             self._rows, self._bytes, self._active_bytes = self._rows + 1, self._bytes + len(line), self._active_bytes + len(line)
-            due = self._pending >= self.flush_rows
+            due = self._pending == self.flush_rows  # wake the flusher once per batch, not on every row while down
             rotate = self._active_bytes >= self.segment_bytes
         with self._sync_lock:  # group commit: rows appended while another fsync ran share the next one
             if self._synced < mine:
@@ -238,6 +238,8 @@ class InteractionLogger:
         inserted = 0
         for segment in self._segments():
             try:
+                if self._flush_error and segment.name not in self._resume:
+                    self._probe()  # still down? ask before parsing a batch of the segment
                 inserted += self._insert_segment(segment)
             except (WarehouseUnavailableError, WarehouseRefusedError) as exc:
                 what = "Warehouse unavailable" if isinstance(exc, WarehouseUnavailableError) else "Table refuses rows"
@@ -247,6 +249,13 @@ class InteractionLogger:
                 self._flush_error = error
                 return inserted, False
         return inserted, True
+
+    def _probe(self) -> None:
+        """Raise WarehouseUnavailableError (as an insert would) when no connection can be made."""
+        try:
+            self.engine.connect().close()
+        except UNAVAILABLE as exc:
+            raise WarehouseUnavailableError(error_text(exc)) from None
 
     def _insert_segment(self, segment: Path) -> int:
         """Stream one segment into the warehouse, ``batch_rows`` at a time; delete it once every batch committed."""
