@@ -126,3 +126,18 @@ class ServeProcess:
             except Exception:  # noqa: BLE001 - it would not stop: kill it
                 self.proc.kill()
         self.log.close()
+
+
+def aliases(task_type: str) -> tuple[str | None, str | None, str | None]:
+    """The (champion, canary, previous) versions of a task type's registered model."""
+    def v(alias: str) -> str | None:
+        mv = registry.alias_version(task_type, alias)
+        return None if mv is None else str(mv.version)
+
+    return v(registry.CHAMPION), v(registry.CANARY), v(registry.PREVIOUS)
+
+
+def version_tags(task_type: str, version: str) -> dict[str, str]:
+    """A registered version's tags."""
+    return dict(registry.client().get_model_version(registry.model_name(task_type), version).tags)
+

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
 
 GOOD = "Sentiment: positive. The review describes a satisfying experience with the product."
 
@@ -37,3 +40,12 @@ def row(i: int, **overrides) -> dict:
             "timestamp": pd.Timestamp("2026-11-01", tz="UTC"), "user_id": f"u{i}", "model_version": "base",
             "tokens_used": 40, "metadata": None, "task_success": None}  # fmt: skip
     return base | overrides
+
+
+def erasure_config(tmp_path: Path) -> FtopsConfig:
+    """A small curation (10 examples suffice) with its dataset registry, remote and embedding cache in ``tmp_path``."""
+    return FtopsConfig(
+        curation=CurationConfig(min_examples=10, target_size=500, test_split=0.2),
+        storage=StorageConfig(dataset_repo=str(tmp_path / "datasets"), dvc_remote=str(tmp_path / "remote"),
+                              embedding_cache=str(tmp_path / "emb.db")),
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from ftops.registry import models as registry
 from ftops.serving.router import Router
 from ftops.warehouse import state
 from ftops.warehouse.schema import ensure_schema, insert_interactions, log_tables
+from tests.serving_support import aliases, version_tags
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
@@ -76,26 +77,14 @@ def _log(
     ])  # fmt: skip
 
 
-def _aliases(task_type: str) -> tuple[str | None, str | None, str | None]:
-    def v(alias: str) -> str | None:
-        mv = registry.alias_version(task_type, alias)
-        return None if mv is None else str(mv.version)
-
-    return v(registry.CHAMPION), v(registry.CANARY), v(registry.PREVIOUS)
-
-
-def _tags(task_type: str, version: str) -> dict[str, str]:
-    return dict(registry.client().get_model_version(registry.model_name(task_type), version).tags)
-
-
 def test_holds_below_the_minimum_sample_whatever_the_calls_show(engine) -> None:
     champion, canary = _deploy("few")
     _log(engine, "few", champion, 200, T0, T0 + 30 * H)
     _log(engine, "few", canary, 10, T0, T0 + 30 * H, errors=10)  # every call failed, but only 10 of 20 needed
     result = review_canary(engine, CFG, "few", now=T0 + 30 * H)
     assert result["action"] == "hold" and "10 canary calls so far, 20 needed" in result["reason"]
-    assert _aliases("few") == (champion, canary, None)
-    assert _tags("few", canary)["traffic_percent"] == "10"
+    assert aliases("few") == (champion, canary, None)
+    assert version_tags("few", canary)["traffic_percent"] == "10"
 
 
 def test_hard_limit_breach_rolls_back_at_once_and_leaves_the_champion(engine) -> None:
@@ -105,8 +94,8 @@ def test_hard_limit_breach_rolls_back_at_once_and_leaves_the_champion(engine) ->
     result = review_canary(engine, CFG, "bad", now=T0 + 2 * H)  # 2 h into an 8 h step: no waiting
     assert result["action"] == "rollback" and result["applied"]
     assert "error rate 0.200 ≥ 0.05 over 100 calls" in result["reason"]
-    assert _aliases("bad") == (champion, None, None)
-    tags = _tags("bad", canary)
+    assert aliases("bad") == (champion, None, None)
+    tags = version_tags("bad", canary)
     assert tags["deployment"] == "rolled_back" and tags["traffic_percent"] == "0"
     assert "error rate 0.200" in tags["rollback_reason"]
 
@@ -116,7 +105,7 @@ def test_hard_limit_breach_rolls_back_at_once_and_leaves_the_champion(engine) ->
     result = review_canary(engine, CFG, "slow", now=T0 + H)
     assert result["action"] == "rollback" and "p95 latency 2500 ms > 400 ms" in result["reason"]
     assert "the champion's 200 ms over 100 calls" in result["reason"]
-    assert _aliases("slow") == (slow_champion, None, None)
+    assert aliases("slow") == (slow_champion, None, None)
 
 
 def test_significantly_worse_canary_is_rolled_back_with_the_reason_tagged(engine) -> None:
@@ -133,8 +122,8 @@ def test_significantly_worse_canary_is_rolled_back_with_the_reason_tagged(engine
     assert comps["mean_rating"]["worse"] and not comps["error_rate"]["worse"]
     assert comps["error_rate"]["alpha"] == pytest.approx(0.05 / 3)  # Bonferroni over the three comparisons
     assert result["canary_metrics"]["mean_rating"] == pytest.approx(3.5)
-    assert "task_success_rate 0.500" in _tags("worse", canary)["rollback_reason"]
-    assert _aliases("worse") == (champion, None, None)
+    assert "task_success_rate 0.500" in version_tags("worse", canary)["rollback_reason"]
+    assert aliases("worse") == (champion, None, None)
 
 
 def test_a_small_difference_on_a_small_sample_holds_and_says_how_many_calls(engine) -> None:
@@ -148,7 +137,7 @@ def test_a_small_difference_on_a_small_sample_holds_and_says_how_many_calls(engi
     success = next(c for c in result["comparisons"] if c["metric"] == "task_success_rate")
     assert success["harm"] == pytest.approx(0.05) and success["p_value"] > 0.1 and success["upper"] > 0.1
     assert f"about {success['needed']} canary calls needed at these values (60 so far)" in result["reason"]
-    assert _tags("close", canary)["traffic_percent"] == "10"
+    assert version_tags("close", canary)["traffic_percent"] == "10"
 
 
 def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
@@ -164,13 +153,13 @@ def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
     assert young["action"] == "hold" and "step 1/3 at 10 % for 7.0 h of 8.0 h" in young["reason"], young["reason"]
     first = review_canary(engine, CFG, "ramp", now=T0 + 8 * H)
     assert first["action"] == "ramp" and first["applied"] and first["traffic_percent"] == 50
-    tags = _tags("ramp", canary)
+    tags = version_tags("ramp", canary)
     assert (tags["traffic_percent"], tags["ramp_step"]) == ("50", "1")
     assert tags["ramp_started_at"] == (T0 + 8 * H).isoformat()
     assert router.routing("ramp").canary_percent == 50  # the gateway's next alias read serves 50 %
     again = review_canary(engine, CFG, "ramp", now=T0 + 8 * H)  # a rerun at the same time: the step just began
     assert again["action"] == "hold" and "step 2/3 at 50 % has 0 calls" in again["reason"]
-    assert _tags("ramp", canary)["traffic_percent"] == "50"
+    assert version_tags("ramp", canary)["traffic_percent"] == "50"
     # step 2 (50 %): the step's own window counts, not the calls of step 1
     _log(engine, "ramp", champion, 50, T0 + 8 * H, T0 + 16 * H)
     _log(engine, "ramp", canary, 10, T0 + 8 * H, T0 + 16 * H)
@@ -185,15 +174,15 @@ def test_ramps_10_50_100_then_promotes_after_the_duration(engine) -> None:
     assert review_canary(engine, CFG, "ramp", now=T0 + 23 * H)["action"] == "hold"
     done = review_canary(engine, CFG, "ramp", now=T0 + 24 * H)
     assert done["action"] == "promote" and done["applied"], done["reason"]
-    assert _aliases("ramp") == (canary, None, champion)
-    tags = _tags("ramp", canary)
+    assert aliases("ramp") == (canary, None, champion)
+    tags = version_tags("ramp", canary)
     assert tags["deployment"] == "champion" and "step 3/3" in tags["promote_reason"]
-    assert _tags("ramp", champion)["deployment"] == "previous"
+    assert version_tags("ramp", champion)["deployment"] == "previous"
     # idempotent: the same review again changes nothing, and so does a second promotion of the same version
     assert review_canary(engine, CFG, "ramp", now=T0 + 24 * H) == {"task_type": "ramp", "action": "none",
                                                                      "reason": "no canary"}  # fmt: skip
     assert rollout.promote_canary("ramp", canary) == canary
-    assert _aliases("ramp") == (canary, None, champion)
+    assert aliases("ramp") == (canary, None, champion)
     assert router.routing("ramp").canary is None
 
 
@@ -225,7 +214,7 @@ def test_a_one_step_config_promotes_after_the_duration_as_before_ramps(engine) -
     old = FtopsConfig.model_validate({"canary": {"traffic_percent": 10, **small}})
     result = review_canary(engine, old, "good", now=T0 + 30 * H)
     assert result["action"] == "promote"
-    assert _aliases("good") == (canary, None, champion)
+    assert aliases("good") == (canary, None, champion)
     assert rollback("good", None) == {"task_type": "good", "from_version": canary, "to_version": champion}
 
 
@@ -245,20 +234,20 @@ def test_a_review_that_judged_one_version_never_retires_the_next(engine, monkeyp
     monkeypatch.setattr(state, "live_metrics", meanwhile)
     result = review_canary(engine, CFG, "overlap", now=T0 + 2 * H)
     assert result["version"] == v_judged and result["action"] == "rollback" and not result["applied"]
-    assert _aliases("overlap") == (champion, v_next, None)
-    assert "rollback_reason" not in _tags("overlap", v_next)
-    assert _tags("overlap", v_next)["traffic_percent"] == "10"
+    assert aliases("overlap") == (champion, v_next, None)
+    assert "rollback_reason" not in version_tags("overlap", v_next)
+    assert version_tags("overlap", v_next)["traffic_percent"] == "10"
     # the same guards on the direct moves
     assert rollout.retire_canary("overlap", "stale verdict", version=v_judged) is None
     assert rollout.promote_canary("overlap", v_judged) is None
     assert rollout.ramp_canary("overlap", v_judged, step=1, traffic_percent=50, started_at=T0.isoformat(),
                                reason="stale") is False  # fmt: skip
-    assert _aliases("overlap") == (champion, v_next, None)
-    assert _tags("overlap", v_next)["traffic_percent"] == "10"
+    assert aliases("overlap") == (champion, v_next, None)
+    assert version_tags("overlap", v_next)["traffic_percent"] == "10"
     # retiring the version that is canary works, and repeating it is a no-op
     assert rollout.retire_canary("overlap", "bad", version=v_next) == v_next
     assert rollout.retire_canary("overlap", "bad", version=v_next) == v_next
-    assert _aliases("overlap") == (champion, None, None)
+    assert aliases("overlap") == (champion, None, None)
 
 
 def test_a_promotion_interrupted_after_the_champion_moved_is_finished(engine) -> None:
@@ -266,7 +255,7 @@ def test_a_promotion_interrupted_after_the_champion_moved_is_finished(engine) ->
     registry.client().set_registered_model_alias(registry.model_name("crash"), registry.CHAMPION, canary)
     result = review_canary(engine, CFG, "crash", now=T0 + H)
     assert result["action"] == "promote" and result["applied"]
-    assert _aliases("crash")[:2] == (canary, None)
+    assert aliases("crash")[:2] == (canary, None)
 
 
 def test_a_canary_without_deployed_at_starts_its_window_at_the_first_review(engine) -> None:
@@ -277,7 +266,7 @@ def test_a_canary_without_deployed_at_starts_its_window_at_the_first_review(engi
     _log(engine, "untagged", canary, 50, T0, T0 + H)
     result = review_canary(engine, CFG, "untagged", now=T0 + 2 * H)
     assert result["action"] == "hold" and result["canary_metrics"]["requests"] == 0
-    assert _tags("untagged", canary)["deployed_at"] == (T0 + 2 * H).isoformat()
+    assert version_tags("untagged", canary)["deployed_at"] == (T0 + 2 * H).isoformat()
 
 
 # -- the warehouse side: what users saw, aggregated in SQL --------------------------------------------------

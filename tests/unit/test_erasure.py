@@ -17,10 +17,10 @@ from typing import Any
 import mlflow
 import pytest
 import sqlalchemy as sa
-from fakes import HashEmbedder
+from fakes import HashEmbedder, erasure_config
 from ftops_dev.simulate import generate_interactions
 
-from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
+from ftops.core.config import FtopsConfig
 from ftops.curation.rules import user_key
 from ftops.curation.scrub import scrub
 from ftops.datasets.versions import SPLITS
@@ -58,14 +58,6 @@ def engine(request, tmp_path: Path):
     eng.dispose()
     with sa.create_engine(url).begin() as conn:
         conn.exec_driver_sql(f"drop schema {schema} cascade")
-
-
-def _config(tmp_path: Path) -> FtopsConfig:
-    return FtopsConfig(
-        curation=CurationConfig(min_examples=10, target_size=500, test_split=0.2),
-        storage=StorageConfig(dataset_repo=str(tmp_path / "datasets"), dvc_remote=str(tmp_path / "remote"),
-                              embedding_cache=str(tmp_path / "emb.db")),
-    )  # fmt: skip
 
 
 def _simulate(engine: sa.Engine, suffix: str) -> list[dict[str, Any]]:
@@ -114,7 +106,7 @@ def _state(engine: sa.Engine, cfg: FtopsConfig, task_types: list[str]) -> dict[s
 
 def test_erasure_removes_a_user_everywhere_tags_models_and_runs_once(engine, tmp_path: Path, caplog) -> None:
     suffix = f"{engine.dialect.name[:2]}{uuid.uuid4().hex[:4]}"
-    cfg = _config(tmp_path)
+    cfg = erasure_config(tmp_path)
     rows = _simulate(engine, suffix)
     task_types = sorted({r["task_type"] for r in rows})
     first = _curate_all(engine, cfg, task_types, "night-1")
@@ -207,9 +199,9 @@ def test_an_unknown_or_empty_user_is_a_clear_error(tmp_path: Path, capsys: pytes
     ensure_schema(engine)
     insert_interactions(engine, generate_interactions(20, seed=1))
     with pytest.raises(LookupError, match="no row of the log table 'interactions' has this user id"):
-        erase_user(engine, _config(tmp_path), "nobody-42")
+        erase_user(engine, erasure_config(tmp_path), "nobody-42")
     with pytest.raises(ValueError, match="empty"):
-        erase_user(engine, _config(tmp_path), " ")
+        erase_user(engine, erasure_config(tmp_path), " ")
     id_file = tmp_path / "user-id.txt"
     id_file.write_text("nobody-42\n")
     assert main(["erase", "--user-id-file", str(id_file), "--warehouse-url", str(engine.url)]) == 2
@@ -221,7 +213,7 @@ def test_an_unknown_or_empty_user_is_a_clear_error(tmp_path: Path, capsys: pytes
 @pytest.mark.parametrize("crash_in", ["set_tags", "delete_user_rows"])
 def test_a_crash_between_steps_then_a_rerun_finishes_the_job(tmp_path: Path, monkeypatch, crash_in: str) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
-    cfg = _config(tmp_path)
+    cfg = erasure_config(tmp_path)
     rows = _simulate(engine, f"crash{crash_in[:3]}")
     task_types = sorted({r["task_type"] for r in rows})
     _curate_all(engine, cfg, task_types, "night-1")
@@ -258,7 +250,7 @@ def test_a_crash_between_steps_then_a_rerun_finishes_the_job(tmp_path: Path, mon
 
 def test_rows_erased_between_curating_and_publishing_are_never_published(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
-    cfg = _config(tmp_path)
+    cfg = erasure_config(tmp_path)
     rows = _simulate(engine, "staged")
     task_type = sorted({r["task_type"] for r in rows})[0]
     staged = curate_window(engine, cfg, task_type, run_key="night-1", now=NOW, embedder=HashEmbedder())

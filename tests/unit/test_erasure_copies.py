@@ -15,10 +15,10 @@ from typing import Any
 import mlflow
 import pytest
 import sqlalchemy as sa
+from fakes import erasure_config
 from ftops_dev.simulate import generate_interactions
 
 from ftops.core import userkey
-from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
 from ftops.curation.rules import user_key
 from ftops.datasets.versions import DatasetNotFoundError
 from ftops.pipeline.common import dataset_registry
@@ -41,14 +41,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(userkey.SECRET_FILE_ENV, raising=False)
     userkey._cache.clear()
     return tmp_path / "home"
-
-
-def _config(tmp_path: Path) -> FtopsConfig:
-    return FtopsConfig(
-        curation=CurationConfig(min_examples=10, target_size=500, test_split=0.2),
-        storage=StorageConfig(dataset_repo=str(tmp_path / "datasets"), dvc_remote=str(tmp_path / "remote"),
-                              embedding_cache=str(tmp_path / "emb.db")),
-    )  # fmt: skip
 
 
 def _rows(n: int, user: str, marker: str, seed: int = 3) -> list[dict[str, Any]]:
@@ -84,7 +76,7 @@ def test_user_keys_are_keyed_by_a_private_secret_and_old_keys_still_match(home: 
     with engine.begin() as conn:
         conn.execute(sa.insert(pool), [{"row_id": "elsewhere-1", "task_type": "sentiment", "prompt": "p",
                                         "response": "r", "user_key": legacy, "run_key": "old"}])  # fmt: skip
-    summary = erase_user(engine, _config(tmp_path), "alice@example.com")
+    summary = erase_user(engine, erasure_config(tmp_path), "alice@example.com")
     # the log row marked under the legacy key is not marked again; the legacy pool row's id is marked now
     assert summary["user_key"] == key and summary["rows_marked"] == (len(rows) - 1) + 1
     assert summary["pool_rows_deleted"] == 1
@@ -128,7 +120,7 @@ def test_spooled_rows_are_marked_and_leave_the_spool_and_the_rejected_file(home:
                                             "row": r}, default=str) + "\n" for r in [theirs[5], others[0]]))  # fmt: skip
 
     # a gateway holds the spool: the rows are marked, the files stay
-    held = erase_user(engine, _config(tmp_path), "carol")
+    held = erase_user(engine, erasure_config(tmp_path), "carol")
     assert held["spool"]["spool_in_use"] and held["spool"]["spooled_rows"] == 4
     assert erasure.erased_ids(engine, "interactions", ids) == set(ids[:3])
     assert b"spooled-marker 5" not in rejected.read_bytes() and b"kept-marker 0" in rejected.read_bytes()
@@ -136,11 +128,11 @@ def test_spooled_rows_are_marked_and_leave_the_spool_and_the_rejected_file(home:
 
     # the gateway has stopped (its last flush failed: the rows are still spooled): the files lose the rows
     logger.close()
-    freed = erase_user(engine, _config(tmp_path), "carol")
+    freed = erase_user(engine, erasure_config(tmp_path), "carol")
     assert not freed["spool"]["spool_in_use"] and freed["spool"]["removed"] == 3
     spooled = b"".join(p.read_bytes() for p in spool.glob("*.jsonl"))
     assert b"spooled-marker" not in spooled and spooled.count(b"kept-marker") == 4  # 3 spooled, 1 rejected
-    assert not erase_user(engine, _config(tmp_path), "carol")["changed"]
+    assert not erase_user(engine, erasure_config(tmp_path), "carol")["changed"]
 
 
 def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> None:
@@ -149,7 +141,7 @@ def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> No
     from ftops.pipeline.curate import curate_window, publish_window, published_examples
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    cfg = _config(tmp_path)
+    cfg = erasure_config(tmp_path)
     task_type = f"sentiment_{tmp_path.name[-6:].replace('-', '_')}"
     rows = [{**r, "task_type": task_type} for r in generate_interactions(240, seed=7, task_types=("sentiment",))]
     mine = [{**r, "task_type": task_type} for r in _rows(12, "erin", "erin-marker-prompt", seed=8)]
@@ -212,7 +204,7 @@ def test_outputs_data_docs_decisions_and_purge(home: Path, tmp_path: Path) -> No
 def test_a_fine_tune_refuses_a_version_that_an_erasure_superseded(home: Path, tmp_path: Path) -> None:
     from ftops.pipeline.finetune import ErasedDatasetError, refuse_pre_erasure
 
-    datasets = dataset_registry(_config(tmp_path))
+    datasets = dataset_registry(erasure_config(tmp_path))
     example = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     v1 = datasets.publish("refused", [example] * 3, [example], {"source": "test"})
     refuse_pre_erasure(datasets, v1)  # no erasure yet: fine
@@ -268,7 +260,7 @@ def test_an_erasure_waits_for_the_versioning_lock_that_publishing_holds(backend:
     insert_interactions(engine, _rows(3, "gina", "lock-marker"))
     done: dict[str, Any] = {}
     with versioning_lock(engine, what="a publish"):
-        worker = threading.Thread(target=lambda: done.update(erase_user(engine, _config(tmp_path), "gina")))
+        worker = threading.Thread(target=lambda: done.update(erase_user(engine, erasure_config(tmp_path), "gina")))
         worker.start()
         worker.join(timeout=2)
         assert worker.is_alive() and not done  # waiting for the publish to finish

@@ -11,6 +11,7 @@ import pytest
 from ftops.deployment import guards, rollout
 from ftops.pipeline.rollback import rollback
 from ftops.registry import models as registry
+from tests.serving_support import aliases, version_tags
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one store per module; tests use their own task types
 
@@ -34,22 +35,10 @@ def _served(task_type: str) -> tuple[str, str]:
     return good, bad
 
 
-def _aliases(task_type: str) -> tuple[str | None, str | None, str | None]:
-    def v(alias: str) -> str | None:
-        mv = registry.alias_version(task_type, alias)
-        return None if mv is None else str(mv.version)
-
-    return v(registry.CHAMPION), v(registry.CANARY), v(registry.PREVIOUS)
-
-
-def _tags(task_type: str, version: str) -> dict[str, str]:
-    return dict(registry.client().get_model_version(registry.model_name(task_type), version).tags)
-
-
 def _consistent(task_type: str) -> None:
     """One state a person can read: the champion alias and the version tagged champion agree, nothing else
     claims traffic, and no rollback intent is left over."""
-    champion, canary, previous = _aliases(task_type)
+    champion, canary, previous = aliases(task_type)
     versions = {str(v.version): dict(v.tags) for v in registry.versions(task_type)}
     claimed = {v for v, t in versions.items() if t.get("deployment") == "champion"}
     assert claimed == {champion}, (claimed, champion)
@@ -88,7 +77,7 @@ def test_a_retry_after_a_crash_between_alias_writes_finishes_the_same_move(crash
                                                                           retry_to: str | None) -> None:  # fmt: skip
     task_type = f"crash{crash_at}{retry_to or 'prev'}"
     good, bad = _served(task_type)
-    assert _aliases(task_type) == (bad, None, good)
+    assert aliases(task_type) == (bad, None, good)
     to = good if retry_to else None
     writes = crash_after(crash_at)
     with pytest.raises(Crash):
@@ -96,12 +85,12 @@ def test_a_retry_after_a_crash_between_alias_writes_finishes_the_same_move(crash
     assert writes[0] == ("champion", good)  # the good version serves from the first alias write on
     monkeypatch.undo()
     assert rollback(task_type, to, key="run-1") == {"task_type": task_type, "from_version": bad, "to_version": good}
-    assert _aliases(task_type) == (good, None, bad)  # as after an uninterrupted rollback
+    assert aliases(task_type) == (good, None, bad)  # as after an uninterrupted rollback
     _consistent(task_type)
-    assert _tags(task_type, good)[rollout.RESTORED_FROM] == bad
+    assert version_tags(task_type, good)[rollout.RESTORED_FROM] == bad
     # the same run retried once more (its task marked failed after it finished): nothing moves
     assert rollback(task_type, to, key="run-1")["to_version"] == good
-    assert _aliases(task_type) == (good, None, bad)
+    assert aliases(task_type) == (good, None, bad)
 
 
 def test_a_crash_before_the_champion_moves_resumes_the_recorded_target(crash_after, monkeypatch) -> None:
@@ -119,13 +108,13 @@ def test_a_crash_before_the_champion_moves_resumes_the_recorded_target(crash_aft
     with pytest.raises(Crash):
         rollback("early", None, key="run-1")
     monkeypatch.undo()
-    assert _aliases("early") == (bad, None, good)
-    assert _tags("early", bad)[rollout.RESTORE_TO] == good  # resolved once, recorded on the champion
+    assert aliases("early") == (bad, None, good)
+    assert version_tags("early", bad)[rollout.RESTORE_TO] == good  # resolved once, recorded on the champion
     # Meanwhile someone points `previous` elsewhere: the retry still restores the target resolved first.
     other = _version("early", decision="deploy", deployment="previous")
     registry.client().set_registered_model_alias(registry.model_name("early"), registry.PREVIOUS, other)
     assert rollback("early", None, key="run-1")["to_version"] == good
-    assert _aliases("early") == (good, None, bad)
+    assert aliases("early") == (good, None, bad)
     _consistent("early")
 
 
@@ -149,8 +138,8 @@ def test_the_guard_refuses_unsafe_targets_before_anything_moves(case: int) -> No
     target = _version(task_type, **tags)
     with pytest.raises(guards.RollbackRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
         rollback(task_type, target, key="run-1")
-    assert _aliases(task_type) == (bad, None, good)
-    assert rollout.RESTORE_TO not in _tags(task_type, bad) and rollout.RESTORED_FROM not in _tags(task_type, target)
+    assert aliases(task_type) == (bad, None, good)
+    assert rollout.RESTORE_TO not in version_tags(task_type, bad) and rollout.RESTORED_FROM not in version_tags(task_type, target)
     assert isinstance(guards.RollbackRefused("x"), ValueError)  # the task's retry policy fails it at once
 
 
@@ -164,7 +153,7 @@ def test_the_guard_also_refuses_the_champion_the_canary_and_an_unknown_version()
         rollback("same", canary)
     with pytest.raises(LookupError):
         rollback("same", "99")
-    assert _aliases("same") == (bad, canary, good)  # a refused rollback retires no canary
+    assert aliases("same") == (bad, canary, good)  # a refused rollback retires no canary
 
 
 def test_a_rollback_never_overwrites_a_champion_that_moved_meanwhile(monkeypatch) -> None:
@@ -183,8 +172,8 @@ def test_a_rollback_never_overwrites_a_champion_that_moved_meanwhile(monkeypatch
     with pytest.raises(rollout.ChampionMovedError, match=f"moved from v{bad} to v{newer}"):
         rollback("race", None, key="run-1")
     monkeypatch.undo()
-    assert _aliases("race") == (newer, None, bad)
-    assert rollout.RESTORE_TO not in _tags("race", bad)
+    assert aliases("race") == (newer, None, bad)
+    assert rollout.RESTORE_TO not in version_tags("race", bad)
     assert isinstance(rollout.ChampionMovedError("x"), ValueError)
 
 
@@ -198,10 +187,10 @@ def test_promote_and_rollback_in_either_order_end_in_one_consistent_state() -> N
         if first == "promote":
             assert rollout.promote_canary(task_type, canary) == canary
             assert rollback(task_type, None, key="r")["to_version"] == bad  # back to the champion before it
-            assert _aliases(task_type) == (bad, None, canary)
+            assert aliases(task_type) == (bad, None, canary)
         else:
             assert rollback(task_type, None, key="r")["to_version"] == good  # retires the canary too
             assert rollout.promote_canary(task_type, canary) is None  # the judged canary is gone: no move
-            assert _aliases(task_type) == (good, None, bad)
-            assert _tags(task_type, canary)["deployment"] == "rolled_back"
+            assert aliases(task_type) == (good, None, bad)
+            assert version_tags(task_type, canary)["deployment"] == "rolled_back"
         _consistent(task_type)
