@@ -182,13 +182,13 @@ def _live_lines(table: str, task_type: str) -> list[str]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ftops.serving.gateway import build_gateway, create_app, parse_key_hashes
+    from ftops.serving.gateway import LOOPBACK, build_gateway, create_app, parse_key_hashes
 
     cfg = load_config()
     s = cfg.serving
     hashes = parse_key_hashes(os.environ.get(s.api_key_hashes_env))
     host, port = args.host or s.host, args.port or s.port
-    if host not in ("127.0.0.1", "localhost", "::1") and not hashes:
+    if host not in LOOPBACK and not hashes:
         if not args.insecure_no_auth:
             log.error("Refusing to serve on %s without API keys: anyone who reaches this port could call the "
                       "models and steer the canary. Set %s (`ftops hash-api-key` makes an entry), bind 127.0.0.1, "

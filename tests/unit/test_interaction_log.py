@@ -18,7 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from ftops.serving import interaction_log
-from ftops.serving.interaction_log import MAX_USER_ID_CHARS, InteractionLogger, SpoolFullError, check_row, import_jsonl
+from ftops.serving.interaction_log import InteractionLogger, SpoolFullError
+from ftops.serving.log_import import import_jsonl
+from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row
 from ftops.warehouse.schema import curation_tables, ensure_schema, log_tables
 
 DOWN_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test"  # nothing listens on port 1

@@ -135,13 +135,14 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
         ``spooled_rows`` (the user's rows found), ``marked`` (new marks), ``removed`` (lines removed from
         spool files), ``spool_in_use`` (a gateway held the spool).
     """
+    from ftops.serving.spool_rows import LOCK, REJECTED, spool_files
     from ftops.warehouse.erasure import mark_erased
 
     found = {"spooled_rows": 0, "marked": 0, "removed": 0, "spool_in_use": False}
     if not spool_dir.is_dir():
         return found
-    data = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
-    rejected = spool_dir / "rejected.jsonl"
+    data = spool_files(spool_dir)
+    rejected = spool_dir / REJECTED
     ids: set[str] = set()
     holding: list[Path] = []
     for path in [*data, *([rejected] if rejected.exists() else [])]:
@@ -156,7 +157,7 @@ def scan_spool(engine: sa.Engine, table: str, spool_dir: Path, user_id: str, *, 
         holding.remove(rejected)
     if not holding:
         return found
-    lock_fd = os.open(spool_dir / "spool.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(spool_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-ftops-model-version"
-MAX_BODY_BYTES = Limits.max_body_bytes  # the default of serving.max_body_bytes
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 RECENT_IDS = 100_000  # ids answered by this process, for feedback that arrives before the row is flushed
 KEY_ID_CHARS = 12  # 48 bits of the key's hash name it in the log: enough to tell keys apart, useless to guess it

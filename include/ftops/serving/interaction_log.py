@@ -35,18 +35,23 @@ import sqlalchemy as sa
 from ftops.core.config import ftops_home
 from ftops.core.files import private_dir
 from ftops.core.names import check_task_type
-from ftops.serving.log_import import ImportResult, import_jsonl
-from ftops.serving.spool_rows import MAX_USER_ID_CHARS, check_row, count_lines, db_row, rejected_line
+from ftops.serving.spool_rows import (
+    ACTIVE,
+    LOCK,
+    REJECTED,
+    SEGMENT,
+    check_row,
+    count_lines,
+    db_row,
+    rejected_line,
+    segments,
+    spool_files,
+)
 from ftops.warehouse.bisect_insert import UNAVAILABLE, WarehouseRefusedError, error_text, insert_or_bisect
 from ftops.warehouse.schema import WarehouseUnavailableError
 
-__all__ = ["MAX_USER_ID_CHARS", "ImportResult", "InteractionLogger", "SpoolFullError", "check_row", "import_jsonl"]
-
 log = logging.getLogger(__name__)
 
-ACTIVE = "active.jsonl"
-_SEGMENT = "segment-{:08d}.jsonl"
-REJECTED = "rejected.jsonl"  # rows the warehouse refused and lines that could not be read, kept for a person
 MIB = 1024 * 1024
 
 
@@ -109,7 +114,7 @@ class InteractionLogger:
         self.flush_every_s, self.flush_rows, self.batch_rows = flush_every_s, flush_rows, batch_rows
         self.segment_bytes, self.max_bytes = segment_bytes, max_bytes
         private_dir(self.spool_dir, force=True)
-        self._lock_fd = _open_private(self.spool_dir / "spool.lock", os.O_RDWR)
+        self._lock_fd = _open_private(self.spool_dir / LOCK, os.O_RDWR)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -125,9 +130,9 @@ class InteractionLogger:
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         # Counted once here by streaming the files, then kept up to date: health() and spooled() read no file.
-        files = [*self._segments(), self.spool_dir / ACTIVE]
-        self._rows = sum(count_lines(p) for p in files if p.exists())
-        self._bytes = sum(p.stat().st_size for p in files if p.exists())
+        files = spool_files(self.spool_dir)
+        self._rows = sum(count_lines(p) for p in files)
+        self._bytes = sum(p.stat().st_size for p in files)
         rejected = self.spool_dir / REJECTED
         self._rejected = count_lines(rejected) if rejected.exists() else 0
         self._full = False  # a row was refused for want of space, and no flush has freed any since
@@ -197,7 +202,7 @@ class InteractionLogger:
         """Rename a non-empty active file to the next segment (caller holds the write lock, file closed)."""
         active = self.spool_dir / ACTIVE
         if active.exists() and active.stat().st_size > 0:
-            active.rename(self.spool_dir / _SEGMENT.format(self._next_segment))
+            active.rename(self.spool_dir / SEGMENT.format(self._next_segment))
             self._next_segment += 1
             _fsync_dir(self.spool_dir)
         self._fd, self._active_bytes = -1, 0
@@ -214,7 +219,7 @@ class InteractionLogger:
                 self._open_active()
 
     def _segments(self) -> list[Path]:
-        return sorted(self.spool_dir.glob("segment-*.jsonl"))
+        return segments(self.spool_dir)
 
     def flush(self) -> int:
         """Move spooled rows to the warehouse (they stay spooled while it is down); returns how many were new.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,9 +19,6 @@ from ftops.serving.backends import Completion
 
 ROLES = ("system", "user", "assistant", "developer")
 MODEL_PREFIX = "ftops/"
-# NUL: PostgreSQL text refuses it; a lone surrogate cannot be encoded as UTF-8 (a valid pair is one character
-# once JSON is decoded). Either would be refused by the warehouse after the model answered, so refuse it first.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -126,11 +122,12 @@ def parse_json(raw: bytes) -> Any:
 
 def check_text(value: str, param: str) -> str:
     """``value`` unless it holds a character the interaction log cannot store (400 naming ``param``)."""
-    bad = _UNSTORABLE.search(value)
-    if bad is not None:
-        what = "a NUL character" if bad.group() == "\x00" else "a lone UTF-16 surrogate"
-        raise ApiError(400, f"{param} contains {what} (at character {bad.start()}), which cannot be stored",
-                       code="invalid_value", param=param)  # fmt: skip
+    from ftops.serving.spool_rows import check_text as storable
+
+    try:
+        storable(param, value)
+    except ValueError as exc:
+        raise ApiError(400, f"{exc}, which cannot be stored", code="invalid_value", param=param) from None
     return value
 
 

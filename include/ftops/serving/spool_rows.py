@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ftops.core.names import check_task_type, key_digest
+from ftops.core.text import printable
 from ftops.warehouse.schema import INTERACTION_COLUMNS
 
 # A user id is a name, not a payload. The gateway refuses a `user` over serving.max_user_chars (256, at most 1 000)
 # with a 400 and stores it as `<key id>/<user>` when keys are on (13 characters more), so this bound never bites it.
 MAX_USER_ID_CHARS = 1024
+# The spool folder's files: rows appended now, segments waiting for the warehouse, rows it refused, the owner's lock.
+ACTIVE = "active.jsonl"
+SEGMENT = "segment-{:08d}.jsonl"
+REJECTED = "rejected.jsonl"  # rows the warehouse refused and lines that could not be read, kept for a person
+LOCK = "spool.lock"
 # PostgreSQL text cannot hold NUL; a lone surrogate cannot be encoded as UTF-8 (every driver refuses it).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -154,6 +160,16 @@ def rejected_line(segment: str, reason: str, *, row: Mapping[str, Any] | None = 
     return (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode()
 
 
+def segments(spool_dir: Path) -> list[Path]:
+    """The spool's segments, oldest first."""
+    return sorted(spool_dir.glob(SEGMENT.replace("{:08d}", "*")))
+
+
+def spool_files(spool_dir: Path) -> list[Path]:
+    """The files that hold spooled rows: the segments, oldest first, then the active file if there is one."""
+    return segments(spool_dir) + [p for p in [spool_dir / ACTIVE] if p.exists()]
+
+
 def count_lines(path: Path) -> int:
     """Newline-terminated lines of a file, read 1 MiB at a time."""
     n = 0
@@ -161,9 +177,6 @@ def count_lines(path: Path) -> int:
         while chunk := f.read(1 << 20):
             n += chunk.count(b"\n")
     return n
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def read_spool(spool_dir: str | Path) -> dict[str, Any]:
@@ -178,10 +191,10 @@ def read_spool(spool_dir: str | Path) -> dict[str, Any]:
         and ``reason``, with control characters removed (never the prompt or any other row text).
     """
     spool_dir = Path(spool_dir)
-    files = sorted(spool_dir.glob("segment-*.jsonl")) + [p for p in [spool_dir / "active.jsonl"] if p.exists()]
+    files = spool_files(spool_dir)
     rows = sum(count_lines(p) for p in files)
     rejected: list[dict[str, Any]] = []
-    path = spool_dir / "rejected.jsonl"
+    path = spool_dir / REJECTED
     if path.exists():
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
@@ -192,7 +205,8 @@ def read_spool(spool_dir: str | Path) -> dict[str, Any]:
                              "segment": entry.get("segment"), "reason": entry.get("reason")}  # fmt: skip
                 except (ValueError, AttributeError):  # a line written by an older version: the raw line itself
                     shown = {"id": None, "rejected_at": None, "segment": None, "reason": f"unreadable line {n}"}
-                rejected.append({k: _CONTROL.sub("", str(v))[:300] if v is not None else None for k, v in shown.items()})
+                rejected.append({k: printable(v, keep_breaks=False)[:300] if v is not None else None
+                                 for k, v in shown.items()})  # fmt: skip
     return {"spool_dir": str(spool_dir), "spooled_rows": rows, "spool_bytes": sum(p.stat().st_size for p in files),
-            "segments": len(files) - (1 if (spool_dir / "active.jsonl").exists() else 0),
+            "segments": len(segments(spool_dir)),
             "rejected_file": str(path), "rejected": rejected}  # fmt: skip
