@@ -55,6 +55,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None) -> Any:
     tmp = tmp_path_factory.mktemp("loop")
     with FakeOpenAI() as fake, pytest.MonkeyPatch.context() as mp:
         mp.setenv("FTOPS_HOME", str(tmp / "home"))
+        # The routing hash is keyed by the installation's secret (random per FTOPS_HOME): a fixed one keeps which
+        # seeded users meet the canary, and so every verdict below, the same from run to run.
+        mp.setenv("FTOPS_USER_KEY_SECRET", "serving-loop-test")
         api = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
         known: dict[str, str] = {}
         for task_type in ("loopgood", "loopbad", "loopfew"):
