@@ -27,6 +27,11 @@ run's conf (they end on the model version's tags), under a run id made of the ta
 and the policy (`governor__sentiment__v2__new_data`, `__retry1` after a failed one): a retried governor task
 finds the run it started and skips instead of starting a second fine-tune of the same data.
 
+**Keeps the yardstick like for like** (`measure_on_evalsets`): when a task type has an eval set
+(`ftops evalset import`), its champion, then older versions a few per run, answer the latest eval-set version once
+each; the figure is tagged on the version (`evalset_accuracy.v<N>`), so `ftops summary`, `ftops status` and the
+FT-Ops page compare every version on the same questions. A version already measured is never evaluated again.
+
 **Runs** hourly and whenever `ftops_curate` emits an event on the `ftops_datasets` Asset; or by hand.
 """
 
@@ -41,6 +46,8 @@ from ftops_airflow.common import (
     START_DATE,
     TAGS,
     TASK_TYPE,
+    TRAINING_POOL,
+    openai_client,
     resolve_config,
     snapshot,
     warehouse_engine,
@@ -80,6 +87,18 @@ def ftops_governor():
                  "conf": {"task_type": d["task_type"], "dataset_version": d["dataset_version"], "reason": d["reason"],
                           "policy": d["policy"], "decision_key": d["decision_key"]}}
                 for d in decisions if d["train"]]  # fmt: skip
+
+    @task(pool=TRAINING_POOL)
+    def measure_on_evalsets(params: dict | None = None) -> list[dict]:
+        from ftops.pipeline.evalsets import evaluate_on_evalset
+        from ftops.registry.models import registered_task_types
+
+        cfg = snapshot(resolve_config({}))
+        task_types = [params["task_type"]] if params["task_type"] else list(cfg.task_types) or registered_task_types()
+        conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
+        return [evaluate_on_evalset(cfg, t, api_client=lambda: openai_client(conn_id)) for t in task_types]
+
+    measure_on_evalsets()
 
     # One run id per (task type, dataset version, policy): a retry finds the run it started and skips.
     TriggerDagRunOperator.partial(

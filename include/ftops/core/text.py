@@ -12,6 +12,7 @@ import re
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but \t and \n, DEL, C1
 _CONTROLS_AND_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def printable(text: object, *, keep_breaks: bool = True) -> str:
@@ -25,3 +26,19 @@ def printable(text: object, *, keep_breaks: bool = True) -> str:
     if keep_breaks:
         return _CONTROLS.sub("", value)
     return _CONTROLS_AND_BREAKS.sub(lambda m: " " if m.group() in "\t\n" else "", value)
+
+
+def check_text(name: str, value: str) -> None:
+    """Refuse text that no warehouse can store: a NUL character or a lone surrogate.
+
+    Args:
+        name: The field, named in the error (the value never is: it may be a user's data).
+        value: The text.
+
+    Raises:
+        ValueError: The text holds a NUL character or a lone surrogate.
+    """
+    found = _UNSTORABLE.search(value)
+    if found:
+        what = "a NUL character" if found.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise ValueError(f"{name} contains {what} at character {found.start()}")

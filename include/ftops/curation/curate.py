@@ -68,6 +68,8 @@ class Curated:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # this batch's survivors, for the pool
     # row-level lineage: the log row id behind each example, in the splits' order
     lineage: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "test": []})
+    # the model version that served each example's response (its reference), in the same order; None: unknown
+    served_by: dict[str, list[str | None]] = field(default_factory=lambda: {"train": [], "test": []})
     scrubbed: Counter[str] = field(default_factory=Counter)
     capped_users: Counter[str] = field(default_factory=Counter)  # user key -> candidates dropped by the cap
     burst_users: list[str] = field(default_factory=list)  # user keys with a burst of top ratings
@@ -272,6 +274,7 @@ def curate_frame(
             "confidence": None if is_missing(row.get("confidence")) else float(row["confidence"]),
             "latency_ms": None if is_missing(row.get("latency_ms")) else float(row["latency_ms"]),
             "timestamp": as_utc(row.get("timestamp")),
+            "model_version": None if is_missing(row.get("model_version")) else str(row["model_version"]),
         })  # fmt: skip
     for i, key in outcome.items():
         if key.startswith("quarantined:"):
@@ -345,6 +348,7 @@ def curate_frame(
         cand = unique[i]
         (result.test if split == "test" else result.train).append(to_example(cand["prompt"], cand["response"]))
         result.lineage[split].append(cand["row_id"])
+        result.served_by[split].append(cand.get("model_version"))
         if cand["index"] is None:
             result.from_earlier_runs += 1
         if cand["user_key"] is not None:

@@ -3,7 +3,8 @@
 Each version of a task type's dataset is a git tag ``dataset/<task_type>/v<N>`` whose annotation carries the
 content hash of its train and test files. Publishing the same content again returns the existing version, so
 a retry after a crash between any two steps (write, ``dvc add``, push, commit, tag) ends with exactly one
-version. Writers must be serialised (DVC holds a repository lock): the DAGs use a one-slot pool.
+version. Frozen eval sets are versioned the same way under ``evalset/<task_type>/v<N>``
+(:mod:`ftops.datasets.evalsets`). Writers must be serialised (DVC holds a repository lock): the DAGs use a one-slot pool.
 
 With a git remote (``storage.dataset_remote``) the remote is the registry and a worker's repository a copy of
 it: a worker that has none clones it, lists fetch the remote's tags first, and a version exists once its
@@ -39,7 +40,8 @@ _GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "ftops",
     "GIT_COMMITTER_EMAIL": "ftops@localhost",
 }
-_TAGS = "refs/tags/dataset/*"
+KINDS = ("dataset", "evalset")  # tag prefixes: dataset versions and frozen eval sets (ftops.datasets.evalsets)
+_TAG_SPECS = [f"refs/tags/{kind}/*:refs/tags/{kind}/*" for kind in KINDS]
 _HEADS = "+refs/heads/*:refs/remotes/origin/*"
 _PUSH_ATTEMPTS = 3
 
@@ -56,10 +58,11 @@ class DatasetVersion:
     version: int
     content_hash: str
     created: bool = False  # True only for the call that created the tag
+    kind: str = "dataset"  # or "evalset": one of KINDS
 
     @property
     def tag(self) -> str:
-        return f"dataset/{self.task_type}/v{self.version}"
+        return f"{self.kind}/{self.task_type}/v{self.version}"
 
 
 def to_jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -135,13 +138,13 @@ class DatasetRegistry:
         local tag that differs from the remote's of the same name yields to it (with a warning)."""
         flags = ["--no-tags", "--prune"] if prune else ["--no-tags"]
         try:
-            self._git("fetch", *flags, source, _HEADS, f"{_TAGS}:{_TAGS}")
+            self._git("fetch", *flags, source, _HEADS, *_TAG_SPECS)
         except RuntimeError as exc:
             if "would clobber existing tag" not in str(exc):
                 raise
             log.warning("A dataset tag of %s differs from the one the remote %s holds under its name; the "
                         "remote's is the published one: %s", self.root, self.git_remote, exc)  # fmt: skip
-            self._git("fetch", "-q", *flags, source, _HEADS, f"+{_TAGS}:{_TAGS}")
+            self._git("fetch", "-q", *flags, source, _HEADS, *(f"+{spec}" for spec in _TAG_SPECS))
 
     def _attach(self, url: str) -> None:
         """Publish the versions of a repository that had no git remote (or another one) to ``url``, then make
@@ -151,7 +154,7 @@ class DatasetRegistry:
             "ls-remote", url, "refs/heads/main"
         ):
             self._git("push", "-q", url, "HEAD:refs/heads/main")
-        self._git("push", "-q", url, f"{_TAGS}:{_TAGS}")
+        self._git("push", "-q", url, *_TAG_SPECS)
         self._git("remote", "remove", "origin", check=False)
         self._git("remote", "add", "origin", url)
 
@@ -213,8 +216,9 @@ class DatasetRegistry:
             self._git("commit", "-q", "-m", "Set the DVC remote")
 
     # -- queries ----------------------------------------------------------------------------------------
-    def versions(self, task_type: str) -> list[DatasetVersion]:
-        """All versions of a task type, oldest first (with a git remote: the remote's, fetched first).
+    def versions(self, task_type: str, kind: str = "dataset") -> list[DatasetVersion]:
+        """All versions of a task type (of ``kind``: datasets or eval sets), oldest first (with a git remote: the
+        remote's, fetched first).
 
         Raises:
             InvalidNameError: The task type is not a valid name.
@@ -222,21 +226,23 @@ class DatasetRegistry:
         """
         check_task_type(task_type)
         self._sync()
-        return self._local_versions(task_type)
+        return self._local_versions(task_type, kind)
 
-    def _local_versions(self, task_type: str) -> list[DatasetVersion]:
+    def _local_versions(self, task_type: str, kind: str = "dataset") -> list[DatasetVersion]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
         if not self._has_repo():
             return []
         out = self._git(
-            "for-each-ref", f"refs/tags/dataset/{task_type}/", "--format=%(refname:short)%09%(contents:subject)"
+            "for-each-ref", f"refs/tags/{kind}/{task_type}/", "--format=%(refname:short)%09%(contents:subject)"
         )
         found = []
         for line in out.splitlines():
             tag, _, subject = line.partition("\t")
-            m = re.fullmatch(rf"dataset/{re.escape(task_type)}/v(\d+)", tag)
+            m = re.fullmatch(rf"{kind}/{re.escape(task_type)}/v(\d+)", tag)
             h = re.search(r"content_hash=([0-9a-f]{64})", subject)
             if m and h:
-                found.append(DatasetVersion(task_type, int(m.group(1)), h.group(1)))
+                found.append(DatasetVersion(task_type, int(m.group(1)), h.group(1), kind=kind))
         return sorted(found, key=lambda v: v.version)
 
     def task_types(self) -> list[str]:
@@ -273,7 +279,8 @@ class DatasetRegistry:
         raise DatasetNotFoundError(f"dataset version {version!r} of {task_type!r} does not exist (known: {known})")
 
     def read(self, version: DatasetVersion, split: str) -> list[dict[str, Any]]:
-        """Rows of one split, read through DVC at the version's tag (from the remote if not cached)."""
+        """Rows of one split (``train``, ``test``; ``evalset`` for an eval set), read through DVC at the version's
+        tag (from the remote if not cached)."""
         import dvc.api
 
         os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -314,35 +321,51 @@ class DatasetRegistry:
             RuntimeError: The DVC push could not be verified against the DVC remote, git failed, or the git
                 remote refused the version (after trying again when another writer had taken its number).
         """
-        check_task_type(task_type)
         train_text, test_text = to_jsonl(train), to_jsonl(test)
         digest = content_hash(train_text, test_text)
+        n_train, n_test = train_text.count("\n"), test_text.count("\n")
+        meta = {**metadata, "content_hash": digest, "train_rows": n_train, "test_rows": n_test}
+        files = {"train.jsonl": train_text, "test.jsonl": test_text,
+                 "metadata.json": json.dumps(meta, indent=2, sort_keys=True, default=str)}  # fmt: skip
+        return self.publish_files(task_type, files, digest, f"train={n_train} test={n_test}",
+                                  commit_message=f"Dataset {task_type}: {n_train} train, {n_test} test",
+                                  reuse_older=reuse_older)  # fmt: skip
+
+    def publish_files(
+        self, task_type: str, files: Mapping[str, str], digest: str, summary: str, *, commit_message: str,
+        kind: str = "dataset", reuse_older: bool = True,
+    ) -> DatasetVersion:
+        """Version files of a task type under tags ``<kind>/<task_type>/v<N>`` (see :meth:`publish`).
+
+        The files are written into the task type's folder, which DVC tracks as a whole; a version's content is
+        what its tag's commit holds under ``<task_type>/``. ``digest`` names the content: the same digest as an
+        existing version of the kind returns that version.
+        """
+        check_task_type(task_type)
         for attempt in range(1, _PUSH_ATTEMPTS + 1):
             self.ensure()
-            versions = self._local_versions(task_type)  # ensure() fetched the remote's
+            versions = self._local_versions(task_type, kind)  # ensure() fetched the remote's
             for existing in versions if reuse_older else versions[-1:]:
                 if existing.content_hash == digest:
                     log.info("Content %s is already %s: nothing to version", digest[:12], existing.tag)
                     return existing
-            created, message = self._write_and_commit(task_type, train_text, test_text, digest, metadata)
+            self._write_and_commit(task_type, files, commit_message)
+            number = max((v.version for v in self._local_versions(task_type, kind)), default=0) + 1
+            created = DatasetVersion(task_type, number, digest, created=True, kind=kind)
+            message = f"content_hash={digest} {summary}"
             if self.git_remote is None:
                 self._git("tag", "-a", created.tag, "-m", message)
             if self.git_remote is None or self._push(created, message, last_attempt=attempt == _PUSH_ATTEMPTS):
-                log.info("Created dataset version %s (content %s)", created.tag, digest[:12])
+                log.info("Created %s version %s (content %s)", kind, created.tag, digest[:12])
                 return created
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _write_and_commit(
-        self, task_type: str, train_text: str, test_text: str, digest: str, metadata: Mapping[str, Any]
-    ) -> tuple[DatasetVersion, str]:
-        """Write, ``dvc add``, push (verified) and commit a version; returns it (untagged) and its tag message."""
+    def _write_and_commit(self, task_type: str, files: Mapping[str, str], commit_message: str) -> None:
+        """Write, ``dvc add``, push (verified) and commit files of a task type's folder."""
         folder = contained_path(self.root, check_task_type(task_type))
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "train.jsonl").write_text(train_text)
-        (folder / "test.jsonl").write_text(test_text)
-        n_train, n_test = train_text.count("\n"), test_text.count("\n")
-        meta = {**metadata, "content_hash": digest, "train_rows": n_train, "test_rows": n_test}
-        (folder / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        for name, text in files.items():
+            (folder / name).write_text(text)
 
         with self._dvc() as repo:
             repo.add(str(folder))
@@ -357,10 +380,7 @@ class DatasetRegistry:
 
         self._git("add", f"{task_type}.dvc", ".gitignore")
         if self._git("diff", "--cached", "--name-only"):
-            self._git("commit", "-q", "-m", f"Dataset {task_type}: {n_train} train, {n_test} test")
-        number = max((v.version for v in self._local_versions(task_type)), default=0) + 1
-        message = f"content_hash={digest} train={n_train} test={n_test}"
-        return DatasetVersion(task_type, number, digest, created=True), message
+            self._git("commit", "-q", "-m", commit_message)
 
     def _push(self, version: DatasetVersion, message: str, *, last_attempt: bool) -> bool:
         """Push main and the version's tag in one atomic push, then tag locally.

@@ -229,6 +229,7 @@ def curate_window(
         **base,
         "run_key": run_key,
         "lineage": curated.lineage,  # the log row ids behind each split's examples, in order
+        "served_by": curated.served_by,  # who wrote each example's reference (the gate leaves out the incumbent's)
         "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }
@@ -236,7 +237,8 @@ def curate_window(
 
 
 def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]]:
-    """(prompt, split) of every example of every published version of a task type: the leakage guard's history.
+    """(prompt, split) of every example of every published version of a task type, and every eval-set prompt
+    as a test prompt: the leakage guard's history.
 
     A version's examples are read from the dataset registry (through DVC, one read per split) once per worker,
     then from ``FTOPS_HOME/cache/published/<task_type>/<content hash>.json`` (a version's content never changes
@@ -246,18 +248,23 @@ def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]
     """
     from ftops.core.config import ftops_home
     from ftops.curation.curate import examples_of
+    from ftops.datasets.evalsets import EvalSets
 
     registry = dataset_registry(cfg)
+    evalsets = EvalSets(registry)
     folder = ftops_home() / "cache" / "published" / task_type
     found: dict[tuple[str, str], None] = {}
-    read, versions = 0, registry.versions(task_type)
+    read, versions = 0, registry.versions(task_type) + evalsets.versions(task_type)
     for version in versions:
         path = folder / f"{version.content_hash}.json"
         try:
             pairs = [(str(p), str(s)) for p, s in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError):  # not cached yet, or a torn file: read the version again
-            pairs = [(prompt, split) for split in ("train", "test")
-                     for prompt, _ in examples_of(registry.read(version, split))]  # fmt: skip
+            if version.kind == "evalset":  # as test prompts: their paraphrases never reach a training split
+                pairs = [(row["prompt"], "test") for row in evalsets.read(version)]
+            else:
+                pairs = [(prompt, split) for split in ("train", "test")
+                         for prompt, _ in examples_of(registry.read(version, split))]  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
             partial.write_text(json.dumps(pairs, ensure_ascii=False))

@@ -299,12 +299,14 @@ def _publish_successor(
 ) -> DatasetVersion:
     """A new latest version of ``parent`` without the examples at ``positions`` (retry-safe: same content)."""
     kept = {s: [r for i, r in enumerate(datasets.read(parent, s)) if i not in set(positions[s])] for s in SPLITS}
-    metadata = {k: v for k, v in meta.items() if k not in ("content_hash", "train_rows", "test_rows", "lineage")}
+    per_row = ("lineage", "served_by")  # lists aligned with the splits' rows
+    metadata = {k: v for k, v in meta.items() if k not in ("content_hash", "train_rows", "test_rows", *per_row)}
     metadata |= {"parent": parent.tag, "erasure": {"user_key": key, "request_key": request, "matched_by": matched_by,
                                                    "removed": {s: len(positions[s]) for s in SPLITS}}}  # fmt: skip
     if matched_by == "lineage":
-        metadata["lineage"] = {s: [r for i, r in enumerate(meta["lineage"][s]) if i not in set(positions[s])]
-                               for s in SPLITS}  # fmt: skip
+        for key_ in (k for k in per_row if isinstance(meta.get(k), dict)):
+            metadata[key_] = {s: [r for i, r in enumerate(meta[key_][s]) if i not in set(positions[s])]
+                              for s in SPLITS}  # fmt: skip
     version = datasets.publish(parent.task_type, kept["train"], kept["test"], metadata, reuse_older=False)
     log.info("%s: %d train and %d test examples of %s removed from %s: %s", parent.task_type,
              len(positions["train"]), len(positions["test"]), key, parent.tag, version.tag)  # fmt: skip

@@ -305,16 +305,22 @@ def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[s
         return staged
     result = {**staged, "candidates": [c for c in staged["candidates"] if c["row_id"] not in gone]}
     if staged["train_jsonl"] is not None:
-        kept_lineage = {}
+        kept_lineage, served_by = {}, metadata.get("served_by")
+        kept_served: dict[str, list[Any]] = {}
         for s in SPLITS:
             lines = [line for line in staged[f"{s}_jsonl"].split("\n") if line.strip()]
             if len(lines) != len(lineage.get(s) or []):
                 raise RuntimeError(f"the staged {s} split has {len(lines)} rows but {len(lineage.get(s) or [])} "
                                    "lineage ids: re-curate the window")  # fmt: skip
-            pairs = [(line, i) for line, i in zip(lines, lineage[s], strict=True) if i not in gone]
-            result[f"{s}_jsonl"] = "".join(line + "\n" for line, _ in pairs)
-            kept_lineage[s] = [i for _, i in pairs]
-        result["metadata"] = {**metadata, "lineage": kept_lineage}
+            by = served_by[s] if isinstance(served_by, dict) and len(served_by.get(s) or []) == len(lines) else None
+            keep = [k for k, i in enumerate(lineage[s]) if i not in gone]
+            result[f"{s}_jsonl"] = "".join(lines[k] + "\n" for k in keep)
+            kept_lineage[s] = [lineage[s][k] for k in keep]
+            if by is not None:
+                kept_served[s] = [by[k] for k in keep]
+        result["metadata"] = {**{k: v for k, v in metadata.items() if k != "served_by"}, "lineage": kept_lineage}
+        if len(kept_served) == len(SPLITS):
+            result["metadata"]["served_by"] = kept_served
         result["summary"] = {**staged["summary"], "train_rows": len(kept_lineage["train"]),
                              "test_rows": len(kept_lineage["test"]), "erased_before_publishing": len(gone)}  # fmt: skip
     log.warning("%d staged rows were erased since they were curated: left out of what is published", len(gone))

@@ -19,6 +19,7 @@ from ftops.core.names import check_task_type, contained_path, key_digest
 from ftops.datasets.versions import DatasetRegistry, DatasetVersion
 from ftops.deployment import rollout
 from ftops.pipeline.common import check_base_model, dataset_registry
+from ftops.pipeline.yardstick import evalset_figure_tag, yardstick_tags
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
@@ -264,9 +265,15 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
     for trivial in evaluation.get("trivial_baselines") or []:  # beside the baseline: what a constant answer scores
         tags |= {"trivial_baseline": f"{trivial['name']}: {trivial['answer'][:200]}",
                  "trivial.accuracy": round(float(trivial["accuracy"]), 4)}  # fmt: skip
+    tags |= yardstick_tags(evaluation)
     model_id = run.data.tags.get("ftops.model_id")  # the transformers-flavour model (HF backend)
     source = f"models:/{model_id}" if model_id else f"{run.info.artifact_uri}/model"  # API: the model id's pointer
-    return registry.register(task_type, run_id, source, tags, model_id=model_id)
+    version = registry.register(task_type, run_id, source, tags, model_id=model_id)
+    yardstick, champion = evaluation.get("yardstick") or {}, evaluation.get("champion_version")
+    if yardstick.get("version") is not None and champion is not None:  # the champion's figure, like for like
+        registry.set_tags(task_type, champion, {evalset_figure_tag(yardstick["version"]):
+                                                round(float(yardstick["accuracy_baseline"]), 4)})  # fmt: skip
+    return version
 
 
 def deploy_candidate(cfg: FtopsConfig, task_type: str, version: str) -> dict[str, Any]:

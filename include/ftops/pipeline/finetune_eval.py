@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 from ftops.core.config import FtopsConfig
 from ftops.core.text import printable
 from ftops.curation.curate import examples_of
-from ftops.pipeline.common import check_base_model, dataset_registry, json_safe, mlflow_download, weights_artifact
+from ftops.datasets.evalsets import EvalSets, as_example
+from ftops.pipeline.common import (
+    check_base_model,
+    dataset_registry,
+    json_safe,
+    mlflow_download,
+    served_model_version,
+    weights_artifact,
+)
+from ftops.pipeline.yardstick import yardstick_metrics
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
@@ -38,16 +47,16 @@ def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> Lo
     return load_model(base, mlflow_download(weights_uri, folder) if weights_uri else None)
 
 
-def _evaluate_models(
+def evaluate_versions(
     specs: list[tuple[dict[str, str], str]], test: list[dict[str, Any]], cfg: FtopsConfig, folder: str,
-    api_client: Callable[[], Any] | None,
+    api_client: Callable[[], Any] | None, *, timed: bool = True,
 ) -> list[EvalResult]:
     """Evaluate models given as (training run tags, weights URI) on the same test rows.
 
     An API model is asked through chat completions (``openai.fine_tuned_model``, or its base model when
     untuned). When every model is local, single-request latency is timed with all of them loaded,
     interleaved prompt by prompt (:func:`ftops.evaluation.time_single_requests`), so a load spike on the
-    machine cannot favour one of them.
+    machine cannot favour one of them; ``timed=False`` leaves latency unmeasured (NaN).
     """
     from ftops.evaluation.evaluate import evaluate
     from ftops.evaluation.generate import LATENCY_SAMPLE, time_single_requests
@@ -65,29 +74,41 @@ def _evaluate_models(
                 raise ValueError("an API model is to be evaluated but no API connection was given")
             results.append(evaluate_api_model(api_client(), tags.get(MODEL_TAG) or tags["base_model"], test))
         else:
-            results.append(evaluate(model, test, cost_per_hour=cfg.gate.compute_cost_per_hour,
-                                    latency_sample=0 if together else LATENCY_SAMPLE))  # fmt: skip
-    if together:
+            sample = LATENCY_SAMPLE if timed and not together else 0
+            results.append(evaluate(model, test, cost_per_hour=cfg.gate.compute_cost_per_hour, latency_sample=sample))
+    if together and timed:
         for result, latency in zip(results, time_single_requests(local, test), strict=True):
             result.metrics.update(latency)
     return results
 
 
+def version_spec(mv: Any) -> tuple[dict[str, str], str]:
+    """(training run tags with the version's tags over them, weights URI) of a registered model version."""
+    run = registry.client().get_run(str(mv.run_id))
+    tags = {**run.data.tags, **mv.tags}
+    return tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}"
+
+
 def evaluate_candidate(
     cfg: FtopsConfig, task_type: str, run_id: str, *, api_client: Callable[[], Any] | None = None
 ) -> dict[str, Any]:
-    """Evaluate candidate and baseline (champion, or the base model) on the test split; apply the gate.
+    """Evaluate candidate and baseline (champion, or the base model) on the yardstick; apply the gate.
 
-    Both models answer the same test examples in the same order, so the accuracy gain gets a paired
-    bootstrap confidence interval (``cfg.gate.confidence``, ``cfg.gate.bootstrap_resamples``, fixed seed:
-    a retry reaches the same decision on the same answers). The candidate's MLflow run gets the metrics
-    (``candidate_*``, ``baseline_*``, ``accuracy_gain`` and its CI bounds) and ``evaluation/report.json``,
-    ``evaluation/report.md`` and ``evaluation/outputs.jsonl`` (every example's prompt, reference, both
-    answers and whether each was right). Retry-safe (evaluation has no side effect but the run's metrics
-    and report, which are overwritten).
+    The yardstick is the task type's latest eval set (:mod:`ftops.datasets.evalsets`: frozen, references no
+    served model wrote) when it has one; otherwise the dataset version's test split without the rows whose
+    reference the incumbent itself served (a champion scores 100 % on its own answers). With an eval set the
+    split figure (without those rows) is measured too and reported beside it. Both models answer the same
+    rows in the same order, so the accuracy gain gets a paired bootstrap confidence interval
+    (``cfg.gate.confidence``, ``cfg.gate.bootstrap_resamples``, fixed seed: a retry reaches the same decision
+    on the same answers). The candidate's MLflow run gets the metrics (``candidate_*``, ``baseline_*``,
+    ``accuracy_gain`` and its CI bounds, ``evalset_*``, ``split_*``) and ``evaluation/report.json``,
+    ``evaluation/report.md`` and ``evaluation/outputs.jsonl`` (every yardstick row's prompt, reference, both
+    answers and whether each was right). Retry-safe (evaluation has no side effect but the run's metrics and
+    report, which are overwritten).
 
     Returns:
-        The report (small enough for XCom): metrics of both, the gain's CI and the gate decision.
+        The report (small enough for XCom): metrics of both, the gain's CI, the yardstick, the split figure
+        and the gate decision.
     """
     import mlflow
 
@@ -99,21 +120,31 @@ def evaluate_candidate(
     run = c.get_run(run_id)
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, run.data.tags["dataset_version"])
-    test = datasets.read(version, "test")
-    trivials = trivial_baselines(datasets.read(version, "train"), test)
     tags = run.data.tags
     champion = registry.alias_version(task_type, registry.CHAMPION)
+    split_rows, excluded = split_without_incumbent(
+        datasets.read(version, "test"), datasets.read_metadata(version),
+        served_model_version(task_type, str(champion.version)) if champion is not None else None,
+    )  # fmt: skip
+    evalset = EvalSets(datasets).latest(task_type)
+    test = [as_example(r) for r in EvalSets(datasets).read(evalset)] if evalset else split_rows
+    if not test:
+        raise ValueError(f"{version.tag} has no test row that the incumbent did not write ({excluded} excluded): "
+                         "import an eval set (ftops evalset import) or curate more traffic")  # fmt: skip
+    trivials = trivial_baselines(datasets.read(version, "train"), test)
     if champion is not None:
         baseline_name = f"champion v{champion.version}"
-        champ_run = c.get_run(str(champion.run_id))
-        champ_tags = {**champ_run.data.tags, **champion.tags}
-        baseline_spec = (champ_tags, f"{champ_run.info.artifact_uri}/{weights_artifact(champ_tags)}")
+        baseline_spec = version_spec(champion)
     else:
         baseline_name = f"base model {tags['base_model']}"
         baseline_spec = ({"backend": tags["backend"], "base_model": tags["base_model"]}, "")  # untuned
+    candidate_spec = (tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}")
     with tempfile.TemporaryDirectory() as tmp:
-        candidate_spec = (tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}")
-        candidate, baseline = _evaluate_models([candidate_spec, baseline_spec], test, cfg, tmp, api_client)
+        candidate, baseline = evaluate_versions([candidate_spec, baseline_spec], test, cfg, tmp, api_client)
+        split_figures: list[EvalResult] | None = [candidate, baseline]
+        if evalset is not None:  # the split figure beside the yardstick's
+            split_figures = evaluate_versions([candidate_spec, baseline_spec], split_rows, cfg, f"{tmp}/split",
+                                              api_client, timed=False) if split_rows else None  # fmt: skip
     ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
                           confidence=cfg.gate.confidence, seed=0)  # fmt: skip
     trivial = best_trivial(trivials)
@@ -123,11 +154,21 @@ def evaluate_candidate(
                                       confidence=cfg.gate.confidence, seed=0)  # fmt: skip
         versus_trivial = TrivialComparison(f"{trivial.name} {_quoted(trivial.answer)}", trivial.accuracy, trivial_ci)
     gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial)
+    gate.reasons.insert(0, "ok: yardstick " + (f"{evalset.tag} ({len(test)} rows, references no served model wrote)"
+                        if evalset else f"{version.tag} test split without the {excluded} rows the incumbent "
+                        f"wrote ({len(test)} rows; no eval set: ftops evalset import)"))  # fmt: skip
     accuracy_gain = _gain(ci, cfg)
+    yardstick = {"tag": evalset.tag if evalset else "none", "version": evalset.version if evalset else None,
+                 "n": len(test), "accuracy": candidate.metrics["accuracy"],
+                 "accuracy_baseline": baseline.metrics["accuracy"], "gain_ci": [ci[1], ci[2]]}  # fmt: skip
+    split = {"n": len(split_rows), "excluded_incumbent_rows": excluded,
+             "accuracy": split_figures[0].metrics["accuracy"] if split_figures else None,
+             "accuracy_baseline": split_figures[1].metrics["accuracy"] if split_figures else None}  # fmt: skip
     report = {
         "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name,
+        "champion_version": str(champion.version) if champion is not None else None,
         "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics,
-        "accuracy_gain": accuracy_gain, "gate": gate.as_dict(),
+        "accuracy_gain": accuracy_gain, "gate": gate.as_dict(), "yardstick": yardstick, "split": split,
         "trivial_baselines": [t.as_dict() for t in trivials],
         "accuracy_gain_over_trivial": _gain(versus_trivial.gain_ci, cfg) if versus_trivial else None,
         "distinct_candidate_answers": len(set(candidate.outputs)),
@@ -136,9 +177,11 @@ def evaluate_candidate(
         mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": float(v) for k, v in baseline.metrics.items()})
         mlflow.log_metrics({"accuracy_gain": ci[0], "accuracy_gain_ci_low": ci[1], "accuracy_gain_ci_high": ci[2]})
+        mlflow.log_metrics({k: float(v) for k, v in yardstick_metrics(report).items()})
         if trivial is not None and versus_trivial is not None:
             mlflow.log_metrics({"trivial_accuracy": trivial.accuracy, "accuracy_gain_over_trivial_ci_low":
                                 versus_trivial.gain_ci[1]})  # fmt: skip
+        mlflow.set_tag("ftops.evalset", yardstick["tag"])
         mlflow.log_dict(report, "evaluation/report.json")
         mlflow.log_text(_markdown_table(candidate.metrics, baseline.metrics, baseline_name, accuracy_gain,
                                         gate.reasons, trivials), "evaluation/report.md")  # fmt: skip
@@ -150,13 +193,29 @@ def evaluate_candidate(
         ]  # fmt: skip
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
-    log.info("The candidate gave %d distinct answers to %d test prompts (%d right); the answers are in the run's "
-             "%s", len(set(candidate.outputs)), len(test), sum(candidate.correct), "evaluation/outputs.jsonl")  # fmt: skip
+    log.info("The candidate gave %d distinct answers to %d yardstick prompts (%d right); the answers are in the "
+             "run's %s", len(set(candidate.outputs)), len(test), sum(candidate.correct), "evaluation/outputs.jsonl")  # fmt: skip
     if cfg.gate.log_examples:  # off by default: prompts in task logs are copies that erasure cannot reach
         log.info("First %d answers (scrubbed, cut):\n%s", min(cfg.gate.log_examples, len(test)), "\n".join(
             f"  {_cut(p)!r} -> {_cut(a)!r} (reference {_cut(r)!r})" for (p, r), a in
             list(zip(examples_of(test), candidate.outputs, strict=True))[:cfg.gate.log_examples]))  # fmt: skip
     return json_safe(report)
+
+
+def split_without_incumbent(
+    test: list[dict[str, Any]], metadata: dict[str, Any], incumbent: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """The test rows whose reference the incumbent did not serve, and how many were left out.
+
+    ``metadata["served_by"]["test"]`` names, row by row, the model version whose answer became the reference
+    (``ftops-<task_type>/<version>``, or None for rows logged without one). A version curated before that
+    record existed has none: every row is kept (the incumbent's own answers then inflate its figure).
+    """
+    served_by = (metadata.get("served_by") or {}).get("test")
+    if incumbent is None or not isinstance(served_by, list) or len(served_by) != len(test):
+        return test, 0
+    kept = [row for row, by in zip(test, served_by, strict=True) if by != incumbent]
+    return kept, len(test) - len(kept)
 
 
 def _cut(text: str, limit: int = 60) -> str:

@@ -122,7 +122,7 @@ def parse_json(raw: bytes) -> Any:
 
 def check_text(value: str, param: str) -> str:
     """``value`` unless it holds a character the interaction log cannot store (400 naming ``param``)."""
-    from ftops.serving.spool_rows import check_text as storable
+    from ftops.core.text import check_text as storable
 
     try:
         storable(param, value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftops.core.names import check_task_type, key_digest
-from ftops.core.text import printable
+from ftops.core.text import check_text, printable
 from ftops.warehouse.schema import INTERACTION_COLUMNS
 
 # A user id is a name, not a payload. The gateway refuses a `user` over serving.max_user_chars (256, at most 1 000)
@@ -29,23 +28,6 @@ SEGMENT = "segment-{:08d}.jsonl"
 REJECTED = "rejected.jsonl"  # rows the warehouse refused and lines that could not be read, kept for a person
 LOCK = "spool.lock"
 # PostgreSQL text cannot hold NUL; a lone surrogate cannot be encoded as UTF-8 (every driver refuses it).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def check_text(name: str, value: str) -> None:
-    """Refuse text that no warehouse can store: a NUL character or a lone surrogate.
-
-    Args:
-        name: The field, named in the error (the value never is: it may be a user's data).
-        value: The text.
-
-    Raises:
-        ValueError: The text holds a NUL character or a lone surrogate.
-    """
-    found = _UNSTORABLE.search(value)
-    if found:
-        what = "a NUL character" if found.group() == "\x00" else "a lone surrogate (not valid Unicode)"
-        raise ValueError(f"{name} contains {what} at character {found.start()}")
 
 
 def _check_json_strings(value: Any, depth: int = 0) -> None:

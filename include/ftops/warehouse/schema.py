@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ INTERACTION_COLUMNS = (
 )  # fmt: skip
 # Columns added after the first release: an existing log table gains them in place (nullable, rows kept).
 ADDED_COLUMNS = ("task_success", "key_id")
+POOL_ADDED_COLUMNS = ("model_version",)  # the curated pool's newer columns, added in place
 
 
 def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
@@ -103,6 +104,7 @@ def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Tab
         sa.Column("latency_ms", sa.Float),
         sa.Column("timestamp", sa.DateTime(timezone=True)),
         sa.Column("run_key", sa.Text, nullable=False),
+        sa.Column("model_version", sa.Text),  # the version whose answer is the response (None: unknown)
     )
     runs = sa.Table(  # keyed by log table too: two projects sharing a warehouse have the same DAG run ids
         "ftops_curation_runs",
@@ -168,13 +170,18 @@ def ensure_schema(engine: sa.Engine, table: str = "interactions") -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_STATE_TABLES_LOCK)))
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
-        quote = conn.dialect.identifier_preparer.quote
-        for name in (c for c in ADDED_COLUMNS if c not in have):
-            log.warning("Adding column %s to the log table %s (nullable; rows kept)", name, table)
-            kind = t.c[name].type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {kind}")
+        _add_columns(conn, t, ADDED_COLUMNS)
     ensure_state_tables(engine, table)
+
+
+def _add_columns(conn: sa.Connection, table: sa.Table, names: Sequence[str]) -> None:
+    """Add the nullable columns ``names`` of ``table`` that the warehouse's table lacks, keeping its rows."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in (c for c in names if c not in have):
+        log.warning("Adding column %s to the table %s (nullable; rows kept)", name, table.name)
+        kind = table.c[name].type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}")
 
 
 # Any constant: PostgreSQL advisory lock that serialises creating and upgrading FT-Ops' tables.
@@ -195,7 +202,7 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
     """
     connect(engine).close()
     md, _, quarantine, decisions = log_tables(table)
-    curation_md, _, runs, _ = curation_tables(table)
+    curation_md, pool, runs, _ = curation_tables(table)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_STATE_TABLES_LOCK)))
@@ -204,6 +211,7 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
         _upgrade_layout(conn, decisions, fill={"kind": "training"})
         md.create_all(conn, tables=[quarantine, decisions], checkfirst=True)
         curation_md.create_all(conn, checkfirst=True)
+        _add_columns(conn, pool, POOL_ADDED_COLUMNS)
         training_runs_table()[0].create_all(conn, checkfirst=True)
         ERASED_ROWS.create(conn, checkfirst=True)  # the marks of erased log rows (ftops.warehouse.erasure)
 

@@ -11,6 +11,8 @@
     ftops spool [--json]                     the gateway's log spool: rows waiting, rejected rows and why
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
     ftops erase --user-id-file - [--purge]   remove a user's data (the id on stdin) from everything FT-Ops made
+    ftops evalset import FILE --task-type T  a labelled file as the task type's next frozen eval-set version
+    ftops evalset list                       eval-set versions and their rows by source
 """
 
 from __future__ import annotations
@@ -21,28 +23,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ftops.core.config import LOCAL_BASE_MODEL, ftops_home, load_config, resolve_base_model
-from ftops.core.names import check_task_type
+from ftops.cli.common import engine_of as _engine
+from ftops.cli.common import task_type_arg as _task_type
+from ftops.cli.common import warehouse_url
+from ftops.core.config import LOCAL_BASE_MODEL, load_config, resolve_base_model
 from ftops.core.text import printable
 
 log = logging.getLogger("ftops")
-
-
-def warehouse_url(explicit: str | None = None) -> str:
-    """The warehouse as a SQLAlchemy URL.
-
-    Order: ``--warehouse-url``, ``$FTOPS_WAREHOUSE_URL``, the Airflow connection URI in
-    ``$AIRFLOW_CONN_FTOPS_WAREHOUSE`` (so the CLI and the DAGs see the same warehouse), else the embedded
-    SQLite file under ``FTOPS_HOME``, exactly as the DAGs default.
-    """
-    url = explicit or os.environ.get("FTOPS_WAREHOUSE_URL") or os.environ.get("AIRFLOW_CONN_FTOPS_WAREHOUSE")
-    if not url:
-        from ftops.core.files import private_file
-
-        return f"sqlite:///{private_file(ftops_home() / 'warehouse.db')}"  # 0600 in a 0700 FTOPS_HOME: it holds prompts
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
-    return url
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -142,12 +129,6 @@ def _fail_fast(timeout_s: float = 10) -> None:
     """An unreachable MLflow server answers in seconds, not after MLflow's minutes of retries (unless set)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{timeout_s:g}")
-
-
-def _engine(url: str):  # noqa: ANN202 - sqlalchemy.Engine, imported lazily
-    from ftops.warehouse.engines import create_engine
-
-    return create_engine(url, pool_pre_ping=True)  # hides parameters; a 5 s PostgreSQL connect timeout
 
 
 def _live_lines(table: str, task_type: str) -> list[str]:
@@ -315,13 +296,6 @@ def _hash_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_type(value: str) -> str:
-    try:
-        return check_task_type(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 SHOWN_ANSWERS = 3
 
 
@@ -411,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "(default erasure-<user key>)")  # fmt: skip
     erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     erase.set_defaults(func=_erase)
+    from ftops.cli.yardstick import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
