@@ -5,7 +5,8 @@ Tools (each validates its arguments; a failure comes back as a tool error with o
 * ``status``: the ``ftops status`` dashboard as JSON (Airflow, registry and warehouse; a source that cannot
   be reached is named in ``problems``).
 * ``explain_model``: why a registered version exists (dataset version and size, the policy, decision and
-  reason that trained it, gate metrics and decision, aliases and deployment).
+  reason that trained it, gate metrics and decision, aliases and deployment) and its eval-set figures, each
+  with its yardstick.
 * ``list_decisions``: the latest decisions of the governor, requests and erasures.
 * ``request_training`` / ``request_rollback``: ask for a fine-tune or a rollback; the same guards as the
   governor decide, a refusal comes back with the guard's reason, and every request is recorded.
@@ -81,7 +82,9 @@ def build_server(cfg: FtopsConfig, warehouse_url: str, airflow: AirflowAPI | Non
     @app.tool(annotations=read_only)
     def explain_model(task_type: TaskType, version: Version) -> dict[str, Any]:
         """Why a model version exists and where it stands: dataset version and row count, the policy, decision and
-        reason that trained it, its gate metrics and decision against the baseline, its aliases and deployment."""
+        reason that trained it, its gate metrics and decision against the baseline, its aliases and deployment,
+        and its figures with the yardstick of each (the gate's eval set, accuracy against the champion with the
+        gain's CI, the split without incumbent rows, failure slice, judge; its accuracy on the latest eval set)."""
         return _safe(_answer(lambda: operations.explain_model(cfg, engine, task_type, version)))
 
     @app.tool(annotations=read_only)

@@ -61,44 +61,9 @@ def _build_base_model(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from ftops.pipeline.common import dataset_registry
-    from ftops.registry import models as registry
+    from ftops.pipeline.summary import summary_text
 
-    cfg = load_config()
-    datasets = dataset_registry(cfg)
-    lines = ["", "FT-Ops summary", "=============="]
-    for task_type in datasets.task_types():
-        versions = datasets.versions(task_type)
-        latest = versions[-1]
-        meta = datasets.read_metadata(latest)
-        lines.append(f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
-                     f"(content {latest.content_hash[:12]}, {len(versions)} version(s))")  # fmt: skip
-        accounting = meta.get("accounting") or {}  # a version published by hand may carry no curation record
-        lines.append("  accounting of its run: " + (", ".join(f"{k}={v}" for k, v in accounting.items()) or "none"))
-        lines.append(f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
-                     f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}")  # fmt: skip
-        client = registry.client()
-        for listed in sorted(registry.versions(task_type), key=lambda m: int(m.version)):
-            mv = client.get_model_version(listed.name, listed.version)  # search results carry no aliases
-            t = mv.tags
-            aliases = ",".join(mv.aliases or []) or "no alias"
-            lines.append(f"  model {registry.model_name(task_type)} v{mv.version} [{aliases}] "
-                         f"on {t.get('dataset_version')}: decision {t.get('decision', '?').upper()}")  # fmt: skip
-            for metric in ("accuracy", "perplexity", "bleu", "rouge_l", "latency_p50_ms"):
-                if f"metric.{metric}" in t:
-                    lines.append(f"    {metric:15s} {float(t[f'metric.{metric}']):10.3f}  vs baseline "
-                                 f"{float(t.get(f'baseline.{metric}', 'nan')):10.3f}  ({t.get('baseline')})")  # fmt: skip
-            if "trivial.accuracy" in t:
-                lines.append(f"    {'trivial':15s} {float(t['trivial.accuracy']):10.3f}  ({t.get('trivial_baseline')})")
-            lines.append("    why: " + t.get("reason", "").replace("; ", "\n         "))
-            if t.get("deployment") and t.get("decision", "").lower() != "archive":
-                live = [f"{k.removesuffix('_reason')}: {t[k]}" for k in ("ramp_reason", "promote_reason", "rollback_reason")
-                        if t.get(k)]  # fmt: skip
-                lines.append(f"    in service: {t['deployment']} (traffic {t.get('traffic_percent', '?')} %)"
-                             + "".join(f"\n      last {x}" for x in live))  # fmt: skip
-            lines += _answers(str(mv.run_id))
-        lines += _live_lines(cfg.interactions_table, task_type)
-    sys.stdout.write(printable("\n".join(lines) + "\n"))  # tags and answers are untrusted text
+    sys.stdout.write(summary_text(load_config(), _engine(warehouse_url())))
     return 0
 
 
@@ -129,35 +94,6 @@ def _fail_fast(timeout_s: float = 10) -> None:
     """An unreachable MLflow server answers in seconds, not after MLflow's minutes of retries (unless set)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{timeout_s:g}")
-
-
-def _live_lines(table: str, task_type: str) -> list[str]:
-    """What users saw of each served version of a task type (rows the gateway logged), oldest version first."""
-    from datetime import UTC, datetime
-
-    import sqlalchemy as sa
-
-    from ftops.registry import models as registry
-    from ftops.warehouse.schema import log_tables
-    from ftops.warehouse.state import live_metrics
-
-    engine = _engine(warehouse_url())
-    _, t, _, _ = log_tables(table)
-    prefix = f"{registry.model_name(task_type)}/"
-    with engine.connect() as conn:
-        served = sorted(conn.scalars(sa.select(t.c.model_version).distinct().where(
-            t.c.task_type == task_type, t.c.model_version.startswith(prefix, autoescape=True))),
-            key=lambda v: int(v.rsplit("/", 1)[1]) if v.rsplit("/", 1)[1].isdigit() else 0)  # fmt: skip
-    if not served:
-        return ["  live traffic: none served through the gateway yet"]
-    lines = ["  live traffic through the gateway:"]
-    for name in served:
-        m = live_metrics(engine, task_type, name, datetime(1970, 1, 1, tzinfo=UTC), table)
-        rating = f"{m['mean_rating']:.2f} ({m['rated']} rated)" if m.get("mean_rating") is not None else "no ratings"
-        lines.append(f"    {name}: {m['requests']} calls, error rate {m['error_rate']:.3f}, p95 "
-                     f"{m['latency_p95_ms']:.0f} ms, mean rating {rating}, task success "
-                     f"{m.get('task_success_rate', float('nan')):.3f}")  # fmt: skip
-    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -296,31 +232,6 @@ def _hash_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
-SHOWN_ANSWERS = 3
-
-
-def _answers(run_id: str) -> list[str]:
-    """What the model said: its first test answers and how many distinct answers it gave (a model that says
-    the same thing to every prompt shows here, whatever its score)."""
-    import json
-
-    import mlflow
-
-    try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/outputs.jsonl")
-    except Exception as exc:  # noqa: BLE001 - a summary line, not a failure: say what is missing
-        return [f"    answers: not available ({type(exc).__name__})"]
-    outputs = [json.loads(line) for line in text.splitlines() if line.strip()]
-    distinct = len({o["candidate"] for o in outputs})
-    references = len({o["reference"] for o in outputs})
-    lines = [f"    answers: {distinct} distinct to {len(outputs)} test prompts (the references: {references} distinct); "
-             f"the first {SHOWN_ANSWERS}:"]  # fmt: skip
-    for o in outputs[:SHOWN_ANSWERS]:
-        mark = "right" if o["candidate_correct"] else "wrong"
-        lines.append(f"      {o['prompt'][:70]!r}\n        -> {o['candidate'][:90]!r} ({mark})")
-    return lines
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="ftops", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -391,6 +302,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return int(args.func(args))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,11 @@
 """The FT-Ops page in the Airflow UI: :func:`~ftops.pipeline.status.collect_status` and what a page shows beside it.
 
 Per task type, on top of the status (champion and canary with their gate metrics and live metrics, the canary's
-ramp): every registered version's accuracy against its baseline with the confidence interval of the gain (from
-its MLflow run), latency and cost, for the chart of accuracy by version; the latest dataset versions with their
+ramp): every registered version's accuracy on one eval-set version for the chart of accuracy by version
+(``accuracy_by_version``, :func:`~ftops.pipeline.comparison.compare_versions`: each point with the yardstick of
+its number and of its gate, the gain's CI, the split, slice and judge figures; each version's own test split,
+labelled as not comparable, before any eval-set figure exists), and per version its lineage, latency and cost,
+decision and links; the latest dataset versions with their
 row accounting and the Data Docs pages of their validations; the live task success of champion and canary over
 time, in buckets. Every object that has a page elsewhere carries its link: the Airflow run, the MLflow run, the
 DAG whose form starts a fine-tune or a rollback.
@@ -23,6 +26,7 @@ from urllib.parse import quote
 from ftops.core.airflow_api import AirflowAPI
 from ftops.core.config import FtopsConfig, ftops_home
 from ftops.pipeline.common import dataset_registry, json_safe, served_model_version
+from ftops.pipeline.comparison import compare_versions, version_aliases
 from ftops.pipeline.status import collect_status, one_line
 from ftops.registry import models as registry
 
@@ -76,7 +80,7 @@ def collect_dashboard(
 
     Returns:
         The status of :func:`collect_status` (``models`` replaced by ``task_types``, each with ``versions``,
-        ``datasets``, ``live_series`` and ``links``) and ``links`` on runs and decisions.
+        ``accuracy_by_version``, ``datasets``, ``live_series`` and ``links``) and ``links`` on runs and decisions.
     """
     now = now or datetime.now(UTC)
     status = collect_status(cfg, engine, airflow, now=now)
@@ -94,7 +98,9 @@ def collect_dashboard(
                                                          "canary": None}  # fmt: skip
         entry["links"] = {"finetune": links.dag("ftops_finetune"), "rollback": links.dag("ftops_rollback")}
         if "registry" not in problems:
-            entry["versions"] = _versions(task_type, links, cfg.gate.confidence, problems)
+            entry["versions"], comparison = _versions(task_type, links, cfg.gate.confidence, problems)
+            if comparison is not None:  # with the gain's CI of gates on a test split, from the runs read here
+                entry["accuracy_by_version"] = comparison
             _enrich(entry, entry["versions"])
         entry["datasets"] = _datasets(cfg, task_type, datasets_shown, metadata_cache, problems)
         if "warehouse" not in problems:
@@ -143,24 +149,24 @@ def _served(entry: dict[str, Any]) -> dict[str, str]:
 
 
 # -- model versions -----------------------------------------------------------------------------------------
-def _versions(task_type: str, links: _Links, confidence: float, problems: dict[str, str]) -> list[dict[str, Any]]:
-    """The newest registered versions, oldest first: gate metrics, the gain's CI, role and links."""
+def _versions(
+    task_type: str, links: _Links, confidence: float, problems: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The newest registered versions, oldest first (gate metrics, the gain's CI, role and links), and the same
+    versions on one yardstick (None when the registry did not answer)."""
     try:
         with registry.store_errors(f"read the versions of {registry.model_name(task_type)}"):
             return _read_versions(task_type, links, confidence)
     except registry.RegistryUnavailableError as exc:
         problems["registry"] = one_line(str(exc))
-        return []
+        return [], None
 
 
-def _read_versions(task_type: str, links: _Links, confidence: float) -> list[dict[str, Any]]:
+def _read_versions(task_type: str, links: _Links, confidence: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     c = registry.client()
     found = sorted(registry.versions(task_type), key=lambda mv: int(mv.version))[-VERSIONS_SHOWN:]
-    aliases: dict[str, list[str]] = {}  # a search does not return aliases: ask for each
-    for alias in (registry.CHAMPION, registry.CANARY, registry.PREVIOUS):
-        holder = registry.alias_version(task_type, alias)
-        if holder is not None:
-            aliases.setdefault(str(holder.version), []).append(alias)
+    aliases = version_aliases(task_type)  # a search does not return aliases
+    run_metrics: dict[str, dict[str, float]] = {}
     out = []
     for mv in found:
         t = dict(mv.tags or {})
@@ -178,14 +184,14 @@ def _read_versions(task_type: str, links: _Links, confidence: float) -> list[dic
         if mv.run_id:
             run = c.get_run(str(mv.run_id))
             experiment = run.info.experiment_id
-            m = run.data.metrics
+            m = run_metrics[str(mv.version)] = dict(run.data.metrics)
             if "accuracy_gain_ci_low" in m:
                 entry["accuracy_gain"] = {"value": m.get("accuracy_gain"), "ci_low": m["accuracy_gain_ci_low"],
                                           "ci_high": m.get("accuracy_gain_ci_high"),
                                           "confidence": confidence}  # fmt: skip
         entry["links"] = {"mlflow": links.mlflow_run(mv.run_id, task_type, experiment)}
         out.append(entry)
-    return out
+    return out, compare_versions(task_type, found, aliases=aliases, run_metrics=run_metrics, confidence=confidence)
 
 
 def _enrich(entry: dict[str, Any], versions: list[dict[str, Any]]) -> None:

@@ -22,7 +22,9 @@ from ftops.core.config import FtopsConfig
 from ftops.core.names import check_task_type
 from ftops.deployment.guards import RollbackCheck, rollback_guard
 from ftops.pipeline.common import dataset_registry, json_safe
+from ftops.pipeline.comparison import compare_versions
 from ftops.registry import models as registry
+from ftops.registry.yardstick import yardstick
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -113,6 +115,11 @@ def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: 
     """Why a registered version exists and where it stands: its dataset, the request or policy that trained it,
     its gate metrics and decision, its aliases and deployment tags. Never its test answers or prompts.
 
+    ``yardstick`` holds its figures, each with the set it was measured on (:func:`ftops.registry.yardstick.
+    yardstick`: the gate's eval set, accuracy against the champion and the gain's CI, the split without
+    incumbent rows, the failure slice, the judge); ``on_latest_evalset`` its accuracy on the latest eval-set
+    version any version of the task type was evaluated on, the one every version is compared on.
+
     Raises:
         InvalidNameError: The task type is not a valid name.
         ValueError: ``version`` is not a positive integer.
@@ -145,6 +152,10 @@ def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: 
         with registry.store_errors(f"read run {mv.run_id}", missing_ok=True):
             run_metrics = dict(c.get_run(mv.run_id).data.metrics)
     decision_key = t.get("ftops.decision_key")
+    stick = yardstick(t, run_metrics=run_metrics, confidence=cfg.gate.confidence)
+    comparison = compare_versions(task_type, aliases={})  # roles are not needed: no read of the aliases
+    point = next((p for p in comparison["points"] if p["version"] == str(mv.version)), {"accuracy": None,
+                 "note": "not among the versions the registry listed"})  # fmt: skip
     metrics = {k.removeprefix("metric."): {"value": _num(v), "baseline": _num(t.get("baseline." + k[7:]))}
                for k, v in sorted(t.items()) if k.startswith("metric.")}  # fmt: skip
     deployment = ("deployment", "traffic_percent", "deployed_at", "ramp_step", "promoted_at", "promote_reason",
@@ -163,6 +174,9 @@ def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: 
                  "baseline": t.get("baseline"), "metrics": metrics,
                  "trivial_accuracy": _num(t.get("trivial.accuracy"))},
         "deployment": {k: t.get(k) for k in deployment if t.get(k) is not None},
+        "yardstick": stick,
+        "on_latest_evalset": {"yardstick": comparison["yardstick"], "comparable": comparison["comparable"],
+                              "accuracy": point["accuracy"], "note": point["note"]},
     }))  # fmt: skip
 
 

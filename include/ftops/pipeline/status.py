@@ -5,7 +5,9 @@
   completions, success rate, average run time).
 * **The MLflow registry**: each active fine-tune's training run (found by its run key, ``<dag_run_id>/<task
   type>``) with progress and ETA from the metrics it logs by step; per task type the ``champion`` and
-  ``canary`` versions, their gate metrics against the baseline, the canary's share and ramp step.
+  ``canary`` versions, their gate metrics against the baseline and the yardstick each was measured on
+  (:mod:`ftops.registry.yardstick`), the canary's share and ramp step, and every version's accuracy on one
+  eval-set version (:func:`ftops.pipeline.comparison.compare_versions`).
 * **The warehouse**: live metrics of the served versions and the latest decisions.
 
 Each source is read on its own: one that cannot be reached is reported in ``problems`` (one line for people)
@@ -23,8 +25,10 @@ from ftops.core.airflow_api import AirflowAPI, AirflowAPIError, AirflowUnavailab
 from ftops.core.config import FtopsConfig
 from ftops.core.names import is_task_type
 from ftops.pipeline.common import dataset_registry, json_safe, parse_time, served_model_version
+from ftops.pipeline.comparison import compare_versions
 from ftops.pipeline.operations import redact
 from ftops.registry import models as registry
+from ftops.registry.yardstick import yardstick
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -270,7 +274,8 @@ def _models(
     champion = registry.alias_version(task_type, registry.CHAMPION)
     canary = registry.alias_version(task_type, registry.CANARY)
     out: dict[str, Any] = {"task_type": task_type, "model": registry.model_name(task_type),
-                           "champion": version_summary(champion), "canary": version_summary(canary)}  # fmt: skip
+                           "champion": version_summary(champion, cfg.gate.confidence),
+                           "canary": version_summary(canary, cfg.gate.confidence)}  # fmt: skip
     window_start = now - LIVE_WINDOW
     if canary is not None:
         out["canary"] |= canary_schedule(cfg, canary.tags or {}, now)
@@ -279,11 +284,13 @@ def _models(
             out["canary"]["live"] = live(task_type, str(canary.version), window_start)
     if champion is not None and live is not None:
         out["champion"]["live"] = live(task_type, str(champion.version), window_start)
+    out["accuracy_by_version"] = compare_versions(task_type, confidence=cfg.gate.confidence)
     return out
 
 
-def version_summary(mv: ModelVersion | None) -> dict[str, Any] | None:
-    """A version's lineage, gate metrics against the baseline and deployment tags (never a prompt)."""
+def version_summary(mv: ModelVersion | None, confidence: float | None = None) -> dict[str, Any] | None:
+    """A version's lineage, gate metrics against the baseline, the yardstick of each figure
+    (:func:`ftops.registry.yardstick.yardstick`) and deployment tags (never a prompt)."""
     if mv is None:
         return None
     t = dict(mv.tags or {})
@@ -291,7 +298,8 @@ def version_summary(mv: ModelVersion | None) -> dict[str, Any] | None:
                for k, v in sorted(t.items()) if k.startswith("metric.")}  # fmt: skip
     keep = ("dataset_version", "backend", "base_model", "decision", "baseline", "deployment", "traffic_percent",
             "promoted_at", "deployed_at")  # fmt: skip
-    return {"version": str(mv.version), **{k: t.get(k) for k in keep}, "metrics": metrics}
+    return {"version": str(mv.version), **{k: t.get(k) for k in keep}, "metrics": metrics,
+            "yardstick": yardstick(t, confidence=confidence)}  # fmt: skip
 
 
 def canary_schedule(cfg: FtopsConfig, tags: dict[str, str], now: datetime) -> dict[str, Any]:
@@ -317,8 +325,6 @@ def canary_schedule(cfg: FtopsConfig, tags: dict[str, str], now: datetime) -> di
         out |= {"earliest_promotion_at": earliest.isoformat(),
                 "hours_to_promotion": round(max((earliest - now).total_seconds() / 3600, 0.0), 2)}  # fmt: skip
     return out
-
-
 
 
 def _float(value: str | None) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 from ftops.core.text import printable
 from ftops.pipeline.common import parse_time
 from ftops.pipeline.status import one_line
+from ftops.registry.yardstick import OWN_SPLIT, SPLIT_WITHOUT_INCUMBENT
 
 # -- the terminal view --------------------------------------------------------------------------------------
 SHOWN_METRICS = ("accuracy", "perplexity", "bleu", "rouge_l", "latency_p50_ms")
@@ -88,7 +89,7 @@ def _model_lines(m: dict[str, Any], now: datetime) -> list[str]:
             lines.append(f"      live since {_when(champion['live']['since'])}: {_live(champion['live'])}")
     if canary is None:
         lines.append("    no canary")
-        return lines
+        return lines + _comparison_lines(m)
     lines += _version_lines("canary", canary)
     ramp = "→".join(str(p) for p in canary["ramp_percent"])
     lines.append(f"      traffic {canary.get('traffic_percent')} %, ramp step {canary['ramp_step']}/"
@@ -101,17 +102,100 @@ def _model_lines(m: dict[str, Any], now: datetime) -> list[str]:
         lines.append(f"      live since deployment: {_live(canary['live'])}")
     if canary.get("ramp_reason"):
         lines.append(f"      last review: {one_line(canary['ramp_reason'], 110)}")
-    return lines
+    return lines + _comparison_lines(m)
+
+
+def _comparison_lines(m: dict[str, Any]) -> list[str]:
+    comparison = m.get("accuracy_by_version")
+    if not comparison or not comparison["points"]:
+        return []
+    return [f"    every version, {comparison['title']}:", *yardstick_table(comparison, "      ")]
 
 
 def _version_lines(role: str, v: dict[str, Any]) -> list[str]:
     lines = [f"    {role:8s} v{v['version']} on {v.get('dataset_version') or '?'} ({v.get('backend') or '?'}; gate "
              f"{(v.get('decision') or '?').upper()})"]  # fmt: skip
+    lines += figure_lines(v["yardstick"], "      ")
     shown = [f"{k} {x['value']:.3f} vs {x['baseline']:.3f}" if x["baseline"] is not None else f"{k} {x['value']:.3f}"
              for k, x in v["metrics"].items() if k in SHOWN_METRICS and x["value"] is not None]  # fmt: skip
     if shown:
-        lines.append(f"      {', '.join(shown)} (baseline: {v.get('baseline') or '?'})")
+        lines.append(f"      {OWN_SPLIT}: {', '.join(shown)} (baseline: {v.get('baseline') or '?'})")
     return lines
+
+
+# -- yardsticks (shared with ``ftops summary``) ---------------------------------------------------------------
+def yardstick_table(comparison: dict[str, Any], indent: str = "    ") -> list[str]:
+    """A task type's versions on one yardstick (:func:`ftops.pipeline.comparison.compare_versions`) as a table:
+    version | role | accuracy on the eval-set version | yardstick of its gate | gain CI."""
+    head = ["version", "role", comparison["column"], "yardstick of its gate", "gain CI"]
+    rows = [[f"v{p['version']}", p["role"], _point(p, comparison), p["gate"]["yardstick"], gain_text(p["gate"])]
+            for p in comparison["points"]]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head) - 1)]
+    return [indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + str(r[-1])
+            for r in [head, *rows]]  # fmt: skip
+
+
+def _point(p: dict[str, Any], comparison: dict[str, Any]) -> str:
+    if p["accuracy"] is None:
+        return p["note"] or "–"
+    other = p["yardstick"] != comparison["yardstick"]  # a fallback point measured on another set: say which
+    return f"{p['accuracy']:.3f}" + (f" ({p['yardstick']})" if other else "")
+
+
+def gain_text(gate: dict[str, Any]) -> str:
+    """``+0.020, 95 % CI [+0.010, +0.040]`` of a gate's figures (what is known of them)."""
+    parts = [f"{gate['gain']:+.3f}"] if gate.get("gain") is not None else []
+    ci = gate.get("gain_ci")
+    if ci:
+        level = f"{ci['confidence'] * 100:.0f} % " if ci.get("confidence") else ""
+        parts.append(f"{level}CI [{ci['low']:+.3f}, {ci['high']:+.3f}]")
+    return ", ".join(parts) or "–"
+
+
+def figure_lines(y: dict[str, Any], indent: str) -> list[str]:
+    """A version's figures, each with its yardstick (:func:`ftops.registry.yardstick.yardstick`): the gate's
+    comparison, the split without incumbent rows, the failure slice and the judge."""
+    g, lines = y["gate"], []
+    if g["kind"] != "own_split" and g["accuracy"] is not None:
+        against = ""
+        if g["against_accuracy"] is not None:
+            against = f" vs {g['against_accuracy']:.3f} ({g.get('against') or 'champion'})"
+        lines.append(f"{indent}gate on {g['yardstick']}: accuracy {g['accuracy']:.3f}{against}; gain {gain_text(g)}")
+    elif g["kind"] == "own_split":
+        lines.append(f"{indent}gate on its {OWN_SPLIT} (before eval sets): not comparable across versions")
+    if y["evalset_accuracy"]:
+        lines.append(f"{indent}eval sets: " + ", ".join(f"{k} {a:.3f}" for k, a in y["evalset_accuracy"].items()))
+    split = y["split"]
+    if split and split["accuracy"] is not None:
+        champ = f" vs {split['champion_accuracy']:.3f}" if split["champion_accuracy"] is not None else ""
+        rows = split["excluded_incumbent_rows"]
+        lines.append(f"{indent}{SPLIT_WITHOUT_INCUMBENT}: accuracy {split['accuracy']:.3f}{champ}"
+                     + (f" ({rows} incumbent-written rows excluded)" if rows is not None else ""))  # fmt: skip
+    lines += [f"{indent}{slice_text(y['slice'])}"] if y["slice"] else []
+    lines += [f"{indent}{judge_text(y['judge'])}"] if y["judge"] else []
+    return lines
+
+
+def slice_text(s: dict[str, Any]) -> str:
+    """``failure slice pattern-… (12 prompts, references: corrections): fixed 0.750 vs champion 0.250``."""
+    head = f"failure slice {s['pattern']} ({s['size'] if s['size'] is not None else '?'} prompts"
+    if not s["has_reference"]:
+        return head + "): no reference, so no fix rate"
+    champ = f" vs champion {s['fixed_rate_champion']:.3f}" if s["fixed_rate_champion"] is not None else ""
+    fixed = f"{s['fixed_rate']:.3f}" if s["fixed_rate"] is not None else "?"
+    return head + f", references: {s['reference']}): fixed {fixed}{champ}"
+
+
+def judge_text(j: dict[str, Any]) -> str:
+    """``judge <model>: win rate 0.700, net win +0.400 CI [+0.200, +0.600], kappa 0.810 (120 calls, $0.0300)``."""
+    parts = [f"win rate {j['win_rate']:.3f}" if j["win_rate"] is not None else "win rate ?"]
+    if j["net_win"] is not None:
+        ci = j["net_win_ci"]
+        parts.append(f"net win {j['net_win']:+.3f}" + (f" CI [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else ""))
+    parts.append(f"kappa {j['kappa']:.3f}" if j["kappa"] is not None else "kappa none (uncalibrated)")
+    cost = [f"{j['calls']} calls"] if j["calls"] is not None else []
+    cost += [f"${j['cost']:.4f}"] if j["cost"] is not None else []
+    return f"judge {j['model'] or '?'}: {', '.join(parts)}" + (f" ({', '.join(cost)})" if cost else "")
 
 
 def _live(m: dict[str, Any]) -> str:

@@ -51,6 +51,37 @@
     return text;
   }
 
+  // The figures of a version with the set each was measured on (ftops.registry.yardstick).
+  const ciText = (ci) => ci ? `${ci.confidence ? Math.round(100 * ci.confidence) + " % " : ""}CI [${signed(ci.low)}, ${signed(ci.high)}]` : "";
+  function gainText(g) {
+    const parts = [g.gain !== null && g.gain !== undefined ? signed(g.gain) : null, ciText(g.gain_ci)].filter(Boolean);
+    return parts.length ? parts.join(", ") : "–";
+  }
+  function gateText(g) {
+    if (!g || g.accuracy === null || g.accuracy === undefined) return "–";
+    const against = g.against_accuracy === null || g.against_accuracy === undefined ? "" : ` vs ${num(g.against_accuracy)} (${g.against || "champion"})`;
+    return `${num(g.accuracy)}${against} on ${g.yardstick}${g.comparable ? "" : " (not comparable across versions)"}; gain ${gainText(g)}`;
+  }
+  function splitText(sp) {
+    if (!sp || sp.accuracy === null || sp.accuracy === undefined) return "–";
+    const champ = sp.champion_accuracy === null || sp.champion_accuracy === undefined ? "" : ` vs ${num(sp.champion_accuracy)}`;
+    const rows = sp.excluded_incumbent_rows === null || sp.excluded_incumbent_rows === undefined ? "" : ` (${sp.excluded_incumbent_rows} incumbent-written rows excluded)`;
+    return `${num(sp.accuracy)}${champ}${rows}`;
+  }
+  function sliceText(sl) {
+    if (!sl) return "–";
+    const head = `${sl.pattern} (${sl.size ?? "?"} prompts`;
+    if (!sl.has_reference) return `${head}): no reference`;
+    const champ = sl.fixed_rate_champion === null || sl.fixed_rate_champion === undefined ? "" : ` vs champion ${pct(sl.fixed_rate_champion, 0)}`;
+    return `${head}, references: ${sl.reference}): fixed ${pct(sl.fixed_rate, 0)}${champ}`;
+  }
+  function judgeText(j) {
+    if (!j) return "–";
+    const ci = j.net_win_ci ? ` CI [${signed(j.net_win_ci.low)}, ${signed(j.net_win_ci.high)}]` : "";
+    const kappa = j.kappa === null || j.kappa === undefined ? "kappa none (uncalibrated)" : `kappa ${num(j.kappa, 2)}`;
+    return `${j.model || "?"}: win rate ${pct(j.win_rate, 0)}, net win ${signed(j.net_win)}${ci}, ${kappa}`;
+  }
+
   function kv(pairs) {
     return h("dl", {class: "kv"}, pairs.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   }
@@ -71,13 +102,24 @@
       newTab(m.links && m.links.mlflow, "MLflow run ↗"),
       kv([
         ["Dataset", m.dataset_version || "–"],
-        ["Accuracy", accuracyText(m)],
+        ...cardFigures(m),
         ["Latency p50", ms(m.latency_p50_ms)],
         ["Cost", m.cost_per_1k_tokens === null || m.cost_per_1k_tokens === undefined ? "–" : `$${num(m.cost_per_1k_tokens, 4)} / 1k tokens`],
         canary && ["Traffic", `${m.traffic_percent ?? "?"} % (ramp step ${m.ramp_step} of ${m.ramp_steps}: ${(m.ramp_percent || []).join(" → ")} %)`],
         canary && ["Promotion", promotion || "–"],
         !canary && m.promoted_at && ["Champion since", when(m.promoted_at)],
       ]));
+  }
+
+  function cardFigures(m) {
+    const y = m.yardstick;
+    if (!y || y.gate.kind === "own_split") return [["Accuracy", `${accuracyText(m)}${m.accuracy === null || m.accuracy === undefined ? "" : " (own test split: not comparable across versions)"}`]];
+    return [
+      ["Gate", gateText(y.gate)],
+      y.split && ["Split w/o incumbent rows", splitText(y.split)],
+      y.slice && ["Failure slice", sliceText(y.slice)],
+      y.judge && ["Judge", judgeText(y.judge)],
+    ];
   }
 
   function liveTable(t) {
@@ -95,39 +137,79 @@
 
   const ROLE_COLOR = {champion: "#2563eb", canary: "#d97706", previous: "#93c5fd", archived: "#cbd5e1"};
 
-  function accuracyChart(versions) {
-    const shown = (versions || []).filter((v) => v.accuracy !== null && v.accuracy !== undefined);
+  // Every version on one yardstick (accuracy_by_version): the latest eval-set version any of them answered; before
+  // any eval-set figure, each version's own test split, labelled as not comparable.
+  function accuracyChart(cmp) {
+    const pending = cmp && cmp.comparable;  // a version not yet re-evaluated keeps its place, as an empty frame
+    const shown = ((cmp && cmp.points) || []).filter((p) => p.accuracy !== null && p.accuracy !== undefined || pending);
     if (!shown.length) return h("p", {class: "muted"}, "No evaluated version yet.");
     const W = 400, H = 200, L = 34, B = 24, T = 8, plotH = H - B - T, step = (W - L - 8) / shown.length;
     const y = (a) => T + plotH * (1 - Math.max(0, Math.min(1, a)));
-    const svg = s("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Accuracy by model version"});
+    const svg = s("svg", {viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Accuracy by model version",
+      "data-yardstick": cmp.yardstick, "data-comparable": String(cmp.comparable)});
     for (const g of [0, 0.25, 0.5, 0.75, 1]) {
       svg.append(s("line", {x1: L, x2: W - 4, y1: y(g), y2: y(g), stroke: "#e2e8f0"}),
         s("text", {x: L - 4, y: y(g) + 4, "text-anchor": "end"}, g.toFixed(2)));
     }
-    shown.forEach((v, i) => {
+    shown.forEach((p, i) => {
       const x = L + i * step, bw = Math.min(36, step * 0.6), cx = x + step / 2;
-      const role = (v.aliases || []).find((a) => a === "champion" || a === "canary") || v.deployment || "";
-      const color = ROLE_COLOR[role] || (v.decision === "archive" ? ROLE_COLOR.archived : "#60a5fa");
-      svg.append(s("rect", {x: cx - bw / 2, y: y(v.accuracy), width: bw, height: y(0) - y(v.accuracy), fill: color, rx: 2},
-        s("title", {}, `v${v.version}: accuracy ${num(v.accuracy)} (baseline ${num(v.baseline_accuracy)}), ${v.decision || ""} ${role}`)));
-      if (v.baseline_accuracy !== null && v.baseline_accuracy !== undefined) {
-        svg.append(s("line", {x1: cx - bw / 2 - 3, x2: cx + bw / 2 + 3, y1: y(v.baseline_accuracy), y2: y(v.baseline_accuracy), stroke: "#111827", "stroke-width": 2}));
-        const g = v.accuracy_gain;
-        if (g && g.ci_low !== null && g.ci_high !== null) {
-          const lo = y(v.baseline_accuracy + g.ci_low), hi = y(v.baseline_accuracy + g.ci_high);
+      const role = (p.role || "").split(",").find((a) => a === "champion" || a === "canary") || p.role || "";
+      const color = ROLE_COLOR[role] || (p.role === "archived" || p.role === "archive" ? ROLE_COLOR.archived : "#60a5fa");
+      if (p.accuracy === null || p.accuracy === undefined) {
+        svg.append(s("g", {class: "pending", "data-version": p.version},
+          s("line", {x1: cx, x2: cx, y1: y(0), y2: y(0.12), stroke: "#94a3b8", "stroke-dasharray": "3 3"}),
+          s("text", {x: cx, y: y(0.12) - 4, "text-anchor": "middle"}, "?"),
+          s("title", {}, `v${p.version}: ${p.note}`)));
+      } else {
+        svg.append(s("rect", {x: cx - bw / 2, y: y(p.accuracy), width: bw, height: y(0) - y(p.accuracy), fill: color, rx: 2,
+          "data-version": p.version, "data-accuracy": p.accuracy},
+          s("title", {}, `v${p.version}: accuracy ${num(p.accuracy)} on ${p.yardstick}, ${p.role}`)));
+      }
+      // the gate's champion figure and the gain's CI, where the gate measured on this same set
+      const g = p.gate || {};
+      if (p.yardstick && g.yardstick === p.yardstick && g.against_accuracy !== null && g.against_accuracy !== undefined) {
+        const base = g.against_accuracy;
+        svg.append(s("line", {class: "against", x1: cx - bw / 2 - 3, x2: cx + bw / 2 + 3, y1: y(base), y2: y(base), stroke: "#111827", "stroke-width": 2}));
+        const ci = g.gain_ci;
+        if (ci && ci.low !== null && ci.high !== null) {
+          const lo = y(base + ci.low), hi = y(base + ci.high);
           svg.append(s("line", {x1: cx, x2: cx, y1: lo, y2: hi, stroke: "#111827"}),
             s("line", {x1: cx - 4, x2: cx + 4, y1: lo, y2: lo, stroke: "#111827"}),
             s("line", {x1: cx - 4, x2: cx + 4, y1: hi, y2: hi, stroke: "#111827"}));
         }
       }
       const every = Math.ceil(shown.length / 16);  // at most 16 labels
-      if (i % every === 0 || i === shown.length - 1) svg.append(s("text", {x: cx, y: H - 8, "text-anchor": "middle"}, `v${v.version}`));
+      if (i % every === 0 || i === shown.length - 1) svg.append(s("text", {x: cx, y: H - 8, "text-anchor": "middle"}, `v${p.version}`));
     });
-    return h("div", {class: "chart"}, svg,
+    const missing = shown.filter((p) => p.accuracy === null || p.accuracy === undefined).length;
+    return h("div", {class: "chart"},
+      h("div", {class: cmp.comparable ? "yardstick small" : "yardstick small warn"},
+        cmp.comparable ? `on ${cmp.yardstick}: every version answered the same questions` : `on ${cmp.title.replace(/^accuracy on /, "")} (no eval-set figure yet)`),
+      svg,
       h("div", {class: "legend"}, h("span", {style: "--c:#2563eb"}, "champion"), h("span", {style: "--c:#d97706"}, "canary"),
         h("span", {style: "--c:#60a5fa"}, "other"), h("span", {style: "--c:#cbd5e1"}, "archived"),
-        " — black tick: its baseline; whisker: the gain's CI around it"));
+        ` — black tick: what its gate compared it with on ${cmp.comparable ? "this set" : "its set"}; whisker: the gain's CI around it`,
+        missing ? `; ?: not yet evaluated on v${cmp.evalset_version} (${missing})` : ""));
+  }
+
+  function yardstickTable(cmp) {
+    if (!cmp || !cmp.points || !cmp.points.length) return null;
+    return h("table", {class: "yardstick", "data-yardstick": cmp.yardstick},
+      h("tr", {}, ["Version", "Role", `Accuracy on ${cmp.comparable ? cmp.yardstick : "own test split (not comparable)"}`,
+        "Yardstick of its gate", "Gate: accuracy vs champion", "Gain CI", "Split w/o incumbent rows", "Failure slice", "Judge"].map((c) => h("th", {}, c))),
+      [...cmp.points].reverse().map((p) => h("tr", {"data-version": p.version},
+        h("td", {}, `v${p.version}`),
+        h("td", {}, p.role || "–"),
+        h("td", {class: p.accuracy === null || p.accuracy === undefined ? "muted" : "num"},
+          p.accuracy === null || p.accuracy === undefined ? p.note || "–" : num(p.accuracy),
+          p.accuracy !== null && p.accuracy !== undefined && p.yardstick !== cmp.yardstick ? h("div", {class: "small muted"}, p.yardstick) : null),
+        h("td", {class: "small"}, p.gate.yardstick, p.gate.comparable ? "" : h("div", {class: "muted"}, "not comparable across versions")),
+        h("td", {class: "num"}, p.gate.accuracy === null || p.gate.accuracy === undefined ? "–"
+          : `${num(p.gate.accuracy)}${p.gate.against_accuracy === null || p.gate.against_accuracy === undefined ? "" : " vs " + num(p.gate.against_accuracy)}`),
+        h("td", {class: "small"}, gainText(p.gate)),
+        h("td", {class: "small"}, splitText(p.split)),
+        h("td", {class: "small"}, sliceText(p.slice)),
+        h("td", {class: "small"}, judgeText(p.judge)))));
   }
 
   function successChart(live) {
@@ -164,7 +246,7 @@
     return h("details", {},
       h("summary", {}, `All ${versions.length} registered versions`),
       h("table", {},
-        h("tr", {}, ["Version", "Role", "Dataset", "Accuracy", "Decision", "Why", ""].map((c) => h("th", {}, c))),
+        h("tr", {}, ["Version", "Role", "Dataset", "Accuracy on its own test split", "Decision", "Why", ""].map((c) => h("th", {}, c))),
         [...versions].reverse().map((v) => h("tr", {},
           h("td", {}, `v${v.version}`),
           h("td", {}, (v.aliases || []).map((a) => h("span", {class: `tag ${a}`}, a)), v.aliases && v.aliases.length ? "" : v.deployment || ""),
@@ -212,8 +294,10 @@
       h("div", {class: "grid2"}, modelCard("champion", t.champion), modelCard("canary", t.canary)),
       h("div", {class: "grid3"},
         h("div", {}, h("h3", {}, "Live: champion against canary"), liveTable(t)),
-        h("div", {}, h("h3", {}, "Accuracy by model version"), accuracyChart(t.versions)),
+        h("div", {}, h("h3", {}, "Accuracy by model version"), accuracyChart(t.accuracy_by_version)),
         h("div", {}, h("h3", {}, "Live task success over time"), successChart(t.live_series))),
+      t.accuracy_by_version && t.accuracy_by_version.points.length ? h("h3", {}, `Versions on one yardstick: ${t.accuracy_by_version.title}`) : null,
+      yardstickTable(t.accuracy_by_version),
       versionsTable(t.versions),
       h("h3", {}, "Dataset versions"), datasetsTable(t.datasets));
   }
