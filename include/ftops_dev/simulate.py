@@ -12,7 +12,9 @@ right about three times in four, and all the mess real logs carry, so that curat
 * PII and secrets planted in about 5 % of prompts (e-mail, phone, a Luhn-valid card number, an IPv4
   address, OpenAI, AWS and GitHub style keys), and a few oversized prompts;
 * log-normal latency with a long tail, token counts roughly proportional to text length, about 50 users,
-  and one user, ``u-gamer``, who rates every answer five stars, wrong ones included.
+  and one user, ``u-gamer``, who rates every answer five stars, wrong ones included;
+* a ``correction`` (the right answer in the task type's template) on about 15 % of the wrong answers, failed
+  calls included, as a user or a review tool would type it.
 
 Every answer follows a fixed template filled only by the answer slot (:func:`reference_response`), so exact
 match after normalisation is a fair accuracy measure. Rows with metadata carry the ground truth slot as
@@ -58,6 +60,7 @@ P_METADATA_MISSING = 0.15
 P_CONFIDENCE_MISSING = 0.10
 P_ANONYMOUS = 0.08
 P_GAMER = 0.02
+P_CORRECTION = 0.15  # of wrong answers; drawn from a random source of its own, so the other columns stay as they were
 _ERRORS = (
     "Error: upstream timeout after 30000 ms",
     "Error: rate limit exceeded (HTTP 429), retry after 20 s",
@@ -162,7 +165,8 @@ def generate_interactions(
     Returns:
         Rows sorted by timestamp, each with the keys ``id``, ``timestamp`` (tz-aware UTC), ``task_type``,
         ``prompt``, ``response``, ``model_version``, ``user_id``, ``user_feedback``, ``success``,
-        ``confidence``, ``latency_ms``, ``tokens_used`` and ``metadata`` (a JSON string or ``None``).
+        ``confidence``, ``latency_ms``, ``tokens_used``, ``metadata`` (a JSON string or ``None``) and
+        ``correction`` (the right answer, or ``None``).
 
     Raises:
         ValueError: ``n`` is negative, ``days`` is not positive, or a task type is unknown.
@@ -178,6 +182,7 @@ def generate_interactions(
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
     rng = random.Random(seed)
+    corrections = random.Random(f"corrections/{seed}")
     types = tuple(task_types)
     regular_users = USER_IDS[:-1]
     rows: list[dict[str, Any]] = []
@@ -258,6 +263,7 @@ def generate_interactions(
                 sort_keys=True,
             )
 
+        corrected = not correct and corrections.random() < P_CORRECTION
         rows.append(
             {
                 "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -273,6 +279,7 @@ def generate_interactions(
                 "latency_ms": latency,
                 "tokens_used": _tokens(rng, prompt, response),
                 "metadata": metadata,
+                "correction": reference_response(task_type, answer) if corrected else None,
             }
         )
 

@@ -13,7 +13,7 @@ from ftops_dev.task_types import CITIES, SENTIMENT_LABELS, TASK_TYPES, reference
 
 KEYS = {
     "id", "timestamp", "task_type", "prompt", "response", "model_version", "user_id", "user_feedback",
-    "success", "confidence", "latency_ms", "tokens_used", "metadata",
+    "success", "confidence", "latency_ms", "tokens_used", "metadata", "correction",
 }  # fmt: skip
 N = 4000
 
@@ -110,6 +110,17 @@ def test_production_model_is_right_about_three_in_four(rows: list[dict]) -> None
     # a wrong answer keeps the template and changes only the slot (refusals are logged as successes too)
     wrong = [r for r in served if r not in correct and not r["response"].startswith("I")]
     assert all(r["response"].startswith(("Sentiment:", "The city mentioned", f"{_expected(r)[:-3]} km")) for r in wrong)
+
+
+def test_some_wrong_answers_get_a_correction_and_no_right_one_does(rows: list[dict]) -> None:
+    known = [r for r in rows if _expected(r) is not None]
+    right = [r for r in known if r["response"] == reference_response(r["task_type"], _expected(r))]
+    wrong = [r for r in known if r["response"] != reference_response(r["task_type"], _expected(r))]
+    assert all(r["correction"] is None for r in right)
+    corrected = [r for r in wrong if r["correction"] is not None]
+    assert 0.10 < len(corrected) / len(wrong) < 0.20  # P_CORRECTION = 0.15
+    assert all(r["correction"] == reference_response(r["task_type"], _expected(r)) for r in corrected)
+    assert any(not r["success"] for r in corrected)  # failed calls too
 
 
 def test_feedback_follows_correctness(rows: list[dict]) -> None:

@@ -174,6 +174,8 @@ class GateConfig(_Strict):
     )
     confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided level of the accuracy-gain confidence interval.")
     bootstrap_resamples: int = Field(2000, ge=100, description="Paired bootstrap resamples for that interval.")
+    require_slice_improvement: bool = Field(False, description="A fine-tune started by an error pattern ships only "
+                                            "if it fixes more of that failure cluster than the champion.")  # fmt: skip
     log_examples: int = Field(
         0,
         ge=0,

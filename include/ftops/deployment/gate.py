@@ -10,6 +10,8 @@ and a cost per 1 000 tokens within ``max_cost_per_1k_tokens``. Whatever the base
 beat the best trivial baseline of its dataset (a constant answer: the most common training reply, the
 majority label for a label-like task, :mod:`ftops.evaluation.baselines`), with the paired confidence interval
 of that gain excluding zero: a model that answers the same thing to every prompt never ships.
+For a fine-tune started by an ``error_pattern`` decision the failure slice (:mod:`ftops.evaluation.slices`) is
+reported as a line of its own; with ``require_slice_improvement`` it is a criterion (:func:`slice_check`).
 Every criterion is reported in words, passed or failed.
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from ftops.core.config import GateConfig
+from ftops.evaluation.slices import NO_REFERENCE, describe_slice
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ def apply_gate(
     cfg: GateConfig,
     accuracy_ci: tuple[float, float, float] | None = None,
     trivial: TrivialComparison | None = None,
+    failure_slice: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """Compare candidate and baseline metrics evaluated on the same test examples.
 
@@ -63,6 +67,8 @@ def apply_gate(
             without it (aggregate metrics only) the lower-bound criterion is left out of the decision.
         trivial: The best trivial baseline of the dataset and the paired CI of the candidate's gain over it.
             The pipeline always passes it; the gain's lower bound must be above zero.
+        failure_slice: The failure slice's report (:func:`ftops.evaluation.slices.slice_report`) of a fine-tune
+            started by an error pattern; see :func:`slice_check`.
 
     Returns:
         The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
@@ -105,4 +111,38 @@ def apply_gate(
     else:
         checks.append((cost <= cfg.max_cost_per_1k_tokens,  # an unmeasured (NaN) cost fails a ceiling
                        f"cost per 1 000 tokens {cost:.6g} (ceiling {cfg.max_cost_per_1k_tokens:g})"))  # fmt: skip
+    if (sliced := slice_check(failure_slice, cfg)) is not None:
+        checks.append(sliced)
     return GateDecision(all(ok for ok, _ in checks), [f"{'ok' if ok else 'FAIL'}: {text}" for ok, text in checks])
+
+
+def slice_check(report: Mapping[str, str] | None, cfg: GateConfig) -> tuple[bool, str] | None:
+    """The failure-slice criterion: with ``require_slice_improvement`` the candidate's fixed rate on the cluster
+    that started its training must exceed the champion's; without it the line only reports the rates.
+
+    A slice with no reference (no prompt of the cluster was corrected or relabelled) fails when improvement is
+    required. Passing it with a warning would make the switch a no-op exactly when nobody can tell whether the
+    failures were fixed, and a team that turns the switch on has said the cluster must be shown fixed before a
+    model ships. The cost is that such candidates are archived until the cluster has references (corrections or
+    a teacher) or the switch is turned off; the line says so. A tie (both rates equal, e.g. both 1.0) fails too:
+    it shows no fix.
+
+    Args:
+        report: :func:`ftops.evaluation.slices.slice_report`'s tags; None when the fine-tune was not started by
+            an error pattern (no line).
+        cfg: The gate's thresholds (``require_slice_improvement``).
+
+    Returns:
+        ``(passed, text)`` for the gate's reasons, or None without a slice.
+    """
+    line = describe_slice(report or {})
+    if report is None or line is None:
+        return None
+    if not cfg.require_slice_improvement:
+        return True, f"{line} (reported only: gate.require_slice_improvement is off)"
+    if report.get("slice.reference", NO_REFERENCE) == NO_REFERENCE or "metric.slice_fixed_rate" not in report:
+        return False, (f"{line}; gate.require_slice_improvement needs the slice to improve and there is nothing to "
+                       "prove the fix on: collect corrections (or teacher answers) for these prompts, or turn the "
+                       "switch off")  # fmt: skip
+    candidate, champion = float(report["metric.slice_fixed_rate"]), float(report["metric.slice_fixed_rate_champion"])
+    return candidate > champion, f"{line} (need candidate > champion: gate.require_slice_improvement)"

@@ -70,7 +70,7 @@ def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
     if isinstance(out["task_type"], str):
         check_text("task_type", out["task_type"])  # before check_task_type, whose message quotes the value
     out["task_type"] = check_task_type(out["task_type"])
-    for name in ("prompt", "response", "model_version", "user_id", "key_id"):
+    for name in ("prompt", "response", "model_version", "user_id", "key_id", "correction"):
         if out[name] is not None and not isinstance(out[name], str):
             raise ValueError(f"{name} must be text, got {type(out[name]).__name__}")
     if out["user_id"] is not None and len(out["user_id"]) > MAX_USER_ID_CHARS:
@@ -94,8 +94,9 @@ def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata must be text or JSON-serialisable: {exc}"[:200]) from None
     out["timestamp"] = _timestamp(out["timestamp"], fill=fill)
-    if out["id"] is None:
-        out["id"] = uuid.uuid4().hex if fill else "h" + key_digest(json.dumps(out, sort_keys=True))[:31]
+    if out["id"] is None:  # a correction counts only when given: files imported before it had one keep their ids
+        content = {k: v for k, v in out.items() if v is not None or k != "correction"}
+        out["id"] = uuid.uuid4().hex if fill else "h" + key_digest(json.dumps(content, sort_keys=True))[:31]
     if not isinstance(out["id"], str) or not out["id"]:
         raise ValueError(f"id must be non-empty text, got {type(out['id']).__name__}")
     for name, value in out.items():  # every text column, including ones added to the schema later

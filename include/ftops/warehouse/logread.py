@@ -7,6 +7,7 @@ is and curation quarantines what does not fit. Rows an erasure marked are never 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -157,3 +158,29 @@ def list_task_types(engine: sa.Engine, table: str = "interactions") -> list[str]
     _, t, _, _ = log_tables(table)
     with engine.connect() as conn:
         return sorted(x for x in conn.scalars(sa.select(t.c.task_type).distinct()) if x is not None)
+
+
+def read_rows_by_id(
+    engine: sa.Engine, task_type: str, row_ids: Sequence[str], table: str = "interactions"
+) -> list[dict[str, Any]]:
+    """The log rows of ``task_type`` with these ids: ``id``, ``prompt`` and ``correction`` (None where the row
+    has none, or the table has no such column), in the order of ``row_ids``.
+
+    Ids not found (or of another task type) are left out, and so are rows an erasure marked: their text is
+    never read.
+
+    Raises:
+        LookupError: The table does not exist.
+        WarehouseUnavailableError: The warehouse cannot be reached.
+    """
+    found = _column_types(engine, table)
+    _, t, _, _ = log_tables(table)
+    correction = t.c.correction if "correction" in found else sa.null().label("correction")
+    query = sa.select(t.c.id, t.c.prompt, correction).where(t.c.task_type == task_type, not_erased(t, table))
+    wanted = list(dict.fromkeys(str(i) for i in row_ids))
+    rows: dict[str, dict[str, Any]] = {}
+    with connect(engine) as conn:
+        for i in range(0, len(wanted), 5000):
+            for r in conn.execute(query.where(t.c.id.in_(wanted[i : i + 5000]))):
+                rows[r.id] = {"id": r.id, "prompt": r.prompt, "correction": r.correction}
+    return [rows[i] for i in wanted if i in rows]

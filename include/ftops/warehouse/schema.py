@@ -28,9 +28,10 @@ REQUIRED_COLUMNS = ("id", "task_type", "prompt", "response", "user_feedback", "s
 INTERACTION_COLUMNS = (
     "id", "timestamp", "task_type", "prompt", "response", "model_version", "user_id",
     "user_feedback", "success", "task_success", "confidence", "latency_ms", "tokens_used", "metadata", "key_id",
+    "correction",
 )  # fmt: skip
 # Columns added after the first release: an existing log table gains them in place (nullable, rows kept).
-ADDED_COLUMNS = ("task_success", "key_id")
+ADDED_COLUMNS = ("task_success", "key_id", "correction")
 POOL_ADDED_COLUMNS = ("model_version",)  # the curated pool's newer columns, added in place
 
 
@@ -54,6 +55,7 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
         sa.Column("tokens_used", sa.Integer),
         sa.Column("metadata", sa.Text),
         sa.Column("key_id", sa.Text),  # which API key made the call (a prefix of the key's hash, never the key)
+        sa.Column("correction", sa.Text),  # the right answer, from a user or a review tool; raw, scrubbed where used
     )
     quarantine = sa.Table(
         f"{table}_quarantine",

@@ -249,15 +249,15 @@ def record_decision(engine: sa.Engine, decision: Mapping[str, Any]) -> None:
 
 
 def read_decisions(
-    engine: sa.Engine, task_type: str | None = None, *, kind: str | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Decisions, newest first, with ``details`` parsed and ``decided_at`` in UTC."""
+    engine: sa.Engine, task_type: str | None = None, *, kind: str | None = None, limit: int | None = None,
+    decision_key: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Decisions (only ``decision_key``'s, if given), newest first, with ``details`` parsed and ``decided_at`` in UTC."""
     _, _, _, d = log_tables("interactions")
     query = sa.select(d).order_by(d.c.decided_at.desc(), d.c.decision_key)
-    if task_type:
-        query = query.where(d.c.task_type == task_type)
-    if kind:
-        query = query.where(d.c.kind == kind)
+    for column, value in (("task_type", task_type), ("kind", kind), ("decision_key", decision_key)):
+        if value:
+            query = query.where(d.c[column] == value)
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
