@@ -7,6 +7,7 @@
     ftops mcp                                a Model Context Protocol server (stdio) for an assistant
     ftops serve [--host H --port P]          the OpenAI-compatible gateway over the registry's champions/canaries
     ftops simulate-traffic --requests 300    simulated users calling the gateway and rating its answers
+    ftops simulate-evalset --out DIR         the simulator's labelled eval-set files (its known right answers)
     ftops import-logs FILE.jsonl             load interaction rows logged by an application itself
     ftops spool [--json]                     the gateway's log spool: rows waiting, rejected rows and why
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
@@ -128,17 +129,6 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("FT-Ops gateway on http://%s:%s/v1 (%s API keys configured)", host, port, len(hashes))
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=args.access_log)
     return 0
-
-
-def _simulate_traffic(args: argparse.Namespace) -> int:
-    from ftops_dev.traffic import simulate_traffic
-
-    extra = {"task_types": args.task_types} if args.task_types else {}
-    report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
-                              requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
-    print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
-    print(printable("\n".join(report.lines())))
-    return 1 if any(name.startswith("error:") for name in report.versions) else 0
 
 
 def _import_logs(args: argparse.Namespace) -> int:
@@ -268,13 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow a non-loopback --host without API keys (FTOPS_API_KEY_HASHES unset)")  # fmt: skip
     serve.set_defaults(func=_serve)
-    traffic = sub.add_parser("simulate-traffic", help="simulated users calling the gateway and rating answers")
-    traffic.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
-    traffic.add_argument("--requests", type=int, default=300)
-    traffic.add_argument("--concurrency", type=int, default=4)
-    traffic.add_argument("--seed", type=int, default=0)
-    traffic.add_argument("--task-types", nargs="*", default=None, type=_task_type)
-    traffic.set_defaults(func=_simulate_traffic)
+    from ftops_dev.commands import add_commands  # simulate-traffic, simulate-evalset: the simulator's own
+
+    add_commands(sub, task_type=_task_type)
     imp = sub.add_parser("import-logs", help="load a JSONL file of interaction rows into the warehouse")
     imp.add_argument("file")
     imp.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")

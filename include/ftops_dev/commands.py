@@ -1,0 +1,69 @@
+"""The simulator's own commands, mounted under ``ftops`` by :mod:`ftops.cli` (they open no FT-Ops store):
+
+ftops simulate-traffic --requests 300    simulated users calling the gateway and rating its answers
+ftops simulate-evalset --out DIR         the simulator's labelled eval-set files, one JSONL per task type
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from ftops.core.text import printable
+from ftops_dev.evalsets import DEFAULT_ROWS, DEFAULT_SEED
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, task_type: Callable[[str], str]) -> None:
+    """Add the simulator's commands to the ``ftops`` parser.
+
+    Args:
+        sub: The ``ftops`` subcommand parsers.
+        task_type: The argument type that checks a task type name (as the other commands do).
+    """
+    traffic = sub.add_parser("simulate-traffic", help="simulated users calling the gateway and rating answers")
+    traffic.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    traffic.add_argument("--requests", type=int, default=300)
+    traffic.add_argument("--concurrency", type=int, default=4)
+    traffic.add_argument("--seed", type=int, default=0)
+    traffic.add_argument("--task-types", nargs="*", default=None, type=task_type)
+    traffic.set_defaults(func=_simulate_traffic)
+    evalset = sub.add_parser("simulate-evalset", help="the simulator's labelled rows (prompts and known right "
+                             "answers) covering every entity and template, one <task type>.jsonl each, for "
+                             "`ftops evalset import FILE --task-type T`")  # fmt: skip
+    evalset.add_argument("--out", required=True, help="folder for the files (created; same-named files replaced)")
+    evalset.add_argument("--task-types", nargs="*", default=None, type=task_type,
+                         help="default: every simulated task type")  # fmt: skip
+    evalset.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows per task type (default {DEFAULT_ROWS})")
+    evalset.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
+    evalset.set_defaults(func=_simulate_evalset)
+
+
+def _simulate_traffic(args: argparse.Namespace) -> int:
+    from ftops_dev.traffic import simulate_traffic
+
+    extra = {"task_types": args.task_types} if args.task_types else {}
+    report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
+                              requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
+    print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
+    print(printable("\n".join(report.lines())))
+    return 1 if any(name.startswith("error:") for name in report.versions) else 0
+
+
+def _simulate_evalset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ftops_dev.evalsets import write_labelled
+
+    extra = {"task_types": args.task_types} if args.task_types else {}
+    try:
+        written = write_labelled(Path(args.out), n=args.rows, seed=args.seed, **extra)
+    except ValueError as exc:  # an unknown task type, or too few rows to cover every value
+        print(f"ftops simulate-evalset: {exc}", file=sys.stderr)
+        return 2
+    for task_type, path in written.items():
+        with path.open(encoding="utf-8") as f:
+            rows = sum(1 for _ in f)
+        print(f"{path}: {rows} rows ({task_type}; import with `ftops evalset import {path} --task-type {task_type}`)")
+    return 0
