@@ -11,6 +11,7 @@
     ftops spool [--json]                     the gateway's log spool: rows waiting, rejected rows and why
     ftops hash-api-key < key.txt             the SHA-256 digest of a key, for FTOPS_API_KEY_HASHES
     ftops erase --user-id-file - [--purge]   remove a user's data (the id on stdin) from everything FT-Ops made
+    ftops judge calibrate --task-type T      the LLM judge's agreement with the latest eval set (kappa), recorded
 """
 
 from __future__ import annotations
@@ -239,41 +240,20 @@ def _import_logs(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
-def _read_user_id(args: argparse.Namespace) -> str:
-    """The user id from ``--user-id-file`` (``-``: standard input), or from the deprecated ``--user-id``.
-
-    The file holds the id alone; one trailing line break is dropped, nothing else (ids are compared exactly).
-
-    Raises:
-        ValueError: No id, an empty one, or more than one line.
-    """
-    if args.user_id is not None:
-        print("ftops erase: --user-id shows the id in `ps` and the shell's history; it is deprecated: use "
-              "--user-id-file - and give the id on standard input", file=sys.stderr)  # fmt: skip
-        return str(args.user_id)
-    if args.user_id_file is None:
-        raise ValueError("give the user id with --user-id-file FILE (or - for standard input)")
-    if args.user_id_file == "-":
-        text = sys.stdin.read()
-    else:
-        with open(args.user_id_file, encoding="utf-8") as f:
-            text = f.read()
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text.strip() or "\n" in text:
-        raise ValueError("the user id file must hold exactly one non-empty line")
-    return text
-
-
 def _erase(args: argparse.Namespace) -> int:
     import contextlib
     import json
 
+    from ftops.core.userkey import read_user_id
     from ftops.pipeline.erase import erase_user
 
     cfg = load_config()
     engine = _engine(warehouse_url(args.warehouse_url))
+    if args.user_id is not None:
+        print("ftops erase: --user-id shows the id in `ps` and the shell's history; it is deprecated: use "
+              "--user-id-file - and give the id on standard input", file=sys.stderr)  # fmt: skip
     try:
-        user_id = _read_user_id(args)
+        user_id = str(args.user_id) if args.user_id is not None else read_user_id(args.user_id_file)
         with contextlib.redirect_stdout(sys.stderr):  # DVC's gc prints progress: stdout carries only the summary
             summary = erase_user(engine, cfg, user_id, request_key=args.request_key, purge=args.purge)
     except (LookupError, ValueError, OSError) as exc:
@@ -285,6 +265,14 @@ def _erase(args: argparse.Namespace) -> int:
               f"{cfg.interactions_table!r} are marked, not deleted: FT-Ops never reads them again, but deleting "
               "them from the application's own log is its owner's job.", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _judge_calibrate(args: argparse.Namespace) -> int:
+    from ftops.pipeline.judge import calibrate_from_env
+
+    code, text = calibrate_from_env(load_config(), args.task_type)
+    print(printable(text), file=sys.stderr if code == 2 else sys.stdout)
+    return code
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -355,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--rows", type=int, default=3000)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--task-types", nargs="*", default=None, type=_task_type,
-                     help="letters, digits, '_' and '-' (default: all simulated task types)")
+                     help="default: sentiment city_extraction unit_conversion; also support_reply (free text)")
     sim.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     sim.set_defaults(func=_simulate)
     base = sub.add_parser("build-base-model", help="build the small local base model (once)")
@@ -411,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "(default erasure-<user key>)")  # fmt: skip
     erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     erase.set_defaults(func=_erase)
+    judge = sub.add_parser("judge", help="the LLM judge of free-text task types").add_subparsers(
+        dest="judge", required=True)  # fmt: skip
+    calibrate = judge.add_parser("calibrate", help="measure the judge's agreement (Cohen's kappa) with the latest eval "
+                                 "set's labels and record it on ftops-<task type> (exit 1: below min_kappa)")  # fmt: skip
+    calibrate.add_argument("--task-type", required=True, type=_task_type)
+    calibrate.set_defaults(func=_judge_calibrate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
