@@ -18,7 +18,9 @@ no idempotency header and retries a 500 by itself, so a bare ``jobs.create`` the
 caller's own look-up by metadata prevents duplicates (an ``Idempotency-Key`` header, if sent, is only recorded).
 
 ``calls`` counts requests per route (ids replaced by ``{id}``), ``jobs`` holds every job created and
-``api_keys_seen`` every bearer token received. :meth:`FakeOpenAI.age_job` backdates a job, to test timeouts.
+``api_keys_seen`` every bearer token received. Chat completions whose system message is the FT-Ops judge's are
+answered as a judge (``judge_calls`` counts them): truthfully from the simulator's known truth, or always
+``judge_answer`` when set (a position-biased judge). :meth:`FakeOpenAI.age_job` backdates a job, to test timeouts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from ftops_dev.judge_standin import is_judge_request, verdict
 
 FAIL_MARKER = "FTOPS_FAKE_FAIL_TRAINING"
 """A training file containing this text makes its job fail while running."""
@@ -98,10 +102,17 @@ class FakeOpenAI:
         api_key: When set, a request whose bearer token differs is answered 401.
         min_examples: Fewest training examples a job accepts (the real API wants 10).
         running_polls: Retrieves a job spends running (one metrics event each) before it succeeds.
+        judge_answer: What every FT-Ops judge request is answered (``"A"``: a judge biased to the first
+            position; any other text: an unparseable verdict). None: the truthful judge stand-in
+            (:func:`ftops_dev.judge_standin.verdict`, from the simulator's known truth).
     """
 
-    def __init__(self, *, api_key: str | None = None, min_examples: int = 10, running_polls: int = 2) -> None:
+    def __init__(
+        self, *, api_key: str | None = None, min_examples: int = 10, running_polls: int = 2,
+        judge_answer: str | None = None,
+    ) -> None:  # fmt: skip
         self.api_key = api_key
+        self.judge_answer = judge_answer  # e.g. "A": a position-biased judge; None: the truthful stand-in
         self.min_examples = min_examples
         self.running_polls = running_polls
         self.support_metadata_filter = True  # False: ignore ``metadata[k]=v`` on job lists, like some servers
@@ -114,6 +125,7 @@ class FakeOpenAI:
         self.lose_create_response = False
         self.chat_latency_s = 0.0
         self.calls: Counter[str] = Counter()
+        self.judge_calls = 0  # chat completions answered as the judge
         self.api_keys_seen: list[str] = []
         self.idempotency_keys_seen: list[str] = []
         self.files: dict[str, dict[str, Any]] = {}
@@ -449,7 +461,13 @@ class FakeOpenAI:
             raise ApiError(400, "This fake server does not stream.", param="stream")
         prompt = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
         with self._lock:
-            if model in self._models:
+            if model in CHAT_MODELS and is_judge_request(messages):
+                try:
+                    reply = verdict(messages) if self.judge_answer is None else self.judge_answer
+                except ValueError as exc:
+                    raise ApiError(400, str(exc), param="messages") from None
+                self.judge_calls += 1
+            elif model in self._models:
                 reply = self._learned_reply(self._jobs[self._models[model]], prompt)
             elif model in CHAT_MODELS:
                 reply = BASE_MODEL_REPLY

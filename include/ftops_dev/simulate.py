@@ -1,7 +1,7 @@
 """A deterministic simulator of production LLM interaction logs.
 
 The logs look like what a served model leaves behind: three checkable task types (``sentiment``,
-``city_extraction``, ``unit_conversion``) asked in many phrasings, answered by a "production model" that is
+``city_extraction``, ``unit_conversion``; and, when asked for, the free-text ``support_reply``) asked in many phrasings, answered by a "production model" that is
 right about three times in four, and all the mess real logs carry, so that curation has something to do:
 
 * ratings that follow correctness with noise, and about 20 % of them missing;
@@ -16,8 +16,9 @@ right about three times in four, and all the mess real logs carry, so that curat
 * a ``correction`` (the right answer in the task type's template) on about 15 % of the wrong answers, failed
   calls included, as a user or a review tool would type it.
 
-Every answer follows a fixed template filled only by the answer slot (:func:`reference_response`), so exact
-match after normalisation is a fair accuracy measure. Rows with metadata carry the ground truth slot as
+Every answer of the three default task types follows a fixed template filled only by the answer slot
+(:func:`reference_response`), so exact match after normalisation is a fair accuracy measure; a
+``support_reply`` answer is one of several phrasings, judged by :func:`ftops_dev.known_truth.is_right`. Rows with metadata carry the ground truth slot as
 ``{"expected": ...}`` in their metadata JSON. Output depends only on the arguments: the same seed gives the
 same rows.
 """
@@ -158,7 +159,8 @@ def generate_interactions(
         n: Rows to generate.
         seed: Seed of the only random source; the same arguments give the same rows.
         start: Rows are timestamped over the ``days`` before this instant (default 2026-11-01T00:00Z).
-        task_types: Task types to draw from, uniformly.
+        task_types: Task types to draw from, uniformly: by default the three exact-match ones; the free-text
+            ``support_reply`` (:data:`ftops_dev.task_types.FREE_TEXT_TASK_TYPES`) only when named.
         model_version: Version label written on every row.
         days: How many days before ``start`` the timestamps spread over.
 
@@ -177,7 +179,7 @@ def generate_interactions(
         raise ValueError(f"days must be >= 1, got {days}")
     unknown = [t for t in task_types if t not in TASKS]
     if unknown or not task_types:
-        raise ValueError(f"unknown or no task types {unknown!r}; known: {TASK_TYPES}")
+        raise ValueError(f"unknown or no task types {unknown!r}; known: {tuple(TASKS)}")
     start = start or DEFAULT_START
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")

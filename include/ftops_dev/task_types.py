@@ -1,10 +1,16 @@
-"""The simulator's three checkable task types: how a prompt is made, what the correct reply is, and what a
-wrong one looks like. Each reply follows one fixed template, so a model's answer can be scored by exact match.
+"""The simulator's task types: how a prompt is made, what the correct reply is, and what a wrong one looks like.
+
+The three default task types (:data:`TASK_TYPES`) are checkable by exact match: each reply follows one fixed
+template. The free-text task type ``support_reply`` (:data:`FREE_TEXT_TASK_TYPES`, simulated only on request)
+answers a customer's order problem; its right reply can be phrased several ways, so exact match is unfair to
+it, while :func:`is_right`, which knows the truth behind every prompt the simulator makes, is not.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import zlib
 from collections.abc import Callable
 
 
@@ -13,7 +19,8 @@ def reference_response(task_type: str, answer: str) -> str:
 
     Args:
         task_type: One of :data:`TASK_TYPES`.
-        answer: The slot: a sentiment label, a city name, or a number of metres (as digits).
+        answer: The slot: a sentiment label, a city name, a number of metres (as digits), or for
+            ``support_reply`` ``"<action>|<product>|<order>"`` (the phrasing is chosen by the slot).
 
     Returns:
         The response a correct model gives, at least 50 characters long.
@@ -30,6 +37,9 @@ def reference_response(task_type: str, answer: str) -> str:
     if task_type == "unit_conversion":
         km = int(answer) // 1000
         return f"{km} km equals {answer} metres, because 1 km is 1000 metres."
+    if task_type == "support_reply":
+        replies = support_replies(answer)
+        return replies[zlib.crc32(answer.encode()) % len(replies)]  # phrasings vary from prompt to prompt
     raise ValueError(f"unknown task type {task_type!r}")
 
 
@@ -172,6 +182,146 @@ def _unit_wrong(rng: random.Random, answer: str) -> str:
     return str(wrong)
 
 
+# -- support_reply: free text ----------------------------------------------------------------------------------
+SUPPORT_ACTIONS: tuple[str, ...] = ("replacement", "tracking", "return_label", "refund", "duplicate_refund")
+"""What support must do for each kind of order problem: damaged item, late delivery, wrong item, refund request,
+double charge."""
+_SUPPORT_MESSAGES: dict[str, tuple[str, ...]] = {
+    "replacement": (
+        "My {product} from order {order} arrived damaged",
+        "Order {order}: the {product} was cracked when I opened the box",
+        "The {product} I got with order {order} came broken",
+        "I just unpacked my {product} (order {order}) and it is smashed",
+    ),
+    "tracking": (
+        "Where is my {product}? Order {order} still has not arrived",
+        "My order {order} with the {product} is two weeks late",
+        "The {product} from order {order} was supposed to arrive last Monday and never came",
+        "Order {order} for the {product} is delayed and I have no update",
+    ),
+    "return_label": (
+        "I received the wrong item in order {order}: I had ordered the {product}",
+        "Order {order} contained a different model, not the {product} I paid for",
+        "You sent me the wrong {product} in order {order}, wrong colour and wrong size",
+    ),
+    "refund": (
+        "I would like a refund for the {product} of order {order}, I no longer need it",
+        "Please refund order {order}. I changed my mind about the {product}",
+        "Can I get my money back for order {order}? The {product} is not for me",
+    ),
+    "duplicate_refund": (
+        "I was charged twice for order {order} ({product})",
+        "My card shows a double charge for the {product}, order {order}",
+        "Order {order} for the {product} appears two times on my bank statement",
+    ),
+}
+_SUPPORT_ASIDES = ("", "", "", " I need it by Friday.", " This is my second message about it.", " Please hurry.",
+                   " I have been a customer for years.", " What can you do?")  # fmt: skip
+_SUPPORT_PROMPTS = (
+    "Write a reply to this customer message: {text}",
+    "Customer message:\n{text}\n\nDraft a short support reply.",
+    'You are a support agent. Answer the customer: "{text}"',
+    "Reply to the customer and say what we will do.\n{text}",
+    "Support ticket: {text}",
+    "{text}\n\nHow should support respond?",
+)
+_SUPPORT_REPLIES: dict[str, tuple[str, ...]] = {
+    "replacement": (
+        "Sorry your {product} arrived damaged. We are sending a free replacement for order {order} today.",
+        "Apologies for the damaged {product}! A replacement for order {order} is on its way, at no cost to you.",
+        "I'm sorry about that. I have arranged a replacement {product} for order {order}; keep the broken one.",
+    ),
+    "tracking": (
+        "Sorry your {product} is late. Here is the tracking link for order {order}; it should arrive in two days.",
+        "Apologies for the delay with order {order}. I have e-mailed you the tracking details of your {product}.",
+        "We are sorry order {order} is taking so long. Follow your {product} with the tracking number we sent.",
+    ),
+    "return_label": (
+        "Sorry we sent the wrong item. Here is a prepaid return label for order {order}; your {product} follows.",
+        "Apologies for the mix-up in order {order}. Use the attached return label and we send the {product} you ordered.",
+        "That was our mistake. I have e-mailed a free return label for order {order} to swap it for the right {product}.",
+    ),
+    "refund": (
+        "I have issued a full refund for order {order}; the money for the {product} is back on your card in 3-5 days.",
+        "No problem: order {order} is cancelled and a full refund for the {product} is on its way.",
+        "Done! You will receive a full refund for the {product} (order {order}) within five business days.",
+    ),
+    "duplicate_refund": (
+        "Sorry about the double billing. We refunded the duplicate charge on order {order}; you pay for the {product} once.",
+        "You are right, order {order} was billed twice. The duplicate charge for the {product} has been reversed.",
+        "Apologies! I have cancelled the duplicate charge on order {order}. You keep your {product} and pay for it once.",
+    ),
+}
+_ACTION_WORDS: dict[str, tuple[str, ...]] = {
+    "replacement": ("replacement", "send you a new"),
+    "tracking": ("tracking",),
+    "return_label": ("return label", "return shipping label"),
+    "refund": ("full refund", "refunded in full"),
+    "duplicate_refund": ("duplicate charge", "double charge", "second charge"),
+}
+"""Words that name each action in a reply; a right reply names its action's and no other's."""
+
+
+def support_replies(answer: str) -> tuple[str, ...]:
+    """Every phrasing of the right reply to a support message (each names the action and the product).
+
+    Args:
+        answer: The slot ``"<action>|<product>|<order>"``, e.g. ``"refund|kettle|#48213"``.
+
+    Raises:
+        ValueError: Not such a slot, or an unknown action.
+    """
+    action, product, order = _support_slot(answer)
+    return tuple(t.format(product=product, order=order) for t in _SUPPORT_REPLIES[action])
+
+
+def _support_slot(answer: str) -> tuple[str, str, str]:
+    parts = answer.split("|")
+    if len(parts) != 3 or parts[0] not in _SUPPORT_REPLIES:
+        raise ValueError(f"not a support_reply slot '<action>|<product>|<order>': {answer!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _support(rng: random.Random) -> tuple[str, str, int]:
+    action = rng.choice(SUPPORT_ACTIONS)
+    product, order = rng.choice(_PRODUCTS), f"#{rng.randint(10_000, 99_999)}"
+    text = rng.choice(_SUPPORT_MESSAGES[action]).format(product=product, order=order) + "."
+    text = text.replace("?.", "?") + rng.choice(_SUPPORT_ASIDES)
+    k = rng.randrange(len(_SUPPORT_PROMPTS))
+    return _decorate(rng, _SUPPORT_PROMPTS[k].format(text=text)), f"{action}|{product}|{order}", k
+
+
+def _support_wrong(rng: random.Random, answer: str) -> str:
+    action, product, order = _support_slot(answer)
+    return "|".join((rng.choice([a for a in SUPPORT_ACTIONS if a != action]), product, order))
+
+
+def _words_pattern(text: str) -> str:
+    """A regex for ``text`` that tolerates any run of whitespace where it has a space."""
+    return r"\s+".join(re.escape(word) for word in text.split())
+
+
+_PRODUCT_GROUP = "(?P<product>" + "|".join(_words_pattern(p) for p in sorted(_PRODUCTS, key=len, reverse=True)) + ")"
+
+
+def _shape_pattern(shape: str) -> re.Pattern[str]:
+    """The regex that finds a support message of this shape in a prompt (any case, any whitespace)."""
+    parts = []
+    for part in re.split(r"(\{product\}|\{order\}|\s+)", shape):
+        if part == "{product}":
+            parts.append(_PRODUCT_GROUP)
+        elif part == "{order}":
+            parts.append(r"(?P<order>#\d{5})")
+        elif part.isspace():
+            parts.append(r"\s+")
+        elif part:
+            parts.append(re.escape(part))
+    return re.compile("".join(parts), re.IGNORECASE)
+
+
+_SUPPORT_PATTERNS = tuple((a, _shape_pattern(s)) for a, shapes in _SUPPORT_MESSAGES.items() for s in shapes)
+
+
 def _respond(task_type: str, answer: str, slot: str) -> str:
     if task_type == "unit_conversion":
         km = int(answer) // 1000
@@ -179,8 +329,10 @@ def _respond(task_type: str, answer: str, slot: str) -> str:
     return reference_response(task_type, slot)
 
 
-
 TASK_TYPES: tuple[str, ...] = ("sentiment", "city_extraction", "unit_conversion")
+"""The default task types (simulation, CI): checkable by exact match."""
+FREE_TEXT_TASK_TYPES: tuple[str, ...] = ("support_reply",)
+"""Task types whose right answer can be phrased several ways (a judge's job); simulated only when asked for."""
 SENTIMENT_LABELS: tuple[str, ...] = ("positive", "negative", "neutral")
 CITIES: tuple[str, ...] = (
     "Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Lisbon", "Vienna", "Prague", "Dublin",
@@ -195,4 +347,5 @@ TASKS: dict[str, tuple[Callable[[random.Random], tuple[str, str, int]], Callable
     "sentiment": (_sentiment, _sentiment_wrong),
     "city_extraction": (_city, _city_wrong),
     "unit_conversion": (_unit, _unit_wrong),
+    "support_reply": (_support, _support_wrong),
 }

@@ -4,7 +4,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ftops.core.config import FtopsConfig, HuggingFaceBackend, OpenAIBackend, apply_overrides, load_config
+from ftops.core.config import (
+    FtopsConfig,
+    HuggingFaceBackend,
+    JudgeConfig,
+    OpenAIBackend,
+    apply_overrides,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +46,8 @@ def test_every_field_is_described() -> None:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 
-    for model in (FtopsConfig, HuggingFaceBackend, OpenAIBackend, *(type(getattr(FtopsConfig(), n)) for n in
-                  ("curation", "training", "gate", "canary", "governor", "storage"))):  # fmt: skip
+    for model in (FtopsConfig, HuggingFaceBackend, OpenAIBackend, JudgeConfig, *(type(getattr(FtopsConfig(), n)) for n
+                  in ("curation", "training", "gate", "canary", "governor", "storage", "evaluation"))):  # fmt: skip
         walk(model)
 
 
@@ -94,3 +101,14 @@ def test_trigger_form_training_fields_map_onto_the_chosen_backend() -> None:
     with pytest.raises(ValueError, match="lora_r=8 does not apply to method 'full'"):
         training_overrides(configured_full, None, {"lora_r": 8})
     assert training_overrides(configured_full, None, {"method": "lora", "lora_r": 8})["training.backend.lora_r"] == 8
+
+
+def test_evaluation_metrics_default_to_exact_and_name_valid_task_types() -> None:
+    cfg = FtopsConfig.model_validate({"evaluation": {"metrics": {"support_reply": "judge"}}})
+    assert cfg.evaluation.metric("support_reply") == "judge" and cfg.evaluation.metric("sentiment") == "exact"
+    assert load_config().evaluation.judge.min_kappa == 0.6  # the shipped file
+    for bad in ({"support_reply": "bleu"}, {"../x": "judge"}):
+        with pytest.raises(ValidationError):
+            FtopsConfig.model_validate({"evaluation": {"metrics": bad}})
+    overridden = apply_overrides(cfg, {"evaluation.judge.max_calls": 10})
+    assert overridden.evaluation.judge.max_calls == 10

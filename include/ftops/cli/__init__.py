@@ -14,6 +14,7 @@
     ftops erase --user-id-file - [--purge]   remove a user's data (the id on stdin) from everything FT-Ops made
     ftops evalset import FILE --task-type T  a labelled file as the task type's next frozen eval-set version
     ftops evalset list                       eval-set versions and their rows by source
+    ftops judge calibrate --task-type T      the LLM judge's agreement with the latest eval set (kappa), recorded
 """
 
 from __future__ import annotations
@@ -146,41 +147,20 @@ def _import_logs(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
-def _read_user_id(args: argparse.Namespace) -> str:
-    """The user id from ``--user-id-file`` (``-``: standard input), or from the deprecated ``--user-id``.
-
-    The file holds the id alone; one trailing line break is dropped, nothing else (ids are compared exactly).
-
-    Raises:
-        ValueError: No id, an empty one, or more than one line.
-    """
-    if args.user_id is not None:
-        print("ftops erase: --user-id shows the id in `ps` and the shell's history; it is deprecated: use "
-              "--user-id-file - and give the id on standard input", file=sys.stderr)  # fmt: skip
-        return str(args.user_id)
-    if args.user_id_file is None:
-        raise ValueError("give the user id with --user-id-file FILE (or - for standard input)")
-    if args.user_id_file == "-":
-        text = sys.stdin.read()
-    else:
-        with open(args.user_id_file, encoding="utf-8") as f:
-            text = f.read()
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text.strip() or "\n" in text:
-        raise ValueError("the user id file must hold exactly one non-empty line")
-    return text
-
-
 def _erase(args: argparse.Namespace) -> int:
     import contextlib
     import json
 
+    from ftops.core.userkey import read_user_id
     from ftops.pipeline.erase import erase_user
 
     cfg = load_config()
     engine = _engine(warehouse_url(args.warehouse_url))
+    if args.user_id is not None:
+        print("ftops erase: --user-id shows the id in `ps` and the shell's history; it is deprecated: use "
+              "--user-id-file - and give the id on standard input", file=sys.stderr)  # fmt: skip
     try:
-        user_id = _read_user_id(args)
+        user_id = str(args.user_id) if args.user_id is not None else read_user_id(args.user_id_file)
         with contextlib.redirect_stdout(sys.stderr):  # DVC's gc prints progress: stdout carries only the summary
             summary = erase_user(engine, cfg, user_id, request_key=args.request_key, purge=args.purge)
     except (LookupError, ValueError, OSError) as exc:
@@ -230,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--rows", type=int, default=3000)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--task-types", nargs="*", default=None, type=_task_type,
-                     help="letters, digits, '_' and '-' (default: all simulated task types)")
+                     help="default: sentiment city_extraction unit_conversion; also support_reply (free text)")
     sim.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     sim.set_defaults(func=_simulate)
     base = sub.add_parser("build-base-model", help="build the small local base model (once)")
@@ -282,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "(default erasure-<user key>)")  # fmt: skip
     erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     erase.set_defaults(func=_erase)
-    from ftops.cli.yardstick import add_commands
+    from ftops.cli import yardstick
 
-    add_commands(sub)
+    yardstick.add_commands(sub)  # evalset, judge
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,4 +1,4 @@
-"""``ftops evalset``: the commands about the yardstick models are compared on."""
+"""``ftops evalset`` and ``ftops judge``: the commands about the yardstick models are compared on."""
 
 from __future__ import annotations
 
@@ -12,13 +12,19 @@ from ftops.core.text import printable
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``evalset`` to the ``ftops`` sub-command parsers."""
+    """Add ``evalset`` and ``judge`` to the ``ftops`` sub-command parsers."""
     evalset = sub.add_parser("evalset", help="frozen eval sets: import a labelled file as a new version; list them")
     evalset.add_argument("action", choices=("import", "list"))
     evalset.add_argument("file", nargs="?", help='JSON lines {"prompt"|"messages", "reference"}; - reads stdin')
     evalset.add_argument("--task-type", type=task_type_arg, default=None)
     evalset.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     evalset.set_defaults(func=_evalset)
+    judge = sub.add_parser("judge", help="the LLM judge of free-text task types").add_subparsers(
+        dest="judge", required=True)  # fmt: skip
+    calibrate = judge.add_parser("calibrate", help="measure the judge's agreement (Cohen's kappa) with the latest eval "
+                                 "set's labels and record it on ftops-<task type> (exit 1: below min_kappa)")  # fmt: skip
+    calibrate.add_argument("--task-type", required=True, type=task_type_arg)
+    calibrate.set_defaults(func=_judge_calibrate)
 
 
 def _evalset(args: argparse.Namespace) -> int:
@@ -57,3 +63,11 @@ def _evalset(args: argparse.Namespace) -> int:
             sources = Counter(r.get("source", "?") for r in evalsets.read(v))
             print(f"{v.tag}: {sum(sources.values())} rows ({', '.join(f'{k} {n}' for k, n in sorted(sources.items()))})")
     return 0
+
+
+def _judge_calibrate(args: argparse.Namespace) -> int:
+    from ftops.pipeline.judge import calibrate_from_env
+
+    code, text = calibrate_from_env(load_config(), args.task_type)
+    print(printable(text), file=sys.stderr if code == 2 else sys.stdout)
+    return code

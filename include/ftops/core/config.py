@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ftops.core.evaluation_config import EvaluationConfig, JudgeConfig  # noqa: F401 - re-exported
 from ftops.core.serving_config import ServingConfig
 from ftops.core.stats import required_calls
 
@@ -339,6 +340,7 @@ class FtopsConfig(_Strict):
     governor: GovernorConfig = Field(default_factory=GovernorConfig, description="When to train.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where datasets and caches live.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="The `ftops serve` gateway.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How answers are scored.")
 
 
 def load_config(path: str | Path | None = None) -> FtopsConfig:

@@ -8,7 +8,9 @@ inside the functions, so importing this module is cheap and opens no connection.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -157,6 +159,40 @@ def make_async_client(
         client = openai.AsyncOpenAI(api_key=key, base_url=base_url or DEFAULT_BASE_URL, max_retries=max_retries, timeout=timeout)
     log.info("OpenAI-compatible API at %s (async, max_retries=%d, timeout=%ss)", client.base_url, max_retries, timeout)
     return client
+
+
+def connection_from_env(conn_id: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Key and base URL of an OpenAI-compatible API from ``$AIRFLOW_CONN_<CONN_ID>`` as JSON, outside Airflow.
+
+    For the command line, which cannot ask Airflow: the same variable is what Airflow's connection lookup reads
+    in the DAGs, so one setting serves both, e.g.
+    ``AIRFLOW_CONN_FTOPS_JUDGE='{"conn_type": "openai", "host": "https://api.example.com/v1", "password": "sk-..."}'``
+    (the base URL may also be ``extra.openai_client_kwargs.base_url``, as the OpenAI provider reads it).
+
+    Returns:
+        ``{"api_key", "base_url", "key_source"}`` for :func:`make_client`.
+
+    Raises:
+        LookupError: The variable is not set.
+        ValueError: It is not a JSON object.
+    """
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    raw = (os.environ if environ is None else environ).get(name)
+    if not raw:
+        raise LookupError(f"no connection {conn_id!r} outside Airflow: set {name} to the API as JSON, e.g. "
+                          '{"conn_type": "openai", "host": "https://api.openai.com/v1", "password": "<key>"}')  # fmt: skip
+    try:
+        conn = json.loads(raw)
+    except ValueError:
+        conn = None
+    if not isinstance(conn, dict):
+        raise ValueError(f"{name} must be a JSON object with host (base URL) and password (key); a connection URI "
+                         "cannot carry a base URL with a path here")  # fmt: skip
+    extra = conn.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra or "{}")
+    base_url = conn.get("host") or (extra.get("openai_client_kwargs") or {}).get("base_url")
+    return {"api_key": conn.get("password") or "", "base_url": base_url, "key_source": f"the password in {name}"}
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------

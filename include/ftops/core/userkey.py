@@ -99,3 +99,26 @@ def routing_salt() -> bytes:
     """The gateway's key for routing hashes (:func:`ftops.serving.router.bucket`), derived from the installation's
     secret: stable across restarts and across gateways of one installation, unknown to clients."""
     return hmac.new(user_key_secret(), b"ftops.serving.router.bucket", hashlib.sha256).digest()
+
+
+def read_user_id(path: str | None) -> str:
+    """A user id from a file that holds it alone (``-``: standard input), as ``ftops erase --user-id-file`` reads it.
+
+    One trailing line break is dropped, nothing else (ids are compared exactly).
+
+    Raises:
+        ValueError: No file given, an empty id, or more than one line.
+    """
+    import sys
+
+    if path is None:
+        raise ValueError("give the user id with --user-id-file FILE (or - for standard input)")
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip() or "\n" in text:
+        raise ValueError("the user id file must hold exactly one non-empty line")
+    return text

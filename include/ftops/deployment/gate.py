@@ -13,6 +13,10 @@ of that gain excluding zero: a model that answers the same thing to every prompt
 For a fine-tune started by an ``error_pattern`` decision the failure slice (:mod:`ftops.evaluation.slices`) is
 reported as a line of its own; with ``require_slice_improvement`` it is a criterion (:func:`slice_check`).
 Every criterion is reported in words, passed or failed.
+
+For a task type scored by an LLM judge (``evaluation.metrics: {T: judge}``), :func:`judge_criteria` adds two:
+the judge's recorded calibration reaches ``evaluation.judge.min_kappa``, and the judge's net win of the
+candidate over the champion has a confidence interval above zero.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from ftops.core.config import GateConfig
+from ftops.core.config import GateConfig, JudgeConfig
 from ftops.evaluation.slices import NO_REFERENCE, describe_slice
+
+if TYPE_CHECKING:
+    from ftops.evaluation.judge import JudgeResult
+    from ftops.evaluation.judge_calibration import JudgeCalibration
 
 
 @dataclass(frozen=True)
@@ -146,3 +155,57 @@ def slice_check(report: Mapping[str, str] | None, cfg: GateConfig) -> tuple[bool
                        "switch off")  # fmt: skip
     candidate, champion = float(report["metric.slice_fixed_rate"]), float(report["metric.slice_fixed_rate_champion"])
     return candidate > champion, f"{line} (need candidate > champion: gate.require_slice_improvement)"
+
+
+def judge_trust(calibration: JudgeCalibration | None, cfg: JudgeConfig, task_type: str) -> tuple[bool, str]:
+    """Whether the gate may rely on the configured judge for a task type, and why, in one line.
+
+    It may when the judge's recorded calibration (:func:`ftops.evaluation.judge_calibration.read_calibration`)
+    is of the configured judge model and its kappa is at least ``cfg.min_kappa``. Call it before judging, so an
+    untrusted judge costs nothing.
+    """
+    how = f"`ftops judge calibrate --task-type {task_type}` on its latest eval set"
+    if calibration is None:
+        return False, (f"judge {cfg.model} was never calibrated for {task_type}: the gate does not rely on an "
+                       f"unmeasured judge (needs kappa ≥ {cfg.min_kappa:.2f}); run {how}")  # fmt: skip
+    if calibration.model != cfg.model:
+        return False, (f"the recorded judge calibration (kappa {calibration.kappa:.3f}) is of {calibration.model}, "
+                       f"but the configured judge is {cfg.model}: run {how}")  # fmt: skip
+    c = calibration
+    seen = (f"judge {cfg.model} kappa {c.kappa:.3f} (accuracy {c.accuracy:.3f} on {c.pairs} pairs of {c.evalset}, "
+            f"calibrated {c.calibrated_at})")  # fmt: skip
+    if calibration.kappa < cfg.min_kappa:
+        return False, (f"{seen} is below evaluation.judge.min_kappa {cfg.min_kappa:.2f}: the gate does not rely on "
+                       f"it; use a better judge model (or lower min_kappa knowingly) and run {how}")  # fmt: skip
+    return True, f"{seen} (need ≥ {cfg.min_kappa:.2f})"
+
+
+def judge_criteria(
+    result: JudgeResult | None, calibration: JudgeCalibration | None, cfg: JudgeConfig, task_type: str
+) -> list[str]:
+    """The gate's judge criteria for a task type with ``metric: judge``, as ``ok:``/``FAIL:`` lines.
+
+    Two criteria: the judge is trusted (:func:`judge_trust`), and the candidate's net win over the champion
+    (wins - losses, per prompt, judged in both answer orders) has a confidence interval whose lower bound is
+    above zero.
+
+    Args:
+        result: The judge's comparison (:func:`ftops.evaluation.judge.compare_answers`), or None when it was
+            not run (an untrusted judge is not asked).
+        calibration: The recorded calibration of the task type's judge, or None.
+        cfg: ``evaluation.judge``.
+        task_type: For the messages.
+
+    Returns:
+        One line per criterion, like :func:`apply_gate`'s reasons; the candidate passes only if all are ``ok``.
+    """
+    trusted, why = judge_trust(calibration, cfg, task_type)
+    lines = [f"{'ok' if trusted else 'FAIL'}: {why}"]
+    if result is None:
+        return lines + ["FAIL: judge not run: no net win measured"]
+    low, high = result.net_win_ci
+    lines.append(f"{'ok' if low > 0 else 'FAIL'}: judge net win {result.net_win:+.3f} over the champion ({result.wins} "
+                 f"wins, {result.ties} ties, {result.losses} losses of {result.n}; win rate {result.win_rate:.3f}"
+                 + (f"; {result.unparseable} unparseable verdicts" if result.unparseable else "")
+                 + f"), {result.confidence:.0%} CI [{low:+.3f}, {high:+.3f}]: lower bound (need > 0)")  # fmt: skip
+    return lines

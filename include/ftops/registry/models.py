@@ -239,6 +239,33 @@ def set_tags(task_type: str, version: str, tags: Mapping[str, Any]) -> None:
         c.set_model_version_tag(model_name(task_type), version, k, str(v))
 
 
+def model_tags(task_type: str) -> dict[str, str]:
+    """The tags of the registered model ``ftops-<task_type>`` itself (not of a version); {} when it does not exist.
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer.
+    """
+    c = client()
+    with store_errors(f"read tags of {model_name(task_type)}", missing_ok=True):
+        return dict(c.get_registered_model(model_name(task_type)).tags)
+    return {}
+
+
+def set_model_tags(task_type: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on the registered model ``ftops-<task_type>`` itself, creating the model when missing.
+
+    Raises:
+        RegistryUnavailableError: The registry failed to answer.
+    """
+    c = client()
+    name = model_name(task_type)
+    with store_errors(f"create registered model {name}", exists_ok=True):
+        c.create_registered_model(name, description=f"FT-Ops fine-tuned models for task type {task_type}")
+    with store_errors(f"set tags of {name}"):
+        for k, v in tags.items():
+            c.set_registered_model_tag(name, k, str(v))
+
+
 def trained_dataset_versions(task_type: str) -> set[str]:
     """Dataset tags that some registered version was trained on (the governor's memory)."""
     return {mv.tags.get("dataset_version", "") for mv in versions(task_type)} - {""}
