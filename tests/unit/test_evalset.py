@@ -19,11 +19,12 @@ from ftops.curation.embedding import EmbeddingCache
 from ftops.datasets.evalsets import EvalSets, as_example
 from ftops.pipeline import finetune_eval
 from ftops.pipeline.common import dataset_registry
-from ftops.pipeline.curate import published_examples
+from ftops.pipeline.curate import evalset_prompts, published_examples
 from ftops.pipeline.evalsets import evaluate_on_evalset, import_evalset
 from ftops.registry import models as registry
 
-# all-MiniLM-L6-v2 cosines (tests/unit/test_leakage.py): the France questions 0.95-0.97 to each other
+# all-MiniLM-L6-v2 cosines (tests/unit/test_leakage.py): FRANCE_TEST to FRANCE_TRAIN 0.97, to FRANCE_OTHER 0.96
+FRANCE_TEST = "What is the capital city of France?"  # hashes to test
 FRANCE_TRAIN = "Which city is the capital of France?"  # hashes to train
 FRANCE_OTHER = "What's the capital of France?"  # hashes to train; a paraphrase of the one above
 ROUTER = "How do I reset my router to factory settings?"  # train
@@ -105,22 +106,28 @@ def embedder():
 
 
 def test_an_evalset_prompt_and_its_paraphrase_never_reach_a_training_split(cfg, engine, embedder, tmp_path) -> None:
-    import_evalset(cfg, engine, "sentiment", lines({"prompt": FRANCE_TRAIN, "reference": "Paris."}))
-    published = published_examples(cfg, "sentiment")
-    assert published == [(FRANCE_TRAIN, "test")]
+    import_evalset(cfg, engine, "sentiment", lines({"prompt": FRANCE_TEST, "reference": "Paris."}))
+    evalset = evalset_prompts(cfg, "sentiment")
+    assert evalset == [FRANCE_TEST] and published_examples(cfg, "sentiment") == []  # no dataset version yet
 
-    def curate(prompts: list[str], history: list[tuple[str, str]]):
+    def curate(prompts: list[str], published: list[tuple[str, str]] = ()):
         frame = pd.DataFrame([row(i, prompt=p) for i, p in enumerate(prompts)])
-        return curate_frame(frame, cfg.curation, embedder, EmbeddingCache(tmp_path / "cache.sqlite"), published=history)
+        return curate_frame(frame, cfg.curation, embedder, EmbeddingCache(tmp_path / "cache.sqlite"),
+                            published=published, evalset=evalset)  # fmt: skip
 
-    for prompts in ([FRANCE_TRAIN, ROUTER, REVIEW], [FRANCE_OTHER, ROUTER, REVIEW]):
-        result = curate(prompts, published)
-        train = [p for p, _ in examples_of(result.train)]
-        assert ROUTER in train and prompts[0] not in train  # the eval question, or its paraphrase, is a test row
-        assert prompts[0] in [p for p, _ in examples_of(result.test)] and result.leakage["moved_to_test"] == 1
-    # already trained on before the eval set came: never in a training split again (dropped)
-    result = curate([FRANCE_OTHER, ROUTER], [*published, (FRANCE_OTHER, "train")])
-    assert [p for p, _ in examples_of(result.train)] == [ROUTER] and result.accounting["filtered:leakage"] == 1
+    # each hashes to train: the eval question reworded (cosine 0.97, 0.96 to it)
+    for paraphrase in (FRANCE_TRAIN, FRANCE_OTHER):
+        result = curate([paraphrase, ROUTER, REVIEW])
+        assert [p for p, _ in examples_of(result.train)] == [ROUTER]
+        assert result.accounting["filtered:evalset"] == 1 and result.evalset_excluded == 1
+        assert [p for p, _ in examples_of(result.test)] == [REVIEW] and result.balanced()
+    # the eval question itself, or in capitals (the split hashes normalised text): a test row, never a training one
+    for same in (FRANCE_TEST, FRANCE_TEST.upper()):
+        kept = curate([same, ROUTER])
+        assert [p for p, _ in examples_of(kept.test)] == [same] and kept.evalset_excluded == 0
+    # trained on before the eval set came (an earlier version's train split): never in a training split again
+    again = curate([FRANCE_TRAIN, ROUTER], published=[(FRANCE_TRAIN, "train"), (ROUTER, "train")])
+    assert [p for p, _ in examples_of(again.train)] == [ROUTER] and again.evalset_excluded == 1
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ class CurationConfig(_Strict):
     )
     target_size: int = Field(500, ge=1, description="Most examples selected into one dataset version.")
     leakage_threshold: float = Field(0.9, gt=0, le=1, description="Cosine at or above which a prompt leaks across the splits of any two versions.")
+    evalset_threshold: float = Field(0.95, gt=0, le=1, description="Cosine at or above which a training example asks an eval-set question (left out of training).")
     ann_min_pool: int = Field(200_000, ge=1, description="Pool and target both above this: the near-duplicate search uses the IVF index.")
     ann_nlist: int = Field(1024, ge=1, description="Buckets (k-means centroids) of the approximate index.")
     ann_nprobe: int = Field(16, ge=1, description="Buckets of the approximate index searched per query.")

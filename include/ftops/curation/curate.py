@@ -82,6 +82,7 @@ class Curated:
     selection_index: str = "exact"  # "exact" (numpy blocks) or "ivf" (pool and target above ann_min_pool)
     ann_recall: float | None = None  # the approximate path's near-duplicate recall against exact, measured
     leakage: dict[str, Any] = field(default_factory=dict)  # the leakage guard's report (LeakageReport.as_dict)
+    evalset_excluded: int = 0  # training examples left out because they ask an eval-set question
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def lap(self, phase: str, since: float) -> float:
@@ -203,6 +204,31 @@ def _guard_leakage(
     return guarded
 
 
+def _exclude_evalset(
+    vectors: NDArray[np.float32], unique: list[dict[str, Any]], selected: list[int], splits: list[str],
+    evalset: Sequence[str], embedder: Embedder, cache: EmbeddingCache | None, cfg: CurationConfig, result: Curated,
+    outcome: dict[int, str],
+) -> tuple[list[int], list[str]]:
+    """The selection without the training examples that ask an eval-set question (``filtered:evalset``)."""
+    from ftops.curation.embedding import embed_with_cache
+    from ftops.curation.leakage import near_evalset
+
+    texts = list(dict.fromkeys(evalset))
+    eval_vectors, embedded = (embed_with_cache(embedder, texts, cache) if cache is not None
+                              else (embedder.embed(texts), len(texts)))  # fmt: skip
+    result.embedded_new += embedded
+    near = near_evalset(vectors[selected], eval_vectors, cfg.evalset_threshold)
+    kept: list[tuple[int, str]] = []
+    for i, split, hit in zip(selected, splits, near, strict=True):
+        if hit and split == "train":
+            result.evalset_excluded += 1
+            if unique[i]["index"] is not None:
+                outcome[unique[i]["index"]] = "filtered:evalset"
+        else:
+            kept.append((i, split))
+    return [i for i, _ in kept], [s for _, s in kept]
+
+
 def to_example(prompt: str, response: str) -> dict[str, Any]:
     """A chat-format training example (the OpenAI fine-tuning JSONL shape)."""
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
@@ -217,6 +243,7 @@ def curate_frame(
     earlier: Sequence[dict[str, Any]] = (),
     future_after: datetime | None = None,
     published: Sequence[tuple[str, str]] = (),
+    evalset: Sequence[str] = (),
 ) -> Curated:
     """Curate one task type's raw rows, together with the candidates earlier runs kept.
 
@@ -230,6 +257,8 @@ def curate_frame(
         future_after: Rows stamped at or after this instant are quarantined as ``timestamp_in_future``.
         published: (prompt, split) of every example of every published version of the task type, for the
             leakage guard (:mod:`ftops.curation.leakage`); a new example it drops is ``filtered:leakage``.
+        evalset: The prompts of the task type's eval set: a training example within ``evalset_threshold`` of
+            one is left out (``filtered:evalset``), a test example kept (the eval set is never trained on).
 
     Returns:
         The curated dataset with its accounting of this batch's rows.
@@ -336,6 +365,10 @@ def curate_frame(
             survivors = [(i, s) for i, s in zip(selected, guarded, strict=True) if s is not None]
             selected, splits = [i for i, _ in survivors], [s for _, s in survivors]
             clock = result.lap("leakage_guard", clock)
+        if evalset and selected:
+            selected, splits = _exclude_evalset(vectors, unique, selected, splits, evalset, embedder, cache, cfg,
+                                                result, outcome)  # fmt: skip
+            clock = result.lap("evalset_guard", clock)
         result.diversity_score = diversity_score(vectors[selected]) if len(selected) > 1 else 0.0
         test_rows = [i for i, s in zip(selected, splits, strict=True) if s == "test"]
         train_rows = [i for i, s in zip(selected, splits, strict=True) if s == "train"]

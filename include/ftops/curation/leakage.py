@@ -100,3 +100,25 @@ def guard_splits(
                     "%d train -> test, %d dropped", threshold, report.history_train, report.history_test,
                     report.moved_to_train, report.moved_to_test, report.dropped)  # fmt: skip
     return final, report
+
+
+def near_evalset(vectors: np.ndarray, evalset: np.ndarray, threshold: float) -> np.ndarray:
+    """Which examples ask an eval-set question: cosine ``threshold`` or more to an eval-set prompt.
+
+    The eval set is the yardstick, so its questions (and their rewordings) must never be trained on. Measured
+    on the simulator with all-MiniLM-L6-v2 (``benchmarks/measure_evalset_overlap.py``): at 0.95 every case,
+    spacing and punctuation variant of an eval prompt and half to four fifths of those with other small talk
+    are caught, while 0-10 % of prompts that ask *other* questions (same template, another number or review)
+    are caught too; at the cross-version guard's 0.9, 47 % of other unit-conversion questions would be.
+
+    Args:
+        vectors: L2-normalised embeddings of the examples.
+        evalset: L2-normalised embeddings of the eval-set prompts.
+        threshold: ``curation.evalset_threshold``.
+    """
+    from ftops.curation.vector_index import build_index, nearest
+
+    if len(vectors) == 0 or len(evalset) == 0:
+        return np.zeros(len(vectors), dtype=bool)
+    scores, _ = nearest(build_index(evalset, approximate=False), vectors)
+    return np.asarray(scores >= threshold)

@@ -177,7 +177,7 @@ def curate_window(
     history_s = time.perf_counter() - clock
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
                            earlier=read_pool(engine, task_type, table), future_after=future_after,
-                           published=published)  # fmt: skip
+                           published=published, evalset=evalset_prompts(cfg, task_type))  # fmt: skip
     quarantine(curated)
     timings = {"read": round(read_s, 3), "read_history": round(history_s, 3), **curated.timings}
     clock = time.perf_counter()
@@ -202,6 +202,7 @@ def curate_window(
         "selection_index": curated.selection_index,
         "ann_recall": None if curated.ann_recall is None else round(curated.ann_recall, 4),
         "leakage_guard": curated.leakage,
+        "evalset_excluded": curated.evalset_excluded,  # training examples that ask an eval-set question
         "timings_s": timings,
     }
 
@@ -236,9 +237,18 @@ def curate_window(
     return stage("staged", train_jsonl=to_jsonl(curated.train), test_jsonl=to_jsonl(curated.test), metadata=metadata)
 
 
+def evalset_prompts(cfg: FtopsConfig, task_type: str) -> list[str]:
+    """The prompts of the task type's latest eval set (every version holds the rows of the one before), which
+    curation keeps out of training splits."""
+    from ftops.datasets.evalsets import EvalSets
+
+    evalsets = EvalSets(dataset_registry(cfg))
+    latest = evalsets.latest(task_type)
+    return [row["prompt"] for row in evalsets.read(latest)] if latest else []
+
+
 def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]]:
-    """(prompt, split) of every example of every published version of a task type, and every eval-set prompt
-    as a test prompt: the leakage guard's history.
+    """(prompt, split) of every example of every published version of a task type: the leakage guard's history.
 
     A version's examples are read from the dataset registry (through DVC, one read per split) once per worker,
     then from ``FTOPS_HOME/cache/published/<task_type>/<content hash>.json`` (a version's content never changes
@@ -248,23 +258,17 @@ def published_examples(cfg: FtopsConfig, task_type: str) -> list[tuple[str, str]
     """
     from ftops.core.config import ftops_home
     from ftops.curation.curate import examples_of
-    from ftops.datasets.evalsets import EvalSets
-
     registry = dataset_registry(cfg)
-    evalsets = EvalSets(registry)
     folder = ftops_home() / "cache" / "published" / task_type
     found: dict[tuple[str, str], None] = {}
-    read, versions = 0, registry.versions(task_type) + evalsets.versions(task_type)
+    read, versions = 0, registry.versions(task_type)
     for version in versions:
         path = folder / f"{version.content_hash}.json"
         try:
             pairs = [(str(p), str(s)) for p, s in json.loads(path.read_text())]
         except (OSError, ValueError, TypeError):  # not cached yet, or a torn file: read the version again
-            if version.kind == "evalset":  # as test prompts: their paraphrases never reach a training split
-                pairs = [(row["prompt"], "test") for row in evalsets.read(version)]
-            else:
-                pairs = [(prompt, split) for split in ("train", "test")
-                         for prompt, _ in examples_of(registry.read(version, split))]  # fmt: skip
+            pairs = [(prompt, split) for split in ("train", "test")
+                     for prompt, _ in examples_of(registry.read(version, split))]  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
             partial.write_text(json.dumps(pairs, ensure_ascii=False))
