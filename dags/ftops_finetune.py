@@ -21,8 +21,14 @@
    runs past `timeout_hours` from its creation (both in `training.backend` of the config). With the
    `huggingface` backend it passes the trained model straight on.
 3. `evaluate_candidate` scores candidate and baseline (the `champion` alias, or the base model when there is
-   none) on the same test split: accuracy, perplexity, BLEU, ROUGE-L, latency, cost; applies the deployment
-   gate (accuracy gain and its confidence bound, an absolute accuracy floor, perplexity, latency, cost).
+   none) on the same yardstick: the task type's latest frozen eval set (`ftops evalset import`), else the
+   dataset's test split without the rows whose reference the champion itself served. Accuracy, perplexity,
+   BLEU, ROUGE-L, latency, cost; then the deployment gate (accuracy gain and its confidence bound, an absolute
+   accuracy floor, perplexity, latency, cost). A fine-tune started for an error pattern is also measured on
+   that failure cluster (fixed rate of both; `gate.require_slice_improvement` makes it a criterion). A task
+   type with `metric: judge` (`evaluation.metrics`) is judged pairwise by the LLM judge of the
+   `evaluation.judge.conn_id` connection, in both answer orders, and only if its calibration
+   (`ftops judge calibrate`) reaches `min_kappa`.
 4. `register_candidate` makes the run a version of `ftops-<task_type>` tagged with the dataset version,
    content hash, base model, backend, metrics, decision and reasons.
 5. `choose_path` branches: `deploy_canary` (the first passing model of a task type becomes `champion`
@@ -153,7 +159,9 @@ def ftops_finetune():
 
         cfg = snapshot(config)
         conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
-        return evaluate(cfg, params["task_type"], trained["run_id"], api_client=lambda: openai_client(conn_id))
+        return evaluate(cfg, params["task_type"], trained["run_id"], api_client=lambda: openai_client(conn_id),
+                        judge_client=lambda: openai_client(cfg.evaluation.judge.conn_id),
+                        engine=warehouse_engine(cfg.warehouse_conn_id), decision_key=params["decision_key"])
 
     @task
     def register_candidate(trained: dict, evaluation: dict, params: dict | None = None) -> dict:

@@ -14,6 +14,8 @@ ROWS="${FTOPS_DEMO_ROWS:-3000}"
 TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-1200}"         # per cycle
 CANARY_TIMEOUT_S="${FTOPS_DEMO_CANARY_TIMEOUT_S:-600}"
 TRAFFIC="${FTOPS_DEMO_TRAFFIC:-900}"              # calls between the cycles
+FREE_ROWS="${FTOPS_DEMO_FREE_ROWS:-1000}"          # rows of the free-text task type support_reply (judged)
+JUDGE_PORT="${FTOPS_DEMO_JUDGE_PORT:-8090}"
 PORT="${FTOPS_DEMO_PORT:-8080}"
 GW_PORT="${FTOPS_DEMO_GATEWAY_PORT:-8000}"
 export AIRFLOW__API__PORT="$PORT"
@@ -31,8 +33,23 @@ bash scripts/setup_airflow.sh
 step "Local base model (built once, reused)"
 ftops build-base-model
 
-step "Simulated production logs ($ROWS rows, seed 0)"
+step "Simulated production logs ($ROWS rows, seed 0; $FREE_ROWS of the free-text task support_reply, seed 5)"
 ftops simulate --rows "$ROWS" --seed 0
+ftops simulate --rows "$FREE_ROWS" --seed 5 --task-types support_reply
+
+step "Eval sets: the simulator's labelled rows (its known answers), imported as a team imports its own"
+ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --task-types sentiment city_extraction unit_conversion support_reply
+for t in sentiment city_extraction unit_conversion support_reply; do
+  ftops evalset import "$FTOPS_HOME/evalsets/$t.jsonl" --task-type "$t" > /dev/null
+done
+ftops evalset list
+
+step "Stand-in LLM judge for support_reply on port $JUDGE_PORT (answers from the simulator's truth), calibrated"
+setsid ftops simulate-judge --port "$JUDGE_PORT" > "$FTOPS_HOME/judge.log" 2>&1 &
+JUDGE_PID=$!
+trap 'kill -- "-$JUDGE_PID" 2>/dev/null || true' EXIT  # replaced by cleanup (which stops it too) once Airflow runs
+export AIRFLOW_CONN_FTOPS_JUDGE="{\"conn_type\": \"openai\", \"host\": \"http://127.0.0.1:$JUDGE_PORT/v1\", \"password\": \"demo-judge\"}"
+for _ in $(seq 1 30); do curl -s "http://127.0.0.1:$JUDGE_PORT/" > /dev/null 2>&1 && break; sleep 1; done
 
 step "Demo config: the shipped config with demo durations (minutes, not a day) in $FTOPS_HOME/ftops-demo.yaml"
 python - "$FTOPS_HOME/ftops-demo.yaml" <<'PY'
@@ -54,12 +71,16 @@ demo = {
     "gate.min_lower_bound_gain": -0.05,
     "gate.max_perplexity_increase": 0.05,
     "governor.cooldown_hours": 0,          # cycle 2 comes minutes after cycle 1 (shipped: 24 h between trainings)
+    # support_reply is free text: right in many wordings, so the stand-in judge decides its gate, not exact match
+    "evaluation.metrics": {"support_reply": "judge"},
+    "evaluation.judge.model": "ftops-standin-judge",
 }
 cfg = apply_overrides(load_config(), demo)
 open(sys.argv[1], "w").write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 print("\n".join(f"  {k}: {v}" for k, v in demo.items()))
 PY
 export FTOPS_CONFIG="$FTOPS_HOME/ftops-demo.yaml"
+ftops judge calibrate --task-type support_reply  # kappa against the eval set's labels; the gate needs >= min_kappa
 
 step "Starting airflow standalone on port $PORT (log: $LOG)"
 if curl -fs "http://127.0.0.1:$PORT" > /dev/null 2>&1; then
@@ -69,6 +90,7 @@ setsid airflow standalone > "$LOG" 2>&1 &  # its own process group, so cleanup s
 AF_PID=$!
 GW_PID="" TRAFFIC_PID=""
 cleanup() {
+  kill -- "-$JUDGE_PID" 2>/dev/null || true
   if [[ -n "$TRAFFIC_PID" ]]; then kill -- "-$TRAFFIC_PID" 2>/dev/null || true; fi
   if [[ -n "$GW_PID" ]]; then kill -TERM -- "-$GW_PID" 2>/dev/null || true; fi
   kill -TERM -- "-$AF_PID" 2>/dev/null || true

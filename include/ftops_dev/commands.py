@@ -38,6 +38,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
     evalset.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows per task type (default {DEFAULT_ROWS})")
     evalset.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
     evalset.set_defaults(func=_simulate_evalset)
+    judge = sub.add_parser("simulate-judge", help="a stand-in LLM judge (OpenAI-compatible, answers from the "
+                           "simulator's known truth) for the demo's evaluation.judge connection")  # fmt: skip
+    judge.add_argument("--host", default="127.0.0.1")
+    judge.add_argument("--port", type=int, default=8090)
+    judge.set_defaults(func=_simulate_judge)
 
 
 def _simulate_traffic(args: argparse.Namespace) -> int:
@@ -66,4 +71,12 @@ def _simulate_evalset(args: argparse.Namespace) -> int:
         with path.open(encoding="utf-8") as f:
             rows = sum(1 for _ in f)
         print(f"{path}: {rows} rows ({task_type}; import with `ftops evalset import {path} --task-type {task_type}`)")
+    return 0
+
+
+def _simulate_judge(args: argparse.Namespace) -> int:
+    from ftops_dev.judge_standin import serve
+
+    print(f"Stand-in judge on http://{args.host}:{args.port}/v1 (POST /v1/chat/completions)", flush=True)
+    serve(args.host, args.port)
     return 0

@@ -109,6 +109,15 @@ def _sentiment_phrases() -> list[Picks]:
     ]
 
 
+def _support_messages() -> list[Picks]:
+    # The action is drawn first and picks the message shapes: preset both, so each shape comes with its action.
+    return [
+        ((("choice", id(tt.SUPPORT_ACTIONS)), action), (("choice", id(shapes)), shape))
+        for action, shapes in tt._SUPPORT_MESSAGES.items()
+        for shape in shapes
+    ]
+
+
 # Kilometre values every unit-conversion set holds: both ends of the generator's range (1 and 999), one to
 # three digits, round and odd numbers; the rest of the rows draw from the generator's range like the logs do.
 KM_SPREAD: tuple[int, ...] = (1, 2, 3, 7, 9, 10, 12, 25, 42, 64, 99, 100, 101, 128, 250, 365, 404, 500, 512,
@@ -129,6 +138,13 @@ COVERAGE: dict[str, dict[str, list[Picks]]] = {
         "city": each(tt.CITIES),
         "sentence": each(tt._CITY_SENTENCES),
         "template": indices(tt._CITY_PROMPTS),
+        **_DECORATION,
+    },
+    "support_reply": {
+        "message": _support_messages(),
+        "product": each(tt._PRODUCTS),
+        "aside": each(tt._SUPPORT_ASIDES),
+        "template": indices(tt._SUPPORT_PROMPTS),
         **_DECORATION,
     },
     "unit_conversion": {

@@ -79,3 +79,35 @@ def chat_completion(body: Mapping[str, Any], *, answer: str | None = None) -> di
                      "message": {"role": "assistant", "content": reply, "refusal": None}}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
     }  # fmt: skip
+
+
+def serve(host: str = "127.0.0.1", port: int = 8090) -> None:
+    """Serve the stand-in as an OpenAI-compatible judge endpoint (``POST /v1/chat/completions``) until killed.
+
+    What the demo points ``evaluation.judge.conn_id`` at, since no machine here reaches a hosted judge model; the
+    pipeline talks to it through the real ``openai`` client, as it would to any OpenAI-compatible endpoint.
+    """
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            try:
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    raise LookupError(self.path)
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+                status, out = 200, chat_completion(body)
+            except LookupError:
+                status, out = 404, {"error": {"message": "only POST /v1/chat/completions", "type": "not_found"}}
+            except (ValueError, TypeError) as exc:
+                status, out = 400, {"error": {"message": str(exc), "type": "invalid_request_error"}}
+            data = json.dumps(out).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: requests hold prompts
+            return
+
+    ThreadingHTTPServer((host, port), Handler).serve_forever()

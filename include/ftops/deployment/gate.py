@@ -22,7 +22,7 @@ candidate over the champion has a confidence interval above zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,7 @@ def apply_gate(
     accuracy_ci: tuple[float, float, float] | None = None,
     trivial: TrivialComparison | None = None,
     failure_slice: Mapping[str, str] | None = None,
+    judged: Sequence[str] | None = None,
 ) -> GateDecision:
     """Compare candidate and baseline metrics evaluated on the same test examples.
 
@@ -78,6 +79,9 @@ def apply_gate(
             The pipeline always passes it; the gain's lower bound must be above zero.
         failure_slice: The failure slice's report (:func:`ftops.evaluation.slices.slice_report`) of a fine-tune
             started by an error pattern; see :func:`slice_check`.
+        judged: The judge's criteria (:func:`judge_criteria`, ``ok:``/``FAIL:`` lines) of a task type with
+            ``metric: judge``: they decide quality, and the exact-match accuracy criteria are reported only (a
+            free-text answer is right in many wordings).
 
     Returns:
         The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
@@ -122,6 +126,10 @@ def apply_gate(
                        f"cost per 1 000 tokens {cost:.6g} (ceiling {cfg.max_cost_per_1k_tokens:g})"))  # fmt: skip
     if (sliced := slice_check(failure_slice, cfg)) is not None:
         checks.append(sliced)
+    if judged is not None:
+        checks = [(True, f"{text} (reported only: metric judge)") if text.startswith("accuracy") else (ok, text)
+                  for ok, text in checks]  # fmt: skip
+        checks += [(line.startswith("ok:"), line.split(": ", 1)[-1]) for line in judged]
     return GateDecision(all(ok for ok, _ in checks), [f"{'ok' if ok else 'FAIL'}: {text}" for ok, text in checks])
 
 

@@ -266,6 +266,8 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
         tags |= {"trivial_baseline": f"{trivial['name']}: {trivial['answer'][:200]}",
                  "trivial.accuracy": round(float(trivial["accuracy"]), 4)}  # fmt: skip
     tags |= yardstick_tags(evaluation)
+    tags |= evaluation.get("slice") or {}  # the failure slice: pattern id, sizes, fixed rates
+    tags |= (evaluation.get("judge") or {}).get("tags") or {}
     model_id = run.data.tags.get("ftops.model_id")  # the transformers-flavour model (HF backend)
     source = f"models:/{model_id}" if model_id else f"{run.info.artifact_uri}/model"  # API: the model id's pointer
     version = registry.register(task_type, run_id, source, tags, model_id=model_id)

@@ -27,6 +27,8 @@ from ftops.registry import models as registry
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    import sqlalchemy as sa
+
     from ftops.evaluation.baselines import TrivialBaseline
     from ftops.evaluation.generate import LoadedModel
     from ftops.evaluation.metrics import EvalResult
@@ -90,7 +92,14 @@ def version_spec(mv: Any) -> tuple[dict[str, str], str]:
 
 
 def evaluate_candidate(
-    cfg: FtopsConfig, task_type: str, run_id: str, *, api_client: Callable[[], Any] | None = None
+    cfg: FtopsConfig,
+    task_type: str,
+    run_id: str,
+    *,
+    api_client: Callable[[], Any] | None = None,
+    judge_client: Callable[[], Any] | None = None,
+    engine: sa.Engine | None = None,
+    decision_key: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate candidate and baseline (champion, or the base model) on the yardstick; apply the gate.
 
@@ -105,6 +114,12 @@ def evaluate_candidate(
     ``evaluation/report.md`` and ``evaluation/outputs.jsonl`` (every yardstick row's prompt, reference, both
     answers and whether each was right). Retry-safe (evaluation has no side effect but the run's metrics and
     report, which are overwritten).
+
+    A fine-tune that the governor started for an error pattern (``decision_key`` of its decision, ``engine``
+    the warehouse) is also measured on that failure cluster (:mod:`ftops.pipeline.slices`): both models'
+    fixed rates go into the report, the gate's reasons and the version's tags. For a task type with
+    ``metric: judge`` the LLM judge (``judge_client``: an ``openai.OpenAI`` for ``evaluation.judge``) compares
+    the two models' answers to the yardstick and decides quality (:func:`ftops.pipeline.judge.judge_gate`).
 
     Returns:
         The report (small enough for XCom): metrics of both, the gain's CI, the yardstick, the split figure
@@ -145,6 +160,17 @@ def evaluate_candidate(
         if evalset is not None:  # the split figure beside the yardstick's
             split_figures = evaluate_versions([candidate_spec, baseline_spec], split_rows, cfg, f"{tmp}/split",
                                               api_client, timed=False) if split_rows else None  # fmt: skip
+        failure_slice = _failure_slice(cfg, task_type, engine, decision_key, [candidate_spec, baseline_spec],
+                                       f"{tmp}/slice", api_client)  # fmt: skip
+    judged = None
+    if cfg.evaluation.metric(task_type) == "judge":
+        from ftops.pipeline.judge import judge_gate
+
+        if judge_client is None:
+            raise ValueError(f"{task_type} is judged (evaluation.metrics) but no judge connection was given")
+        prompts, references = zip(*examples_of(test), strict=True) if test else ((), ())
+        judged = judge_gate(cfg, task_type, judge_client(), list(prompts), candidate.outputs, baseline.outputs,
+                            list(references))  # fmt: skip
     ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
                           confidence=cfg.gate.confidence, seed=0)  # fmt: skip
     trivial = best_trivial(trivials)
@@ -153,7 +179,8 @@ def evaluate_candidate(
         trivial_ci = paired_bootstrap(candidate.correct, trivial.correct, resamples=cfg.gate.bootstrap_resamples,
                                       confidence=cfg.gate.confidence, seed=0)  # fmt: skip
         versus_trivial = TrivialComparison(f"{trivial.name} {_quoted(trivial.answer)}", trivial.accuracy, trivial_ci)
-    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial)
+    gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial,
+                      failure_slice=failure_slice, judged=judged.reasons if judged else None)  # fmt: skip
     gate.reasons.insert(0, "ok: yardstick " + (f"{evalset.tag} ({len(test)} rows, references no served model wrote)"
                         if evalset else f"{version.tag} test split without the {excluded} rows the incumbent "
                         f"wrote ({len(test)} rows; no eval set: ftops evalset import)"))  # fmt: skip
@@ -172,12 +199,19 @@ def evaluate_candidate(
         "trivial_baselines": [t.as_dict() for t in trivials],
         "accuracy_gain_over_trivial": _gain(versus_trivial.gain_ci, cfg) if versus_trivial else None,
         "distinct_candidate_answers": len(set(candidate.outputs)),
+        "slice": failure_slice, "judge": {"tags": judged.tags, "metrics": judged.metrics} if judged else None,
     }  # fmt: skip
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": float(v) for k, v in baseline.metrics.items()})
         mlflow.log_metrics({"accuracy_gain": ci[0], "accuracy_gain_ci_low": ci[1], "accuracy_gain_ci_high": ci[2]})
         mlflow.log_metrics({k: float(v) for k, v in yardstick_metrics(report).items()})
+        if failure_slice is not None:
+            from ftops.evaluation.slices import slice_metrics
+
+            mlflow.log_metrics(slice_metrics(failure_slice))
+        if judged is not None:
+            mlflow.log_metrics(judged.metrics)
         if trivial is not None and versus_trivial is not None:
             mlflow.log_metrics({"trivial_accuracy": trivial.accuracy, "accuracy_gain_over_trivial_ci_low":
                                 versus_trivial.gain_ci[1]})  # fmt: skip
@@ -200,6 +234,23 @@ def evaluate_candidate(
             f"  {_cut(p)!r} -> {_cut(a)!r} (reference {_cut(r)!r})" for (p, r), a in
             list(zip(examples_of(test), candidate.outputs, strict=True))[:cfg.gate.log_examples]))  # fmt: skip
     return json_safe(report)
+
+
+def _failure_slice(
+    cfg: FtopsConfig, task_type: str, engine: sa.Engine | None, decision_key: str | None,
+    specs: list[tuple[dict[str, str], str]], folder: str, api_client: Callable[[], Any] | None,
+) -> dict[str, str] | None:
+    """The failure-slice report (tags: ids and figures, no text) of a fine-tune started for an error pattern."""
+    from ftops.evaluation.slices import slice_report
+    from ftops.pipeline.slices import slice_for_run
+
+    found = slice_for_run(engine, cfg, task_type, decision_key) if engine is not None and decision_key else None
+    if found is None:
+        return None
+    if not found.rows:  # no reference for any prompt of the cluster: reported as such
+        return slice_report(found, [], [])
+    candidate, champion = evaluate_versions(specs, found.rows, cfg, folder, api_client, timed=False)
+    return slice_report(found, candidate.correct, champion.correct)
 
 
 def split_without_incumbent(
