@@ -112,10 +112,9 @@ def test_the_gate_decides_on_the_evalset_and_leaves_the_incumbents_own_answers_o
     assert r2["baseline"] == f"champion v{first['version']}" and r2["champion_version"] == first["version"]
     assert r2["gate"]["reasons"][0].startswith(f"ok: yardstick evalset/{TASK}/v1")
     # the champion on its own answers: right by construction (but where curation scrubbed PII out of the prompt
-    # it answered), far above its figure on the rest of the split: why they are left out
+    # it answered), whatever it knows: why they are left out (on city extraction it also scores ~1.0 on the rest)
     own_rows = [row for row, by in zip(datasets.read(v2, "test"), served_by, strict=True) if by == incumbent]
-    on_own = _accuracy(cfg, first["version"], own_rows)
-    assert on_own >= 0.95 and on_own > r2["split"]["accuracy_baseline"] + 0.05, (on_own, r2["split"])
+    assert _accuracy(cfg, first["version"], own_rows) >= 0.95
     assert r2["baseline_metrics"]["accuracy"] == pytest.approx(r1["candidate_metrics"]["accuracy"])  # same set
 
     tags = registry.client().get_model_version(registry.model_name(TASK), second["version"]).tags

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from ftops.core.config import CurationConfig, FtopsConfig, StorageConfig
 
@@ -49,3 +51,26 @@ def erasure_config(tmp_path: Path) -> FtopsConfig:
         storage=StorageConfig(dataset_repo=str(tmp_path / "datasets"), dvc_remote=str(tmp_path / "remote"),
                               embedding_cache=str(tmp_path / "emb.db")),
     )  # fmt: skip
+
+
+def fresh_warehouse(kind: str, tmp_path: Path, postgres_url: str | None = None) -> Iterator[sa.Engine]:
+    """A fresh warehouse with FT-Ops' schema, for a parametrised fixture to yield from: an SQLite file
+    (``kind="sqlite"``), or a schema of its own on the local PostgreSQL server, dropped afterwards."""
+    from ftops.warehouse.schema import ensure_schema
+
+    if kind == "sqlite":
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'warehouse.db'}")
+        ensure_schema(engine)
+        yield engine
+        engine.dispose()
+        return
+    assert postgres_url is not None
+    schema = f"ftops_test_{uuid.uuid4().hex[:10]}"
+    with sa.create_engine(postgres_url).begin() as conn:
+        conn.exec_driver_sql(f"create schema {schema}")
+    engine = sa.create_engine(postgres_url, connect_args={"options": f"-csearch_path={schema}"})
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+    with sa.create_engine(postgres_url).begin() as conn:
+        conn.exec_driver_sql(f"drop schema {schema} cascade")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import mlflow
 import pytest
 import sqlalchemy as sa
+from fakes import fresh_warehouse
 
 from ftops.core.config import FtopsConfig
 from ftops.core.stats import percentile
@@ -272,21 +273,8 @@ def test_a_canary_without_deployed_at_starts_its_window_at_the_first_review(engi
 # -- the warehouse side: what users saw, aggregated in SQL --------------------------------------------------
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def any_warehouse(request, tmp_path):
-    if request.param == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
-        ensure_schema(engine)
-        yield engine
-        return
-    url = request.getfixturevalue("postgres_url")
-    schema = f"ftops_canary_{uuid.uuid4().hex[:10]}"
-    with sa.create_engine(url).begin() as conn:
-        conn.exec_driver_sql(f"create schema {schema}")
-    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-    with sa.create_engine(url).begin() as conn:
-        conn.exec_driver_sql(f"drop schema {schema} cascade")
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    yield from fresh_warehouse(request.param, tmp_path, url)
 
 
 def test_live_metrics_counts_ratings_and_task_success_in_the_window(any_warehouse) -> None:

@@ -6,7 +6,6 @@ on the real PostgreSQL warehouse.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from fakes import fresh_warehouse
 
 from ftops.core.config import GateConfig, apply_overrides, load_config
 from ftops.deployment.gate import apply_gate, slice_check
@@ -32,22 +32,8 @@ UNSAFE = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234567890abcdefghijk
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def wh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """A fresh warehouse: an SQLite file, or a schema of its own on the local PostgreSQL server."""
-    if request.param == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'wh.db'}")
-        ensure_schema(engine)
-        yield engine
-        engine.dispose()
-        return
-    url = request.getfixturevalue("postgres_url")
-    schema = f"ftops_slices_{uuid.uuid4().hex[:10]}"
-    with sa.create_engine(url).begin() as conn:
-        conn.exec_driver_sql(f"create schema {schema}")
-    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-    with sa.create_engine(url).begin() as conn:
-        conn.exec_driver_sql(f"drop schema {schema} cascade")
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    yield from fresh_warehouse(request.param, tmp_path, url)
 
 
 def failure(i: int, prompt: str, correction: str | None = None, *, task_type: str = TASK) -> dict[str, object]:

@@ -52,15 +52,9 @@ class EvalSets:
         """A version by number (``2``, ``"v2"``) or tag (``evalset/<task_type>/v2``).
 
         Raises:
-            LookupError: No such version.
+            DatasetNotFoundError: No such version (a LookupError).
         """
-        number = int(str(version).rsplit("/", 1)[-1].lstrip("v"))
-        versions = self.versions(task_type)
-        for v in versions:
-            if v.version == number:
-                return v
-        known = ", ".join(v.tag for v in versions) or "none"
-        raise LookupError(f"eval set {version!r} of {task_type!r} does not exist (known: {known})")
+        return self.registry.get(task_type, version, kind=KIND)
 
     def read(self, version: DatasetVersion) -> list[dict[str, Any]]:
         """The rows of one version."""

@@ -257,26 +257,26 @@ class DatasetRegistry:
         versions = self.versions(task_type)
         return versions[-1] if versions else None
 
-    def get(self, task_type: str, version: int | str | None = None) -> DatasetVersion:
-        """A version by number (``3``, ``"v3"``, a full tag) or the latest when None.
+    def get(self, task_type: str, version: int | str | None = None, kind: str = "dataset") -> DatasetVersion:
+        """A version (of ``kind``) by number (``3``, ``"v3"``, a full tag) or the latest when None.
 
         Raises:
             DatasetNotFoundError: No such version.
         """
         if version is None or version == "latest":
-            versions = self.versions(task_type)
+            versions = self.versions(task_type, kind)
             if not versions:
-                raise DatasetNotFoundError(f"task type {task_type!r} has no dataset version yet; run ftops_curate")
+                raise DatasetNotFoundError(f"task type {task_type!r} has no {kind} version yet; run ftops_curate")
             return versions[-1]
         number = int(str(version).rsplit("/", 1)[-1].lstrip("v"))
-        versions = self._local_versions(check_task_type(task_type))
+        versions = self._local_versions(check_task_type(task_type), kind)
         if not any(v.version == number for v in versions):  # another worker may have published it
-            versions = self.versions(task_type)
+            versions = self.versions(task_type, kind)
         for v in versions:
             if v.version == number:
                 return v
         known = ", ".join(v.tag for v in versions) or "none"
-        raise DatasetNotFoundError(f"dataset version {version!r} of {task_type!r} does not exist (known: {known})")
+        raise DatasetNotFoundError(f"{kind} version {version!r} of {task_type!r} does not exist (known: {known})")
 
     def read(self, version: DatasetVersion, split: str) -> list[dict[str, Any]]:
         """Rows of one split (``train``, ``test``; ``evalset`` for an eval set), read through DVC at the version's
