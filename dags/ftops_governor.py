@@ -90,13 +90,13 @@ def ftops_governor():
 
     @task(pool=TRAINING_POOL)
     def measure_on_evalsets(params: dict | None = None) -> list[dict]:
-        from ftops.pipeline.evalsets import evaluate_on_evalset
+        from ftops.pipeline.evalsets import measure_task_types
         from ftops.registry.models import registered_task_types
 
         cfg = snapshot(resolve_config({}))
         task_types = [params["task_type"]] if params["task_type"] else list(cfg.task_types) or registered_task_types()
         conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
-        return [evaluate_on_evalset(cfg, t, api_client=lambda: openai_client(conn_id)) for t in task_types]
+        return measure_task_types(cfg, task_types, api_client=lambda: openai_client(conn_id))
 
     measure_on_evalsets()
 

@@ -180,3 +180,17 @@ def test_a_new_evalset_version_measures_the_champion_once_and_a_retry_does_not_e
     third = evaluate_on_evalset(cfg, task)
     assert third["evalset"] == f"evalset/{task}/v2" and set(third["evaluated"]) == {champion, old}
     assert evaluated == [1, 1, 2]
+
+
+def test_a_task_type_that_cannot_be_measured_does_not_stop_the_others(cfg, monkeypatch) -> None:
+    from ftops.pipeline import evalsets
+
+    def measure(cfg_, task_type, **_):
+        if task_type == "broken":
+            raise RuntimeError("weights missing")
+        return {"task_type": task_type, "evalset": None, "evaluated": {}}
+
+    monkeypatch.setattr(evalsets, "evaluate_on_evalset", measure)
+    out = evalsets.measure_task_types(cfg, ["broken", "sentiment"])
+    assert out[0] == {"task_type": "broken", "error": "RuntimeError: weights missing"}
+    assert out[1]["task_type"] == "sentiment"

@@ -118,6 +118,21 @@ def evaluate_on_evalset(
     return out
 
 
+def measure_task_types(
+    cfg: FtopsConfig, task_types: Iterable[str], *, api_client: Callable[[], Any] | None = None
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_on_evalset` for each task type; one that fails is logged and reported with its error, and
+    the others are still measured (a broken model version must not stop governance)."""
+    results = []
+    for task_type in task_types:
+        try:
+            results.append(evaluate_on_evalset(cfg, task_type, api_client=api_client))
+        except Exception as exc:  # noqa: BLE001 - reported per task type; the next run tries again
+            log.exception("%s: measuring on the latest eval set failed", task_type)
+            results.append({"task_type": task_type, "error": f"{type(exc).__name__}: {exc}"[:500]})
+    return results
+
+
 def read_lines(path: str) -> list[bytes]:
     """The lines of an import file as bytes (``-``: standard input); each is decoded, or rejected, on its own."""
     import sys
