@@ -1,5 +1,6 @@
 """``python -m ftops.cli``: the same as the ``ftops`` command."""
 
-from ftops.cli import main
+if __name__ == "__main__":
+    from ftops.cli import main
 
-raise SystemExit(main())
+    raise SystemExit(main())

@@ -227,8 +227,9 @@ def evaluate_candidate(
         ]  # fmt: skip
         mlflow.log_text("".join(json.dumps(o) + "\n" for o in outputs), "evaluation/outputs.jsonl")
     log.info("Gate for %s run %s: %s\n%s", task_type, run_id, gate.decision.upper(), "\n".join(gate.reasons))
-    log.info("The candidate gave %d distinct answers to %d yardstick prompts (%d right); the answers are in the "
-             "run's %s", len(set(candidate.outputs)), len(test), sum(candidate.correct), "evaluation/outputs.jsonl")  # fmt: skip
+    log.info("The candidate gave %d distinct answers to %d test prompts of the yardstick (%d right); the answers "
+             "are in the run's %s", len(set(candidate.outputs)), len(test), sum(candidate.correct),
+             "evaluation/outputs.jsonl")  # fmt: skip
     if cfg.gate.log_examples:  # off by default: prompts in task logs are copies that erasure cannot reach
         log.info("First %d answers (scrubbed, cut):\n%s", min(cfg.gate.log_examples, len(test)), "\n".join(
             f"  {_cut(p)!r} -> {_cut(a)!r} (reference {_cut(r)!r})" for (p, r), a in
