@@ -25,7 +25,7 @@ echo "== ruff"; ruff check dags include plugins tests benchmarks
 echo "== mypy"; mypy
 echo "== pytest (FTOPS_HOME=$FTOPS_HOME)"
 set +e
-python -m pytest "$@"
+python -m pytest --durations=25 "$@"  # the 25 slowest: what each end-to-end test costs
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing loudly" >&2; exit 1; fi
