@@ -179,3 +179,11 @@ def test_trivial_baselines_of_free_text_are_the_most_common_reply() -> None:
     assert trivial.correct == [True, False, False] and trivial.accuracy == pytest.approx(1 / 3)
     assert not is_label_like([f"answer {i}" for i in range(100)]) and is_label_like(["yes", "no"] * 50)
     assert trivial_baselines([], test) == []
+
+
+def test_the_yardstick_is_the_first_line_and_never_decides() -> None:
+    line = "evalset/city_extraction/v2 (180 rows, references no served model wrote)"
+    d = apply_gate(GOOD, BASELINE, CEILING, GOOD_CI, yardstick=line)
+    assert d.passed and d.reasons[0] == f"ok: yardstick {line}" and len(d.reasons) == 8
+    worse = apply_gate({**GOOD, "accuracy": 0.30}, BASELINE, CEILING, GOOD_CI, yardstick=line)
+    assert not worse.passed and worse.reasons[0].startswith("ok: yardstick") and _failed(worse)

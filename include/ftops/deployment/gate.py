@@ -64,6 +64,7 @@ def apply_gate(
     trivial: TrivialComparison | None = None,
     failure_slice: Mapping[str, str] | None = None,
     judged: Sequence[str] | None = None,
+    yardstick: str | None = None,
 ) -> GateDecision:
     """Compare candidate and baseline metrics evaluated on the same test examples.
 
@@ -82,11 +83,12 @@ def apply_gate(
         judged: The judge's criteria (:func:`judge_criteria`, ``ok:``/``FAIL:`` lines) of a task type with
             ``metric: judge``: they decide quality, and the exact-match accuracy criteria are reported only (a
             free-text answer is right in many wordings).
+        yardstick: What the models were measured on, in words; the decision's first line (``ok: yardstick ...``).
 
     Returns:
         The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
     """
-    checks: list[tuple[bool, str]] = []
+    checks: list[tuple[bool, str]] = [(True, f"yardstick {yardstick}")] if yardstick else []
     n = int(candidate["n"])
     checks.append((n >= cfg.min_test_examples, f"test examples {n} (need ≥ {cfg.min_test_examples})"))
     gain = candidate["accuracy"] - baseline["accuracy"]

@@ -78,7 +78,8 @@ def evaluate_on_evalset(
         "pending": [versions left for a later run]}``; ``evalset`` None when the task type has none.
     """
     from ftops.pipeline.finetune_eval import evaluate_versions, version_spec
-    from ftops.pipeline.yardstick import evalset_figure, evalset_figure_tag
+    from ftops.pipeline.yardstick import evalset_figure_tag
+    from ftops.registry.yardstick import like_for_like
 
     evalsets = EvalSets(dataset_registry(cfg))
     latest = evalsets.latest(task_type)
@@ -95,7 +96,7 @@ def evaluate_on_evalset(
         every.sort(key=lambda mv: str(mv.version) != str(champion.version))  # stable: champion first
     todo = []
     for mv in every:
-        figure = evalset_figure(dict(mv.tags), latest.version)
+        figure = like_for_like(mv.tags).get(latest.version)
         if figure is not None:
             out["recorded"][str(mv.version)] = figure
         elif mv.tags.get("backend") == "upstream":

@@ -179,11 +179,12 @@ def evaluate_candidate(
         trivial_ci = paired_bootstrap(candidate.correct, trivial.correct, resamples=cfg.gate.bootstrap_resamples,
                                       confidence=cfg.gate.confidence, seed=0)  # fmt: skip
         versus_trivial = TrivialComparison(f"{trivial.name} {_quoted(trivial.answer)}", trivial.accuracy, trivial_ci)
+    measured_on = (f"{evalset.tag} ({len(test)} rows, references no served model wrote)" if evalset else
+                   f"{version.tag} test split without the {excluded} rows the incumbent wrote ({len(test)} rows; "
+                   "no eval set: ftops evalset import)")  # fmt: skip
     gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial,
-                      failure_slice=failure_slice, judged=judged.reasons if judged else None)  # fmt: skip
-    gate.reasons.insert(0, "ok: yardstick " + (f"{evalset.tag} ({len(test)} rows, references no served model wrote)"
-                        if evalset else f"{version.tag} test split without the {excluded} rows the incumbent "
-                        f"wrote ({len(test)} rows; no eval set: ftops evalset import)"))  # fmt: skip
+                      failure_slice=failure_slice, judged=judged.reasons if judged else None,
+                      yardstick=measured_on)  # fmt: skip
     accuracy_gain = _gain(ci, cfg)
     yardstick = {"tag": evalset.tag if evalset else "none", "version": evalset.version if evalset else None,
                  "n": len(test), "accuracy": candidate.metrics["accuracy"],

@@ -14,15 +14,6 @@ def evalset_figure_tag(evalset_version: int) -> str:
     return f"{LIKE_FOR_LIKE}{int(evalset_version)}"
 
 
-def evalset_figure(tags: dict[str, str], evalset_version: int) -> float | None:
-    """A model version's recorded accuracy on an eval-set version (tag ``evalset_accuracy.v<N>``), if any."""
-    value = tags.get(evalset_figure_tag(evalset_version))
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        return None
-
-
 def yardstick_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The gate's yardstick figures as flat metrics (``evalset_*`` only when an eval set was the yardstick)."""
     y, split = report["yardstick"], report["split"]

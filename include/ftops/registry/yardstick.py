@@ -82,7 +82,7 @@ def yardstick(tags: Mapping[str, str], *, run_metrics: Mapping[str, float] | Non
             kind, label = "own_split", OWN_SPLIT
             accuracy, against = _num(t, "metric.accuracy"), _num(t, "baseline.accuracy")
     gain = None if accuracy is None or against is None else round(accuracy - against, 4)
-    figures = _like_for_like(t)
+    figures = like_for_like(t)
     gate_n = evalset_number(gate_tag)
     if gate_n is not None and gate_n not in figures and accuracy is not None:
         figures[gate_n] = accuracy  # the gate's own figure is the like-for-like one of that eval-set version
@@ -148,7 +148,8 @@ def accuracy_by_version(task_type: str, versions: Mapping[str, Mapping[str, Any]
             "points": points}  # fmt: skip
 
 
-def _like_for_like(tags: Mapping[str, str]) -> dict[int, float]:
+def like_for_like(tags: Mapping[str, str]) -> dict[int, float]:
+    """A model version's recorded accuracy per eval-set version (tags ``evalset_accuracy.v<N>``): ``{N: accuracy}``."""
     out = {}
     for key, value in tags.items():
         match = _LIKE_FOR_LIKE.match(key)
