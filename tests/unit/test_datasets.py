@@ -26,6 +26,17 @@ def test_publish_tags_pushes_and_reads_back(registry: DatasetRegistry, tmp_path:
     assert registry.read_metadata(v1)["train_rows"] == 8
 
 
+
+def test_preference_pairs_are_versioned_with_the_splits_and_never_carried_over(registry: DatasetRegistry) -> None:
+    pairs = [{"messages": [{"role": "user", "content": "question 1"}], "chosen": "right", "rejected": "wrong"}]
+    plain = registry.publish("sentiment", _rows(5), _rows(2, 50), {})
+    with_pairs = registry.publish("sentiment", _rows(5), _rows(2, 50), {}, preference=pairs)
+    assert with_pairs.created and with_pairs.content_hash != plain.content_hash  # the pairs are content
+    assert registry.read_preference(with_pairs) == pairs and registry.read_preference(plain) == []
+    assert registry.read_metadata(with_pairs)["preference_rows"] == 1
+    after = registry.publish("sentiment", _rows(6), _rows(2, 50), {})  # the folder held v2's pairs
+    assert registry.read_preference(after) == [] and registry.read(after, "preference") == []
+
 def test_same_content_is_the_same_version(registry: DatasetRegistry) -> None:
     v1 = registry.publish("sentiment", _rows(5), _rows(2, 50), {"run": 1})
     again = registry.publish("sentiment", _rows(5), _rows(2, 50), {"run": 2})

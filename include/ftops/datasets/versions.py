@@ -18,7 +18,6 @@ name with other content, the remote's wins (with a warning) and the local conten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,57 +25,30 @@ import re
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftops.core.names import check_task_type, contained_path
+from ftops.datasets.records import (  # noqa: F401 - re-exported: where callers import them from
+    KINDS,
+    PREFERENCE_FILE,
+    SPLITS,
+    DatasetNotFoundError,
+    DatasetVersion,
+    content_hash,
+    to_jsonl,
+)
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "test")
 _GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "ftops",
     "GIT_AUTHOR_EMAIL": "ftops@localhost",
     "GIT_COMMITTER_NAME": "ftops",
     "GIT_COMMITTER_EMAIL": "ftops@localhost",
 }
-KINDS = ("dataset", "evalset")  # tag prefixes: dataset versions and frozen eval sets (ftops.datasets.evalsets)
 _TAG_SPECS = [f"refs/tags/{kind}/*:refs/tags/{kind}/*" for kind in KINDS]
 _HEADS = "+refs/heads/*:refs/remotes/origin/*"
 _PUSH_ATTEMPTS = 3
-
-
-class DatasetNotFoundError(LookupError):
-    """A dataset version that does not exist was asked for."""
-
-
-@dataclass(frozen=True)
-class DatasetVersion:
-    """One published dataset version."""
-
-    task_type: str
-    version: int
-    content_hash: str
-    created: bool = False  # True only for the call that created the tag
-    kind: str = "dataset"  # or "evalset": one of KINDS
-
-    @property
-    def tag(self) -> str:
-        return f"{self.kind}/{self.task_type}/v{self.version}"
-
-
-def to_jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Serialise rows as JSON lines with sorted keys (stable bytes for stable hashes)."""
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-
-
-def content_hash(train: str, test: str) -> str:
-    """sha256 over the train and test JSONL text."""
-    h = hashlib.sha256()
-    for part in (train, test):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def is_local_path(url: str) -> bool:
@@ -288,6 +260,12 @@ class DatasetRegistry:
         text = dvc.api.read(f"{version.task_type}/{split}.jsonl", repo=str(self.root), rev=version.tag)
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def read_preference(self, version: DatasetVersion) -> list[dict[str, Any]]:
+        """The version's preference pairs (see :meth:`publish`); none for a version published without them."""
+        if not self.read_metadata(version).get("preference_rows"):
+            return []
+        return self.read(version, PREFERENCE_FILE.removesuffix(".jsonl"))
+
     def read_metadata(self, version: DatasetVersion) -> dict[str, Any]:
         """The version's metadata.json."""
         import dvc.api
@@ -308,9 +286,15 @@ class DatasetRegistry:
         metadata: Mapping[str, Any],
         *,
         reuse_older: bool = True,
+        preference: Sequence[Mapping[str, Any]] = (),
     ) -> DatasetVersion:
         """Version a dataset: write, ``dvc add``, push (verified), commit, tag; with a git remote, push the
         commit and the tag (one atomic push).
+
+        ``preference`` rows (``{"messages": [...up to the last user turn], "chosen": str, "rejected": str, ...}``:
+        a better answer beside the served one) are the version's ``preference.jsonl``, read back by
+        :meth:`read_preference`. The file is always written (empty without pairs), so a version never carries
+        an earlier version's pairs in the task type's DVC-tracked folder.
 
         Same train/test content as an existing version returns that version (``created=False``). With
         ``reuse_older=False`` only the latest version counts: content equal to an older version's becomes a
@@ -321,14 +305,16 @@ class DatasetRegistry:
             RuntimeError: The DVC push could not be verified against the DVC remote, git failed, or the git
                 remote refused the version (after trying again when another writer had taken its number).
         """
-        train_text, test_text = to_jsonl(train), to_jsonl(test)
-        digest = content_hash(train_text, test_text)
-        n_train, n_test = train_text.count("\n"), test_text.count("\n")
-        meta = {**metadata, "content_hash": digest, "train_rows": n_train, "test_rows": n_test}
-        files = {"train.jsonl": train_text, "test.jsonl": test_text,
+        train_text, test_text, pairs_text = to_jsonl(train), to_jsonl(test), to_jsonl(preference)
+        digest = content_hash(train_text, test_text, pairs_text)
+        n_train, n_test, n_pairs = train_text.count("\n"), test_text.count("\n"), pairs_text.count("\n")
+        meta = {**metadata, "content_hash": digest, "train_rows": n_train, "test_rows": n_test,
+                **({"preference_rows": n_pairs} if n_pairs else {})}  # fmt: skip
+        files = {"train.jsonl": train_text, "test.jsonl": test_text, PREFERENCE_FILE: pairs_text,
                  "metadata.json": json.dumps(meta, indent=2, sort_keys=True, default=str)}  # fmt: skip
-        return self.publish_files(task_type, files, digest, f"train={n_train} test={n_test}",
-                                  commit_message=f"Dataset {task_type}: {n_train} train, {n_test} test",
+        pairs = f" preference={n_pairs}" if n_pairs else ""
+        return self.publish_files(task_type, files, digest, f"train={n_train} test={n_test}{pairs}",
+                                  commit_message=f"Dataset {task_type}: {n_train} train, {n_test} test{pairs}",
                                   reuse_older=reuse_older)  # fmt: skip
 
     def publish_files(
