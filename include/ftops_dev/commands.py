@@ -37,6 +37,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
                          help="default: every simulated task type")  # fmt: skip
     evalset.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows per task type (default {DEFAULT_ROWS})")
     evalset.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
+    evalset.add_argument("--drift-share", type=float, default=0.0,
+                         help="share of the rows that ask about drifted entities (new cities, a new sentiment "
+                         "phrasing, larger numbers), after the rows of the set without drift (default 0)")  # fmt: skip
     evalset.set_defaults(func=_simulate_evalset)
     judge = sub.add_parser("simulate-judge", help="a stand-in LLM judge (OpenAI-compatible, answers from the "
                            "simulator's known truth) for the demo's evaluation.judge connection")  # fmt: skip
@@ -63,8 +66,8 @@ def _simulate_evalset(args: argparse.Namespace) -> int:
 
     extra = {"task_types": args.task_types} if args.task_types else {}
     try:
-        written = write_labelled(Path(args.out), n=args.rows, seed=args.seed, **extra)
-    except ValueError as exc:  # an unknown task type, or too few rows to cover every value
+        written = write_labelled(Path(args.out), n=args.rows, seed=args.seed, drift_share=args.drift_share, **extra)
+    except ValueError as exc:  # an unknown task type, too few rows to cover every value, a share out of [0, 1]
         print(f"ftops simulate-evalset: {exc}", file=sys.stderr)
         return 2
     for task_type, path in written.items():

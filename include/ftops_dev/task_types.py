@@ -251,6 +251,12 @@ _SUPPORT_REPLIES: dict[str, tuple[str, ...]] = {
         "You are right, order {order} was billed twice. The duplicate charge for the {product} has been reversed.",
         "Apologies! I have cancelled the duplicate charge on order {order}. You keep your {product} and pay for it once.",
     ),
+    # Asked only with drift (ftops_dev.drift): a problem the base model and the first champion never saw.
+    "address_change": (
+        "No problem: order {order} now goes to your new delivery address, and the {product} ships as planned.",
+        "Done! I have updated the delivery address of order {order}; your {product} will arrive at the new address.",
+        "Thanks for telling us. The shipping address of order {order} is changed, so the {product} goes there.",
+    ),
 }
 _ACTION_WORDS: dict[str, tuple[str, ...]] = {
     "replacement": ("replacement", "send you a new"),
@@ -258,6 +264,7 @@ _ACTION_WORDS: dict[str, tuple[str, ...]] = {
     "return_label": ("return label", "return shipping label"),
     "refund": ("full refund", "refunded in full"),
     "duplicate_refund": ("duplicate charge", "double charge", "second charge"),
+    "address_change": ("delivery address", "new address", "shipping address"),
 }
 """Words that name each action in a reply; a right reply names its action's and no other's."""
 
