@@ -164,12 +164,12 @@ COVERAGE: dict[str, dict[str, list[Picks]]] = {
 # draws they share with the first day's generators (products, openers, closers...) are left to chance.
 DRIFT_KM_SPREAD: tuple[int, ...] = (1000, 1001, 1024, 1500, 2048, 3333, 5000, 7777, 9999, 10000, 10001, 12345,
                                     20000, 31337, 42195, 50000, 65536, 77777, 88888, 99998, 99999)  # fmt: skip
+_DRIFT_PHRASES = (drift.DRIFT_POSITIVE, drift.DRIFT_NEGATIVE, drift.DRIFT_NEUTRAL)  # in SENTIMENT_LABELS' order
 DRIFT_COVERAGE: dict[str, dict[str, list[Picks]]] = {
     "sentiment": {
         "phrase": [
             ((("choice", id(tt.SENTIMENT_LABELS)), label), (("choice", id(phrases)), phrase))
-            for label, phrases in (("positive", drift.DRIFT_POSITIVE), ("negative", drift.DRIFT_NEGATIVE),
-                                   ("neutral", drift.DRIFT_NEUTRAL))  # fmt: skip
+            for label, phrases in zip(tt.SENTIMENT_LABELS, _DRIFT_PHRASES, strict=True)
             for phrase in phrases
         ],
         "review_shape": each(drift._DRIFT_REVIEW_SHAPES),

@@ -292,10 +292,11 @@ def _generate(
             correct = drift_rng.random() < P_CORRECT_DRIFTED
         if outcome < P_FAILURE:
             success, correct = False, False
+            kept_correct = False
             response = rng.choice(_ERRORS)
             confidence = None
         elif outcome < P_FAILURE + P_REFUSAL:
-            correct = False
+            correct = kept_correct = False
             response = rng.choice(_REFUSALS)
             confidence = round(rng.uniform(0.05, 0.4), 4)
         else:
@@ -310,7 +311,7 @@ def _generate(
             response = _respond(task_type, answer, slot)
             if outcome < P_FAILURE + P_REFUSAL + P_TRUNCATED:
                 response = response[: rng.randint(8, 30)]
-                correct = False
+                correct = kept_correct = False
         if confidence is not None and rng.random() < P_CONFIDENCE_MISSING:
             confidence = None
 
@@ -331,8 +332,12 @@ def _generate(
             }
             metadata = json.dumps({**fields, "drift": True} if drift else fields, sort_keys=True)
 
-        # Drifted rows draw their corrections from their own source, so undrifted rows keep theirs.
-        corrected = not correct and (drift_rng if drift else corrections).random() < correction_share
+        # A drifted row draws its correction from its own source after the draw its undrifted self would make,
+        # so the undrifted rows after it keep theirs.
+        draw = corrections.random() if not kept_correct else 1.0
+        if drift:
+            draw = drift_rng.random() if not correct else 1.0
+        corrected = draw < correction_share
         rows.append(
             {
                 "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
