@@ -28,6 +28,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
     traffic.add_argument("--concurrency", type=int, default=4)
     traffic.add_argument("--seed", type=int, default=0)
     traffic.add_argument("--task-types", nargs="*", default=None, type=task_type)
+    traffic.add_argument("--drift-share", type=float, default=0.0,
+                         help="share of the calls about entities the first champion never saw (default 0)")
+    traffic.add_argument("--correction-share", type=float, default=0.0,
+                         help="share of the rated wrong answers whose feedback types the right answer (default 0)")
     traffic.set_defaults(func=_simulate_traffic)
     evalset = sub.add_parser("simulate-evalset", help="the simulator's labelled rows (prompts and known right "
                              "answers) covering every entity and template, one <task type>.jsonl each, for "
@@ -53,7 +57,8 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
 
     extra = {"task_types": args.task_types} if args.task_types else {}
     report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
-                              requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
+                              requests=args.requests, concurrency=args.concurrency, seed=args.seed,
+                              drift_share=args.drift_share, correction_share=args.correction_share, **extra)  # fmt: skip
     print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
     print(printable("\n".join(report.lines())))
     return 1 if any(name.startswith("error:") for name in report.versions) else 0

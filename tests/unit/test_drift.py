@@ -186,3 +186,16 @@ def test_cli_flags(tmp_path: Path) -> None:
     assert main(["simulate-evalset", "--out", str(out), "--task-types", "city_extraction", "--drift-share", "0.3"]) == 0
     lines = [json.loads(line) for line in (out / "city_extraction.jsonl").read_text().splitlines()]
     assert sum(is_drifted("city_extraction", r["prompt"]) for r in lines) == 54
+
+
+def test_simulated_traffic_drifts_too() -> None:
+    from ftops_dev.traffic import make_calls
+
+    plain = make_calls(2000, seed=5, task_types=ALL)
+    assert make_calls(2000, seed=5, task_types=ALL, drift_share=0.0) == plain
+    calls = make_calls(2000, seed=5, task_types=ALL, drift_share=SHARE)
+    flags = [is_drifted(t, p) for t, _, p, _ in calls]
+    assert SHARE - 0.04 < sum(flags) / len(calls) < SHARE + 0.04 and not any(is_drifted(t, p) for t, _, p, _ in plain)
+    assert [c for c, f in zip(calls, flags, strict=True) if not f] == [c for c, f in zip(plain, flags, strict=True) if not f]
+    for t, _, p, reference in calls:
+        assert reference == reference_response(t, expected_answer(t, p) or "?")
