@@ -22,18 +22,17 @@ import random
 from collections.abc import Callable
 
 from ftops_dev.task_types import (
-    _CITY_PROMPTS,
-    _CITY_SENTENCES,
     _PRODUCTS,
     _SUPPORT_ASIDES,
     _SUPPORT_PROMPTS,
     _UNIT_PROMPTS,
     CITIES,
-    SENTIMENT_LABELS,
     _decorate,
     _sentiment_wrong,
     _support_wrong,
     _unit_wrong,
+    city_request,
+    review_request,
 )
 
 P_CORRECT_DRIFTED = 0.25
@@ -48,10 +47,7 @@ DRIFT_CITIES: tuple[str, ...] = (
 
 
 def _drift_city(rng: random.Random) -> tuple[str, str, int]:
-    city = rng.choice(DRIFT_CITIES)
-    sentence = rng.choice(_CITY_SENTENCES).format(city=city)
-    k = rng.randrange(len(_CITY_PROMPTS))
-    return _decorate(rng, _CITY_PROMPTS[k].format(text=sentence)), city, k
+    return city_request(rng, DRIFT_CITIES)
 
 
 def _drift_city_wrong(rng: random.Random, answer: str) -> str:
@@ -76,7 +72,7 @@ _DRIFT_REVIEW_SHAPES = (
     "just got the {product} and honestly {phrase}",
     "{product} update: {phrase}",
     "ok so the {product}?? {phrase}",
-    "posting this from my phone. {product} = {phrase}",
+    "posting this from the store. {product} = {phrase}",
     "rating the {product} after a week: {phrase}",
 )
 _DRIFT_SENTIMENT_PROMPTS = (
@@ -87,12 +83,12 @@ _DRIFT_SENTIMENT_PROMPTS = (
 )
 
 
+_DRIFT_ASIDES = ("", "", "", " (not sponsored)", " #honestreview", " will update later", " sent from my phone")
+
+
 def _drift_sentiment(rng: random.Random) -> tuple[str, str, int]:
-    label = rng.choice(SENTIMENT_LABELS)
-    phrases = {"positive": DRIFT_POSITIVE, "negative": DRIFT_NEGATIVE, "neutral": DRIFT_NEUTRAL}[label]
-    review = rng.choice(_DRIFT_REVIEW_SHAPES).format(product=rng.choice(_PRODUCTS), phrase=rng.choice(phrases))
-    k = rng.randrange(len(_DRIFT_SENTIMENT_PROMPTS))
-    return _decorate(rng, _DRIFT_SENTIMENT_PROMPTS[k].format(text=review)), label, k
+    phrases = (DRIFT_POSITIVE, DRIFT_NEGATIVE, DRIFT_NEUTRAL)
+    return review_request(rng, phrases, _DRIFT_REVIEW_SHAPES, _DRIFT_ASIDES, _DRIFT_SENTIMENT_PROMPTS)
 
 
 DRIFT_KM: tuple[int, int] = (1_000, 99_999)

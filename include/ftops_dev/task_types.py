@@ -101,16 +101,25 @@ _SENTIMENT_PROMPTS = (
 )
 
 
-def _sentiment(rng: random.Random) -> tuple[str, str, int]:
+def review_request(
+    rng: random.Random, phrases: tuple[tuple[str, ...], ...], shapes: tuple[str, ...], asides: tuple[str, ...],
+    prompts: tuple[str, ...],
+) -> tuple[str, str, int]:  # fmt: skip
+    """A sentiment prompt of one phrasing family: ``phrases`` per label (in :data:`SENTIMENT_LABELS`' order),
+    review ``shapes``, ``asides`` and ``prompts`` templates. Returns ``(prompt, label, template index)``."""
     label = rng.choice(SENTIMENT_LABELS)
-    phrases = {"positive": _POSITIVE, "negative": _NEGATIVE, "neutral": _NEUTRAL}[label]
-    phrase = rng.choice(phrases)
-    review = rng.choice(_REVIEW_SHAPES).format(
+    phrase = rng.choice(phrases[SENTIMENT_LABELS.index(label)])
+    review = rng.choice(shapes).format(
         product=rng.choice(_PRODUCTS), phrase=phrase, Phrase=phrase[0].upper() + phrase[1:]
     )
-    review += rng.choice(_REVIEW_ASIDES)
-    k = rng.randrange(len(_SENTIMENT_PROMPTS))
-    return _decorate(rng, _SENTIMENT_PROMPTS[k].format(text=review)), label, k
+    review += rng.choice(asides)
+    k = rng.randrange(len(prompts))
+    return _decorate(rng, prompts[k].format(text=review)), label, k
+
+
+def _sentiment(rng: random.Random) -> tuple[str, str, int]:
+    phrases = (_POSITIVE, _NEGATIVE, _NEUTRAL)
+    return review_request(rng, phrases, _REVIEW_SHAPES, _REVIEW_ASIDES, _SENTIMENT_PROMPTS)
 
 
 def _sentiment_wrong(rng: random.Random, answer: str) -> str:
@@ -145,7 +154,12 @@ _CITY_PROMPTS = (
 
 
 def _city(rng: random.Random) -> tuple[str, str, int]:
-    city = rng.choice(CITIES)
+    return city_request(rng, CITIES)
+
+
+def city_request(rng: random.Random, cities: tuple[str, ...]) -> tuple[str, str, int]:
+    """A city-extraction prompt about one of ``cities``: ``(prompt, city, template index)``."""
+    city = rng.choice(cities)
     sentence = rng.choice(_CITY_SENTENCES).format(city=city)
     k = rng.randrange(len(_CITY_PROMPTS))
     return _decorate(rng, _CITY_PROMPTS[k].format(text=sentence)), city, k
