@@ -28,6 +28,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
     traffic.add_argument("--concurrency", type=int, default=4)
     traffic.add_argument("--seed", type=int, default=0)
     traffic.add_argument("--task-types", nargs="*", default=None, type=task_type)
+    traffic.add_argument("--drift-share", type=float, default=0.0,
+                         help="share of the calls about entities the first champion never saw (default 0)")
+    traffic.add_argument("--correction-share", type=float, default=0.0,
+                         help="share of the rated wrong answers whose feedback types the right answer (default 0)")
     traffic.set_defaults(func=_simulate_traffic)
     evalset = sub.add_parser("simulate-evalset", help="the simulator's labelled rows (prompts and known right "
                              "answers) covering every entity and template, one <task type>.jsonl each, for "
@@ -37,6 +41,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
                          help="default: every simulated task type")  # fmt: skip
     evalset.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows per task type (default {DEFAULT_ROWS})")
     evalset.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
+    evalset.add_argument("--drift-share", type=float, default=0.0,
+                         help="share of the rows that ask about drifted entities (new cities, a new sentiment "
+                         "phrasing, larger numbers), after the rows of the set without drift (default 0)")  # fmt: skip
     evalset.set_defaults(func=_simulate_evalset)
     judge = sub.add_parser("simulate-judge", help="a stand-in LLM judge (OpenAI-compatible, answers from the "
                            "simulator's known truth) for the demo's evaluation.judge connection")  # fmt: skip
@@ -50,7 +57,8 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
 
     extra = {"task_types": args.task_types} if args.task_types else {}
     report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
-                              requests=args.requests, concurrency=args.concurrency, seed=args.seed, **extra)  # fmt: skip
+                              requests=args.requests, concurrency=args.concurrency, seed=args.seed,
+                              drift_share=args.drift_share, correction_share=args.correction_share, **extra)  # fmt: skip
     print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
     print(printable("\n".join(report.lines())))
     return 1 if any(name.startswith("error:") for name in report.versions) else 0
@@ -63,8 +71,8 @@ def _simulate_evalset(args: argparse.Namespace) -> int:
 
     extra = {"task_types": args.task_types} if args.task_types else {}
     try:
-        written = write_labelled(Path(args.out), n=args.rows, seed=args.seed, **extra)
-    except ValueError as exc:  # an unknown task type, or too few rows to cover every value
+        written = write_labelled(Path(args.out), n=args.rows, seed=args.seed, drift_share=args.drift_share, **extra)
+    except ValueError as exc:  # an unknown task type, too few rows to cover every value, a share out of [0, 1]
         print(f"ftops simulate-evalset: {exc}", file=sys.stderr)
         return 2
     for task_type, path in written.items():

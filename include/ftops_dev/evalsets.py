@@ -15,6 +15,10 @@ answers some of its random draws with preset values (the choices a coverage row 
 a seeded source. So a labelled prompt is always one the simulator could have logged, whatever a task type's
 templates become. Unlike logged prompts, labelled ones carry no planted PII and no near-duplicate edits.
 
+With ``drift_share`` (``ftops simulate-evalset --drift-share 0.3``) a share of the rows asks about the drifted
+entities of :mod:`ftops_dev.drift` (new cities, a new sentiment phrasing, larger numbers, a new support
+problem), covering them in the same way (:data:`DRIFT_COVERAGE`); without it the set is as it always was.
+
 Adding a task type (say ``support_reply``) takes one entry in :data:`COVERAGE`: for each of its generator's
 draws, the values to cover (``each(_ISSUES)``, ``indices(_SUPPORT_PROMPTS)``, ...). A task type without an entry
 gets rows from the generator unscripted (no coverage guarantee), and a test says so.
@@ -26,10 +30,11 @@ import json
 import logging
 import random
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ftops_dev import drift
 from ftops_dev import task_types as tt
 
 logger = logging.getLogger(__name__)
@@ -155,12 +160,38 @@ COVERAGE: dict[str, dict[str, list[Picks]]] = {
 }
 
 
+# Drifted rows (drift_share > 0) cover what drift adds (ftops_dev.drift): its entities and its own tables; the
+# draws they share with the first day's generators (products, openers, closers...) are left to chance.
+DRIFT_KM_SPREAD: tuple[int, ...] = (1000, 1001, 1024, 1500, 2048, 3333, 5000, 7777, 9999, 10000, 10001, 12345,
+                                    20000, 31337, 42195, 50000, 65536, 77777, 88888, 99998, 99999)  # fmt: skip
+_DRIFT_PHRASES = (drift.DRIFT_POSITIVE, drift.DRIFT_NEGATIVE, drift.DRIFT_NEUTRAL)  # in SENTIMENT_LABELS' order
+DRIFT_COVERAGE: dict[str, dict[str, list[Picks]]] = {
+    "sentiment": {
+        "phrase": [
+            ((("choice", id(tt.SENTIMENT_LABELS)), label), (("choice", id(phrases)), phrase))
+            for label, phrases in zip(tt.SENTIMENT_LABELS, _DRIFT_PHRASES, strict=True)
+            for phrase in phrases
+        ],
+        "review_shape": each(drift._DRIFT_REVIEW_SHAPES),
+        "template": indices(drift._DRIFT_SENTIMENT_PROMPTS),
+    },
+    "city_extraction": {"city": each(drift.DRIFT_CITIES), "template": indices(tt._CITY_PROMPTS)},
+    "support_reply": {"message": each(drift.DRIFT_SUPPORT_MESSAGES), "template": indices(tt._SUPPORT_PROMPTS)},
+    "unit_conversion": {
+        "km": [((("randint", drift.DRIFT_KM), km),) for km in DRIFT_KM_SPREAD],
+        "template": indices(tt._UNIT_PROMPTS),
+    },
+}
+
+
 def prompt_key(prompt: str) -> str:
     """What makes two prompts the same question to a reader: case, spacing and punctuation do not."""
     return " ".join(re.sub(r"[^\w]+", " ", prompt.casefold()).split())
 
 
-def labelled_rows(task_type: str, *, n: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> list[dict[str, str]]:
+def labelled_rows(
+    task_type: str, *, n: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, drift_share: float = 0.0
+) -> list[dict[str, str]]:
     """Labelled rows for one task type: simulator prompts and their known right answers, covering every choice.
 
     Row ``i`` presets, for each coverage axis of the task type, the ``i``-th value of that axis (in an order
@@ -168,46 +199,68 @@ def labelled_rows(task_type: str, *, n: int = DEFAULT_ROWS, seed: int = DEFAULT_
     axis; the remaining rows are the generator's own draws. A prompt that repeats an earlier one (also up to
     case, spacing and punctuation: :func:`prompt_key`) is drawn again.
 
+    With ``drift_share``, the last ``round(n * drift_share)`` rows are drifted prompts (:mod:`ftops_dev.drift`:
+    new cities, the new sentiment phrasing, larger numbers, the new support problem) covering
+    :data:`DRIFT_COVERAGE` in the same way, and the rows before them are the first rows of the set without
+    drift: a yardstick can tell whether a model learnt the new entities
+    (:func:`ftops_dev.known_truth.is_drifted` tells the rows apart).
+
     Args:
         task_type: A simulated task type (a key of :data:`ftops_dev.task_types.TASKS`).
-        n: Rows to make; at least the longest coverage axis of the task type.
+        n: Rows to make; at least the longest coverage axis of the task type (each part's, with drift).
         seed: The same seed gives the same rows.
+        drift_share: Share of the rows that ask about drifted entities (0, the default: none).
 
     Returns:
         ``n`` rows ``{"prompt": str, "reference": str}`` with distinct prompts.
 
     Raises:
-        ValueError: Unknown task type, ``n`` too small to cover every value, or the generator no longer makes a
-            draw that the coverage spec presets.
+        ValueError: Unknown task type, ``drift_share`` not in [0, 1], ``n`` too small to cover every value, or
+            the generator no longer makes a draw that the coverage spec presets.
         RuntimeError: The generator cannot make ``n`` distinct prompts.
     """
     if task_type not in tt.TASKS:
         raise ValueError(f"unknown task type {task_type!r}; simulated: {sorted(tt.TASKS)}")
-    axes = COVERAGE.get(task_type)
+    if not 0.0 <= drift_share <= 1.0:
+        raise ValueError(f"drift_share must be in [0, 1], got {drift_share}")
+    n_drift = round(n * drift_share)
+    seen: set[str] = set()
+    rows = _covering_rows(task_type, n - n_drift, COVERAGE.get(task_type), tt.TASKS[task_type][0],
+                          random.Random(f"ftops-evalset/{task_type}/{seed}"), seen)  # fmt: skip
+    if n_drift:
+        rows += _covering_rows(f"{task_type} (drift)", n_drift, DRIFT_COVERAGE.get(task_type),
+                               drift.DRIFT_TASKS[task_type][0], random.Random(f"ftops-evalset-drift/{task_type}/{seed}"),
+                               seen, reference_of=task_type)  # fmt: skip
+    return rows
+
+
+def _covering_rows(
+    name: str, n: int, axes: dict[str, list[Picks]] | None, make: Callable[[random.Random], tuple[str, str, int]],
+    rng: random.Random, seen: set[str], reference_of: str | None = None,
+) -> list[dict[str, str]]:  # fmt: skip
+    """``n`` rows of generator ``make`` covering ``axes`` (see :func:`labelled_rows`), new to ``seen`` (updated)."""
     if axes is None:
-        logger.warning("No coverage spec for %s: its labelled rows are plain generator draws", task_type)
+        logger.warning("No coverage spec for %s: its labelled rows are plain generator draws", name)
         axes = {}
     needed = max((len(values) for values in axes.values()), default=0)
     if n < needed:
-        raise ValueError(f"{task_type}: n={n} cannot cover every value; the longest axis needs {needed} rows")
-    rng = random.Random(f"ftops-evalset/{task_type}/{seed}")  # str seeds hash stably (SHA-512), not by PYTHONHASHSEED
-    orders = {name: rng.sample(values, len(values)) for name, values in sorted(axes.items())}
-    make = tt.TASKS[task_type][0]
+        raise ValueError(f"{name}: n={n} cannot cover every value; the longest axis needs {needed} rows")
+    # str seeds (the callers') hash stably (SHA-512), not by PYTHONHASHSEED
+    orders = {axis: rng.sample(values, len(values)) for axis, values in sorted(axes.items())}
     rows: list[dict[str, str]] = []
-    seen: set[str] = set()
     for i in range(n):
         picks: Picks = tuple(pick for order in orders.values() if i < len(order) for pick in order[i])
         for _ in range(_MAX_DRAWS_PER_ROW):
             scripted = ScriptedRandom(rng.getrandbits(64), picks)
             prompt, answer, _template = make(scripted)
             if unused := scripted.unused():
-                raise ValueError(f"{task_type}: the generator made no draw for the preset(s) {unused}: update COVERAGE")
+                raise ValueError(f"{name}: the generator made no draw for the preset(s) {unused}: update COVERAGE")
             if prompt_key(prompt) not in seen:
                 break
         else:
-            raise RuntimeError(f"{task_type}: no new prompt in {_MAX_DRAWS_PER_ROW} draws for row {i}")
+            raise RuntimeError(f"{name}: no new prompt in {_MAX_DRAWS_PER_ROW} draws for row {i}")
         seen.add(prompt_key(prompt))
-        rows.append({"prompt": prompt, "reference": tt.reference_response(task_type, answer)})
+        rows.append({"prompt": prompt, "reference": tt.reference_response(reference_of or name, answer)})
     return rows
 
 
@@ -217,6 +270,7 @@ def write_labelled(
     *,
     n: int = DEFAULT_ROWS,
     seed: int = DEFAULT_SEED,
+    drift_share: float = 0.0,
 ) -> dict[str, Path]:
     """Write one ``<task_type>.jsonl`` per task type, ready for ``ftops evalset import FILE --task-type T``.
 
@@ -225,6 +279,7 @@ def write_labelled(
         task_types: Simulated task types.
         n: Rows per task type.
         seed: The same seed gives the same files.
+        drift_share: Share of each file's rows that ask about drifted entities (see :func:`labelled_rows`).
 
     Returns:
         The written file of each task type.
@@ -235,7 +290,7 @@ def write_labelled(
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for task_type in task_types:
-        rows = labelled_rows(task_type, n=n, seed=seed)
+        rows = labelled_rows(task_type, n=n, seed=seed, drift_share=drift_share)
         path = folder / f"{task_type}.jsonl"
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

@@ -1,15 +1,24 @@
 """The simulator's known truth: what a simulated prompt asks for, and whether an answer does the job.
 
 Every prompt the simulator makes carries its truth in its own words (the review phrase, the city, the number of
-kilometres, the support message), so the truth is read back from the prompt alone, whatever small talk, PII or
-near-duplicate noise the simulator added around it. That is what a judge stand-in needs: it sees only the
-question and the answers.
+kilometres, the support message; drifted ones too, :mod:`ftops_dev.drift`), so the truth is read back from the
+prompt alone, whatever small talk, PII or near-duplicate noise the simulator added around it. That is what a
+judge stand-in needs: it sees only the question and the answers.
 """
 
 from __future__ import annotations
 
 import re
 
+from ftops_dev.drift import (
+    DRIFT_CITIES,
+    DRIFT_KM,
+    DRIFT_NEGATIVE,
+    DRIFT_NEUTRAL,
+    DRIFT_POSITIVE,
+    DRIFT_SUPPORT_ACTION,
+    DRIFT_SUPPORT_MESSAGES,
+)
 from ftops_dev.task_types import (
     _ACTION_WORDS,
     _NEGATIVE,
@@ -18,12 +27,21 @@ from ftops_dev.task_types import (
     _SUPPORT_PATTERNS,
     CITIES,
     TASKS,
+    _shape_pattern,
     reference_response,
 )
 
-_SENTIMENT_PHRASES = {"positive": _POSITIVE, "negative": _NEGATIVE, "neutral": _NEUTRAL}
-_CITY_RES = {city: re.compile(rf"\b{re.escape(city)}\b", re.IGNORECASE) for city in CITIES}
-_KM_RE = re.compile(r"\b(\d{1,3})\s*(?:km\b|kilomet)", re.IGNORECASE)
+_SENTIMENT_PHRASES = {
+    "positive": _POSITIVE + DRIFT_POSITIVE,
+    "negative": _NEGATIVE + DRIFT_NEGATIVE,
+    "neutral": _NEUTRAL + DRIFT_NEUTRAL,
+}
+_DRIFT_PHRASES = frozenset(p.lower() for p in DRIFT_POSITIVE + DRIFT_NEGATIVE + DRIFT_NEUTRAL)
+_CITY_RES = {city: re.compile(rf"\b{re.escape(city)}\b", re.IGNORECASE) for city in CITIES + DRIFT_CITIES}
+_KM_RE = re.compile(r"\b(\d{1,5})\s*(?:km\b|kilomet)", re.IGNORECASE)  # drift asks up to 99 999 km
+_ALL_SUPPORT_PATTERNS = _SUPPORT_PATTERNS + tuple(
+    (DRIFT_SUPPORT_ACTION, _shape_pattern(shape)) for shape in DRIFT_SUPPORT_MESSAGES
+)
 
 
 def _flat(text: str) -> str:
@@ -55,10 +73,30 @@ def expected_answer(task_type: str, prompt: str) -> str | None:
     elif task_type == "unit_conversion":
         found = {str(int(km) * 1000) for km in _KM_RE.findall(prompt) if int(km) > 0}
     else:  # support_reply
-        for action, pattern in _SUPPORT_PATTERNS:
+        for action, pattern in _ALL_SUPPORT_PATTERNS:
             for match in pattern.finditer(prompt):
                 found.add(f"{action}|{_flat(match['product'])}|{match['order']}")
     return found.pop() if len(found) == 1 else None
+
+
+def is_drifted(task_type: str, prompt: str) -> bool:
+    """Whether a simulated prompt asks about a drifted entity (:mod:`ftops_dev.drift`): a new city, the new
+    sentiment phrasing, a kilometre count of four digits or more, the new support problem.
+
+    Raises:
+        LookupError: The prompt is not one the simulator makes for ``task_type``.
+        ValueError: Unknown task type.
+    """
+    expected = expected_answer(task_type, prompt)
+    if expected is None:
+        raise LookupError(f"not a simulated {task_type} prompt: its right answer is unknown")
+    if task_type == "sentiment":
+        return any(p in _flat(prompt) for p in _DRIFT_PHRASES)
+    if task_type == "city_extraction":
+        return expected in DRIFT_CITIES
+    if task_type == "unit_conversion":
+        return int(expected) >= DRIFT_KM[0] * 1000
+    return expected.split("|")[0] == DRIFT_SUPPORT_ACTION
 
 
 def is_right(task_type: str, prompt: str, answer: str) -> bool:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ftops_dev.drift import DRIFT_TASKS, P_CORRECT_DRIFTED
 from ftops_dev.task_types import (
     TASK_TYPES,
     TASKS,
@@ -144,6 +145,18 @@ def _tokens(rng: random.Random, prompt: str, response: str) -> int:
     return max(1, round((len(prompt) + len(response)) / 4 * rng.uniform(0.85, 1.15)))
 
 
+def simulated_day(timestamp: datetime, start: datetime | None = None, days: int = 30) -> int:
+    """The day of a simulated row: 1 for the first 24 hours of the ``days`` before ``start``, 2 for the next...
+
+    Args:
+        timestamp: A row's timestamp.
+        start: The ``start`` that :func:`generate_interactions` was given (default 2026-11-01T00:00Z).
+        days: The ``days`` it was given.
+    """
+    window_start = (start or DEFAULT_START) - timedelta(days=days)
+    return int((timestamp - window_start).total_seconds() // 86_400) + 1
+
+
 def generate_interactions(
     n: int,
     seed: int = 0,
@@ -152,17 +165,30 @@ def generate_interactions(
     model_version: str = "base",
     *,
     days: int = 30,
+    drift_share: float = 0.0,
+    drift_from_day: int = 2,
+    correction_share: float = P_CORRECTION,
 ) -> list[dict[str, Any]]:
     """Generate ``n`` simulated interaction log rows.
 
+    With drift (``drift_share > 0``), from day ``drift_from_day`` on (:func:`simulated_day`) that share of the
+    calls asks about entities of :mod:`ftops_dev.drift` (new cities, a new sentiment phrasing, larger numbers, a
+    new support problem), which the served model answers right only
+    :data:`~ftops_dev.drift.P_CORRECT_DRIFTED` of the time; their metadata says ``"drift": true``. Every other
+    row is byte-identical to the row the same arguments give without drift (drift draws from random sources
+    of its own), so the days before the drift day are the same logs as ever.
+
     Args:
         n: Rows to generate.
-        seed: Seed of the only random source; the same arguments give the same rows.
+        seed: Seed of the random sources; the same arguments give the same rows.
         start: Rows are timestamped over the ``days`` before this instant (default 2026-11-01T00:00Z).
         task_types: Task types to draw from, uniformly: by default the three exact-match ones; the free-text
             ``support_reply`` (:data:`ftops_dev.task_types.FREE_TEXT_TASK_TYPES`) only when named.
         model_version: Version label written on every row.
         days: How many days before ``start`` the timestamps spread over.
+        drift_share: Share of the calls from the drift day on that ask about drifted entities (0: no drift).
+        drift_from_day: The first day with drift (1 = from the first row on).
+        correction_share: Share of the wrong answers (failed calls included) that get a ``correction``.
 
     Returns:
         Rows sorted by timestamp, each with the keys ``id``, ``timestamp`` (tz-aware UTC), ``task_type``,
@@ -171,25 +197,54 @@ def generate_interactions(
         ``correction`` (the right answer, or ``None``).
 
     Raises:
-        ValueError: ``n`` is negative, ``days`` is not positive, or a task type is unknown.
+        ValueError: ``n`` is negative, ``days`` or ``drift_from_day`` is not positive, a share is not in
+            [0, 1], or a task type is unknown.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if days < 1:
-        raise ValueError(f"days must be >= 1, got {days}")
+    if days < 1 or drift_from_day < 1:
+        raise ValueError(f"days and drift_from_day must be >= 1, got {days} and {drift_from_day}")
+    if not (0.0 <= drift_share <= 1.0 and 0.0 <= correction_share <= 1.0):
+        raise ValueError(f"drift_share and correction_share must be in [0, 1], got {drift_share}, {correction_share}")
     unknown = [t for t in task_types if t not in TASKS]
     if unknown or not task_types:
         raise ValueError(f"unknown or no task types {unknown!r}; known: {tuple(TASKS)}")
     start = start or DEFAULT_START
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
+    args = (n, seed, start, tuple(task_types), model_version, days, correction_share)
+    rows = _generate(*args, drifted=frozenset())
+    if drift_share > 0 and drift_from_day <= days:
+        # A row's day is known only once every row is drawn (timestamps come last, from the same source), and
+        # drift leaves that source's draws as they were: so draw once, pick the drifted rows, draw again.
+        pick = random.Random(f"drift/{seed}")
+        drifted = frozenset(
+            i
+            for i, row in enumerate(rows)
+            if simulated_day(row["timestamp"], start, days) >= drift_from_day and pick.random() < drift_share
+        )
+        rows = _generate(*args, drifted=drifted)
+        logger.info("Drift from day %d: %d rows ask about new entities", drift_from_day, len(drifted))
+    logger.info("Generated %d interactions over %d days (seed %d, %d task types)", n, days, seed, len(task_types))
+    return rows
+
+
+def _generate(
+    n: int, seed: int, start: datetime, types: tuple[str, ...], model_version: str, days: int,
+    correction_share: float, *, drifted: frozenset[int],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of :func:`generate_interactions`; rows ``drifted`` (by index) ask about drifted entities.
+
+    A drifted row makes every draw of the main source that an undrifted row makes, and discards what it does
+    not use, so that the rows after it (and every timestamp) are drawn exactly as without drift.
+    """
     rng = random.Random(seed)
     corrections = random.Random(f"corrections/{seed}")
-    types = tuple(task_types)
+    drift_rng = random.Random(f"drift-rows/{seed}")  # drifted rows' own draws
     regular_users = USER_IDS[:-1]
     rows: list[dict[str, Any]] = []
 
-    for _ in range(n):
+    for i in range(n):
         draw = rng.random()
         if rows and draw < P_EXACT_DUP:
             row = dict(rng.choice(rows))
@@ -208,6 +263,11 @@ def generate_interactions(
         task_type = rng.choice(types)
         make, make_wrong = TASKS[task_type]
         prompt, answer, template = make(rng)
+        kept = answer  # the main source's draws below are made for it, drifted or not
+        drift = i in drifted
+        if drift:
+            make, make_wrong = DRIFT_TASKS[task_type]
+            prompt, answer, template = make(drift_rng)
         if rng.random() < P_PII:
             pii = _pii(rng)
             prompt = f"{pii} {prompt}" if rng.random() < 0.5 else f"{prompt}\n{pii}"
@@ -225,24 +285,33 @@ def generate_interactions(
             user_id = rng.choice(regular_users)
 
         outcome = rng.random()
-        correct = rng.random() < P_CORRECT
+        correct = kept_correct = rng.random() < P_CORRECT
         success = True
         confidence: float | None
+        if drift:
+            correct = drift_rng.random() < P_CORRECT_DRIFTED
         if outcome < P_FAILURE:
             success, correct = False, False
+            kept_correct = False
             response = rng.choice(_ERRORS)
             confidence = None
         elif outcome < P_FAILURE + P_REFUSAL:
-            correct = False
+            correct = kept_correct = False
             response = rng.choice(_REFUSALS)
             confidence = round(rng.uniform(0.05, 0.4), 4)
         else:
-            slot = answer if correct else make_wrong(rng, answer)
+            if drift:  # the draws an undrifted row makes here, then the drifted row's own
+                _ = kept if kept_correct else TASKS[task_type][1](rng, kept)
+                _ = rng.betavariate(8, 2) if kept_correct else rng.betavariate(4, 3)
+                slot = answer if correct else make_wrong(drift_rng, answer)
+                confidence = round(drift_rng.betavariate(8, 2) if correct else drift_rng.betavariate(4, 3), 4)
+            else:
+                slot = answer if correct else make_wrong(rng, answer)
+                confidence = round(rng.betavariate(8, 2) if correct else rng.betavariate(4, 3), 4)
             response = _respond(task_type, answer, slot)
-            confidence = round(rng.betavariate(8, 2) if correct else rng.betavariate(4, 3), 4)
             if outcome < P_FAILURE + P_REFUSAL + P_TRUNCATED:
                 response = response[: rng.randint(8, 30)]
-                correct = False
+                correct = kept_correct = False
         if confidence is not None and rng.random() < P_CONFIDENCE_MISSING:
             confidence = None
 
@@ -255,17 +324,20 @@ def generate_interactions(
 
         metadata = None
         if rng.random() >= P_METADATA_MISSING:
-            metadata = json.dumps(
-                {
-                    "expected": answer,
-                    "client": rng.choice(("web", "ios", "android", "api")),
-                    "prompt_template": template,
-                    "session": f"s-{rng.getrandbits(32):08x}",
-                },
-                sort_keys=True,
-            )
+            fields = {
+                "expected": answer,
+                "client": rng.choice(("web", "ios", "android", "api")),
+                "prompt_template": template,
+                "session": f"s-{rng.getrandbits(32):08x}",
+            }
+            metadata = json.dumps({**fields, "drift": True} if drift else fields, sort_keys=True)
 
-        corrected = not correct and corrections.random() < P_CORRECTION
+        # A drifted row draws its correction from its own source after the draw its undrifted self would make,
+        # so the undrifted rows after it keep theirs.
+        draw = corrections.random() if not kept_correct else 1.0
+        if drift:
+            draw = drift_rng.random() if not correct else 1.0
+        corrected = draw < correction_share
         rows.append(
             {
                 "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -290,7 +362,6 @@ def generate_interactions(
     offsets = sorted((rng.random() * span for _ in rows), reverse=True)
     for row, offset in zip(rows, offsets, strict=True):
         row["timestamp"] = start - timedelta(seconds=round(offset, 3))
-    logger.info("Generated %d interactions over %d days (seed %d, %d task types)", n, days, seed, len(types))
     return rows
 
 

@@ -101,16 +101,25 @@ _SENTIMENT_PROMPTS = (
 )
 
 
-def _sentiment(rng: random.Random) -> tuple[str, str, int]:
+def review_request(
+    rng: random.Random, phrases: tuple[tuple[str, ...], ...], shapes: tuple[str, ...], asides: tuple[str, ...],
+    prompts: tuple[str, ...],
+) -> tuple[str, str, int]:  # fmt: skip
+    """A sentiment prompt of one phrasing family: ``phrases`` per label (in :data:`SENTIMENT_LABELS`' order),
+    review ``shapes``, ``asides`` and ``prompts`` templates. Returns ``(prompt, label, template index)``."""
     label = rng.choice(SENTIMENT_LABELS)
-    phrases = {"positive": _POSITIVE, "negative": _NEGATIVE, "neutral": _NEUTRAL}[label]
-    phrase = rng.choice(phrases)
-    review = rng.choice(_REVIEW_SHAPES).format(
+    phrase = rng.choice(phrases[SENTIMENT_LABELS.index(label)])
+    review = rng.choice(shapes).format(
         product=rng.choice(_PRODUCTS), phrase=phrase, Phrase=phrase[0].upper() + phrase[1:]
     )
-    review += rng.choice(_REVIEW_ASIDES)
-    k = rng.randrange(len(_SENTIMENT_PROMPTS))
-    return _decorate(rng, _SENTIMENT_PROMPTS[k].format(text=review)), label, k
+    review += rng.choice(asides)
+    k = rng.randrange(len(prompts))
+    return _decorate(rng, prompts[k].format(text=review)), label, k
+
+
+def _sentiment(rng: random.Random) -> tuple[str, str, int]:
+    phrases = (_POSITIVE, _NEGATIVE, _NEUTRAL)
+    return review_request(rng, phrases, _REVIEW_SHAPES, _REVIEW_ASIDES, _SENTIMENT_PROMPTS)
 
 
 def _sentiment_wrong(rng: random.Random, answer: str) -> str:
@@ -145,7 +154,12 @@ _CITY_PROMPTS = (
 
 
 def _city(rng: random.Random) -> tuple[str, str, int]:
-    city = rng.choice(CITIES)
+    return city_request(rng, CITIES)
+
+
+def city_request(rng: random.Random, cities: tuple[str, ...]) -> tuple[str, str, int]:
+    """A city-extraction prompt about one of ``cities``: ``(prompt, city, template index)``."""
+    city = rng.choice(cities)
     sentence = rng.choice(_CITY_SENTENCES).format(city=city)
     k = rng.randrange(len(_CITY_PROMPTS))
     return _decorate(rng, _CITY_PROMPTS[k].format(text=sentence)), city, k
@@ -251,6 +265,12 @@ _SUPPORT_REPLIES: dict[str, tuple[str, ...]] = {
         "You are right, order {order} was billed twice. The duplicate charge for the {product} has been reversed.",
         "Apologies! I have cancelled the duplicate charge on order {order}. You keep your {product} and pay for it once.",
     ),
+    # Asked only with drift (ftops_dev.drift): a problem the base model and the first champion never saw.
+    "address_change": (
+        "No problem: order {order} now goes to your new delivery address, and the {product} ships as planned.",
+        "Done! I have updated the delivery address of order {order}; your {product} will arrive at the new address.",
+        "Thanks for telling us. The shipping address of order {order} is changed, so the {product} goes there.",
+    ),
 }
 _ACTION_WORDS: dict[str, tuple[str, ...]] = {
     "replacement": ("replacement", "send you a new"),
@@ -258,6 +278,7 @@ _ACTION_WORDS: dict[str, tuple[str, ...]] = {
     "return_label": ("return label", "return shipping label"),
     "refund": ("full refund", "refunded in full"),
     "duplicate_refund": ("duplicate charge", "double charge", "second charge"),
+    "address_change": ("delivery address", "new address", "shipping address"),
 }
 """Words that name each action in a reply; a right reply names its action's and no other's."""
 

@@ -4,6 +4,11 @@ Each user sends the simulator's prompts through ``ftops serve`` with the real ``
 answer, and rates it the way the log simulator's users rate (mostly 4-5 when the answer is right, mostly
 1-2 when it is wrong; some never rate), through ``POST /v1/feedback``. So the warehouse gets the served
 models' own traffic, with versions, latencies and ratings, for the canary judge and the next curation.
+
+With ``drift_share`` a share of the calls asks about the drifted entities of :mod:`ftops_dev.drift` (new
+cities, a new sentiment phrasing, larger numbers, a new support problem), which a champion trained on the
+first day's logs never saw; with ``correction_share`` users who rate a wrong answer also type the right one
+(``correction`` in the feedback body) that share of the time.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftops.core.stats import percentile
 from ftops.evaluation.metrics import normalise
+from ftops_dev.drift import DRIFT_TASKS
 from ftops_dev.known_truth import is_right
 from ftops_dev.simulate import GAMER_USER_ID, USER_IDS, _rating
 from ftops_dev.task_types import FREE_TEXT_TASK_TYPES, TASK_TYPES, TASKS, reference_response
@@ -68,7 +74,7 @@ class TrafficReport:
 
 async def _user_calls(
     client: openai.AsyncOpenAI, jobs: asyncio.Queue[tuple[str, str, str, str]], report: dict[str, VersionStats],
-    rng: random.Random, max_tokens: int, feedback: bool,
+    rng: random.Random, max_tokens: int, feedback: bool, corrections: tuple[random.Random, float],
 ) -> None:  # fmt: skip
     import httpx
     import openai
@@ -103,39 +109,54 @@ async def _user_calls(
         rating = _rating(rng, correct, True, user)
         if feedback and rating is not None:
             stats.ratings.append(rating)
-            await client.post("/feedback", body={"id": completion.id, "rating": rating}, cast_to=httpx.Response)
+            body: dict[str, Any] = {"id": completion.id, "rating": rating}
+            typer, share = corrections  # a source of its own: the ratings stay those of a run without corrections
+            if not correct and typer.random() < share:
+                body["correction"] = reference
+            await client.post("/feedback", body=body, cast_to=httpx.Response)
 
 
 async def _drive(
     client: openai.AsyncOpenAI, calls: Sequence[tuple[str, str, str, str]], concurrency: int, seed: int,
-    max_tokens: int, feedback: bool,
+    max_tokens: int, feedback: bool, correction_share: float = 0.0,
 ) -> dict[str, VersionStats]:  # fmt: skip
     jobs: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue()
     for call in calls:
         jobs.put_nowait(call)
     report: dict[str, VersionStats] = defaultdict(VersionStats)
     async with client:
-        await asyncio.gather(*(_user_calls(client, jobs, report, random.Random(seed * 1000 + i), max_tokens, feedback)
+        await asyncio.gather(*(_user_calls(client, jobs, report, random.Random(seed * 1000 + i), max_tokens, feedback,
+                                           (random.Random(f"corrections/{seed}/{i}"), correction_share))
                                for i in range(concurrency)))  # fmt: skip
     return dict(report)
 
 
-def make_calls(requests: int, seed: int, task_types: Sequence[str] = TASK_TYPES) -> list[tuple[str, str, str, str]]:
-    """``(task_type, user_id, prompt, reference answer)`` for ``requests`` calls, reproducible from ``seed``."""
+def make_calls(
+    requests: int, seed: int, task_types: Sequence[str] = TASK_TYPES, drift_share: float = 0.0
+) -> list[tuple[str, str, str, str]]:
+    """``(task_type, user_id, prompt, reference answer)`` for ``requests`` calls, reproducible from ``seed``.
+
+    ``drift_share`` of the calls ask about drifted entities (:data:`ftops_dev.drift.DRIFT_TASKS`), drawn from a
+    source of their own: the other calls are those of a run without drift.
+    """
     rng = random.Random(seed)
+    drift = random.Random(f"drift/{seed}")
     users = [u for u in USER_IDS if u != GAMER_USER_ID]
     calls = []
     for _ in range(requests):
         task_type = rng.choice(list(task_types))
         kind = task_type if task_type in TASKS else TASK_TYPES[0]  # another task type: the first one's prompts
         prompt, answer, _ = TASKS[kind][0](rng)
+        if drift_share and drift.random() < drift_share:
+            prompt, answer, _ = DRIFT_TASKS[kind][0](drift)
         calls.append((task_type, rng.choice(users), prompt, reference_response(kind, answer)))
     return calls
 
 
 def simulate_traffic(
     base_url: str, *, api_key: str = "ftops-local", requests: int = 200, concurrency: int = 4, seed: int = 0,
-    task_types: Sequence[str] | None = None, max_tokens: int = 48, feedback: bool = True,
+    task_types: Sequence[str] | None = None, max_tokens: int = 48, feedback: bool = True, drift_share: float = 0.0,
+    correction_share: float = 0.0,
 ) -> TrafficReport:  # fmt: skip
     """Send ``requests`` simulated calls through a gateway at ``concurrency`` and rate the answers.
 
@@ -149,6 +170,9 @@ def simulate_traffic(
             gateway serves (``GET /v1/models``), ``support_reply`` included.
         max_tokens: Answer cap per call.
         feedback: Rate answers through ``/v1/feedback``.
+        drift_share: Share of the calls that ask about drifted entities (:func:`make_calls`).
+        correction_share: Share of the rated wrong answers whose feedback carries the right answer as
+            ``correction`` (a gateway that does not take corrections ignores it).
     """
     import openai
 
@@ -160,6 +184,6 @@ def simulate_traffic(
             raise LookupError(f"{base_url} serves none of the simulator's task types {known} yet")
     client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=120)
     started = time.perf_counter()
-    versions = asyncio.run(_drive(client, make_calls(requests, seed, task_types), concurrency, seed, max_tokens,
-                                  feedback))  # fmt: skip
+    calls = make_calls(requests, seed, task_types, drift_share)
+    versions = asyncio.run(_drive(client, calls, concurrency, seed, max_tokens, feedback, correction_share))
     return TrafficReport(versions=versions, seconds=time.perf_counter() - started)

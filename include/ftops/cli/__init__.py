@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ftops.cli.common import engine_of as _engine
 from ftops.cli.common import task_type_arg as _task_type
@@ -43,8 +44,11 @@ def _simulate(args: argparse.Namespace) -> int:
     cfg = load_config()
     engine = create_engine(warehouse_url(args.warehouse_url))
     ensure_schema(engine, cfg.interactions_table)
-    extra = {"task_types": args.task_types} if args.task_types else {}
-    rows = generate_interactions(args.rows, seed=args.seed, **extra)
+    extra: dict[str, Any] = {"task_types": args.task_types} if args.task_types else {}
+    if args.correction_share is not None:
+        extra["correction_share"] = args.correction_share
+    rows = generate_interactions(args.rows, seed=args.seed, drift_share=args.drift_share,
+                                 drift_from_day=args.drift_from_day, **extra)
     new = insert_interactions(engine, rows, cfg.interactions_table)
     log.info("Wrote %d new interaction rows (%d generated, seed %d) to %s", new, len(rows), args.seed,
              engine.url.render_as_string(hide_password=True))  # fmt: skip
@@ -211,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--task-types", nargs="*", default=None, type=_task_type,
                      help="default: sentiment city_extraction unit_conversion; also support_reply (free text)")
+    sim.add_argument("--drift-share", type=float, default=0.0,
+                     help="from --drift-from-day on, this share of the calls asks about entities the base model "
+                     "never saw (new cities, a new sentiment phrasing, larger numbers); default 0: no drift")
+    sim.add_argument("--drift-from-day", type=int, default=2,
+                     help="first day with drift, counted from the first of the 30 simulated days (default 2)")
+    sim.add_argument("--correction-share", type=float, default=None,
+                     help="share of the wrong answers that get a user's correction (default: the simulator's, 0.15)")
     sim.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     sim.set_defaults(func=_simulate)
     base = sub.add_parser("build-base-model", help="build the small local base model (once)")
