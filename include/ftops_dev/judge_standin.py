@@ -1,7 +1,7 @@
 """A judge stand-in: answers FT-Ops judge requests from the simulator's known truth, deterministically.
 
-Used by the tests' fake OpenAI server and by the demo's judge endpoint. A request is a judge request when its
-system message is :data:`ftops.evaluation.judge.JUDGE_SYSTEM_PROMPT`; the verdict prefers the answer that does
+Used by the tests' fake OpenAI server and by the stand-in server (:mod:`ftops_dev.teacher_standin`). A request
+is a judge request when its system message is :data:`ftops.evaluation.judge.JUDGE_SYSTEM_PROMPT`; the verdict prefers the answer that does
 the job (:func:`ftops_dev.known_truth.is_right`), and is ``tie`` when both or neither do. For a question the
 simulator did not make, an answer is right when it equals the request's reference after normalisation (no
 reference: ``tie``).
@@ -87,16 +87,3 @@ def completion(model: object, reply: str, messages: Sequence[Mapping[str, Any]])
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }  # fmt: skip
-
-
-def serve(host: str = "127.0.0.1", port: int = 8090) -> None:
-    """Serve the stand-in as an OpenAI-compatible judge endpoint (``POST /v1/chat/completions``) until killed.
-
-    What the demo points ``evaluation.judge.conn_id`` at, since no machine here reaches a hosted judge model; the
-    pipeline talks to it through the real ``openai`` client, as it would to any OpenAI-compatible endpoint. The
-    server is :class:`ftops_dev.teacher_standin.TeacherStandin`, which answers judge requests here and any other
-    chat request as the stand-in teacher.
-    """
-    from ftops_dev.teacher_standin import TeacherStandin
-
-    TeacherStandin(host=host, port=port).serve_forever()

@@ -112,7 +112,7 @@ def candidates(rows: Iterable[Mapping[str, Any]], cfg: CurationConfig) -> tuple[
         correction = row.get("correction")
         if not is_missing(correction) and str(correction).strip():
             continue
-        verdict, rating = row.get("task_success"), row.get("user_feedback")
+        verdict, rating = row.get("task_success"), cast(Any, row.get("user_feedback"))
         failed = not bool(row.get("success")) or (not is_missing(verdict) and not bool(verdict))
         if not failed and (is_missing(rating) or float(rating) >= cfg.quality_threshold):
             continue
@@ -239,7 +239,8 @@ def _ask_teacher(
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="teacher") as pool:
         while pending and result.skipped_reason is None:
-            wave, rows_left = [], cfg.max_rows - calls_today - result.calls
+            wave: list[str] = []
+            rows_left = cfg.max_rows - calls_today - result.calls
             money_left = cfg.max_cost - spent_today - result.cost
             for key in pending:  # the most important that fit; a cheaper one further down may still fit
                 worst = worst_cost(cfg, teacher_messages(by_key[key][0].prompt))
