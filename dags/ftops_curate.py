@@ -9,7 +9,9 @@ not stop the others). `curate_dataset`, in parallel across task types: read the 
 watermark (where the last completed run stopped; a retry reads the same window) → quarantine malformed rows
 with a reason (all rows of a task type whose name is invalid, with nothing else done for it) → quality filters
 (rating ≥ 4, success, response length, no error text, latency, bursts of top ratings from one user) → scrub
-PII and secrets → merge with earlier runs' candidates → drop exact duplicates → cap each user's share →
+PII and secrets → with `teacher.enabled`, failed and low-rated prompts (scrubbed) answered by the teacher
+model of the `ftops_teacher` connection within a nightly budget (error-pattern clusters first; answers checked
+and cached in `ftops_teacher_answers`; a teacher outage means no relabel, never a failed run) → merge with earlier runs' candidates → drop exact duplicates → cap each user's share →
 validate the raw batch with Great Expectations → embed prompts (all-MiniLM-L6-v2, cached by content hash) →
 diversity selection in quality order (exact greedy on numpy; an approximate FAISS index when pool and
 target both exceed `ann_min_pool`) → stable train/test split by prompt hash → leakage guard against every published version (FAISS)
@@ -44,6 +46,7 @@ from ftops_airflow.common import (
     TAGS,
     TASK_TYPE,
     VERSIONING_POOL,
+    openai_client,
     resolve_config,
     snapshot,
     warehouse_engine,
@@ -98,7 +101,9 @@ def ftops_curate():
         cfg = snapshot(config)
         since = datetime.fromisoformat(params["since"]) if params["since"] else None
         return curate_window(warehouse_engine(cfg.warehouse_conn_id), cfg, task_type, run_key=ctx["run_id"],
-                             since=since, dry_run=params["dry_run"])
+                             since=since, dry_run=params["dry_run"],
+                             teacher_client=lambda: openai_client(cfg.teacher.conn_id),
+                             judge_client=lambda: openai_client(cfg.evaluation.judge.conn_id))
 
     @task(pool=VERSIONING_POOL, outlets=[DATASETS], map_index_template="{{ task_type }}", multiple_outputs=False)
     def publish_dataset(curated: dict, config: dict) -> dict:

@@ -83,8 +83,9 @@ def _simulate_evalset(args: argparse.Namespace) -> int:
 
 
 def _simulate_judge(args: argparse.Namespace) -> int:
-    from ftops_dev.judge_standin import serve
+    from ftops_dev.teacher_standin import TeacherStandin
 
-    print(f"Stand-in judge on http://{args.host}:{args.port}/v1 (POST /v1/chat/completions)", flush=True)
-    serve(args.host, args.port)
+    # one stand-in answers judge requests as the judge, any other chat request as the teacher
+    print(f"Stand-in judge (and teacher) on http://{args.host}:{args.port}/v1 (POST /v1/chat/completions)", flush=True)
+    TeacherStandin(host=args.host, port=args.port).serve_forever()
     return 0

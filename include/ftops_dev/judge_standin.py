@@ -1,7 +1,7 @@
 """A judge stand-in: answers FT-Ops judge requests from the simulator's known truth, deterministically.
 
-Used by the tests' fake OpenAI server and by the demo's judge endpoint. A request is a judge request when its
-system message is :data:`ftops.evaluation.judge.JUDGE_SYSTEM_PROMPT`; the verdict prefers the answer that does
+Used by the tests' fake OpenAI server and by the stand-in server (:mod:`ftops_dev.teacher_standin`). A request
+is a judge request when its system message is :data:`ftops.evaluation.judge.JUDGE_SYSTEM_PROMPT`; the verdict prefers the answer that does
 the job (:func:`ftops_dev.known_truth.is_right`), and is ``tie`` when both or neither do. For a question the
 simulator did not make, an answer is right when it equals the request's reference after normalisation (no
 reference: ``tie``).
@@ -67,47 +67,23 @@ def chat_completion(body: Mapping[str, Any], *, answer: str | None = None) -> di
     Raises:
         ValueError: Not a judge request.
     """
+    reply = verdict(body.get("messages") or []) if answer is None else answer
+    return completion(body.get("model"), reply, body.get("messages") or [])
+
+
+def completion(model: object, reply: str, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A ``chat.completion`` response body with ``reply`` and its usage (4 characters a token, +3 a message)."""
+    import math
     import time
     import uuid
 
-    reply = verdict(body.get("messages") or []) if answer is None else answer
-    prompt_tokens = sum(len(str(m.get("content") or "")) // 4 + 3 for m in body.get("messages") or [])
+    prompt_tokens = sum(math.ceil(len(str(m.get("content") or "")) / 4) + 3 for m in messages)
+    completion_tokens = math.ceil(len(reply) / 4)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-        "model": body.get("model"), "system_fingerprint": None,
+        "model": model, "system_fingerprint": None,
         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                      "message": {"role": "assistant", "content": reply, "refusal": None}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
     }  # fmt: skip
-
-
-def serve(host: str = "127.0.0.1", port: int = 8090) -> None:
-    """Serve the stand-in as an OpenAI-compatible judge endpoint (``POST /v1/chat/completions``) until killed.
-
-    What the demo points ``evaluation.judge.conn_id`` at, since no machine here reaches a hosted judge model; the
-    pipeline talks to it through the real ``openai`` client, as it would to any OpenAI-compatible endpoint.
-    """
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            try:
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    raise LookupError(self.path)
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
-                status, out = 200, chat_completion(body)
-            except LookupError:
-                status, out = 404, {"error": {"message": "only POST /v1/chat/completions", "type": "not_found"}}
-            except (ValueError, TypeError) as exc:
-                status, out = 400, {"error": {"message": str(exc), "type": "invalid_request_error"}}
-            data = json.dumps(out).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: requests hold prompts
-            return
-
-    ThreadingHTTPServer((host, port), Handler).serve_forever()

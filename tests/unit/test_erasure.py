@@ -1,8 +1,8 @@
 """``ftops erase`` end to end on a real warehouse (SQLite and PostgreSQL), a real git + DVC dataset registry and
 a real MLflow store: simulated logs are curated and versioned, a model is registered on them, one user is
 erased; then no latest version holds the user's prompts (read back through ``dvc.api``), the models trained on
-them are tagged, nothing records the raw id, a second run changes nothing, and re-curating never re-admits the
-user's rows."""
+them are tagged, their teacher answers are deleted, nothing records the raw id, a second run changes nothing, and
+re-curating never re-admits the user's rows."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from ftops.warehouse.schema import (
     log_tables,
 )
 from ftops.warehouse.state import read_decisions, read_staged, write_quarantine
+from ftops.warehouse.teacher_store import TeacherStore
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # one MLflow store per module: task types differ per test
 NOW = datetime(2026, 11, 1, tzinfo=UTC)  # the simulator's rows lie in the 30 days before
@@ -138,8 +139,19 @@ def test_erasure_removes_a_user_everywhere_tags_models_and_runs_once(engine, tmp
         pooled = conn.scalar(sa.select(sa.func.count()).where(pool.c.user_key == key))
         idless = conn.scalar(sa.select(sa.func.count()).where(quarantine.c.row_id == ""))
 
+    # the teacher's answers to one of their prompts and to another user's (ftops.warehouse.teacher_store)
+    store = TeacherStore(engine)
+    other = next(r for r in rows if r["user_id"] not in (victim, None) and r["prompt"] != theirs[0]["prompt"])
+    for i, r in enumerate((theirs[0], other)):
+        store.save(key=f"k{i}", task_type=r["task_type"], model="teacher", answer="an answer", prompt_tokens=1,
+                   completion_tokens=1, cost=0.0, created_at=NOW, row_ids=[r["id"]])  # fmt: skip
+    store.set_verdicts({"k0": ("accepted", None), "k1": ("accepted", None)})
+
     caplog.set_level(logging.DEBUG)
     summary = erase_user(engine, cfg, victim)
+    assert summary["teacher_answers_deleted"] == 1
+    assert not store.answers(theirs[0]["task_type"], [theirs[0]["id"]]) and store.lookup(["k0"]) == {}
+    assert store.answers(other["task_type"], [other["id"]]) == {other["id"]: "an answer"}
 
     assert summary["changed"] and summary["user_key"] == key and summary["rows_marked"] == len(theirs)
     assert summary["pool_rows_deleted"] == pooled > 0 and summary["quarantine_rows_deleted"] == quarantined + 1
@@ -176,6 +188,7 @@ def test_erasure_removes_a_user_everywhere_tags_models_and_runs_once(engine, tmp
     before = _state(engine, cfg, task_types)
     again = erase_user(engine, cfg, victim)
     assert not again["changed"] and again["rows_marked"] == again["pool_rows_deleted"] == 0
+    assert again["teacher_answers_deleted"] == 0
     assert again["successor_versions"] == again["tagged_model_versions"] == {} and again["decisions"] == []
     assert _state(engine, cfg, task_types) == before
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ftops.core.evaluation_config import EvaluationConfig, JudgeConfig  # noqa: F401 - re-exported
 from ftops.core.serving_config import ServingConfig
 from ftops.core.stats import required_calls
+from ftops.core.teacher_config import TeacherConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "ftops.yaml"
@@ -342,6 +343,7 @@ class FtopsConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where datasets and caches live.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="The `ftops serve` gateway.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="How answers are scored.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Relabelling failures with a teacher.")
 
 
 def load_config(path: str | Path | None = None) -> FtopsConfig:

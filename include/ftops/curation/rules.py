@@ -149,7 +149,21 @@ def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     verdict = row.get("task_success")
     if not is_missing(verdict) and not bool(verdict):  # the client said the answer did not do its job
         return "task_failed"
-    response: str = row["response"]
+    reason = response_reason(row["response"], cfg)
+    if reason:
+        return reason
+    latency: Any = row.get("latency_ms")
+    if not is_missing(latency) and float(latency) > cfg.max_latency_ms:
+        return "too_slow"
+    return None
+
+
+def response_reason(response: str, cfg: CurationConfig) -> str | None:
+    """Why an answer's text is not worth training on (too short or long, error text), or None when it is.
+
+    The text rules of :func:`filter_reason`, also applied to answers that did not come from a log row (a
+    teacher's).
+    """
     if len(response) < cfg.min_response_chars:
         return "response_too_short"
     if len(response) > cfg.max_response_chars:
@@ -157,9 +171,6 @@ def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     lowered = response.lower()
     if any(marker in lowered for marker in cfg.error_markers):
         return "error_text"
-    latency: Any = row.get("latency_ms")
-    if not is_missing(latency) and float(latency) > cfg.max_latency_ms:
-        return "too_slow"
     return None
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,8 @@ def curate_task_type(
     dry_run: bool = False,
     now: datetime | None = None,
     embedder: Embedder | None = None,
+    teacher_client: Callable[[], Any] | None = None,
+    judge_client: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Read one task type's new logs, curate them with the earlier runs' candidates, validate and version.
 
@@ -76,7 +78,7 @@ def curate_task_type(
         WarehouseUnavailableError: The warehouse cannot be reached.
     """
     curated = curate_window(engine, cfg, task_type, run_key=run_key, since=since, dry_run=dry_run, now=now,
-                            embedder=embedder)  # fmt: skip
+                            embedder=embedder, teacher_client=teacher_client, judge_client=judge_client)  # fmt: skip
     if not curated["staged"]:
         return curated
     return publish_window(engine, cfg, task_type, run_key=run_key)
@@ -92,6 +94,8 @@ def curate_window(
     dry_run: bool = False,
     now: datetime | None = None,
     embedder: Embedder | None = None,
+    teacher_client: Callable[[], Any] | None = None,
+    judge_client: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Curate one task type's window of logs, validate it, and stage the result in the warehouse.
 
@@ -100,6 +104,11 @@ def curate_window(
     batch's candidates for :func:`publish_window`. A task type that is not a valid name (see
     ``ftops.core.names``) has all its rows quarantined as ``invalid_task_type``, and nothing is embedded,
     validated or written to any file. A window with nothing to publish is marked done here.
+
+    With ``teacher.enabled``, the window's failed and low-rated rows are first relabelled by the teacher
+    (:func:`ftops.pipeline.relabel.relabel_window`, clients from ``teacher_client``/``judge_client``): the frame
+    gains ``teacher_answer`` and the summary ``teacher`` (calls, cost, accepted, rejected, skipped). A teacher
+    that is down means no relabel, said in the log and in ``teacher.skipped_reason``, never a failed run.
 
     Returns:
         The summary: ``staged`` (True when :func:`publish_window` has work), ``status`` (``staged``: a
@@ -117,6 +126,7 @@ def curate_window(
     from ftops.curation.embedding import EmbeddingCache, SentenceEmbedder
     from ftops.curation.validation import require, validate_curated, validate_raw
     from ftops.datasets.versions import to_jsonl
+    from ftops.pipeline.relabel import relabel_window
     from ftops.warehouse.logread import read_log_window
     from ftops.warehouse.schema import ensure_state_tables
     from ftops.warehouse.state import (
@@ -175,11 +185,21 @@ def curate_window(
     clock = time.perf_counter()
     published = published_examples(cfg, task_type)
     history_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    teacher = relabel_window(engine, cfg, task_type, frame, embedder=embedder, cache=EmbeddingCache(cache_path),
+                             teacher_client=teacher_client, judge_client=judge_client, now=now, dry_run=dry_run)
+    if teacher is not None:
+        base["teacher"] = teacher
+        log.info("%s: teacher relabelled %d of %d candidates (%d calls, cost %.4f) in %.1f s%s", task_type,
+                 teacher["accepted"], teacher["candidates"], teacher["calls"], teacher["cost"],
+                 time.perf_counter() - clock, f"; {teacher['skipped_reason']}" if teacher["skipped_reason"] else "")
+    relabel_s = time.perf_counter() - clock
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
                            earlier=read_pool(engine, task_type, table), future_after=future_after,
                            published=published, evalset=evalset_prompts(cfg, task_type))  # fmt: skip
     quarantine(curated)
-    timings = {"read": round(read_s, 3), "read_history": round(history_s, 3), **curated.timings}
+    timings = {"read": round(read_s, 3), "read_history": round(history_s, 3), "relabel": round(relabel_s, 3),
+               **curated.timings}
     clock = time.perf_counter()
     raw_report = validate_raw(frame, curated.reasons, task_type, cfg.curation, docs_dir)
     timings["validate_raw"] = round(time.perf_counter() - clock, 3)

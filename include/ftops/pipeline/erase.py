@@ -11,7 +11,8 @@ is idempotent, and each finds its work from the stores, not from an earlier step
    without them (its metadata names the parent and the request; its lineage lacks the user's rows);
 3. tag every registered model version trained on a dataset version that held them ``ftops.erasure_pending``,
    so that the governor's ``erasure`` policy retrains on the successor;
-4. delete the user's rows from the tables FT-Ops owns: the curated pool and the quarantine;
+4. delete the user's rows from the tables FT-Ops owns: the curated pool, the quarantine, and the teacher's
+   answers to their prompts (``ftops.warehouse.teacher_store``);
 5. record the request in ``ftops_decisions`` (kind ``erasure``): one decision per task type it changed, or one
    for ``*`` when only the warehouse changed.
 
@@ -113,7 +114,7 @@ def _erase_user(engine: sa.Engine, cfg: FtopsConfig, user_id: str, *, request_ke
     from ftops.pipeline import erase_copies as copies
     from ftops.pipeline.dashboard import data_docs_root
     from ftops.serving.interaction_log import default_spool_dir
-    from ftops.warehouse import erasure
+    from ftops.warehouse import erasure, teacher_store
     from ftops.warehouse.logread import log_columns
     from ftops.warehouse.schema import curation_tables, ensure_state_tables, log_tables
 
@@ -148,6 +149,7 @@ def _erase_user(engine: sa.Engine, cfg: FtopsConfig, user_id: str, *, request_ke
     pool_deleted, quarantine_deleted = erasure.delete_user_rows(
         engine, pool, quarantine, user_key=keys, row_ids=ids, stored_user_ids={scrub(str(user_id)).text}
     )
+    teacher_deleted = teacher_store.delete_for_rows(engine, table, ids)
     runs = {run_id: tags for f in found.values() for run_id, tags in f["runs"].items()}
     api_runs = {r: tags["openai.job_id"] for r, tags in runs.items()
                 if tags.get("openai.job_id") and "ftops.api_files_deleted" not in tags}  # fmt: skip
@@ -159,6 +161,7 @@ def _erase_user(engine: sa.Engine, cfg: FtopsConfig, user_id: str, *, request_ke
         "rows_marked": marked,
         "pool_rows_deleted": pool_deleted,
         "quarantine_rows_deleted": quarantine_deleted,
+        "teacher_answers_deleted": teacher_deleted,
         "successor_versions": {t: f["successor"] for t, f in found.items() if f["successor"]},
         "tagged_model_versions": {t: f["tagged"] for t, f in found.items() if f["tagged"]},
         "held_by": {t: f["held"] for t, f in found.items() if f["held"]},
@@ -172,10 +175,11 @@ def _erase_user(engine: sa.Engine, cfg: FtopsConfig, user_id: str, *, request_ke
         "decisions_redacted": copies.redact_decisions(engine, decisions_t, prompts | raw),
         "purged_versions": purged,
     }
-    summary["decisions"] = _record_decisions(engine, summary, found, marked + pool_deleted + quarantine_deleted,
+    summary["decisions"] = _record_decisions(engine, summary, found,
+                                             marked + pool_deleted + quarantine_deleted + teacher_deleted,
                                              keys=keys, run_id=run_id)  # fmt: skip
-    summary["changed"] = bool(marked or pool_deleted or quarantine_deleted or summary["successor_versions"]
-                              or summary["tagged_model_versions"] or summary["decisions"] or spool["marked"]
+    summary["changed"] = bool(marked or pool_deleted or quarantine_deleted or teacher_deleted
+                              or summary["successor_versions"] or summary["tagged_model_versions"] or summary["decisions"] or spool["marked"]
                               or spool["removed"] or staged_dropped or summary["runs_redacted"] or files["deleted"]
                               or summary["data_docs_removed"] or summary["decisions_redacted"] or purged)  # fmt: skip
     log.info("Erasure %s (%s) %s: %s", request, key, "done" if summary["changed"] else "had nothing left to do",

@@ -9,8 +9,8 @@ like curation does, and keeps as test rows those with a reference (:mod:`ftops.e
 :func:`slice_for_run` does both.
 
 References, in order of trust: the row's ``correction`` (a user's or a review tool's right answer), then a
-teacher model's answer through the :class:`TeacherAnswers` hook (none is wired yet: relabelling is the work of
-the "learn from failures" issue). Rows with neither are counted, never guessed.
+teacher model's answer through the :class:`TeacherAnswers` hook (the teacher relabelling's store,
+:class:`ftops.warehouse.teacher_store.TeacherStore`, implements it). Rows with neither are counted, never guessed.
 """
 
 from __future__ import annotations

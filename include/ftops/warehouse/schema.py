@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ftops.core.names import key_digest
+from ftops.warehouse import teacher_store
 from ftops.warehouse.erasure import ERASED_ROWS
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ _STATE_TABLES_LOCK = int.from_bytes(hashlib.sha256(b"ftops.warehouse.state_table
 
 
 def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
-    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs, staging), never the log.
+    """Create FT-Ops' own tables (quarantine, decisions, curated pool, curation runs, staging, teacher answers),
+    never the log.
 
     A table in the layout of an earlier release is upgraded, keeping its rows: ``<table>_quarantine`` gains
     ``task_type`` and ``copy_index`` in its key (existing rows get copy 0), ``ftops_curation_runs`` gains
@@ -216,6 +218,7 @@ def ensure_state_tables(engine: sa.Engine, table: str = "interactions") -> None:
         _add_columns(conn, pool, POOL_ADDED_COLUMNS)
         training_runs_table()[0].create_all(conn, checkfirst=True)
         ERASED_ROWS.create(conn, checkfirst=True)  # the marks of erased log rows (ftops.warehouse.erasure)
+        teacher_store.create_tables(conn)  # the teacher's answers (ftops.warehouse.teacher_store)
 
 
 def _upgrade_layout(conn: sa.Connection, table: sa.Table, fill: Mapping[str, Any] | None = None) -> None:
