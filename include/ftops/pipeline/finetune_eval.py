@@ -245,8 +245,12 @@ def _failure_slice(
     """The failure-slice report (tags: ids and figures, no text) of a fine-tune started for an error pattern."""
     from ftops.evaluation.slices import slice_report
     from ftops.pipeline.slices import slice_for_run
+    from ftops.warehouse.teacher_store import TeacherStore
 
-    found = slice_for_run(engine, cfg, task_type, decision_key) if engine is not None and decision_key else None
+    if engine is None or not decision_key:
+        return None
+    teacher = TeacherStore(engine, cfg.interactions_table)  # the teacher's checked answers where none corrected
+    found = slice_for_run(engine, cfg, task_type, decision_key, teacher=teacher)
     if found is None:
         return None
     if not found.rows:  # no reference for any prompt of the cluster: reported as such
