@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = ["LOCAL_BASE_MODEL", "Backend", "DpoConfig", "HuggingFaceBackend", "OpenAIBackend", "TrainingConfig"]
 
 LOCAL_BASE_MODEL = "local:tiny-gpt2"
+Source = Literal["served", "correction", "teacher"]  # where a training target came from (DESIGN.md)
 
 
 class _Strict(BaseModel):
@@ -116,8 +117,8 @@ class TrainingConfig(_Strict):
     min_train_examples: int = Field(
         20, ge=1, description="Fewest examples a training split may hold; a smaller one fails before any work."
     )
-    source_weights: dict[Literal["served", "correction", "teacher"], Annotated[int, Field(ge=1, le=100)]] = Field(
-        default_factory=lambda: {"correction": 3, "teacher": 2, "served": 1},
+    source_weights: dict[Source, Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: {"correction": 3, "teacher": 2, "served": 1},  # type: ignore[arg-type,dict-item]
         description="SFT repeats each train row this many times by its target's source (metadata sources.train; "
         "a version without it is all served); integers, so a weight is an exact count of copies. A source left "
         "out weighs 1.",

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,7 +140,7 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
         return {"run_id": existing, "dataset_version": version.tag}
     pairs = datasets.read_preference(version) if backend.objective != "sft" else []
     objective = resolve_objective(backend.objective, len(pairs), backend.dpo.min_pairs, version.tag)
-    train = datasets.read(version, "train") if objective != "dpo" else []
+    train: list[Mapping[str, Any]] = list(datasets.read(version, "train")) if objective != "dpo" else []
     if objective != "dpo" and len(train) < cfg.training.min_train_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples "
                          f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip

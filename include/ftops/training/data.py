@@ -140,7 +140,7 @@ def as_examples(batch: Sequence[Mapping[str, Any]]) -> list[EncodedExample]:
 
 
 def repeat_by_source(
-    rows: Sequence[Mapping[str, Any]], sources: Sequence[str] | None, weights: Mapping[str, int]
+    rows: Sequence[Mapping[str, Any]], sources: Sequence[str] | None, weights: Mapping[Any, int]
 ) -> list[Mapping[str, Any]]:
     """Each training row repeated by the weight of its target's source (``served``, ``correction``, ``teacher``).
 

@@ -220,7 +220,7 @@ def train_preference(
                              callbacks=[_progress_callback(started, reports, on_progress)])  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         output = trainer.train()
-    model = trainer.model
+    model: Any = trainer.model
     if "ref" in getattr(model, "peft_config", {}):  # the reference copy of an SFT adapter: not part of the result
         model.delete_adapter("ref")
     out_dir = Path(out_dir)
