@@ -143,12 +143,13 @@ def ftops_finetune():
 
         from ftops.core.config import load_config
         from ftops.pipeline.finetune import ErasedDatasetError, check_training_request
+        from ftops.training.data import TrainingError
         from ftops.training.params import training_overrides
 
         config = resolve_config(training_overrides(load_config(), params["backend"], params))
         try:
             check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
-        except ErasedDatasetError as exc:  # a retry cannot change it
+        except (ErasedDatasetError, TrainingError) as exc:  # a retry cannot change it (e.g. dpo without pairs)
             raise AirflowFailException(str(exc)) from exc
         return config
 
