@@ -6,7 +6,9 @@
 1. `resolve_run_config` validates every training choice from the form before any work starts: the values,
    that the dataset version exists and that the base model can be found.
 2. `train_candidate` fine-tunes the base model (Transformers: `method=full` trains every weight, as the
-   shipped config does for the tiny local model; `method=lora` trains a PEFT LoRA adapter, for hub models) on the dataset version's train split, as an MLflow run in experiment `ftops-<task_type>`: params,
+   shipped config does for the tiny local model; `method=lora` trains a PEFT LoRA adapter, for hub models) on the dataset version's train split
+   (`objective=sft`, rows repeated by their target's source weight), on its preference pairs with TRL's DPO
+   (`objective=dpo`), or both in turn (`sft_then_dpo`), as an MLflow run in experiment `ftops-<task_type>`: params,
    the dataset as an input, progress by step (`train_loss`, `tokens_per_s`, `eta_s`), the weights and the
    model in MLflow's `transformers` flavour (`mlflow.transformers.load_model("models:/ftops-<task_type>@champion")`).
    Checkpoints go to `storage.checkpoints` (default `FTOPS_HOME/checkpoints`): a retry after a crash or a
@@ -112,6 +114,16 @@ HF, OPENAI = "Hugging Face backend", "OpenAI backend"
                                            "fp32": "fp32"},
                            description="huggingface backend: auto = bf16 on a GPU that supports it, else fp32. "
                            "Empty = config.", section=HF),
+        "objective": Param(None, type=["null", "string"], enum=[None, "sft", "dpo", "sft_then_dpo"], title="Objective",
+                           values_display={"sft": "SFT (imitate the train split)",
+                                           "dpo": "DPO (prefer corrected answers over served ones)",
+                                           "sft_then_dpo": "SFT, then DPO from the SFT model"},
+                           description="huggingface backend: dpo trains on the dataset version's preference pairs "
+                           "(fails without any); sft_then_dpo falls back to SFT without them. Empty = config (sft).",
+                           section=HF),
+        "dpo_beta": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10, title="DPO beta",
+                          description="huggingface backend, objective dpo or sft_then_dpo: higher keeps the model "
+                          "closer to where DPO started. Empty = config (0.1).", section=HF),
         "learning_rate_multiplier": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10,
                                           title="Learning rate multiplier",
                                           description="openai backend only: the API's learning_rate_multiplier. "
@@ -131,12 +143,13 @@ def ftops_finetune():
 
         from ftops.core.config import load_config
         from ftops.pipeline.finetune import ErasedDatasetError, check_training_request
+        from ftops.training.data import TrainingError
         from ftops.training.params import training_overrides
 
         config = resolve_config(training_overrides(load_config(), params["backend"], params))
         try:
             check_training_request(snapshot(config), params["task_type"], params["dataset_version"])
-        except ErasedDatasetError as exc:  # a retry cannot change it
+        except (ErasedDatasetError, TrainingError) as exc:  # a retry cannot change it (e.g. dpo without pairs)
             raise AirflowFailException(str(exc)) from exc
         return config
 

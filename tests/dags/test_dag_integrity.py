@@ -22,7 +22,7 @@ PARAMS = {
     "ftops_governor": {"task_type", "force", "reason"},
     "ftops_finetune": {"task_type", "dataset_version", "backend", "base_model", "epochs", "learning_rate",
                        "batch_size", "lora_r", "method", "lora_alpha", "max_seq_len", "precision",
-                       "learning_rate_multiplier", "reason", "policy", "decision_key"},  # fmt: skip
+                       "objective", "dpo_beta", "learning_rate_multiplier", "reason", "policy", "decision_key"},  # fmt: skip
     "ftops_canary": {"task_type"},
     "ftops_rollback": {"task_type", "to_version"},
     "ftops_erase": {"user_id", "purge"},

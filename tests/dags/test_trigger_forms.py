@@ -100,10 +100,10 @@ def test_every_field_of_every_form_has_a_title_a_description_and_a_section(dagba
     assert not missing, "form fields without a title, description or section:\n" + "\n".join(missing)
     finetune = dagbag.dags["ftops_finetune"].params
     sections = {name: finetune.get_param(name).schema["section"] for name in finetune}
-    assert {sections[n] for n in ("method", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "precision")} == {
-        "Hugging Face backend"}
+    assert {sections[n] for n in ("method", "learning_rate", "lora_r", "lora_alpha", "max_seq_len", "precision",
+                                  "objective", "dpo_beta")} == {"Hugging Face backend"}
     assert sections["learning_rate_multiplier"] == "OpenAI backend"
-    for name in ("backend", "method", "precision"):  # enums are dropdowns; each choice reads as words
+    for name in ("backend", "method", "precision", "objective"):  # enums are dropdowns; each choice reads as words
         schema = finetune.get_param(name).schema
         assert schema["enum"] and set(schema["values_display"]) == {v for v in schema["enum"] if v is not None}
 

@@ -7,9 +7,11 @@ steps run on workers that share no disk. Each is safe to retry: see the notes on
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +58,10 @@ def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, dataset)
     refuse_pre_erasure(datasets, version)
+    if isinstance(backend, HuggingFaceBackend) and backend.objective == "dpo":  # no pairs: fail before any work
+        from ftops.training.preference import resolve_objective
+
+        resolve_objective(backend.objective, len(datasets.read_preference(version)), backend.dpo.min_pairs, version.tag)
     return version.tag
 
 
@@ -96,6 +102,14 @@ def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
 def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
     """Fine-tune a candidate on a dataset version and log it as an MLflow run.
 
+    ``objective`` (``training.backend.objective``) picks SFT on the train split (each row repeated by its
+    target's source weight, ``training.source_weights``), DPO on the version's preference pairs from the base
+    model, or SFT then DPO from the SFT model (SFT alone when the version has no pairs); the run and the model
+    version are tagged with the objective that ran, and DPO adds metrics ``dpo_reward_margin``,
+    ``dpo_reward_accuracy``, ``dpo_first_loss``, ``dpo_final_loss``, ``dpo_pairs``, ``dpo_steps`` (and
+    ``dpo_loss``/``dpo_reward_margin`` by step). The weights are logged as SFT's are, so the candidate is
+    evaluated, registered and gated the same way.
+
     The run gets params (with ``train_examples`` and ``validation_examples`` after the validation split, and
     ``validation`` saying why there is none), the dataset input, progress metrics as training goes
     (``train_loss``, ``tokens_per_s``, ``eta_s``, ``learning_rate``, ``max_steps`` by step: ``ftops status``
@@ -106,12 +120,14 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
 
     Retry-safe: a finished run with the same run key is returned instead of training again; an unfinished
     one (the worker crashed or was killed) is continued, and training resumes from the newest checkpoint in
-    :func:`checkpoint_dir`. Checkpoints are deleted once the run has its model.
+    :func:`checkpoint_dir`. Checkpoints are deleted once the run has its model. (The DPO phase keeps no
+    checkpoint: a retry trains it again.)
     """
     import mlflow
 
-    from ftops.training.data import split_validation
+    from ftops.training.data import repeat_by_source, split_validation
     from ftops.training.hf import Evaluation, Progress, fine_tune, remove_checkpoints
+    from ftops.training.preference import DpoProgress, resolve_objective, train_preference
 
     backend = _hf_backend(cfg)
     base_model = check_base_model(backend.base_model)
@@ -122,10 +138,15 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     if existing:
         log.info("Run key %s already trained as MLflow run %s: reusing it", run_key, existing)
         return {"run_id": existing, "dataset_version": version.tag}
-    train = datasets.read(version, "train")
-    if len(train) < cfg.training.min_train_examples:
+    pairs = datasets.read_preference(version) if backend.objective != "sft" else []
+    objective = resolve_objective(backend.objective, len(pairs), backend.dpo.min_pairs, version.tag)
+    train: list[Mapping[str, Any]] = list(datasets.read(version, "train")) if objective != "dpo" else []
+    if objective != "dpo" and len(train) < cfg.training.min_train_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples "
                          f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip
+    if train:
+        sources = (datasets.read_metadata(version).get("sources") or {}).get("train")
+        train = repeat_by_source(train, sources, cfg.training.source_weights)
 
     def log_progress(p: Progress) -> None:
         mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
@@ -135,32 +156,50 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     def log_evaluation(e: Evaluation) -> None:
         mlflow.log_metrics({"eval_loss": e.eval_loss, "eval_epoch": e.epoch}, step=e.step)
 
+    def log_dpo(p: DpoProgress) -> None:
+        mlflow.log_metrics({"dpo_loss": p.loss, "dpo_reward_margin": p.reward_margin,
+                            "dpo_reward_accuracy": p.reward_accuracy, "eta_s": p.eta_s}, step=p.step)  # fmt: skip
+
     checkpoints = checkpoint_dir(cfg, task_type, run_key)
     weights = "adapter" if backend.method == "lora" else "full_model"
-    lineage = {"backend": backend.kind, "base_model": backend.base_model, "ftops.weights": weights}
+    lineage = {"backend": backend.kind, "base_model": backend.base_model, "ftops.weights": weights,
+               "objective": objective}  # fmt: skip
     split = split_validation(train, backend.validation_share)  # from the train split only: test is the gate's
-    params = backend.model_dump(mode="json") | {"train_examples": len(split.train),
+    params = backend.model_dump(mode="json") | {"train_examples": len(split.train), "preference_pairs": len(pairs),
                                                 "validation_examples": len(split.validation)}  # fmt: skip
-    if split.note:
+    params["dpo"] = json.dumps(params["dpo"], sort_keys=True)
+    if split.note and objective != "dpo":
         params["validation"] = f"off: {split.note}"
     with tempfile.TemporaryDirectory() as tmp, candidate_run(
         task_type, run_key, version, datasets.url, run_name=f"{task_type}-{version.tag.rsplit('/', 1)[-1]}",
         tags=lineage, params=params,
     ) as (run, _):
-        result = fine_tune(base_model, split.train, Path(tmp) / weights, backend, validation_rows=split.validation,
-                           checkpoint_dir=checkpoints, on_progress=log_progress, on_evaluate=log_evaluation)  # fmt: skip
-        mlflow.log_metrics({
-            "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
-            "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
-            "train_resumed_from_step": result.resumed_from_step,
-        })  # fmt: skip
-        mlflow.set_tags({"padding_free": str(result.padding_free), "precision": result.precision})
-        if result.best_checkpoint:
-            _log_best(result)
-        mlflow.log_artifacts(str(result.output_dir), weights)
-        mlflow.set_tag("ftops.model_id", _log_transformers_model(base_model, result.output_dir, backend.method))
+        output, final_loss = None, math.nan
+        if objective != "dpo":
+            result = fine_tune(base_model, split.train, Path(tmp) / "sft", backend, validation_rows=split.validation,
+                               checkpoint_dir=checkpoints, on_progress=log_progress, on_evaluate=log_evaluation)  # fmt: skip
+            mlflow.log_metrics({
+                "train_first_loss": result.first_loss, "train_final_loss": result.final_loss,
+                "train_seconds": result.seconds, "train_tokens": result.train_tokens, "train_steps": result.steps,
+                "train_resumed_from_step": result.resumed_from_step,
+            })  # fmt: skip
+            mlflow.set_tags({"padding_free": str(result.padding_free), "precision": result.precision})
+            if result.best_checkpoint:
+                _log_best(result)
+            output, final_loss = result.output_dir, result.final_loss
+        if objective != "sft":
+            dpo = train_preference(base_model, pairs, Path(tmp) / "dpo", backend, start_from=output,
+                                   on_progress=log_dpo)  # fmt: skip
+            mlflow.log_metrics({"dpo_first_loss": dpo.first_loss, "dpo_final_loss": dpo.final_loss,
+                                "dpo_reward_margin": dpo.reward_margin, "dpo_reward_accuracy": dpo.reward_accuracy,
+                                "dpo_pairs": dpo.pairs, "dpo_steps": dpo.steps, "dpo_seconds": dpo.seconds})  # fmt: skip
+            output, final_loss = dpo.output_dir, dpo.final_loss
+        assert output is not None  # one phase at least ran
+        mlflow.log_artifacts(str(output), weights)
+        mlflow.set_tag("ftops.model_id", _log_transformers_model(base_model, output, backend.method))
     remove_checkpoints(checkpoints)
-    return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": result.final_loss}
+    return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": final_loss,
+            "objective": objective}  # fmt: skip
 
 
 def _log_best(result: TrainResult) -> None:
@@ -254,6 +293,7 @@ def register_candidate(task_type: str, run_id: str, evaluation: dict[str, Any]) 
         "content_hash": run.data.tags["content_hash"],
         "backend": run.data.tags["backend"],
         "base_model": run.data.tags["base_model"],
+        "objective": run.data.tags.get("objective", "sft"),  # runs from before DPO trained with SFT
         "baseline": evaluation["baseline"],
         "decision": gate["decision"],
         "reason": "; ".join(gate["reasons"]),

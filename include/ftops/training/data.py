@@ -137,3 +137,37 @@ def tokenized_dataset(
 def as_examples(batch: Sequence[Mapping[str, Any]]) -> list[EncodedExample]:
     """Dataset items (dicts) as the encoded examples the collators take."""
     return [EncodedExample(list(b["input_ids"]), list(b["labels"]), int(b["prompt_len"])) for b in batch]
+
+
+def repeat_by_source(
+    rows: Sequence[Mapping[str, Any]], sources: Sequence[str] | None, weights: Mapping[Any, int]
+) -> list[Mapping[str, Any]]:
+    """Each training row repeated by the weight of its target's source (``served``, ``correction``, ``teacher``).
+
+    Weights are integers, so a weight is an exact number of copies (a correction at 3 trains three times as
+    often as a served answer at 1). Copies share their prompt, so a validation split by prompt hash puts them
+    all on the same side.
+
+    Args:
+        rows: A dataset version's train split.
+        sources: Its metadata's ``sources.train``, aligned with ``rows``; ``None`` (older versions): all served.
+        weights: ``training.source_weights``; a source missing there weighs 1.
+
+    Returns:
+        The rows, each followed by its extra copies.
+
+    Raises:
+        TrainingError: ``sources`` does not have one entry per row.
+    """
+    if sources is None:
+        sources = ["served"] * len(rows)
+    if len(sources) != len(rows):
+        raise TrainingError(f"metadata sources.train has {len(sources)} entries for {len(rows)} train rows")
+    out: list[Mapping[str, Any]] = []
+    counts: dict[str, int] = {}
+    for row, source in zip(rows, sources, strict=True):
+        out.extend([row] * weights.get(source, 1))
+        counts[source] = counts.get(source, 0) + 1
+    logger.info("Source weights: %s -> %d training rows from %d",
+                ", ".join(f"{n} {s} x{weights.get(s, 1)}" for s, n in sorted(counts.items())), len(out), len(rows))  # fmt: skip
+    return out

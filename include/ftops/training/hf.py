@@ -154,9 +154,10 @@ def _make_trainer_class() -> type:
     return _CheckedTrainer
 
 
-def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
+def lora_config(base: Any, params: HuggingFaceBackend) -> Any:
+    """The :class:`peft.LoraConfig` of ``params`` for this model (SFT and DPO adapt the same layers)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
     modules = {name.rsplit(".", 1)[-1]: module for name, module in base.named_modules()}
@@ -168,7 +169,7 @@ def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
             raise TrainingError(f"lora_target_modules {missing} are not in the model; its linear layers: {linear}")
     else:
         targets = [name for name in LORA_TARGET_MODULES if name in modules]
-    lora = LoraConfig(
+    return LoraConfig(
         r=params.lora_r,
         lora_alpha=params.lora_alpha,
         lora_dropout=params.lora_dropout,
@@ -178,7 +179,6 @@ def _with_lora(base: Any, params: HuggingFaceBackend) -> Any:
         fan_in_fan_out=any(isinstance(modules[name], Conv1D) for name in targets),
         modules_to_save=[name for name in LORA_MODULES_TO_SAVE if name in modules] or None,
     )
-    return get_peft_model(base, lora)
 
 
 def fine_tune(
@@ -220,6 +220,7 @@ def fine_tune(
         TrainingOutOfMemoryError: The device ran out of memory.
     """
     import torch
+    from peft import get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -253,7 +254,7 @@ def fine_tune(
     base = AutoModelForCausalLM.from_pretrained(base_model)
     padding_free = use_padding_free(params.padding_free, base, len(tokenizer))
     base.config.use_cache = False  # training needs no cache, and packed sequences are only found without one
-    model = _with_lora(base, params) if params.method == "lora" else base
+    model = get_peft_model(base, lora_config(base, params)) if params.method == "lora" else base
     reply_logits = supports_reply_logits(model, len(tokenizer))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -11,10 +11,11 @@ _TRAINING_PARAMS: dict[str, dict[str, str | None]] = {
     "huggingface": {"base_model": "base_model", "method": "method", "epochs": "epochs",
                     "learning_rate": "learning_rate", "batch_size": "batch_size", "lora_r": "lora_r",
                     "lora_alpha": "lora_alpha", "max_seq_len": "max_seq_len", "precision": "precision",
-                    "learning_rate_multiplier": None},
+                    "objective": "objective", "dpo_beta": "dpo.beta", "learning_rate_multiplier": None},
     "openai": {"base_model": "base_model", "method": None, "epochs": "n_epochs", "learning_rate": None,
                "batch_size": "batch_size", "lora_r": None, "lora_alpha": None, "max_seq_len": None,
-               "precision": None, "learning_rate_multiplier": "learning_rate_multiplier"},
+               "precision": None, "objective": None, "dpo_beta": None,
+               "learning_rate_multiplier": "learning_rate_multiplier"},
 }  # fmt: skip
 
 
