@@ -164,7 +164,8 @@ def ftops_finetune():
             return submit_candidate(client, cfg, task_type, params["dataset_version"], run_key=run_key)
         from ftops.pipeline.finetune import train_candidate as train
 
-        return train(cfg, task_type, params["dataset_version"], run_key=run_key)
+        return train(cfg, task_type, params["dataset_version"], run_key=run_key,
+                     engine=warehouse_engine(cfg.warehouse_conn_id), decision_key=params["decision_key"])
 
     @task(pool=TRAINING_POOL)
     def evaluate_candidate(config: dict, trained: dict, params: dict | None = None) -> dict:

@@ -22,7 +22,7 @@ from ftops_dev.simulate import _REFUSALS, clean_chat_rows, generate_interactions
 from ftops_dev.task_types import reference_response
 
 from ftops.core.config import DpoConfig, FtopsConfig, HuggingFaceBackend, apply_overrides
-from ftops.training.data import TrainingError, repeat_by_source
+from ftops.training.data import MAX_CLUSTER_COPIES, TrainingError, oversample_cluster, repeat_by_source
 from ftops.training.params import training_overrides
 from ftops.training.preference import resolve_objective
 
@@ -65,6 +65,19 @@ def test_source_weights_repeat_each_row_by_its_source() -> None:
         repeat_by_source(rows, ["served"] * 3, weights)
     assert FtopsConfig().training.source_weights == weights
 
+
+
+def test_an_error_pattern_fine_tune_trains_its_cluster_to_the_configured_share() -> None:
+    rows = [{"i": i} for i in range(100)]
+    ids, sources = [f"r{i}" for i in range(100)], ["served"] * 98 + ["correction", "teacher"]
+    out, out_sources, inside = oversample_cluster(rows, sources, ids, ["r98", "r99", "gone"], 0.2)
+    assert inside == 2 and len(out) == len(out_sources or []) == 100 + 2 * 12  # 2k/(98+2k) >= 0.2 -> k = 13
+    assert sum(r["i"] >= 98 for r in out) / len(out) >= 0.2 > sum(r["i"] >= 98 for r in out[:-2]) / len(out)
+    assert (out_sources or [])[100:] == ["correction"] * 12 + ["teacher"] * 12  # sources stay aligned for the weights
+    capped, _, _ = oversample_cluster(rows, None, ids, ["r0"], 0.9)
+    assert len(capped) == 100 + MAX_CLUSTER_COPIES - 1
+    assert oversample_cluster(rows, None, None, ["r0"], 0.2)[0] == rows  # no lineage: nothing to find
+    assert oversample_cluster(rows, None, ids, ["nowhere"], 0.2)[2] == 0
 
 def test_objective_is_a_per_run_choice_and_dpo_needs_pairs() -> None:
     base = FtopsConfig()

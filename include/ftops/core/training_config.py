@@ -123,4 +123,10 @@ class TrainingConfig(_Strict):
         "a version without it is all served); integers, so a weight is an exact count of copies. A source left "
         "out weighs 1.",
     )
+    cluster_share: float = Field(
+        0.2, ge=0.0, lt=1.0,
+        description="A fine-tune the governor started for an error pattern repeats the train rows of that failure "
+        "cluster (corrected or relabelled prompts the governor recorded) until they are at least this share of the "
+        "training rows (at most 20 copies each); 0 turns it off.",
+    )  # fmt: skip
     queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$", description="Airflow queue of every ftops_finetune task (CeleryExecutor: the workers with the accelerator listen on it, `airflow celery worker --queues`); read when the DAG is parsed; empty: [operators] default_queue.")

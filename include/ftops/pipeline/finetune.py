@@ -25,6 +25,8 @@ from ftops.pipeline.yardstick import evalset_figure_tag, yardstick_tags
 from ftops.registry import models as registry
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from ftops.training.hf import TrainResult
 
 
@@ -99,7 +101,10 @@ def checkpoint_dir(cfg: FtopsConfig, task_type: str, run_key: str) -> Path:
     return contained_path(cfg.storage.checkpoint_root(), check_task_type(task_type), key_digest(run_key))
 
 
-def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str) -> dict[str, Any]:
+def train_candidate(
+    cfg: FtopsConfig, task_type: str, dataset: str | None, *, run_key: str, engine: sa.Engine | None = None,
+    decision_key: str | None = None,
+) -> dict[str, Any]:
     """Fine-tune a candidate on a dataset version and log it as an MLflow run.
 
     ``objective`` (``training.backend.objective``) picks SFT on the train split (each row repeated by its
@@ -122,10 +127,15 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     one (the worker crashed or was killed) is continued, and training resumes from the newest checkpoint in
     :func:`checkpoint_dir`. Checkpoints are deleted once the run has its model. (The DPO phase keeps no
     checkpoint: a retry trains it again.)
+
+    A fine-tune the governor started for an error pattern (``decision_key`` of its decision, ``engine`` the
+    warehouse) trains the failure cluster's rows more often: at least ``training.cluster_share`` of the SFT rows
+    (:func:`ftops.training.data.oversample_cluster`; param ``cluster_train_rows``).
     """
     import mlflow
 
-    from ftops.training.data import repeat_by_source, split_validation
+    from ftops.pipeline.slices import triggering_pattern
+    from ftops.training.data import oversample_cluster, repeat_by_source, split_validation
     from ftops.training.hf import Evaluation, Progress, fine_tune, remove_checkpoints
     from ftops.training.preference import DpoProgress, resolve_objective, train_preference
 
@@ -144,8 +154,14 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
     if objective != "dpo" and len(train) < cfg.training.min_train_examples:
         raise ValueError(f"{version.tag} has only {len(train)} training examples "
                          f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip
+    cluster_rows = 0
     if train:
-        sources = (datasets.read_metadata(version).get("sources") or {}).get("train")
+        metadata = datasets.read_metadata(version)
+        sources = (metadata.get("sources") or {}).get("train")
+        pattern = triggering_pattern(engine, decision_key) if engine is not None and decision_key else None
+        if pattern is not None:
+            train, sources, cluster_rows = oversample_cluster(train, sources, (metadata.get("lineage") or {}).get(
+                "train"), pattern.row_ids, cfg.training.cluster_share)  # fmt: skip
         train = repeat_by_source(train, sources, cfg.training.source_weights)
 
     def log_progress(p: Progress) -> None:
@@ -166,7 +182,7 @@ def train_candidate(cfg: FtopsConfig, task_type: str, dataset: str | None, *, ru
                "objective": objective}  # fmt: skip
     split = split_validation(train, backend.validation_share)  # from the train split only: test is the gate's
     params = backend.model_dump(mode="json") | {"train_examples": len(split.train), "preference_pairs": len(pairs),
-                                                "validation_examples": len(split.validation)}  # fmt: skip
+                                                "validation_examples": len(split.validation), "cluster_train_rows": cluster_rows}  # fmt: skip
     params["dpo"] = json.dumps(params["dpo"], sort_keys=True)
     if split.note and objective != "dpo":
         params["validation"] = f"off: {split.note}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,45 @@ def tokenized_dataset(
 def as_examples(batch: Sequence[Mapping[str, Any]]) -> list[EncodedExample]:
     """Dataset items (dicts) as the encoded examples the collators take."""
     return [EncodedExample(list(b["input_ids"]), list(b["labels"]), int(b["prompt_len"])) for b in batch]
+
+
+MAX_CLUSTER_COPIES = 20  # a cluster of 5 rows in 5 000 must not become 200 copies of the same 5 answers
+
+
+def oversample_cluster(
+    rows: Sequence[Mapping[str, Any]], sources: Sequence[str] | None, row_ids: Sequence[str] | None,
+    cluster_ids: Sequence[str], share: float,
+) -> tuple[list[Mapping[str, Any]], list[str] | None, int]:
+    """Repeat the train rows of a failure cluster until they are at least ``share`` of the rows.
+
+    An error-pattern fine-tune is about that cluster: its corrected or relabelled prompts would be a handful among
+    thousands of rows otherwise. Every row of the cluster gets the same number of copies ``k`` (the smallest with
+    ``c·k / (others + c·k) >= share``, at most :data:`MAX_CLUSTER_COPIES`).
+
+    Args:
+        rows: The train split.
+        sources: ``sources.train`` aligned with ``rows`` (None: all served); repeated with the rows.
+        row_ids: ``lineage.train``: the log row id behind each row (None: the version has no lineage).
+        cluster_ids: The cluster's log row ids, as the governor recorded them.
+        share: ``training.cluster_share``.
+
+    Returns:
+        (rows, sources, how many distinct cluster rows the train split holds).
+    """
+    wanted = {str(i) for i in cluster_ids}
+    if row_ids is None or len(row_ids) != len(rows) or not wanted or share <= 0:
+        return list(rows), None if sources is None else list(sources), 0
+    inside = [i for i, rid in enumerate(row_ids) if str(rid) in wanted]
+    if not inside:
+        return list(rows), None if sources is None else list(sources), 0
+    others = len(rows) - len(inside)
+    copies = min(MAX_CLUSTER_COPIES, max(1, math.ceil(share * others / (len(inside) * (1 - share)))))
+    extra = [i for i in inside for _ in range(copies - 1)]
+    out_rows = [*rows, *(rows[i] for i in extra)]
+    out_sources = None if sources is None else [*sources, *(sources[i] for i in extra)]
+    logger.info("Failure cluster: %d of %d train rows are its prompts, each trained %d times (%.0f%% of %d rows)",
+                len(inside), len(rows), copies, 100 * len(inside) * copies / len(out_rows), len(out_rows))  # fmt: skip
+    return out_rows, out_sources, len(inside)
 
 
 def repeat_by_source(
