@@ -100,6 +100,10 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
             return problem
     if len(row["prompt"]) > cfg.max_prompt_chars:
         return "prompt_too_long"
+    correction = row.get("correction")  # optional; blank means none
+    if not is_missing(correction) and (not isinstance(correction, str) or correction.strip()):
+        if problem := _text_problem(correction, "correction"):
+            return problem
     if "timestamp" in row:
         stamp = as_utc(row["timestamp"]) if not is_missing(row["timestamp"]) else None
         if stamp is None:
@@ -193,7 +197,8 @@ def rating_bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg
     for i in indices:
         row = records[i]
         stamp = as_utc(row.get("timestamp"))
-        if stamp is not None and user_key(row.get("user_id")) and float(row["user_feedback"]) >= 5:
+        rating = row.get("user_feedback")  # a corrected row may have none
+        if stamp is not None and user_key(row.get("user_id")) and not is_missing(rating) and float(rating) >= 5:
             by_user[str(row["user_id"])].append((stamp, i))
     flagged: set[int] = set()
     for stamps in by_user.values():
@@ -207,11 +212,18 @@ def rating_bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg
     return flagged
 
 
-def quality_key(row: dict[str, Any]) -> tuple[float, float, float, str]:
+# Order of trust of a candidate's target (ftops.curation.targets.SOURCES): a correction first, the model's own last.
+_TRUST = {"correction": 0, "teacher": 1}
+
+
+def quality_key(row: dict[str, Any]) -> tuple[int, float, float, float, str]:
+    """Sort key of candidates, best first: the target's source by trust, then rating, confidence, latency, id."""
     confidence: Any = row.get("confidence")
     latency: Any = row.get("latency_ms")
+    rating: Any = row.get("user_feedback")
     return (
-        -float(row["user_feedback"]),
+        _TRUST.get(row.get("source") or "served", 2),
+        -(0.0 if is_missing(rating) else float(rating)),
         -(0.0 if is_missing(confidence) else float(confidence)),
         0.0 if is_missing(latency) else float(latency),
         str(row["row_id"]),
