@@ -13,6 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+# The key under which a staged curation result's metadata carries its preference pairs until they are published
+# (as the version's preference.jsonl, never in its metadata.json): ftops.pipeline.curate.
+STAGED_PAIRS = "staged_preference"
+
 
 def source_counts(sources: dict[str, list[str]]) -> dict[str, dict[str, int]]:
     """Examples per split and target source, from row-by-row ``sources`` (``{"train": [...], "test": [...]}``)."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig
+from ftops.curation.curated import STAGED_PAIRS
 from ftops.pipeline.common import dataset_registry
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-# The key under which a staged result's metadata carries its preference pairs until they are published (as the
-# version's preference.jsonl, never in its metadata.json).
-STAGED_PAIRS = "staged_preference"
 
 
 def task_types_to_curate(engine: sa.Engine, cfg: FtopsConfig, chosen: Sequence[str] = ()) -> list[str]:

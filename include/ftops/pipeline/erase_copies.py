@@ -296,8 +296,7 @@ def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[s
     Raises:
         RuntimeError: Rows must go but the staged lineage does not match the staged dataset.
     """
-    from ftops.curation.curated import source_counts
-    from ftops.pipeline.curate import STAGED_PAIRS
+    from ftops.curation.curated import STAGED_PAIRS, source_counts
     from ftops.warehouse.erasure import erased_ids
 
     metadata = staged.get("metadata") or {}
