@@ -197,7 +197,7 @@ def rating_bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg
     for i in indices:
         row = records[i]
         stamp = as_utc(row.get("timestamp"))
-        rating = row.get("user_feedback")  # a corrected row may have none
+        rating: Any = row.get("user_feedback")  # a corrected row may have none
         if stamp is not None and user_key(row.get("user_id")) and not is_missing(rating) and float(rating) >= 5:
             by_user[str(row["user_id"])].append((stamp, i))
     flagged: set[int] = set()

@@ -110,7 +110,7 @@ def candidate_of(row: dict[str, Any], index: int, target: Target) -> tuple[dict[
         return None, counts
     for t in texts:
         counts.update(t.counts)
-    rating = row.get("user_feedback")
+    rating: Any = row.get("user_feedback")
     return {
         "row_id": str(row["id"]), "index": index, "task_type": row.get("task_type"), "prompt": texts[0].text,
         "response": texts[1].text, "user_key": user_key(row.get("user_id")),
