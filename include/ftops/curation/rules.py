@@ -142,6 +142,23 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
     return None
 
 
+def answer_problem(text: str, cfg: CurationConfig) -> str | None:
+    """Why ``text`` cannot be a training target (``not_text``, ``too_short``, ``too_long``, ``error_text``), or
+    None: the rules that apply to every answer, served or not."""
+    if "\x00" in text or "\ufffd" in text:
+        return "not_text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return "not_text"
+    if len(text) < cfg.min_response_chars:
+        return "too_short"
+    if len(text) > cfg.max_response_chars:
+        return "too_long"
+    lowered = text.lower()
+    return "error_text" if any(marker in lowered for marker in cfg.error_markers) else None
+
+
 def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     rating: Any = row.get("user_feedback")
     if is_missing(rating):
@@ -153,14 +170,9 @@ def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     verdict = row.get("task_success")
     if not is_missing(verdict) and not bool(verdict):  # the client said the answer did not do its job
         return "task_failed"
-    response: str = row["response"]
-    if len(response) < cfg.min_response_chars:
-        return "response_too_short"
-    if len(response) > cfg.max_response_chars:
-        return "response_too_long"
-    lowered = response.lower()
-    if any(marker in lowered for marker in cfg.error_markers):
-        return "error_text"
+    problem = answer_problem(row["response"], cfg)
+    if problem:
+        return "error_text" if problem == "error_text" else f"response_{problem}"
     latency: Any = row.get("latency_ms")
     if not is_missing(latency) and float(latency) > cfg.max_latency_ms:
         return "too_slow"

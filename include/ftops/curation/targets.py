@@ -19,7 +19,15 @@ from datetime import datetime
 from typing import Any
 
 from ftops.core.config import CurationConfig
-from ftops.curation.rules import as_utc, filter_reason, is_missing, malformed_reason, normalise_text, user_key
+from ftops.curation.rules import (
+    answer_problem,
+    as_utc,
+    filter_reason,
+    is_missing,
+    malformed_reason,
+    normalise_text,
+    user_key,
+)
 from ftops.curation.scrub import scrub
 
 # Target sources, most trusted first; ``served`` is the model's own answer.
@@ -37,26 +45,10 @@ class Target:
     rejected: str | None = None  # the served answer it replaces when that differs: a preference pair's rejected
 
 
-def answer_problem(text: str, cfg: CurationConfig) -> str | None:
-    """Why ``text`` cannot be a training target (``too_short``, ``too_long``, ``error_text``, ``not_text``), or None."""
-    if "\x00" in text or "\ufffd" in text:
-        return "not_text"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not_text"
-    if len(text) < cfg.min_response_chars:
-        return "too_short"
-    if len(text) > cfg.max_response_chars:
-        return "too_long"
-    lowered = text.lower()
-    return "error_text" if any(marker in lowered for marker in cfg.error_markers) else None
-
-
 def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str]) -> tuple[Target | None, str | None]:
     """The row's training target in order of trust, or None and the reason it is filtered.
 
-    A correction or teacher answer that fails :func:`answer_problem` is counted in ``rejections`` and the next
+    A correction or teacher answer that fails :func:`~ftops.curation.rules.answer_problem` is counted in ``rejections`` and the next
     source is tried; a row without a usable target is filtered with the served answer's reason (``low_rating``,
     ``failed_call``, …), or, when it carried a better answer that the answer rules rejected, with the first such
     rejection (``correction_too_short``: why a corrected row still did not become an example).
