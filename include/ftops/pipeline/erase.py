@@ -8,7 +8,8 @@ is idempotent, and each finds its work from the stores, not from an earlier step
    reads them (curation, the governor's error patterns), and publishing drops any that a curation run in
    flight staged before the mark (:func:`ftops.pipeline.erase_copies.drop_erased`);
 2. for every task type whose latest dataset version holds the user's examples, publish a successor version
-   without them (its metadata names the parent and the request; its lineage lacks the user's rows);
+   without them (its metadata names the parent and the request; its lineage lacks the user's rows) and
+   without their preference pairs (by ``row_id``; the other users' pairs are kept);
 3. tag every registered model version trained on a dataset version that held them ``ftops.erasure_pending``,
    so that the governor's ``erasure`` policy retrains on the successor;
 4. delete the user's rows from the tables FT-Ops owns: the curated pool and the quarantine;
