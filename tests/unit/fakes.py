@@ -68,7 +68,8 @@ def fresh_warehouse(kind: str, tmp_path: Path, postgres_url: str | None = None) 
     schema = f"ftops_test_{uuid.uuid4().hex[:10]}"
     with sa.create_engine(postgres_url).begin() as conn:
         conn.exec_driver_sql(f"create schema {schema}")
-    engine = sa.create_engine(postgres_url, connect_args={"options": f"-csearch_path={schema}"})
+    # in the URL, not connect_args: the Arrow (ADBC) log reader opens its own connection from the URL
+    engine = sa.create_engine(sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"}))
     ensure_schema(engine)
     yield engine
     engine.dispose()

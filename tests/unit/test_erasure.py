@@ -17,11 +17,11 @@ from typing import Any
 import mlflow
 import pytest
 import sqlalchemy as sa
-from fakes import HashEmbedder, erasure_config
+from fakes import HashEmbedder, erasure_config, row
 from ftops_dev.simulate import generate_interactions
 
 from ftops.core.config import FtopsConfig
-from ftops.curation.rules import user_key
+from ftops.curation.rules import split_of, user_key
 from ftops.curation.scrub import scrub
 from ftops.datasets.versions import SPLITS
 from ftops.pipeline.common import dataset_registry
@@ -328,3 +328,51 @@ def test_a_text_timestamp_column_counts_only_the_erased_rows_of_the_window(tmp_p
     frame, erased = read_log_window(engine, "sentiment", table="texty", since=datetime(2026, 10, 12, tzinfo=UTC),
                                     until=datetime(2026, 10, 20, tzinfo=UTC))  # fmt: skip
     assert sorted(frame["id"]) == ["r2", "r4", "r5"] and erased == 1  # r3 in the window; r0 before it
+
+
+def test_a_users_corrections_and_preference_pairs_go_and_the_others_stay(engine, tmp_path: Path) -> None:
+    task_type = f"sentiment_p{engine.dialect.name[:2]}{uuid.uuid4().hex[:4]}"
+    cfg = erasure_config(tmp_path)
+    right = "Sentiment: negative. The reviewer regrets the purchase and asks for a refund of the order."
+    train = [i for i in range(100, 400) if split_of(row(i)["prompt"], cfg.curation.test_split) == "train"]
+
+    def corrected(i: int, user: str, at: datetime = NOW - timedelta(hours=2)) -> dict[str, Any]:
+        return row(i, task_type=task_type, user_id=user, user_feedback=1, correction=f"{right} ({user} {i})",
+                   response="Sentiment: positive. The reviewer loved the product and would buy it again.",
+                   timestamp=at)  # fmt: skip
+
+    ensure_schema(engine)
+    insert_interactions(engine, [row(i, task_type=task_type, timestamp=NOW - timedelta(hours=3)) for i in range(40)]
+                        + [corrected(i, "alice") for i in train[:2]] + [corrected(i, "bob") for i in train[2:4]])
+    first = _curate_all(engine, cfg, [task_type], "night-1")[task_type]
+    datasets = dataset_registry(cfg)
+    pairs = datasets.read_preference(datasets.latest(task_type))
+    assert first["status"] == "versioned" and sorted(p["chosen"].split("(")[1][:3] for p in pairs) == [
+        "ali", "ali", "bob", "bob"]  # fmt: skip
+    # a third correction of alice's is curated (staged) but not yet published when she is erased
+    insert_interactions(engine, [corrected(train[4], "alice", NOW + timedelta(minutes=30))])
+    staged = curate_window(engine, cfg, task_type, run_key="night-3", now=NOW + timedelta(hours=1),
+                           embedder=HashEmbedder())  # fmt: skip
+    assert staged["preference_pairs"] == 5 and staged["staged"]  # the pool's four and the new one
+
+    summary = erase_user(engine, cfg, "alice")
+    successor = datasets.latest(task_type)
+    assert summary["successor_versions"] == {task_type: successor.tag}
+    kept = datasets.read_preference(successor)
+    assert sorted(p["row_id"] for p in kept) == [f"r{i}" for i in sorted(train[2:4])]
+    assert "alice" not in json.dumps(kept) and all(p["source"] == "correction" for p in kept)
+    meta = datasets.read_metadata(successor)
+    assert meta["erasure"]["preference_removed"] == 2 and meta["preference_rows"] == 2
+    assert meta["source_counts"]["train"]["correction"] == 2
+    assert [len(meta["sources"][s]) for s in SPLITS] == [meta["train_rows"], meta["test_rows"]]
+    # the staged run lost her pair at once; publishing it brings none of hers back
+    assert [p["row_id"] for p in read_staged(engine, "night-3", task_type)["metadata"]["staged_preference"]
+            if p["row_id"] == f"r{train[4]}"] == []  # fmt: skip
+    publish_window(engine, cfg, task_type, run_key="night-3")
+    assert "alice" not in json.dumps(datasets.read_preference(datasets.latest(task_type)))
+    # her corrections went with her log rows: re-reading all history never re-admits them
+    again = curate_window(engine, cfg, task_type, run_key="rerun", now=NOW + timedelta(hours=2),
+                          since=NOW - timedelta(days=400), embedder=HashEmbedder())  # fmt: skip
+    assert again["accounting"]["filtered:erased"] == 3 and again["accepted_sources"]["source:correction"] == 2
+    publish_window(engine, cfg, task_type, run_key="rerun")
+    assert "alice" not in json.dumps(datasets.read_preference(datasets.latest(task_type)))

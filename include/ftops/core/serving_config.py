@@ -45,6 +45,10 @@ class ServingConfig(BaseModel):
         "holds a body open gives its connection back.",
     )
     max_user_chars: int = Field(256, ge=1, le=1000, description="Longest `user` field a request may carry (stored as `<key id>/<user>` when keys are on).")
+    max_correction_chars: int = Field(
+        5000, ge=1, le=100_000, description="Longest `correction` a `/v1/feedback` body may carry (422 past it); "
+        "5000 = curation's default max_response_chars, the longest answer a training target may be.",
+    )
     alias_ttl_s: float = Field(5, ge=0, description="Seconds the registry's aliases are cached by the router.")
     max_negative_routings: int = Field(
         1024, ge=1, description="Model names without a champion (any name a client sends) remembered for "

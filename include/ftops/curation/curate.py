@@ -10,10 +10,14 @@ quarantine malformed rows → quality filters (incl. bursts of top ratings from 
 index when pool and target both exceed ``ann_min_pool``) → stable hash split → leakage guard against every
 published version (FAISS, :mod:`ftops.curation.leakage`).
 
+Each row's target is its correction, else a teacher's answer, else its served answer when the row passes the
+good-row rules (:mod:`ftops.curation.targets`); each example records its source.
+
 Quality order, used wherever one of several candidates must win (exact duplicates, the user cap, and the
-greedy diversity selection): rating (high first), then confidence (high first), then latency (low first),
-then row id, so that of two near duplicates the better-rated, more confident, faster answer is kept, and
-the order never depends on the order rows were read in.
+greedy diversity selection): the target's source by trust (correction, teacher, served), then rating (high
+first), then confidence (high first), then latency (low first), then row id, so that of two near duplicates
+the better-rated, more confident, faster answer is kept, and the order never depends on the order rows were
+read in.
 """
 
 from __future__ import annotations
@@ -23,24 +27,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import CurationConfig
-from ftops.curation.rules import (
-    as_utc,
-    duplicate_ids,
-    filter_reason,
-    is_missing,
-    malformed_reason,
-    quality_key,
-    rating_bursts,
-    split_of,
-    text_hash,
-    user_key,
-)
+from ftops.curation.curated import Curated, to_example
+from ftops.curation.rules import duplicate_ids, is_missing, quality_key, rating_bursts, split_of, text_hash, user_key
 from ftops.curation.scrub import scrub
+from ftops.curation.targets import assign_targets, candidate_of
 from ftops.warehouse.schema import REQUIRED_COLUMNS
 
 if TYPE_CHECKING:
@@ -51,49 +45,9 @@ if TYPE_CHECKING:
     from ftops.curation.embedding import Embedder, EmbeddingCache
 
 
+__all__ = ["Curated", "curate_frame", "examples_of", "quarantine_all", "summarise_accounting", "to_example"]
 log = logging.getLogger(__name__)
 _QUARANTINE_TEXT_CHARS = 4000  # quarantined text is kept (scrubbed) up to this length, for a person to look at
-
-
-@dataclass
-class Curated:
-    """The result of curating one task type's batch."""
-
-    train: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    rows_read: int
-    accounting: Counter[str] = field(default_factory=Counter)  # "accepted", "filtered:<rule>", "quarantined:<why>"
-    reasons: list[str | None] = field(default_factory=list)  # quarantine reason per row read, in order
-    quarantined: list[dict[str, Any]] = field(default_factory=list)
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # this batch's survivors, for the pool
-    # row-level lineage: the log row id behind each example, in the splits' order
-    lineage: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "test": []})
-    # the model version that served each example's response (its reference), in the same order; None: unknown
-    served_by: dict[str, list[str | None]] = field(default_factory=lambda: {"train": [], "test": []})
-    scrubbed: Counter[str] = field(default_factory=Counter)
-    capped_users: Counter[str] = field(default_factory=Counter)  # user key -> candidates dropped by the cap
-    burst_users: list[str] = field(default_factory=list)  # user keys with a burst of top ratings
-    embedded_new: int = 0
-    pool_size: int = 0  # candidates considered: earlier runs' and this batch's
-    from_earlier_runs: int = 0  # selected examples that came from earlier runs' candidates
-    diversity_score: float = 0.0
-    max_cross_split_similarity: float = 0.0  # highest cosine between a test and a train prompt
-    max_user_share: float = 0.0
-    selection_index: str = "exact"  # "exact" (numpy blocks) or "ivf" (pool and target above ann_min_pool)
-    ann_recall: float | None = None  # the approximate path's near-duplicate recall against exact, measured
-    leakage: dict[str, Any] = field(default_factory=dict)  # the leakage guard's report (LeakageReport.as_dict)
-    evalset_excluded: int = 0  # training examples left out because they ask an eval-set question
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
-
-    def lap(self, phase: str, since: float) -> float:
-        """Add the time since ``since`` to ``phase``; returns now."""
-        now = time.perf_counter()
-        self.timings[phase] = round(self.timings.get(phase, 0.0) + now - since, 3)
-        return now
-
-    def balanced(self) -> bool:
-        """True when accepted + filtered + quarantined equals the rows read."""
-        return sum(self.accounting.values()) == self.rows_read
 
 
 def _quarantine_copy(row: dict[str, Any]) -> dict[str, Any]:
@@ -229,11 +183,6 @@ def _exclude_evalset(
     return [i for i, _ in kept], [s for _, s in kept]
 
 
-def to_example(prompt: str, response: str) -> dict[str, Any]:
-    """A chat-format training example (the OpenAI fine-tuning JSONL shape)."""
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
-
-
 def curate_frame(
     frame: pd.DataFrame,
     cfg: CurationConfig,
@@ -273,12 +222,8 @@ def curate_frame(
     records: list[dict[str, Any]] = frame.to_dict("records")
     result = Curated(train=[], test=[], rows_read=len(records), reasons=[None] * len(records))
     outcome: dict[int, str] = duplicate_ids(records)  # row index -> accounting key, for rows not accepted
-
-    for i, row in enumerate(records):
-        if i not in outcome and (reason := malformed_reason(row, cfg, future_after)):
-            outcome[i] = f"quarantined:{reason}"
-        elif i not in outcome and (reason := filter_reason(row, cfg)):
-            outcome[i] = f"filtered:{reason}"
+    # each row's target (correction, teacher answer or served answer: ftops.curation.targets), or its outcome
+    targets = assign_targets(records, outcome, cfg, future_after, result.target_rejections)
     passed = [i for i in range(len(records)) if i not in outcome]
     burst_rows = rating_bursts(records, passed, cfg)
     result.burst_users = sorted({k for i in burst_rows if (k := user_key(records[i].get("user_id")))})
@@ -289,22 +234,12 @@ def curate_frame(
     for i in passed:
         if i in burst_rows:
             continue
-        row = records[i]
-        prompt, response = scrub(row["prompt"]), scrub(row["response"])
-        if prompt.unsafe or response.unsafe:
+        candidate, counts = candidate_of(records[i], i, targets[i])
+        if candidate is None:
             outcome[i] = "quarantined:unremovable_secret"
             continue
-        result.scrubbed.update(prompt.counts)
-        result.scrubbed.update(response.counts)
-        fresh.append({
-            "row_id": str(row["id"]), "index": i, "task_type": row.get("task_type"), "prompt": prompt.text,
-            "response": response.text, "user_key": user_key(row.get("user_id")),
-            "user_feedback": float(row["user_feedback"]),
-            "confidence": None if is_missing(row.get("confidence")) else float(row["confidence"]),
-            "latency_ms": None if is_missing(row.get("latency_ms")) else float(row["latency_ms"]),
-            "timestamp": as_utc(row.get("timestamp")),
-            "model_version": None if is_missing(row.get("model_version")) else str(row["model_version"]),
-        })  # fmt: skip
+        result.scrubbed.update(counts)
+        fresh.append(candidate)
     for i, key in outcome.items():
         if key.startswith("quarantined:"):
             reason = key.split(":", 1)[1]
@@ -379,9 +314,7 @@ def curate_frame(
     users: Counter[str] = Counter()
     for i, split in zip(selected, splits, strict=True):
         cand = unique[i]
-        (result.test if split == "test" else result.train).append(to_example(cand["prompt"], cand["response"]))
-        result.lineage[split].append(cand["row_id"])
-        result.served_by[split].append(cand.get("model_version"))
+        result.add_example(cand, split)
         if cand["index"] is None:
             result.from_earlier_runs += 1
         if cand["user_key"] is not None:
@@ -390,11 +323,15 @@ def curate_frame(
     result.accounting.update(outcome.values())
     result.accounting["accepted"] += len(selected) - result.from_earlier_runs
     log.info(
-        "Curated %d rows: %d accepted; dataset %d examples (%d train, %d test, %d from earlier runs); %s",
-        result.rows_read, len(selected) - result.from_earlier_runs, len(selected), len(result.train),
-        len(result.test), result.from_earlier_runs,
+        "Curated %d rows: %d accepted (%s); dataset %d examples (%d train, %d test, %d from earlier runs, targets "
+        "%s, %d preference pairs); %s", result.rows_read, len(selected) - result.from_earlier_runs,
+        ", ".join(f"{k}={v}" for k, v in sorted(result.accepted_sources.items())) or "none", len(selected),
+        len(result.train), len(result.test), result.from_earlier_runs, result.source_counts(), len(result.preference),
         ", ".join(f"{k}={v}" for k, v in sorted(result.accounting.items()) if k != "accepted") or "nothing dropped",
     )  # fmt: skip
+    if result.target_rejections:
+        log.warning("Corrections or teacher answers that failed the answer rules (the row fell back to its served "
+                    "answer or was filtered): %s", dict(sorted(result.target_rejections.items())))  # fmt: skip
     if result.capped_users:
         log.warning("User cap (%.0f %% of a dataset) left out %d candidates of %d users", 100 * cfg.max_user_share,
                     sum(result.capped_users.values()), len(result.capped_users))  # fmt: skip

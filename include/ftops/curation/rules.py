@@ -100,6 +100,10 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
             return problem
     if len(row["prompt"]) > cfg.max_prompt_chars:
         return "prompt_too_long"
+    correction = row.get("correction")  # optional; blank means none
+    if not is_missing(correction) and (not isinstance(correction, str) or correction.strip()):
+        if problem := _text_problem(correction, "correction"):
+            return problem
     if "timestamp" in row:
         stamp = as_utc(row["timestamp"]) if not is_missing(row["timestamp"]) else None
         if stamp is None:
@@ -138,6 +142,23 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
     return None
 
 
+def answer_problem(text: str, cfg: CurationConfig) -> str | None:
+    """Why ``text`` cannot be a training target (``not_text``, ``too_short``, ``too_long``, ``error_text``), or
+    None: the rules that apply to every answer, served or not."""
+    if "\x00" in text or "\ufffd" in text:
+        return "not_text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return "not_text"
+    if len(text) < cfg.min_response_chars:
+        return "too_short"
+    if len(text) > cfg.max_response_chars:
+        return "too_long"
+    lowered = text.lower()
+    return "error_text" if any(marker in lowered for marker in cfg.error_markers) else None
+
+
 def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     rating: Any = row.get("user_feedback")
     if is_missing(rating):
@@ -149,28 +170,12 @@ def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
     verdict = row.get("task_success")
     if not is_missing(verdict) and not bool(verdict):  # the client said the answer did not do its job
         return "task_failed"
-    reason = response_reason(row["response"], cfg)
-    if reason:
-        return reason
+    problem = answer_problem(row["response"], cfg)
+    if problem:
+        return "error_text" if problem == "error_text" else f"response_{problem}"
     latency: Any = row.get("latency_ms")
     if not is_missing(latency) and float(latency) > cfg.max_latency_ms:
         return "too_slow"
-    return None
-
-
-def response_reason(response: str, cfg: CurationConfig) -> str | None:
-    """Why an answer's text is not worth training on (too short or long, error text), or None when it is.
-
-    The text rules of :func:`filter_reason`, also applied to answers that did not come from a log row (a
-    teacher's).
-    """
-    if len(response) < cfg.min_response_chars:
-        return "response_too_short"
-    if len(response) > cfg.max_response_chars:
-        return "response_too_long"
-    lowered = response.lower()
-    if any(marker in lowered for marker in cfg.error_markers):
-        return "error_text"
     return None
 
 
@@ -204,7 +209,8 @@ def rating_bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg
     for i in indices:
         row = records[i]
         stamp = as_utc(row.get("timestamp"))
-        if stamp is not None and user_key(row.get("user_id")) and float(row["user_feedback"]) >= 5:
+        rating: Any = row.get("user_feedback")  # a corrected row may have none
+        if stamp is not None and user_key(row.get("user_id")) and not is_missing(rating) and float(rating) >= 5:
             by_user[str(row["user_id"])].append((stamp, i))
     flagged: set[int] = set()
     for stamps in by_user.values():
@@ -218,11 +224,18 @@ def rating_bursts(records: Sequence[dict[str, Any]], indices: Sequence[int], cfg
     return flagged
 
 
-def quality_key(row: dict[str, Any]) -> tuple[float, float, float, str]:
+# Order of trust of a candidate's target (ftops.curation.targets.SOURCES): a correction first, the model's own last.
+_TRUST = {"correction": 0, "teacher": 1}
+
+
+def quality_key(row: dict[str, Any]) -> tuple[int, float, float, float, str]:
+    """Sort key of candidates, best first: the target's source by trust, then rating, confidence, latency, id."""
     confidence: Any = row.get("confidence")
     latency: Any = row.get("latency_ms")
+    rating: Any = row.get("user_feedback")
     return (
-        -float(row["user_feedback"]),
+        _TRUST.get(row.get("source") or "served", 2),
+        -(0.0 if is_missing(rating) else float(rating)),
         -(0.0 if is_missing(confidence) else float(confidence)),
         0.0 if is_missing(latency) else float(latency),
         str(row["row_id"]),

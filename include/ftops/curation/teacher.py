@@ -22,7 +22,7 @@ What keeps cost and risk in bounds:
 * **Outage.** A teacher that cannot be reached, answers 5xx/429/4xx or times out (after ``max_retries``) ends the
   run's relabelling with one log line and ``skipped_reason``: no exception reaches curation.
 * **Checks.** An answer is scrubbed, then rejected with a reason when it does not fully match the task type's
-  ``formats`` regex, breaks curation's response rules (:func:`ftops.curation.rules.response_reason`), or loses to
+  ``formats`` regex, breaks curation's response rules (:func:`ftops.curation.rules.answer_problem`), or loses to
   the served answer before the judge (``judge``, given for task types judged by an LLM). Checks run again on
   stored answers each time (a changed rule applies at once); the judge caches its own verdicts.
 
@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from ftops.core.config import CurationConfig, TeacherConfig
-from ftops.curation.rules import is_missing, malformed_reason, response_reason
+from ftops.curation.rules import answer_problem, is_missing, malformed_reason
 from ftops.curation.scrub import find_leaks, scrub
 from ftops.warehouse.teacher_store import ACCEPTED, REJECTED, TeacherStore
 
@@ -327,7 +327,7 @@ def _check(
         elif pattern is not None and re.fullmatch(pattern, text) is None:
             reasons[key] = "format"
         else:
-            reasons[key] = response_reason(answer, curation)
+            reasons[key] = answer_problem(answer, curation)
     judged = [k for k, r in reasons.items() if r is None]
     if judge is not None and judged:
         try:

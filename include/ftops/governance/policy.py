@@ -13,7 +13,8 @@ Policies, in order of precedence:
   and the newest dataset version has something the champion's lacks.
 - ``plateau``: the champion's live task success has not improved over ``plateau_days``, and new data came.
 - ``new_data``: at least ``min_new_examples`` examples in the newest version that the champion's dataset
-  version lacks (examples are counted, not version sizes).
+  version lacks and whose target is not the champion's own served answer (examples are counted, not version
+  sizes; corrections, teacher answers and other versions' answers count).
 
 The data policies (all but ``force``) only fire for a dataset version that no model was trained on yet.
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.config import FtopsConfig
+from ftops.curation.curated import STAGED_PAIRS
 from ftops.pipeline.common import dataset_registry
 
 if TYPE_CHECKING:
@@ -214,6 +215,9 @@ def curate_window(
         "embedded_new": curated.embedded_new,
         "pool_size": curated.pool_size,
         "from_earlier_runs": curated.from_earlier_runs,
+        "accepted_sources": dict(sorted(curated.accepted_sources.items())),  # this batch's accepted, per target source
+        "target_rejections": dict(sorted(curated.target_rejections.items())),
+        "preference_pairs": len(curated.preference),
         "train_rows": len(curated.train),
         "test_rows": len(curated.test),
         "diversity_score": round(curated.diversity_score, 4),
@@ -251,6 +255,9 @@ def curate_window(
         "run_key": run_key,
         "lineage": curated.lineage,  # the log row ids behind each split's examples, in order
         "served_by": curated.served_by,  # who wrote each example's reference (the gate leaves out the incumbent's)
+        "sources": curated.sources,  # where each example's target came from: served | correction | teacher
+        "source_counts": curated.source_counts(),
+        STAGED_PAIRS: curated.preference,  # staged with the metadata; published as the version's preference pairs
         "validation": {"raw": raw_report.as_dict(), "curated": curated_report.as_dict()},
         "config": cfg.curation.model_dump(mode="json"),
     }
@@ -351,7 +358,9 @@ def _publish_window(engine: sa.Engine, cfg: FtopsConfig, task_type: str, *, run_
         contained_path(registry.root, task_type)  # the version's folder stays inside the registry
         train, test = (_rows(staged[split]) for split in ("train_jsonl", "test_jsonl"))
         clock = time.perf_counter()
-        version = registry.publish(task_type, train, test, staged["metadata"])
+        metadata = dict(staged["metadata"])
+        pairs = metadata.pop(STAGED_PAIRS, None) or []
+        version = registry.publish(task_type, train, test, metadata, preference=pairs)
         timings["version"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     upsert_pool(engine, [{**c, "run_key": run_key} for c in staged["candidates"]], table)

@@ -41,7 +41,8 @@ SERIES_BUCKETS = 12
 SERIES_MAX_AGE = timedelta(days=30)
 VERSIONS_SHOWN = 30
 METADATA_KEPT = ("train_rows", "test_rows", "accepted", "accounting", "window", "status", "scrubbed", "capped",
-                 "diversity_score", "max_user_share")  # fmt: skip  # never lineage (row ids) or examples
+                 "diversity_score", "max_user_share", "source_counts", "accepted_sources",
+                 "preference_rows")  # fmt: skip  # never lineage (row ids) or examples
 
 
 def mlflow_ui_url() -> str:

@@ -8,7 +8,8 @@ is idempotent, and each finds its work from the stores, not from an earlier step
    reads them (curation, the governor's error patterns), and publishing drops any that a curation run in
    flight staged before the mark (:func:`ftops.pipeline.erase_copies.drop_erased`);
 2. for every task type whose latest dataset version holds the user's examples, publish a successor version
-   without them (its metadata names the parent and the request; its lineage lacks the user's rows);
+   without them (its metadata names the parent and the request; its lineage lacks the user's rows) and
+   without their preference pairs (by ``row_id``; the other users' pairs are kept);
 3. tag every registered model version trained on a dataset version that held them ``ftops.erasure_pending``,
    so that the governor's ``erasure`` policy retrains on the successor;
 4. delete the user's rows from the tables FT-Ops owns: the curated pool, the quarantine, and the teacher's
@@ -257,7 +258,8 @@ def _erase_from_task_type(
             continue
         held.append(version.tag)
         if version == latest:
-            published = _publish_successor(datasets, version, meta, positions, matched_by, key, request)
+            published = _publish_successor(datasets, version, meta, positions, matched_by, key, request,
+                                           erased=(ids, prompts))  # fmt: skip
             latest, successor = published, published.tag
             latest_meta = datasets.read_metadata(published)
     tagged: list[str] = []
@@ -300,18 +302,34 @@ def _publish_successor(
     matched_by: str,
     key: str,
     request: str,
+    *,
+    erased: tuple[set[str], set[str]],
 ) -> DatasetVersion:
-    """A new latest version of ``parent`` without the examples at ``positions`` (retry-safe: same content)."""
+    """A new latest version of ``parent`` without the examples at ``positions`` and without the preference pairs
+    of the ``erased`` log row ids (for a version without lineage: of the erased scrubbed prompts); the other
+    pairs are kept (retry-safe: same content)."""
+    from ftops.curation.curated import source_counts
+    from ftops.pipeline.erase_copies import PER_ROW
+
     kept = {s: [r for i, r in enumerate(datasets.read(parent, s)) if i not in set(positions[s])] for s in SPLITS}
-    per_row = ("lineage", "served_by")  # lists aligned with the splits' rows
-    metadata = {k: v for k, v in meta.items() if k not in ("content_hash", "train_rows", "test_rows", *per_row)}
+    per_row = ("lineage", *PER_ROW)  # lists aligned with the splits' rows
+    metadata = {k: v for k, v in meta.items()
+                if k not in ("content_hash", "train_rows", "test_rows", "preference_rows", *per_row)}  # fmt: skip
+    ids, prompts = erased
+    parent_pairs = datasets.read_preference(parent)
+    pairs = [p for p in parent_pairs if p.get("row_id") not in ids
+             and (matched_by == "lineage" or _prompt(p) not in prompts)]  # fmt: skip
     metadata |= {"parent": parent.tag, "erasure": {"user_key": key, "request_key": request, "matched_by": matched_by,
-                                                   "removed": {s: len(positions[s]) for s in SPLITS}}}  # fmt: skip
+                                                   "removed": {s: len(positions[s]) for s in SPLITS},
+                                                   "preference_removed": len(parent_pairs) - len(pairs)}}  # fmt: skip
     if matched_by == "lineage":
         for key_ in (k for k in per_row if isinstance(meta.get(k), dict)):
             metadata[key_] = {s: [r for i, r in enumerate(meta[key_][s]) if i not in set(positions[s])]
                               for s in SPLITS}  # fmt: skip
-    version = datasets.publish(parent.task_type, kept["train"], kept["test"], metadata, reuse_older=False)
+        if isinstance(metadata.get("sources"), dict):
+            metadata["source_counts"] = source_counts(metadata["sources"])
+    version = datasets.publish(parent.task_type, kept["train"], kept["test"], metadata, reuse_older=False,
+                               preference=pairs)  # fmt: skip
     log.info("%s: %d train and %d test examples of %s removed from %s: %s", parent.task_type,
              len(positions["train"]), len(positions["test"]), key, parent.tag, version.tag)  # fmt: skip
     return version

@@ -35,6 +35,7 @@ REDACTED_TAG = "ftops.erasure_redacted"  # on MLflow runs whose evaluation outpu
 FILES_DELETED_TAG = "ftops.api_files_deleted"  # on MLflow runs whose uploaded API training files were deleted
 OUTPUTS = "evaluation/outputs.jsonl"
 REDACTED = "[erased]"
+PER_ROW = ("served_by", "sources")  # a version's metadata lists aligned with its splits' rows (besides lineage)
 
 
 def drop_staged(engine: sa.Engine, table: str) -> int:
@@ -295,32 +296,38 @@ def drop_erased(engine: sa.Engine, table: str, staged: dict[str, Any]) -> dict[s
     Raises:
         RuntimeError: Rows must go but the staged lineage does not match the staged dataset.
     """
+    from ftops.curation.curated import STAGED_PAIRS, source_counts
     from ftops.warehouse.erasure import erased_ids
 
     metadata = staged.get("metadata") or {}
     lineage = metadata.get("lineage") or {}
     gone = erased_ids(engine, table, [c["row_id"] for c in staged["candidates"]]
-                      + [i for s in SPLITS for i in lineage.get(s, [])])  # fmt: skip
+                      + [i for s in SPLITS for i in lineage.get(s, [])]
+                      + [str(p.get("row_id")) for p in metadata.get(STAGED_PAIRS) or []])  # fmt: skip
     if not gone:
         return staged
     result = {**staged, "candidates": [c for c in staged["candidates"] if c["row_id"] not in gone]}
     if staged["train_jsonl"] is not None:
-        kept_lineage, served_by = {}, metadata.get("served_by")
-        kept_served: dict[str, list[Any]] = {}
+        kept_lineage: dict[str, list[str]] = {}
+        kept_rows: dict[str, dict[str, list[Any]]] = {k: {} for k in PER_ROW}
         for s in SPLITS:
             lines = [line for line in staged[f"{s}_jsonl"].split("\n") if line.strip()]
             if len(lines) != len(lineage.get(s) or []):
                 raise RuntimeError(f"the staged {s} split has {len(lines)} rows but {len(lineage.get(s) or [])} "
                                    "lineage ids: re-curate the window")  # fmt: skip
-            by = served_by[s] if isinstance(served_by, dict) and len(served_by.get(s) or []) == len(lines) else None
             keep = [k for k, i in enumerate(lineage[s]) if i not in gone]
             result[f"{s}_jsonl"] = "".join(lines[k] + "\n" for k in keep)
             kept_lineage[s] = [lineage[s][k] for k in keep]
-            if by is not None:
-                kept_served[s] = [by[k] for k in keep]
-        result["metadata"] = {**{k: v for k, v in metadata.items() if k != "served_by"}, "lineage": kept_lineage}
-        if len(kept_served) == len(SPLITS):
-            result["metadata"]["served_by"] = kept_served
+            for name in PER_ROW:  # a list that is not aligned with the split is dropped, never misaligned
+                by = metadata.get(name)
+                if isinstance(by, dict) and len(by.get(s) or []) == len(lines):
+                    kept_rows[name][s] = [by[s][k] for k in keep]
+        result["metadata"] = {**{k: v for k, v in metadata.items() if k not in PER_ROW}, "lineage": kept_lineage}
+        result["metadata"] |= {name: rows for name, rows in kept_rows.items() if len(rows) == len(SPLITS)}
+        if isinstance(result["metadata"].get("sources"), dict):
+            result["metadata"]["source_counts"] = source_counts(result["metadata"]["sources"])
+        if STAGED_PAIRS in metadata:  # a preference pair goes with its log row
+            result["metadata"][STAGED_PAIRS] = [p for p in metadata[STAGED_PAIRS] if p.get("row_id") not in gone]
         result["summary"] = {**staged["summary"], "train_rows": len(kept_lineage["train"]),
                              "test_rows": len(kept_lineage["test"]), "erased_before_publishing": len(gone)}  # fmt: skip
     log.warning("%d staged rows were erased since they were curated: left out of what is published", len(gone))

@@ -1,7 +1,8 @@
 """The ``ftops_governor`` step: decide per task type whether to train, and record every decision.
 
 For each task type it gathers the evidence the policies of :mod:`ftops.governance.policy` need (the newest
-dataset version and the champion's, counted example by example; failures since the last training,
+dataset version and the champion's, counted example by example, leaving out the champion's own served
+answers; failures since the last training,
 clustered with FAISS; the champion's live task success over two windows) and what the guards need (earlier
 decisions and how their fine-tunes ended, the canary, the day's API spend), decides, and records the
 decision with every policy's and guard's inputs in ``ftops_decisions``. A task type whose evidence cannot be
@@ -166,7 +167,8 @@ def decide_task_type(
     champion = registry.alias_version(task_type, "champion")
     canary = registry.alias_version(task_type, "canary")
     reference = champion.tags.get("dataset_version") if champion else None
-    new_examples = count_new_examples(datasets, latest, reference)
+    own = served_model_version(task_type, str(champion.version)) if champion else None
+    new_examples = count_new_examples(datasets, latest, reference, champion=own)
     enabled = set(cfg.governor.policies) if evaluate_policies else set()
     gov = cfg.governor
 
@@ -268,9 +270,23 @@ class _History:
         return sum(float(d["details"].get("estimated_usd") or 0) for d in self.sent if d["decided_at"].date() == day)
 
 
-def count_new_examples(datasets: DatasetRegistry, latest: DatasetVersion, reference: str | None) -> int:
-    """Examples (train and test) of ``latest`` that the ``reference`` version (a tag) lacks; all when None."""
-    rows = {_example_key(r) for split in ("train", "test") for r in datasets.read(latest, split)}
+def count_new_examples(
+    datasets: DatasetRegistry, latest: DatasetVersion, reference: str | None, *, champion: str | None = None
+) -> int:
+    """Examples (train and test) of ``latest`` that the ``reference`` version (a tag) lacks; all when None.
+
+    An example whose reference is the champion's own served answer (its ``served_by`` in the version's metadata
+    is ``champion``, the served name ``ftops-<task_type>/<version>``) is not counted: the champion already
+    answers that way, so it teaches nothing new. Corrections, teacher answers (``served_by`` None) and answers
+    other versions served count.
+    """
+    served_by = (datasets.read_metadata(latest).get("served_by") or {}) if champion else {}
+    rows: set[str] = set()
+    for split in ("train", "test"):
+        examples = datasets.read(latest, split)
+        by = served_by.get(split) if isinstance(served_by, dict) else None
+        own = by if isinstance(by, list) and len(by) == len(examples) else [None] * len(examples)
+        rows |= {_example_key(r) for r, writer in zip(examples, own, strict=True) if writer is None or writer != champion}
     if reference is None:
         return len(rows)
     if reference == latest.tag:

@@ -54,6 +54,9 @@ def _dataset_lines(datasets: Any, task_type: str) -> list[str]:
         f"\n[{task_type}] dataset {latest.tag}: {meta['train_rows']} train / {meta['test_rows']} test "
         f"(content {latest.content_hash[:12]}, {len(versions)} version(s))",
         "  accounting of its run: " + (", ".join(f"{k}={v}" for k, v in accounting.items()) or "none"),
+        "  targets by source: " + (", ".join(f"{split} {counts}" for split, counts in
+                                            (meta.get("source_counts") or {}).items()) or "not recorded")
+        + f"; {meta.get('preference_rows', 0)} preference pairs",
         f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
         f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}",
     ]

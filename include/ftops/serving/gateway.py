@@ -1,7 +1,8 @@
 """``ftops serve``: an OpenAI-compatible gateway over the registry's champions and canaries.
 
 Routes: ``GET /v1/models`` (``ftops/<task_type>`` for each task type with a champion), ``POST
-/v1/chat/completions`` (plain or ``stream: true``), ``POST /v1/feedback`` (``{"id", "rating", "task_success"}``)
+/v1/chat/completions`` (plain or ``stream: true``), ``POST /v1/feedback`` (``{"id", "rating", "task_success",
+"correction"}``)
 and ``GET /healthz``. A completion's ``id`` is the id of its ``interactions`` row, which is spooled durably
 before the answer leaves (see :mod:`ftops.serving.interaction_log`); the header ``x-ftops-model-version``
 names the version that answered. Errors are OpenAI error objects; nothing returns a traceback. With API key
@@ -229,7 +230,8 @@ class Gateway:
         """:func:`ftops.serving.feedback.record_feedback` on this gateway's warehouse (blocking: run in a thread)."""
         from ftops.serving.feedback import record_feedback
 
-        return record_feedback(self.engine, self.table, self.logger, body, key_id, recent=self._recent)
+        return record_feedback(self.engine, self.table, self.logger, body, key_id, recent=self._recent,
+                               max_correction_chars=self.limits.max_correction_chars)  # fmt: skip
 
     # -- listing -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:
@@ -378,7 +380,8 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client)
     limits = Limits(default_max_tokens=cfg.default_max_tokens, max_tokens_limit=cfg.max_tokens_limit,
                     max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars,
-                    max_user_chars=cfg.max_user_chars, max_body_bytes=cfg.max_body_bytes,
+                    max_user_chars=cfg.max_user_chars, max_correction_chars=cfg.max_correction_chars,
+                    max_body_bytes=cfg.max_body_bytes,
                     body_timeout_s=cfg.body_timeout_s, max_tokens_buckets=tuple(sorted(cfg.max_tokens_buckets)))  # fmt: skip
     return Gateway(
         router=Router(cfg.alias_ttl_s, max_negative=cfg.max_negative_routings, salt=routing_salt()),

@@ -51,6 +51,7 @@ class Limits:
     max_messages: int = 64
     max_request_chars: int = 20_000
     max_user_chars: int = 256
+    max_correction_chars: int = 5000  # of a /v1/feedback correction
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout_s: float = 10.0
     max_tokens_buckets: tuple[int, ...] = (16, 32, 64, 128, 256)

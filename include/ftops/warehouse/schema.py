@@ -32,8 +32,9 @@ INTERACTION_COLUMNS = (
     "correction",
 )  # fmt: skip
 # Columns added after the first release: an existing log table gains them in place (nullable, rows kept).
-ADDED_COLUMNS = ("task_success", "key_id", "correction")
-POOL_ADDED_COLUMNS = ("model_version",)  # the curated pool's newer columns, added in place
+ADDED_COLUMNS = ("task_success", "key_id", "correction", "correction_key_id", "corrected_at")
+# the curated pool's newer columns, added in place
+POOL_ADDED_COLUMNS = ("model_version", "source", "rejected")
 
 
 def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
@@ -57,6 +58,8 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
         sa.Column("metadata", sa.Text),
         sa.Column("key_id", sa.Text),  # which API key made the call (a prefix of the key's hash, never the key)
         sa.Column("correction", sa.Text),  # the right answer, from a user or a review tool; raw, scrubbed where used
+        sa.Column("correction_key_id", sa.Text),  # the API key that sent the correction through /v1/feedback
+        sa.Column("corrected_at", sa.DateTime(timezone=True)),  # when /v1/feedback stored it
     )
     quarantine = sa.Table(
         f"{table}_quarantine",
@@ -108,6 +111,9 @@ def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Tab
         sa.Column("timestamp", sa.DateTime(timezone=True)),
         sa.Column("run_key", sa.Text, nullable=False),
         sa.Column("model_version", sa.Text),  # the version whose answer is the response (None: unknown)
+        sa.Column("source", sa.Text),  # where the response (the target) came from: served | correction | teacher
+        # the served answer that a correction or teacher answer replaced (scrubbed): a preference pair's rejected
+        sa.Column("rejected", sa.Text),
     )
     runs = sa.Table(  # keyed by log table too: two projects sharing a warehouse have the same DAG run ids
         "ftops_curation_runs",

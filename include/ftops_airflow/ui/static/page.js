@@ -263,17 +263,26 @@
     return entries.length ? entries.map(([k, v]) => h("div", {}, `${k}: ${v}`)) : "0";
   }
 
+  // Examples per target source (served, correction, teacher) over both splits, and the preference pairs.
+  function sourceList(d) {
+    if (!d.source_counts) return "–";
+    const total = {};
+    Object.values(d.source_counts).forEach((c) => Object.entries(c).forEach(([k, v]) => { total[k] = (total[k] || 0) + v; }));
+    return [countList(total), d.preference_rows ? h("div", {class: "muted"}, `${d.preference_rows} preference pairs`) : null];
+  }
+
   // A validation's own page is named by its suite (validations/<suite>/...); an older version links the index.
   const docsLabel = (path) => path.startsWith("validations/") ? `${path.split("/")[1]} ↗` : "Data Docs ↗";
 
   function datasetsTable(datasets) {
     if (!datasets || !datasets.length) return h("p", {class: "muted"}, "No dataset version yet: ftops_curate publishes them.");
     return h("table", {class: "datasets"},
-      h("tr", {}, ["Version", "Train / test", "Accepted", "Filtered (by rule)", "Quarantined (by reason)", "Validation"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["Version", "Train / test", "Accepted", "Targets (by source)", "Filtered (by rule)", "Quarantined (by reason)", "Validation"].map((c) => h("th", {}, c))),
       datasets.map((d) => h("tr", {"data-dataset": d.tag},
         h("td", {}, h("strong", {}, d.version), h("div", {class: "small muted"}, d.content_hash)),
         h("td", {class: "num"}, `${d.train_rows ?? "–"} / ${d.test_rows ?? "–"}`),
         h("td", {class: "num"}, d.counts ? d.counts.accepted : "–", d.counts ? "" : h("div", {class: "small muted"}, "not recorded")),
+        h("td", {class: "small"}, sourceList(d)),
         h("td", {class: "small"}, countList(d.counts && d.counts.filtered)),
         h("td", {class: "small"}, countList(d.counts && d.counts.quarantined)),
         h("td", {class: "small"}, Object.entries(d.validation || {}).map(([name, r]) => h("div", {},
