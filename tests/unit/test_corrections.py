@@ -137,6 +137,10 @@ def test_targets_follow_trust_and_fall_back_with_every_row_accounted_once() -> N
     assert dict(zip(later.lineage["train"], later.sources["train"], strict=True)) == by_id | {"r9": "served"}
     assert sorted(p["row_id"] for p in later.preference) == ["r1", "r2", "r7"]
     assert later.accepted_sources == Counter({"source:served": 1}) and later.balanced()
+    # switched off (curation.target_sources: []), the same rows train on served answers only: the control run
+    served_only = curate_frame(pd.DataFrame(rows), cfg.model_copy(update={"target_sources": []}), HashEmbedder())
+    assert set(served_only.lineage["train"]) == {"r0", "r4", "r6"} and not served_only.preference
+    assert set(served_only.sources["train"]) == {"served"} and served_only.balanced()
 
 
 def test_an_imported_correction_becomes_a_sourced_example_and_a_preference_pair_of_the_version(

@@ -52,6 +52,12 @@ class CurationConfig(_Strict):
     )
     target_size: int = Field(500, ge=1, description="Most examples selected into one dataset version.")
     leakage_threshold: float = Field(0.9, gt=0, le=1, description="Cosine at or above which a prompt leaks across the splits of any two versions.")
+    target_sources: list[Literal["correction", "teacher"]] = Field(
+        ["correction", "teacher"],
+        description="Better answers that may replace a failed or low-rated served answer as a training target (a "
+        "user's or review tool's correction; the teacher's checked answer); served answers of good rows always "
+        "are. [] trains on served answers only (the control of a learning-loop run).",
+    )
     evalset_threshold: float = Field(0.95, gt=0, le=1, description="Cosine at or above which a training example asks an eval-set question (left out of training).")
     ann_min_pool: int = Field(200_000, ge=1, description="Pool and target both above this: the near-duplicate search uses the IVF index.")
     ann_nlist: int = Field(1024, ge=1, description="Buckets (k-means centroids) of the approximate index.")

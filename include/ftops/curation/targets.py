@@ -56,7 +56,7 @@ def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str]
     served_problem = filter_reason(row, cfg)
     first_rejection: str | None = None
     for source in SOURCES[:-1]:
-        text = row.get(TARGET_COLUMNS[source])
+        text = row.get(TARGET_COLUMNS[source]) if source in cfg.target_sources else None
         if is_missing(text) or not isinstance(text, str) or not text.strip():
             continue
         problem = answer_problem(text, cfg)

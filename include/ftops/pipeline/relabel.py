@@ -72,7 +72,7 @@ def relabel_window(
     from ftops.curation.teacher import candidates, relabel
     from ftops.warehouse.teacher_store import TeacherStore
 
-    if not cfg.teacher.enabled or frame.empty:
+    if not cfg.teacher.enabled or "teacher" not in cfg.curation.target_sources or frame.empty:
         frame[TEACHER_COLUMN] = None
         return None
     rows = frame.to_dict("records")
