@@ -59,7 +59,19 @@ def _dataset_lines(datasets: Any, task_type: str) -> list[str]:
         + f"; {meta.get('preference_rows', 0)} preference pairs",
         f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
         f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}",
+        _teacher_line(meta.get("teacher")),
     ]
+
+
+def _teacher_line(teacher: dict[str, Any] | None) -> str:
+    """The run's relabelling: calls, cost, verdicts (counts only)."""
+    if not teacher:
+        return "  teacher: not asked (teacher.enabled is off)"
+    skipped = f"; {teacher['skipped_reason']}" if teacher.get("skipped_reason") else ""
+    rejected = ", ".join(f"{k} {v}" for k, v in (teacher.get("rejected") or {}).items()) or "none"
+    return (f"  teacher: {teacher.get('calls', 0)} calls ({teacher.get('cached', 0)} cached), cost "
+            f"{teacher.get('cost', 0):.4f}; {teacher.get('accepted', 0)} of {teacher.get('candidates', 0)} failed or "
+            f"low-rated prompts relabelled, rejected: {rejected}{skipped}")  # fmt: skip
 
 
 def _model_lines(cfg: FtopsConfig, task_type: str) -> list[str]:
