@@ -35,8 +35,10 @@ from ftops_dev.task_types import (
     review_request,
 )
 
-P_CORRECT_DRIFTED = 0.25
-"""How often the simulated served model answers a drifted prompt right (0.75 on the others)."""
+P_CORRECT_DRIFTED = 0.1
+"""How often the simulated served model answers a drifted prompt right (0.75 on the others). A champion trained
+before the drift scores 0.000 on the new cities of the eval set (benchmarks/measure_learning.py); at 0.25 the
+well-rated right answers alone taught a served-only control enough to pass the shipped gate on 800 calls."""
 
 DRIFT_CITIES: tuple[str, ...] = (
     "Tallinn", "Ljubljana", "Reykjavik", "Tbilisi", "Yerevan", "Windhoek", "Ulaanbaatar", "Kathmandu",

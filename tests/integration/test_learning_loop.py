@@ -90,7 +90,7 @@ def test_corrections_and_the_teacher_make_a_candidate_that_beats_its_champion_an
     drifted = sum(is_drifted(TASK, r["prompt"]) for r in evalset)
     assert 0.2 * len(evalset) <= drifted <= 0.4 * len(evalset)
 
-    insert_interactions(treated, generate_interactions(1500, seed=7, start=T1, task_types=[TASK]))
+    insert_interactions(treated, generate_interactions(1000, seed=7, start=T1, task_types=[TASK]))
     first = _cycle(cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"enabled": False})}),
                    treated, "cycle-1", now=T1)  # fmt: skip
     assert first["report"]["gate"]["decision"] == "deploy", first["report"]["gate"]["reasons"]
@@ -100,7 +100,7 @@ def test_corrections_and_the_teacher_make_a_candidate_that_beats_its_champion_an
     treated.dispose()
     shutil.copy(tmp / "warehouse.db", tmp / "control.db")
     control = sa.create_engine(f"sqlite:///{tmp / 'control.db'}")
-    traffic = generate_interactions(1500, seed=8, start=T2, days=1, task_types=[TASK], drift_share=DRIFT,
+    traffic = generate_interactions(800, seed=8, start=T2, days=1, task_types=[TASK], drift_share=DRIFT,
                                     drift_from_day=1)  # fmt: skip
     assert sum(r["correction"] is not None for r in traffic) > 20
     for engine in (treated, control):

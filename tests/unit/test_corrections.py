@@ -141,6 +141,9 @@ def test_targets_follow_trust_and_fall_back_with_every_row_accounted_once() -> N
     served_only = curate_frame(pd.DataFrame(rows), cfg.model_copy(update={"target_sources": []}), HashEmbedder())
     assert set(served_only.lineage["train"]) == {"r0", "r4", "r6"} and not served_only.preference
     assert set(served_only.sources["train"]) == {"served"} and served_only.balanced()
+    switched_off = curate_frame(pd.DataFrame([row(9)]), cfg.model_copy(update={"target_sources": []}), HashEmbedder(),
+                                earlier=curated.candidates)  # fmt: skip
+    assert set(switched_off.sources["train"]) == {"served"} and not switched_off.preference  # the pool's too
 
 
 def test_an_imported_correction_becomes_a_sourced_example_and_a_preference_pair_of_the_version(

@@ -56,7 +56,8 @@ class CurationConfig(_Strict):
         ["correction", "teacher"],
         description="Better answers that may replace a failed or low-rated served answer as a training target (a "
         "user's or review tool's correction; the teacher's checked answer); served answers of good rows always "
-        "are. [] trains on served answers only (the control of a learning-loop run).",
+        "are. [] trains on served answers only (the control of a learning-loop run); candidates of earlier runs whose "
+        "target came from a source left out are left out too.",
     )
     evalset_threshold: float = Field(0.95, gt=0, le=1, description="Cosine at or above which a training example asks an eval-set question (left out of training).")
     ann_min_pool: int = Field(200_000, ge=1, description="Pool and target both above this: the near-duplicate search uses the IVF index.")

@@ -250,7 +250,9 @@ def curate_frame(
 
     clock = result.lap("scrub", clock)
     batch_ids = {c["row_id"] for c in fresh}
-    pool = [dict(c, index=None) for c in earlier if c["row_id"] not in batch_ids] + fresh
+    allowed = {"served", *cfg.target_sources}  # a source switched off is off for earlier runs' candidates too
+    pool = [dict(c, index=None) for c in earlier
+            if c["row_id"] not in batch_ids and c.get("source", "served") in allowed] + fresh  # fmt: skip
     pool.sort(key=quality_key)
     result.pool_size = len(pool)
 
