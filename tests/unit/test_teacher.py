@@ -235,3 +235,15 @@ def test_the_summary_says_what_the_teacher_cost_and_did() -> None:
     assert "12 calls (3 cached), cost 0.0300" in line and "10 of 15" in line and "format 2" in line
     assert "teacher unreachable: HTTP 500" in _teacher_line({"skipped_reason": "teacher unreachable: HTTP 500"})
     assert "not asked" in _teacher_line(None)
+
+
+def test_the_summary_has_a_line_per_earlier_cycle_with_its_targets_and_teacher() -> None:
+    from ftops.datasets.records import DatasetVersion
+    from ftops.pipeline.summary import _earlier_line
+
+    meta = {"train_rows": 10, "test_rows": 2, "source_counts": {"train": {"correction": 2, "served": 8}},
+            "teacher": {"calls": 5, "cost": 0.01}}  # fmt: skip
+    line = _earlier_line(DatasetVersion("sentiment", 1, "abc"), meta)
+    assert line == ("  earlier dataset/sentiment/v1: 10 train / 2 test; train targets {'correction': 2, 'served': 8}; "
+                    "teacher 5 calls, cost 0.0100")  # fmt: skip
+    assert _earlier_line(DatasetVersion("sentiment", 1, "abc"), {}).endswith("not recorded; teacher not asked")

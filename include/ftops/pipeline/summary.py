@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHOWN_ANSWERS = 3
+SHOWN_EARLIER = 3  # earlier dataset versions, one line each
 SHOWN_METRICS = ("accuracy", "perplexity", "bleu", "rouge_l", "latency_p50_ms")
 
 
@@ -60,7 +61,18 @@ def _dataset_lines(datasets: Any, task_type: str) -> list[str]:
         f"  logs up to {meta.get('window', {}).get('until', '?')}; diversity "
         f"{meta.get('diversity_score', 0):.3f}; scrubbed {meta.get('scrubbed') or 'nothing'}",
         _teacher_line(meta.get("teacher")),
+        *(_earlier_line(v, datasets.read_metadata(v)) for v in reversed(versions[-1 - SHOWN_EARLIER:-1])),
     ]
+
+
+def _earlier_line(version: Any, meta: dict[str, Any]) -> str:
+    """One line per earlier dataset version (a cycle before the latest): its size, targets and teacher."""
+    teacher = meta.get("teacher") or {}
+    asked = (f"teacher {teacher.get('calls', 0)} calls, cost {teacher.get('cost', 0):.4f}" if teacher
+             else "teacher not asked")  # fmt: skip
+    targets = (meta.get("source_counts") or {}).get("train") or "not recorded"
+    return (f"  earlier {version.tag}: {meta.get('train_rows', '?')} train / {meta.get('test_rows', '?')} test; "
+            f"train targets {targets}; {asked}")
 
 
 def _teacher_line(teacher: dict[str, Any] | None) -> str:
