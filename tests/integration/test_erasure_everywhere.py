@@ -1,4 +1,5 @@
-"""Must show 7: erasure reaches every copy FT-Ops made of a user's prompts.
+"""Must show 7: erasure reaches every copy FT-Ops made of a user's prompts (and, since issue 21, of their
+corrections, the teacher's answers to their prompts and the preference pairs made of them).
 
 curate → fine-tune (a tiny real model, evaluated, registered, deployed) → 20 calls from user U through the
 gateway (the first 10 flushed to the warehouse, the last 10 still spooled) → ``ftops erase --purge
@@ -76,6 +77,7 @@ def installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         "gate": {"min_test_examples": 5, "min_accuracy": 0.0, "min_accuracy_gain": -1.0, "bootstrap_resamples": 100,
                  "min_lower_bound_gain": -1.0},
         "serving": {"flush_every_s": 3600},  # the gateway flushes only when told: rows stay spooled
+        "teacher": {"enabled": True, "model": "standin-teacher"},
     })  # fmt: skip
     Path(env["FTOPS_CONFIG"]).write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     logs = airflow / "logs" / "dag_id=ftops_finetune" / "task.log"
@@ -94,6 +96,8 @@ def installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 def test_erasure_leaves_no_copy_of_the_users_prompts(installation: dict) -> None:
     from ftops_dev.simulate import generate_interactions
+    from ftops_dev.teacher_standin import TeacherStandin
+    from openai import OpenAI
     from unit.fakes import HashEmbedder
 
     from ftops.datasets.versions import SPLITS, DatasetNotFoundError
@@ -105,6 +109,7 @@ def test_erasure_leaves_no_copy_of_the_users_prompts(installation: dict) -> None
     from ftops.registry import models as registry
     from ftops.serving.gateway import build_gateway
     from ftops.warehouse.schema import ensure_schema, insert_interactions
+    from ftops.warehouse.teacher_store import TeacherStore
     from tests.serving_support import GatewayServer
 
     cfg, env, roots = installation["cfg"], installation["env"], installation["roots"]
@@ -115,15 +120,26 @@ def test_erasure_leaves_no_copy_of_the_users_prompts(installation: dict) -> None
     good = [r for r in rows if (r["user_feedback"] or 0) >= 4 and r["success"]][:16]
     logged = [{**r, "id": f"u-{i}", "user_id": user, "prompt": f"zqx{token}log{i:02d} {r['prompt']}"}
               for i, r in enumerate(good)]  # fmt: skip
+    for i, r in enumerate(logged[:8]):  # U said some answers were wrong: corrected (pairs), or left to the teacher
+        r.update(user_feedback=1, response=f"zqx{token}bad{i:02d} The city mentioned in the text is Oslo.",
+                 correction=f"zqx{token}cor{i:02d} {r['response']}" if i % 2 else None)  # fmt: skip
     served = [f"zqx{token}srv{i:02d} Which city is mentioned: I live in Lyon." for i in range(20)]
     markers = [p.split()[0] for p in [r["prompt"] for r in logged] + served]
+    markers += [f"zqx{token}{kind}{i:02d}" for i in range(8) for kind in ("bad", "cor") if kind == "bad" or i % 2]
     ensure_schema(engine)
     insert_interactions(engine, rows + logged)
 
-    curate_window(engine, cfg, TASK, run_key="night-1", now=NOW, embedder=HashEmbedder())
+    with TeacherStandin(accuracy=1.0) as teacher:
+        client = OpenAI(base_url=teacher.base_url, api_key="standin", max_retries=0)
+        curate_window(engine, cfg, TASK, run_key="night-1", now=NOW, embedder=HashEmbedder(), teacher_client=lambda: client)
     assert publish_window(engine, cfg, TASK, run_key="night-1")["status"] == "versioned"
     datasets = dataset_registry(cfg)
     before = datasets.latest(TASK)
+    users_ids = [r["id"] for r in logged]
+    taught = TeacherStore(engine, cfg.interactions_table).answers(TASK, users_ids)
+    assert {f"u-{i}" for i in range(0, 8, 2)} <= set(taught)  # U's uncorrected failures: the teacher answered
+    pairs = datasets.read_preference(before)
+    assert any(p["row_id"] in users_ids for p in pairs), pairs  # U's corrected or relabelled rows made pairs
     lineage = datasets.read_metadata(before)["lineage"]
     assert {f"u-{i}" for i in range(len(logged))} & {i for s in SPLITS for i in lineage["test"]}  # U in the test
     published_examples(cfg, TASK)  # what the next curation's leakage guard caches of every version
@@ -146,6 +162,8 @@ def test_erasure_leaves_no_copy_of_the_users_prompts(installation: dict) -> None
         places = " ".join(found)
         assert all(p in places for p in ("spool", "dvc-remote", "evaluation/outputs.jsonl", "cache/published")), found
         assert sum(len(v) for k, v in found.items() if "spool" in k) == 10  # the spooled calls, each once
+        hits = {m for v in found.values() for m in v}
+        assert any(f"{token}cor" in m for m in hits) and any(f"{token}bad" in m for m in hits), hits  # in pairs
 
         erase = [sys.executable, "-m", "ftops.cli", "erase", "--purge", "--user-id-file", "-"]
         first = subprocess.run(erase, input=user + "\n", env=env, capture_output=True, text=True, timeout=300)
@@ -157,6 +175,9 @@ def test_erasure_leaves_no_copy_of_the_users_prompts(installation: dict) -> None
 
     found = _search(roots, markers)
     assert found == {}, found
+    assert TeacherStore(engine, cfg.interactions_table).answers(TASK, users_ids) == {}
+    after = datasets.latest(TASK)
+    assert not any(p["row_id"] in users_ids for p in datasets.read_preference(after))
     task_log = roots[2] / "dag_id=ftops_finetune" / "task.log"
     assert "test prompts" in task_log.read_text()  # the stages' log lines were searched: counts, no prompt
     assert user not in first.stdout + first.stderr and not any(m in first.stderr for m in markers)
