@@ -1,6 +1,6 @@
 """Corrections and the provenance of training targets, on a real warehouse (SQLite, and PostgreSQL where it runs)
-and a real git + DVC dataset registry: ``/v1/feedback`` stores a correction capped, raw like a prompt, with the
-key that sent it and when; an imported or fed-back correction becomes a ``correction``-sourced example, scrubbed;
+and a real git + DVC dataset registry: ``/v1/feedback`` stores a correction capped and scrubbed, with the key
+that sent it and when; an imported or fed-back correction becomes a ``correction``-sourced example, scrubbed;
 a failed or low-rated answer with a better one becomes a preference pair of the published version (train prompts
 only); the version's metadata counts examples per source; the governor's new data leaves out the champion's own
 answers."""
@@ -72,8 +72,9 @@ def test_feedback_stores_a_capped_correction_with_its_key_and_time_and_never_ano
                              max_correction_chars=200)  # fmt: skip
     assert answer["corrected"] and answer["rating"] == 1
     stored = _stored(wh, "r1")
-    # raw in the warehouse, as the prompt is (curation scrubs both where it uses them); what the gateway recorded stays
-    assert stored["correction"] == correction and stored["response"] == WRONG and stored["success"] is True
+    # stored scrubbed (the address replaced as curation replaces it in prompts); what the gateway recorded stays
+    assert stored["correction"] == f"{RIGHT} Mail [EMAIL] for the refund." and EMAIL not in stored["correction"]
+    assert stored["response"] == WRONG and stored["success"] is True
     assert stored["correction_key_id"] == "key-a" and stored["user_feedback"] == 1
     corrected_at = stored["corrected_at"].replace(tzinfo=stored["corrected_at"].tzinfo or UTC)
     assert before - timedelta(seconds=5) <= corrected_at <= datetime.now(UTC) + timedelta(seconds=5)
@@ -82,7 +83,8 @@ def test_feedback_stores_a_capped_correction_with_its_key_and_time_and_never_ano
                       ({"id": "r1", "correction": "nul \x00 byte"}, "NUL"),
                       ({"id": "r1", "correction": "lone \ud800 surrogate"}, "surrogate"),
                       ({"id": "r1", "correction": 5}, "non-empty text"),
-                      ({"id": "r1", "correction": "   "}, "non-empty text")]:  # fmt: skip
+                      ({"id": "r1", "correction": "   "}, "non-empty text"),
+                      ({"id": "r1", "correction": "key -----BEGIN RSA PRIVATE KEY-----\nMIIEabc"}, "cannot be removed")]:  # fmt: skip
         with pytest.raises(ApiError) as bad:
             record_feedback(wh, "interactions", logger, body, "key-a", max_correction_chars=200)
         assert bad.value.status == 422 and why in bad.value.message and bad.value.param == "correction"
@@ -93,7 +95,7 @@ def test_feedback_stores_a_capped_correction_with_its_key_and_time_and_never_ano
     with pytest.raises(ApiError) as unknown:
         record_feedback(wh, "interactions", logger, {"id": "nope", "correction": RIGHT}, "key-a")
     assert unknown.value.status == 404 and unknown.value.message == other.value.message
-    assert _stored(wh, "r2")["correction"] is None and _stored(wh, "r1")["correction"] == correction
+    assert _stored(wh, "r2")["correction"] is None and EMAIL not in _stored(wh, "r1")["correction"]
     assert not [r for r in caplog.records if EMAIL in r.getMessage() or RIGHT in r.getMessage()]
 
     # where it is used, it is scrubbed: curation makes the correction the target, without the address

@@ -6,9 +6,10 @@ job) goes to ``task_success`` (``success`` in a feedback body is read as ``task_
 Feedback is taken only with the API key that made the call (the row's ``key_id``); another key's call id gets
 the same 404 as an unknown id, so a key learns nothing of other keys' calls.
 
-A ``correction`` (the right answer, text up to ``serving.max_correction_chars``) is stored raw beside the row,
-as the prompt is (curation scrubs both where it uses them), with the key that sent it (``correction_key_id``)
-and when (``corrected_at``); a later correction replaces an earlier one. Its text is never logged.
+A ``correction`` (the right answer, text up to ``serving.max_correction_chars``) is scrubbed (PII and secrets
+replaced by typed placeholders, as curation scrubs prompts; one holding a secret that cannot be removed is
+refused) and stored beside the row with the key that sent it (``correction_key_id``) and when
+(``corrected_at``); a later correction replaces an earlier one. Its text is never logged.
 """
 
 from __future__ import annotations
@@ -107,7 +108,13 @@ def _correction(value: Any, cap: int) -> str | None:
         check_text("correction", value)
     except ValueError as exc:  # names the field and the position, never the text
         raise ApiError(422, str(exc), code="invalid_value", param="correction") from None
-    return value
+    from ftops.curation.scrub import scrub
+
+    scrubbed = scrub(value)
+    if scrubbed.unsafe:
+        raise ApiError(422, "correction holds a secret that cannot be removed safely (an unterminated private key "
+                       "block): send it without", code="invalid_value", param="correction")  # fmt: skip
+    return scrubbed.text
 
 
 def _store(engine: sa.Engine, table: str, call_id: str, key_id: str | None, values: dict[str, Any]) -> bool:
