@@ -207,6 +207,17 @@ def test_the_fine_tune_finds_its_cluster_through_the_governors_decision(governed
     assert slice_metrics(report) == {"slice_fixed_rate": 0.8, "slice_fixed_rate_champion": 0.2}
     assert describe_slice(report) == (f"failure slice {recorded['cluster']}: fixed 0.800 (4/5) vs champion 0.200 "
                                       "(1/5); 14 prompts, 5 with corrections")  # fmt: skip
+    # the fine-tune trains the cluster's rows (by lineage) to training.cluster_share of its rows, sources weighted
+    from ftops.pipeline.finetune import sft_rows
+
+    train = [{"k": k} for k in range(50)]
+    metadata = {"lineage": {"train": ["f0", "f3", *(f"x{k}" for k in range(48))]},
+                "sources": {"train": ["correction", "teacher", *["served"] * 48]}}  # fmt: skip
+    rows, inside = sft_rows(cfg, train, metadata, governed, conf["decision_key"])
+    share = sum(r["k"] < 2 for r in rows) / len(rows)
+    assert inside == 2 and share >= cfg.training.cluster_share and len(rows) > len(train)
+    plain, none_inside = sft_rows(cfg, train, metadata, governed, None)  # not an error-pattern run
+    assert none_inside == 0 and len(plain) == 48 + 3 + 2  # source weights only: correction x3, teacher x2
     # a decision by another policy, a run started by hand, a decision the warehouse does not hold
     assert read_decisions(governed, decision_key=conf["decision_key"])[0]["run_id"] == decision["finetune_run_id"]
     forced = govern(governed, apply_overrides(cfg, {"governor.policies": []}), [TASK], run_key="gov-2",

@@ -134,8 +134,7 @@ def train_candidate(
     """
     import mlflow
 
-    from ftops.pipeline.slices import triggering_pattern
-    from ftops.training.data import oversample_cluster, repeat_by_source, split_validation
+    from ftops.training.data import split_validation
     from ftops.training.hf import Evaluation, Progress, fine_tune, remove_checkpoints
     from ftops.training.preference import DpoProgress, resolve_objective, train_preference
 
@@ -156,13 +155,7 @@ def train_candidate(
                          f"(training.min_train_examples is {cfg.training.min_train_examples})")  # fmt: skip
     cluster_rows = 0
     if train:
-        metadata = datasets.read_metadata(version)
-        sources = (metadata.get("sources") or {}).get("train")
-        pattern = triggering_pattern(engine, decision_key) if engine is not None and decision_key else None
-        if pattern is not None:
-            train, sources, cluster_rows = oversample_cluster(train, sources, (metadata.get("lineage") or {}).get(
-                "train"), pattern.row_ids, cfg.training.cluster_share)  # fmt: skip
-        train = repeat_by_source(train, sources, cfg.training.source_weights)
+        train, cluster_rows = sft_rows(cfg, train, datasets.read_metadata(version), engine, decision_key)
 
     def log_progress(p: Progress) -> None:
         mlflow.log_metrics({"train_loss": p.loss, "tokens_per_s": p.tokens_per_s, "eta_s": p.eta_s,
@@ -216,6 +209,28 @@ def train_candidate(
     remove_checkpoints(checkpoints)
     return {"run_id": run.info.run_id, "dataset_version": version.tag, "final_loss": final_loss,
             "objective": objective}  # fmt: skip
+
+
+def sft_rows(
+    cfg: FtopsConfig, train: list[Mapping[str, Any]], metadata: Mapping[str, Any], engine: sa.Engine | None,
+    decision_key: str | None,
+) -> tuple[list[Mapping[str, Any]], int]:
+    """A run's SFT rows: the train split with its failure cluster's rows repeated to ``training.cluster_share``
+    (a fine-tune the governor started for an error pattern), then every row repeated by its target's source weight.
+
+    Returns:
+        (rows, how many distinct rows of the failure cluster the train split holds).
+    """
+    from ftops.pipeline.slices import triggering_pattern
+    from ftops.training.data import oversample_cluster, repeat_by_source
+
+    sources = (metadata.get("sources") or {}).get("train")
+    pattern = triggering_pattern(engine, decision_key) if engine is not None and decision_key else None
+    cluster_rows = 0
+    if pattern is not None:
+        train, sources, cluster_rows = oversample_cluster(train, sources, (metadata.get("lineage") or {}).get("train"),
+                                                          pattern.row_ids, cfg.training.cluster_share)  # fmt: skip
+    return repeat_by_source(train, sources, cfg.training.source_weights), cluster_rows
 
 
 def _log_best(result: TrainResult) -> None:
