@@ -17,7 +17,8 @@ ROWS="${FTOPS_DEMO_ROWS:-3000}"
 TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-1200}"         # per cycle
 CANARY_TIMEOUT_S="${FTOPS_DEMO_CANARY_TIMEOUT_S:-600}"
 TRAFFIC="${FTOPS_DEMO_TRAFFIC:-900}"              # calls between the cycles
-DRIFT="${FTOPS_DEMO_DRIFT:-0.3}"                   # share of those calls about new entities (and of the eval sets)
+DRIFT="${FTOPS_DEMO_DRIFT:-0.5}"                   # share of those calls about new entities
+EVAL_DRIFT="${FTOPS_DEMO_EVAL_DRIFT:-0.3}"         # share of the eval sets' rows about them
 CORRECTIONS="${FTOPS_DEMO_CORRECTIONS:-0.15}"      # share of wrong answers a user corrects
 FREE_ROWS="${FTOPS_DEMO_FREE_ROWS:-1000}"          # rows of the free-text task type support_reply (judged)
 JUDGE_PORT="${FTOPS_DEMO_JUDGE_PORT:-8090}"
@@ -42,8 +43,8 @@ step "Simulated production logs ($ROWS rows, seed 0; $FREE_ROWS of the free-text
 ftops simulate --rows "$ROWS" --seed 0
 ftops simulate --rows "$FREE_ROWS" --seed 5 --task-types support_reply
 
-step "Eval sets: the simulator's labelled rows (its known answers; $DRIFT of them about new entities), imported"
-ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --drift-share "$DRIFT" \
+step "Eval sets: the simulator's labelled rows (its known answers; $EVAL_DRIFT of them about new entities), imported"
+ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --drift-share "$EVAL_DRIFT" \
   --task-types sentiment city_extraction unit_conversion support_reply
 for t in sentiment city_extraction unit_conversion support_reply; do
   ftops evalset import "$FTOPS_HOME/evalsets/$t.jsonl" --task-type "$t" > /dev/null
@@ -74,6 +75,12 @@ demo = {
     # something its champion does not know (the drifted entities, from corrections and the teacher's answers).
     "teacher.enabled": True,               # the stand-in teacher answers failed and low-rated calls
     "teacher.model": "ftops-standin-teacher",
+    "teacher.max_rows": 3000,              # both cycles fall on one UTC day (shipped: 200 a day)
+    "teacher.max_cost": 10.0,
+    # Two cycles minutes apart bring a few hundred calls, not a night's traffic: the dataset may grow past the
+    # shipped 500 examples, and 40 new examples (shipped: 100) are enough to train again.
+    "curation.target_size": 1000,
+    "governor.min_new_examples": 40,
     "governor.cooldown_hours": 0,          # cycle 2 comes minutes after cycle 1 (shipped: 24 h between trainings)
     # support_reply is free text: right in many wordings, so the stand-in judge decides its gate, not exact match
     "evaluation.metrics": {"support_reply": "judge"},

@@ -231,8 +231,9 @@ def test_the_summary_says_what_the_teacher_cost_and_did() -> None:
     from ftops.pipeline.summary import _teacher_line
 
     line = _teacher_line({"calls": 12, "cached": 3, "cost": 0.03, "accepted": 10, "candidates": 15,
-                          "rejected": {"format": 2}, "skipped_reason": None})  # fmt: skip
+                          "rejected": {"format": 2}, "skipped_reason": None, "skipped_budget": 4})  # fmt: skip
     assert "12 calls (3 cached), cost 0.0300" in line and "10 of 15" in line and "format 2" in line
+    assert "4 left over budget" in line
     assert "teacher unreachable: HTTP 500" in _teacher_line({"skipped_reason": "teacher unreachable: HTTP 500"})
     assert "not asked" in _teacher_line(None)
 

@@ -83,7 +83,8 @@ def _teacher_line(teacher: dict[str, Any] | None) -> str:
     rejected = ", ".join(f"{k} {v}" for k, v in (teacher.get("rejected") or {}).items()) or "none"
     return (f"  teacher: {teacher.get('calls', 0)} calls ({teacher.get('cached', 0)} cached), cost "
             f"{teacher.get('cost', 0):.4f}; {teacher.get('accepted', 0)} of {teacher.get('candidates', 0)} failed or "
-            f"low-rated prompts relabelled, rejected: {rejected}{skipped}")  # fmt: skip
+            f"low-rated prompts relabelled, {teacher.get('skipped_budget', 0)} left over budget, rejected: "
+            f"{rejected}{skipped}")  # fmt: skip
 
 
 def _model_lines(cfg: FtopsConfig, task_type: str) -> list[str]:
