@@ -123,7 +123,7 @@ def test_corrections_and_the_teacher_make_a_candidate_that_beats_its_champion_an
         print(_line(name, run))
     outputs = [json.loads(line) for line in mlflow.artifacts.load_text(
         f"runs:/{treatment['run_id']}/evaluation/outputs.jsonl").splitlines()]  # fmt: skip
-    for o in [o for o in outputs if is_drifted(TASK, o["prompt"])][:4]:
+    for o in [o for o in outputs if is_drifted(TASK, o["prompt"])][:5]:
         print(f"{o['prompt'][:70]!r}\n  candidate {o['candidate']!r}\n  champion  {o['baseline']!r}")
 
     assert counts["treatment"].get("correction", 0) > 0 and counts["treatment"].get("teacher", 0) > 0
