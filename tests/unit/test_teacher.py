@@ -6,7 +6,9 @@ never leave, error-pattern priority, and curation that publishes with the teache
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,25 @@ def test_the_rows_budget_caps_calls_per_day_and_counts_what_it_skipped(engine, t
     assert later.calls == 0 and later.cached == 3 and later.skipped_budget == 7 and len(teacher.requests) == 3
     tomorrow = _relabel(engine, teacher, rows, cfg, now=NOW + timedelta(days=1))
     assert tomorrow.calls == 3 and tomorrow.skipped_budget == 4 and len(teacher.requests) == 6
+
+
+def test_task_types_relabelled_at_once_share_one_budget(engine) -> None:
+    """Curation maps a task per task type: two relabels running at once must not both spend the day's rows (each
+    reading 'nothing spent yet' before the other's answers were stored spent twice the budget before the fix)."""
+    from ftops_dev.teacher_standin import teacher_reply
+
+    def slow_reply(prompt: str) -> str:
+        time.sleep(0.2)  # both runs are in flight together
+        return teacher_reply(prompt, accuracy=1.0)
+
+    cfg = TeacherConfig(enabled=True, max_rows=6, max_cost=100, concurrency=4)
+    batches = [_failures(10, seed=3), _failures(10, seed=11)]
+    assert not {r["prompt"] for r in batches[0]} & {r["prompt"] for r in batches[1]}
+    with TeacherStandin(answer_for=slow_reply) as standin, ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda rows: _relabel(engine, standin, rows, cfg), batches))
+    assert sum(r.calls for r in results) == len(standin.requests) == 6, [r.calls for r in results]
+    assert sum(r.skipped_budget for r in results) == 20 - 6
+    assert TeacherStore(engine).spent_since(NOW.replace(hour=0))[0] == 6  # no reservation left standing
 
 
 def test_the_money_budget_stops_before_it_would_be_exceeded(sqlite, teacher) -> None:

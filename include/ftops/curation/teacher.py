@@ -222,7 +222,6 @@ def _ask_teacher(
     Returns:
         The keys left out by the budget.
     """
-    calls_today, spent_today = store.spent_since(_day_start(now))
     try:
         teacher = client() if client is not None else None
     except Exception as exc:  # noqa: BLE001 - a missing connection or key must not fail curation
@@ -239,40 +238,17 @@ def _ask_teacher(
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="teacher") as pool:
         while pending and result.skipped_reason is None:
-            wave: list[str] = []
-            rows_left = cfg.max_rows - calls_today - result.calls
-            money_left = cfg.max_cost - spent_today - result.cost
-            for key in pending:  # the most important that fit; a cheaper one further down may still fit
-                worst = worst_cost(cfg, teacher_messages(by_key[key][0].prompt))
-                if len(wave) < rows_left and worst <= money_left:
-                    wave.append(key)
-                    money_left -= worst
+            wave, reservation = _reserve_wave(pending, by_key, cfg, store, now, task_type)
             if not wave:
                 break
-            futures = {pool.submit(_call, teacher, cfg, teacher_messages(by_key[k][0].prompt)): k for k in wave}
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                future.cancel()  # after an outage: no more spending
-            for future in [f for f in futures if f.done() and not f.cancelled()]:
-                key = futures[future]
-                try:
-                    answer, prompt_tokens, completion_tokens = future.result()
-                except _Unavailable as exc:
-                    if result.skipped_reason is None:
-                        result.skipped_reason = f"teacher unreachable: {exc}"
-                    continue
-                if completion_tokens < 0:  # no usage in the response: count the worst case
-                    prompt_tokens, completion_tokens = 0, 0
-                    cost = worst_cost(cfg, teacher_messages(by_key[key][0].prompt))
-                else:
-                    cost = (prompt_tokens * cfg.price_input + completion_tokens * cfg.price_output) / 1_000_000
-                store.save(key=key, task_type=task_type, model=cfg.model, answer=answer, prompt_tokens=prompt_tokens,
-                           completion_tokens=completion_tokens, cost=cost, created_at=now,
-                           row_ids=[c.row_id for c in by_key[key]])  # fmt: skip
-                answers[key] = answer
-                result.calls += 1
-                result.tokens += prompt_tokens + completion_tokens
-                result.cost += cost
+            try:
+                futures = {pool.submit(_call, teacher, cfg, teacher_messages(by_key[k][0].prompt)): k for k in wave}
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    future.cancel()  # after an outage: no more spending
+                _store_wave(futures, by_key, task_type, cfg, store, now, answers, result)
+            finally:
+                store.release(reservation)  # the stored answers count from here on
             pending = [k for k in pending if k not in answers and k not in wave]
             log.info("Teacher %s: %d/%d calls, cost %.4f, %.1f s", cfg.model, result.calls, len(todo), result.cost,
                      time.perf_counter() - started)  # fmt: skip
@@ -281,6 +257,54 @@ def _ask_teacher(
                     "curation goes on", cfg.model, endpoint, result.skipped_reason, result.calls)  # fmt: skip
         return set()
     return set(pending)
+
+
+def _reserve_wave(
+    pending: Sequence[str], by_key: Mapping[str, list[Candidate]], cfg: TeacherConfig, store: TeacherStore,
+    now: datetime, task_type: str,
+) -> tuple[list[str], str]:  # fmt: skip
+    """The next wave: the most important keys whose worst case fits what the day has left, reserved in the store
+    under the ``teacher-budget`` lock (so task types curated at once share one budget). Returns (keys, reservation)."""
+    from ftops.warehouse.locks import warehouse_lock
+
+    with warehouse_lock(store.engine, "teacher-budget", wait_s=120, what=f"the teacher budget of {task_type}"):
+        calls_today, spent_today = store.spent_since(_day_start(now))
+        rows_left, money_left = cfg.max_rows - calls_today, cfg.max_cost - spent_today
+        wave: list[str] = []
+        held = 0.0
+        for key in pending:  # the most important that fit; a cheaper one further down may still fit
+            worst = worst_cost(cfg, teacher_messages(by_key[key][0].prompt))
+            if len(wave) < rows_left and held + worst <= money_left:
+                wave.append(key)
+                held += worst
+        return wave, (store.reserve(len(wave), held, now) if wave else "")
+
+
+def _store_wave(
+    futures: Mapping[Any, str], by_key: Mapping[str, list[Candidate]], task_type: str, cfg: TeacherConfig,
+    store: TeacherStore, now: datetime, answers: dict[str, str], result: RelabelResult,
+) -> None:  # fmt: skip
+    """Store the answered calls of a wave (cost as the usage says, else the worst case) and count them."""
+    for future in [f for f in futures if f.done() and not f.cancelled()]:
+        key = futures[future]
+        try:
+            answer, prompt_tokens, completion_tokens = future.result()
+        except _Unavailable as exc:
+            if result.skipped_reason is None:
+                result.skipped_reason = f"teacher unreachable: {exc}"
+            continue
+        if completion_tokens < 0:  # no usage in the response: count the worst case
+            prompt_tokens, completion_tokens = 0, 0
+            cost = worst_cost(cfg, teacher_messages(by_key[key][0].prompt))
+        else:
+            cost = (prompt_tokens * cfg.price_input + completion_tokens * cfg.price_output) / 1_000_000
+        store.save(key=key, task_type=task_type, model=cfg.model, answer=answer, prompt_tokens=prompt_tokens,
+                   completion_tokens=completion_tokens, cost=cost, created_at=now,
+                   row_ids=[c.row_id for c in by_key[key]])  # fmt: skip
+        answers[key] = answer
+        result.calls += 1
+        result.tokens += prompt_tokens + completion_tokens
+        result.cost += cost
 
 
 def _call(teacher: openai.OpenAI, cfg: TeacherConfig, messages: list[dict[str, str]]) -> tuple[str, int, int]:

@@ -8,6 +8,10 @@ Two tables, created with FT-Ops' other tables (:func:`ftops.warehouse.schema.ens
   the row and makes no call.
 * ``ftops_teacher_rows``: which log rows (per log table) asked that request; several rows with one scrubbed
   prompt share one answer.
+* ``ftops_teacher_reservations``: the budget a wave of calls in flight holds (its calls and worst-case cost),
+  taken under the ``teacher-budget`` lock before the wave is sent and given back once its answers are stored, so
+  task types relabelled at once never spend the same rows twice. A run that dies mid-wave leaves its reservation
+  standing for the rest of that day: the budget errs on the side of spending less.
 
 Erasure (``ftops erase``) deletes the answers of a user's rows, and their links (:func:`delete_for_rows`).
 :class:`TeacherStore` also serves the failure slices' references (``ftops.pipeline.slices.TeacherAnswers``).
@@ -15,6 +19,7 @@ Erasure (``ftops erase``) deletes the answers of a user's rows, and their links 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +52,16 @@ ROWS = sa.Table(
     sa.Column("row_id", sa.Text, nullable=False),
     sa.Column("key", sa.Text, nullable=False, index=True),
     sa.PrimaryKeyConstraint("log_table", "row_id", "key", name="ftops_teacher_rows_pk"),
+)
+
+
+RESERVATIONS = sa.Table(
+    "ftops_teacher_reservations",
+    _MD,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("calls", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),  # worst case
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
 
@@ -90,12 +105,28 @@ class TeacherStore:
         return found
 
     def spent_since(self, since: datetime) -> tuple[int, float]:
-        """(calls, cost) of the answers stored since ``since``: what the budget of that day has spent."""
-        a = ANSWERS.c
+        """(calls, cost) of the answers stored since ``since`` and of the waves in flight (their reservations):
+        what the budget of that day has spent or holds."""
+        a, v = ANSWERS.c, RESERVATIONS.c
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(a.cost), 0.0))
                                .where(a.created_at >= since)).one()  # fmt: skip
-        return int(row[0]), float(row[1])
+            held = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(v.calls), 0),
+                                          sa.func.coalesce(sa.func.sum(v.cost), 0.0)).where(v.created_at >= since)).one()
+        return int(row[0]) + int(held[0]), float(row[1]) + float(held[1])
+
+    def reserve(self, calls: int, cost: float, at: datetime) -> str:
+        """Hold ``calls`` and ``cost`` of the budget of ``at``'s day for a wave in flight; returns the reservation's
+        id (:meth:`release` gives it back). Take it under the ``teacher-budget`` lock, after :meth:`spent_since`."""
+        rid = uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(RESERVATIONS).values(id=rid, calls=calls, cost=cost, created_at=at))
+        return rid
+
+    def release(self, reservation: str) -> None:
+        """Give a wave's reservation back (its answers, stored by :meth:`save`, now count instead)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(RESERVATIONS).where(RESERVATIONS.c.id == reservation))
 
     def save(self, *, key: str, task_type: str, model: str, answer: str, prompt_tokens: int, completion_tokens: int,
              cost: float, created_at: datetime, row_ids: Sequence[str]) -> None:  # fmt: skip
