@@ -73,14 +73,18 @@ class TrafficReport:
 
 
 async def _user_calls(
-    client: openai.AsyncOpenAI, jobs: asyncio.Queue[tuple[str, str, str, str]], report: dict[str, VersionStats],
-    rng: random.Random, max_tokens: int, feedback: bool, corrections: tuple[random.Random, float],
+    client: openai.AsyncOpenAI, jobs: asyncio.Queue[tuple[int, tuple[str, str, str, str]]],
+    report: dict[str, VersionStats], seed: int, max_tokens: int, feedback: bool, correction_share: float,
 ) -> None:  # fmt: skip
     import httpx
     import openai
 
     while not jobs.empty():
-        task_type, user, prompt, reference = jobs.get_nowait()
+        i, (task_type, user, prompt, reference) = jobs.get_nowait()
+        # Each call's rating (and whether its user corrects it) is drawn from a source of its own: which simulated
+        # user happens to take which call depends on timing, so a shared one would rate the same answers
+        # differently under load (and a canary review on them would not be reproducible).
+        rng, typer = random.Random(f"rating/{seed}/{i}"), random.Random(f"corrections/{seed}/{i}")
         started = time.perf_counter()
         try:
             raw = await client.chat.completions.with_raw_response.create(
@@ -110,8 +114,7 @@ async def _user_calls(
         if feedback and rating is not None:
             stats.ratings.append(rating)
             body: dict[str, Any] = {"id": completion.id, "rating": rating}
-            typer, share = corrections  # a source of its own: the ratings stay those of a run without corrections
-            if not correct and typer.random() < share:
+            if not correct and typer.random() < correction_share:  # the ratings stay those of a run without them
                 body["correction"] = reference
             await client.post("/feedback", body=body, cast_to=httpx.Response)
 
@@ -120,14 +123,13 @@ async def _drive(
     client: openai.AsyncOpenAI, calls: Sequence[tuple[str, str, str, str]], concurrency: int, seed: int,
     max_tokens: int, feedback: bool, correction_share: float = 0.0,
 ) -> dict[str, VersionStats]:  # fmt: skip
-    jobs: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue()
-    for call in calls:
-        jobs.put_nowait(call)
+    jobs: asyncio.Queue[tuple[int, tuple[str, str, str, str]]] = asyncio.Queue()
+    for job in enumerate(calls):
+        jobs.put_nowait(job)
     report: dict[str, VersionStats] = defaultdict(VersionStats)
     async with client:
-        await asyncio.gather(*(_user_calls(client, jobs, report, random.Random(seed * 1000 + i), max_tokens, feedback,
-                                           (random.Random(f"corrections/{seed}/{i}"), correction_share))
-                               for i in range(concurrency)))  # fmt: skip
+        await asyncio.gather(*(_user_calls(client, jobs, report, seed, max_tokens, feedback, correction_share)
+                               for _ in range(concurrency)))  # fmt: skip
     return dict(report)
 
 

@@ -108,7 +108,7 @@ def _review_until(loop: dict[str, Any], task_type: str, final: str, timeout_s: f
         shares = {k: v.requests for k, v in report.versions.items()}
         print(f"round {i}: {shares} -> {verdict['action']} ({verdict.get('traffic_percent')}%): {verdict['reason']}")
         verdicts.append(verdict)
-        if verdict["action"] == final or time.monotonic() > deadline:
+        if verdict["action"] in (final, "promote", "rollback", "none") or time.monotonic() > deadline:  # decided
             break
         time.sleep(1)
     return verdicts
@@ -164,8 +164,9 @@ def test_a_canary_that_answers_wrong_is_rolled_back(loop: dict[str, Any]) -> Non
 def test_a_canary_with_too_few_calls_holds(loop: dict[str, Any]) -> None:
     champion, canary = _deploy("loopfew", loop["models"]["good"], loop["models"]["good2"])
     _traffic(loop, "loopfew", 0, calls=8)
-    time.sleep(30)  # older than the whole demo duration: only the sample size holds it
-    verdict = review_canary(loop["engine"], loop["cfg"], "loopfew")
+    cfg = loop["cfg"].model_copy(update={"canary": loop["cfg"].canary.model_copy(update={"duration_hours": 1 / 3600})})
+    time.sleep(1.5)  # older than the whole (1 s) duration: only the sample size holds it
+    verdict = review_canary(loop["engine"], cfg, "loopfew")
     assert verdict["action"] == "hold", verdict
     assert "10" in verdict["reason"]  # names the sample it needs
     assert str(registry.alias_version("loopfew", registry.CANARY).version) == canary
