@@ -17,8 +17,9 @@ def _run_airflow(*args: str, env: dict[str, str] | None = None, timeout: int = 9
                           env={**os.environ, **(env or {})}, timeout=timeout, check=False)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def airflow_db() -> None:
+    """The session's Airflow metadata DB (under its AIRFLOW_HOME), migrated once, with FT-Ops' pools."""
     out = _run_airflow("db", "migrate")
     assert out.returncode == 0, out.stderr[-3000:]
     for pool in ("ftops_training", "ftops_versioning", "ftops_aliases"):
