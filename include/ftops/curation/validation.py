@@ -49,9 +49,8 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-# Importing GX logs ~150 INFO lines (its public-API and metric registries) into every curation task log.
-for _noisy in ("great_expectations._docs_decorators", "great_expectations.expectations.registry"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+for _noisy in ("great_expectations._docs_decorators", "great_expectations.expectations.registry"):  # ~150 INFO lines
+    logging.getLogger(_noisy).setLevel(logging.WARNING)  # on import, in every curation task log
 _SITE = "local_site"
 _STORE_DIR = "gx_store"  # JSON suites and results under docs_dir that the HTML pages are built from
 _INDEX_LIMIT = 100  # newest results linked from index.html (~5 ms each per build); older pages stay on disk

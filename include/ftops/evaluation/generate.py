@@ -271,6 +271,11 @@ def time_single_requests(
     for i in range(len(rows)):
         for k in (i + j for j in range(len(models))):
             k %= len(models)
-            timed = generate_answers(models[k], [prompts[k][i]], batch_size=1, max_new_tokens=max_new_tokens)
+            # one line for the whole sample (below), not a progress line per request
+            timed = generate_answers(models[k], [prompts[k][i]], batch_size=1, max_new_tokens=max_new_tokens,
+                                     progress=False)  # fmt: skip
             latencies[k].append(timed.latencies_ms[0])
-    return [{"latency_p50_ms": percentile(t, 0.5), "latency_p95_ms": percentile(t, 0.95)} for t in latencies]
+    out = [{"latency_p50_ms": percentile(t, 0.5), "latency_p95_ms": percentile(t, 0.95)} for t in latencies]
+    logger.info("Timed %d single requests per model (%d models, interleaved): p50 %s ms", len(rows), len(models),
+                ", ".join(f"{o['latency_p50_ms']:.0f}" for o in out))  # fmt: skip
+    return out
