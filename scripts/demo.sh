@@ -89,7 +89,8 @@ demo = {
     "curation.target_size": 1000,
     "governor.min_new_examples": 40,
     # Validation loss was lowest at epoch 3-6 of 10 in every fine-tune of a 2026-12-07 run: stop 2 epochs after
-    # the best (the kept checkpoint is the same: the lowest validation loss under the same schedule).
+    # the best (~1 min a cycle). Not free: the loss is noisy, and in one run of two sentiment v2 stopped at epoch 4
+    # with its best at 2 (0.639 on the eval set, archived; 0.828 and promoted in the other run).
     "training.backend.early_stopping_patience": 2,
     "governor.cooldown_hours": 0,          # cycle 2 comes minutes after cycle 1 (shipped: 24 h between trainings)
     # The packaged embedding model (all-MiniLM-L6-v2) puts prompts about different new cities in the same templates
