@@ -18,7 +18,7 @@ MLflow server only, and that the deployed model answers; `--report FILE` writes 
 The code (this checkout and its .venv) plays the image every machine runs; the built base model is copied
 into each machine that loads a model, as an image layer would hold it.
 
-    python scripts/e2e_distributed.py [--rows N] [--root DIR] [--keep] [--report FILE] [--base-model DIR] [--target-size N]
+    python scripts/e2e_distributed.py [--rows N] [--root DIR] [--keep] [--report FILE] [--base-model DIR] [--target-size N] [--threads N]
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240)
 class Cluster:
     """The machines' folders, environments and processes; stopped (and its databases dropped) on exit."""
 
-    def __init__(self, root: Path, postgres: str, redis: str, keep: bool, target_size: int | None = None) -> None:
-        self.root, self.postgres, self.keep, self.target_size = root, postgres.rstrip("/"), keep, target_size
+    def __init__(self, root: Path, postgres: str, redis: str, keep: bool, overrides: dict[str, Any] | None = None) -> None:
+        self.root, self.postgres, self.keep, self.overrides = root, postgres.rstrip("/"), keep, overrides or {}
         self.run_id = secrets.token_hex(4)
         self.dbs = {k: f"ftops_dist_{self.run_id}_{k}" for k in ("airflow", "warehouse", "mlflow")}
         self.queues = {name: f"ftops-{self.run_id}-{q}" for name, q in WORKERS.items()}
@@ -134,7 +134,7 @@ class Cluster:
             "storage.dataset_remote": f"git://127.0.0.1:{self.ports['git']}/datasets.git",
             "storage.dvc_remote": f"webdav://127.0.0.1:{self.ports['dav']}/dvc",
             "training.queue": self.queues["worker-b"],
-            **({"curation.target_size": self.target_size} if self.target_size else {}),
+            **self.overrides,
         })  # fmt: skip
         (self.home(machine) / "ftops.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, help="write what was found as JSON here")
     ap.add_argument("--base-model", type=Path, help="a built tiny-gpt2 (default: build one under --root/image)")
     ap.add_argument("--target-size", type=int, help="curation.target_size (default: the shipped config's)")
+    ap.add_argument("--threads", type=int, help="training.backend.threads on the training worker (default: every core)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds for curate → govern → fine-tune")
     ap.add_argument("--postgres", default=os.environ.get("FTOPS_DIST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     ap.add_argument("--redis", default=os.environ.get("FTOPS_DIST_REDIS", "redis://127.0.0.1:6379/0"))
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         # MLFLOW_TRACKING_URI would otherwise be the registry of MlflowClient(tracking_uri) below)
     started = time.time()
     root = (args.root or Path(tempfile.mkdtemp(prefix="ftops-dist-"))).resolve()
-    cluster = Cluster(root, args.postgres, args.redis, args.keep, args.target_size)
+    overrides = {"curation.target_size": args.target_size, "training.backend.threads": args.threads}
+    cluster = Cluster(root, args.postgres, args.redis, args.keep, {k: v for k, v in overrides.items() if v})
     print(f"FT-Ops distributed run {cluster.run_id} under {root}")
     report: dict[str, Any] = {"run_id": cluster.run_id, "root": str(root), "queues": cluster.queues}
     try:

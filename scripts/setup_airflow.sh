@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 (umask 077 && mkdir -p "$AIRFLOW_HOME")  # 0700 (and FTOPS_HOME above it) when made here
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
-airflow pools set ftops_training 1 "one training or evaluation at a time" > /dev/null
+# FTOPS_TRAINING_SLOTS > 1 runs that many trainings or evaluations at once (the demo: 2, torch on one thread each)
+airflow pools set ftops_training "${FTOPS_TRAINING_SLOTS:-1}" "trainings or evaluations at once" > /dev/null
 airflow pools set ftops_versioning 1 "one DVC writer at a time" > /dev/null
 airflow pools set ftops_aliases 1 "one registry alias move at a time" > /dev/null

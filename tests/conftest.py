@@ -42,6 +42,15 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small base model (60 pre-training steps on 200k characters), built once a session and shared read-only
+    by the tests that need a model, not a good one (the end-to-end tests that learn use ``base_model``)."""
+    from ftops.training.basemodel import build_base_model
+
+    return build_base_model(tmp_path_factory.mktemp("models") / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch on one thread for a module: on two cores shared with other work, torch's second thread

@@ -55,10 +55,9 @@ def _search(roots: list[Path], needles: list[str]) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+def installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_base: Path) -> dict:
     from ftops.core import userkey
     from ftops.core.config import FtopsConfig
-    from ftops.training.basemodel import build_base_model
 
     home, artifacts, airflow = tmp_path / "home", tmp_path / "artifacts", tmp_path / "airflow"
     env = {"FTOPS_HOME": str(home), "AIRFLOW_HOME": str(airflow), "FTOPS_ARTIFACT_ROOT": artifacts.as_uri(),
@@ -69,7 +68,7 @@ def installation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         monkeypatch.setenv(k, v)
     monkeypatch.delenv(userkey.SECRET_ENV, raising=False)
     userkey._cache.clear()
-    base = build_base_model(home / "models" / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+    base = tiny_base
     cfg = FtopsConfig.model_validate({
         "curation": {"min_examples": 20, "min_response_chars": 1, "target_size": 300, "test_split": 0.25},
         "training": {"backend": {"kind": "huggingface", "base_model": str(base), "epochs": 1, "batch_size": 8,

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,6 @@ import pytest
 import sqlalchemy as sa
 
 from ftops.deployment import rollout
-from ftops.training.basemodel import build_base_model
 from ftops.warehouse.schema import log_tables
 from tests.serving_support import ServeProcess, register_local_version
 
@@ -32,9 +32,9 @@ SERVING = {"max_queue": 2, "max_batch": 2, "body_timeout_s": 1, "request_timeout
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, postgres_url: str) -> Any:
+def gateway(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, postgres_url: str, tiny_base: Path) -> Any:
     tmp = tmp_path_factory.mktemp("abuse")
-    base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+    base = tiny_base
     version = register_local_version(TASK, base, "abuse-champion")
     assert rollout.deploy(TASK, version, 10) == "champion"
     table = f"interactions_abuse_{os.getpid()}"

@@ -24,7 +24,6 @@ import yaml
 from ftops.core.config import DEFAULT_CONFIG_PATH, ServingConfig
 from ftops.deployment import rollout
 from ftops.serving.gateway import build_gateway
-from ftops.training.basemodel import build_base_model
 from ftops.warehouse.schema import log_tables
 from tests.serving_support import GatewayServer, free_port, register_local_version
 
@@ -33,10 +32,8 @@ TASK = "faults"
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None) -> str:
-    tmp = tmp_path_factory.mktemp("faults")
-    base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
-    version = register_local_version(TASK, base, "faults-champion")
+def champion(mlflow_store: None, tiny_base: Path) -> str:
+    version = register_local_version(TASK, tiny_base, "faults-champion")
     assert rollout.deploy(TASK, version, 10) == "champion"
     return version
 

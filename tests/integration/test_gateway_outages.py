@@ -24,7 +24,6 @@ import httpx
 import pytest
 
 from ftops.deployment import rollout
-from ftops.training.basemodel import build_base_model
 from tests.serving_support import ServeProcess, free_port, register_local_version
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,8 +123,8 @@ def _watch_healthz(url: str, stop: threading.Event, took: list[float]) -> None:
             time.sleep(0.05)
 
 
-def test_a_slow_then_refusing_registry_never_stalls_the_gateway(mlflow_server: str, tmp_path: Path) -> None:
-    base = build_base_model(tmp_path / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+def test_a_slow_then_refusing_registry_never_stalls_the_gateway(mlflow_server: str, tmp_path: Path, tiny_base: Path) -> None:
+    base = tiny_base
     champion = register_local_version(TASK, base, "outage-champion")
     assert rollout.deploy(TASK, champion, 10) == "champion"
     proxy = RegistryProxy(mlflow_server)

@@ -112,3 +112,21 @@ def test_evaluation_metrics_default_to_exact_and_name_valid_task_types() -> None
             FtopsConfig.model_validate({"evaluation": {"metrics": bad}})
     overridden = apply_overrides(cfg, {"evaluation.judge.max_calls": 10})
     assert overridden.evaluation.judge.max_calls == 10
+
+
+def test_training_threads_limit_torch_in_the_task_process() -> None:
+    import torch
+
+    from ftops.pipeline.finetune import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        use_threads(FtopsConfig.model_validate({"training": {"backend": {"kind": "huggingface", "threads": 1}}}))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        use_threads(FtopsConfig())  # empty: torch keeps its own setting
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+

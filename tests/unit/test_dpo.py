@@ -94,10 +94,8 @@ def test_objective_is_a_per_run_choice_and_dpo_needs_pairs() -> None:
 
 # -- slow: DPO on a tiny real model -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ftops.training.basemodel import build_base_model
-
-    return build_base_model(tmp_path_factory.mktemp("models") / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+def base_dir(tiny_base: Path) -> Path:
+    return tiny_base
 
 
 @pytest.mark.slow

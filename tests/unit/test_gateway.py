@@ -27,7 +27,6 @@ from ftops.core.config import ServingConfig
 from ftops.deployment import rollout
 from ftops.serving.gateway import KEY_ID_CHARS, VERSION_HEADER, build_gateway, hash_api_key, parse_key_hashes
 from ftops.serving.openai_wire import Limits
-from ftops.training.basemodel import build_base_model
 from ftops.warehouse.schema import log_tables
 from tests.serving_support import GatewayServer, register_local_version
 
@@ -37,11 +36,11 @@ KEY = "sk-test-gateway-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None) -> Any:
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, tiny_base: Path) -> Any:
     tmp = tmp_path_factory.mktemp("gateway")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FTOPS_HOME", str(tmp / "home"))
-        base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+        base = tiny_base
         version = register_local_version(TASK, base, "gw-champion")
         assert rollout.deploy(TASK, version, 10) == "champion"
         engine = sa.create_engine(f"sqlite:///{tmp / 'warehouse.db'}")

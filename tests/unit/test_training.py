@@ -49,10 +49,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_base_model(
-        tmp_path_factory.mktemp("models") / "tiny", pretrain_steps=PRETRAIN_STEPS, max_corpus_chars=CORPUS_CHARS
-    )
+def base_dir(tiny_base: Path) -> Path:
+    return tiny_base  # PRETRAIN_STEPS on CORPUS_CHARS
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ model scoring the first epoch's loss shows the best checkpoint was loaded back.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,13 +44,12 @@ def test_too_few_validation_rows_or_share_zero_train_on_everything() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, one_torch_thread: None) -> dict[str, Any]:
+def trained(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, one_torch_thread: None, tiny_base: Path) -> dict[str, Any]:
     from ftops.pipeline import finetune as stages
     from ftops.pipeline.common import dataset_registry
-    from ftops.training.basemodel import build_base_model
 
     tmp = tmp_path_factory.mktemp("validation")
-    base = build_base_model(tmp / "tiny", pretrain_steps=60, max_corpus_chars=200_000)
+    base = tiny_base
     cfg = FtopsConfig.model_validate({
         "training": {"backend": {"kind": "huggingface", "base_model": str(base), "method": "full", "epochs": 3,
                                  "batch_size": 8, "learning_rate": 0.003, "validation_share": SHARE}},

@@ -72,6 +72,10 @@ class HuggingFaceBackend(_Strict):
     )
     dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO settings (objective dpo or sft_then_dpo).")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a lower validation loss; empty: train every epoch.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads torch uses in a training or evaluation task; empty: torch's default "
+        "(one per core). With n slots in the ftops_training pool on one worker: cores / n."
+    )
 
 
 class OpenAIBackend(_Strict):

@@ -44,6 +44,16 @@ def _hf_backend(cfg: FtopsConfig) -> HuggingFaceBackend:
     return backend
 
 
+def use_threads(cfg: FtopsConfig) -> None:
+    """Limit torch to ``training.backend.threads`` CPU threads in this process (training and evaluation tasks)."""
+    threads = getattr(cfg.training.backend, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        log.info("torch uses %d CPU thread(s) (training.backend.threads)", threads)
+
+
 def check_training_request(cfg: FtopsConfig, task_type: str, dataset: str | None) -> str:
     """Fail before any work when the backend, dataset version or base model cannot be used.
 
@@ -139,6 +149,7 @@ def train_candidate(
     from ftops.training.preference import DpoProgress, resolve_objective, train_preference
 
     backend = _hf_backend(cfg)
+    use_threads(cfg)
     base_model = check_base_model(backend.base_model)
     datasets = dataset_registry(cfg)
     version = datasets.get(task_type, dataset)

@@ -130,7 +130,9 @@ def evaluate_candidate(
     from ftops.deployment.gate import TrivialComparison, apply_gate
     from ftops.evaluation.baselines import best_trivial, trivial_baselines
     from ftops.evaluation.metrics import paired_bootstrap
+    from ftops.pipeline.finetune import use_threads
 
+    use_threads(cfg)
     c = registry.client()
     run = c.get_run(run_id)
     datasets = dataset_registry(cfg)
