@@ -15,6 +15,8 @@
     ftops evalset import FILE --task-type T  a labelled file as the task type's next frozen eval-set version
     ftops evalset list                       eval-set versions and their rows by source
     ftops judge calibrate --task-type T      the LLM judge's agreement with the latest eval set (kappa), recorded
+    ftops register-upstream --task-type T --connection C --model M --price-input P --price-output Q [--deploy]
+                                             an OpenAI-compatible model as a version the gateway serves, priced
 """
 
 from __future__ import annotations
@@ -273,9 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "(default erasure-<user key>)")  # fmt: skip
     erase.add_argument("--warehouse-url", default=None, help="SQLAlchemy URL (default: see warehouse_url())")
     erase.set_defaults(func=_erase)
-    from ftops.cli import yardstick
+    from ftops.cli import models, yardstick
 
     yardstick.add_commands(sub)  # evalset, judge
+    models.add_commands(sub)  # register-upstream
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -45,6 +45,9 @@ def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> Lo
 
     if tags.get("backend") == "openai":
         return None
+    if tags.get("backend") == "upstream":  # issue 22: the replacement gate is not built yet
+        raise ValueError(f"{tags.get('upstream.model')} is an upstream model: a candidate cannot be evaluated "
+                         "against an upstream champion yet (README, Serving: upstream models)")  # fmt: skip
     base = check_base_model(tags["base_model"])
     return load_model(base, mlflow_download(weights_uri, folder) if weights_uri else None)
 

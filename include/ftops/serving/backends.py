@@ -1,9 +1,11 @@
 """What answers a request once the router picked a version: a local Hugging Face model, or an API model.
 
 A registered version is loaded from what its training run left in MLflow: the run's ``base_model`` tag plus
-its trained weights (the ``adapter/`` or ``full_model/`` artifact), downloaded once into a cache folder; or,
-for the OpenAI backend, the fine-tuned model's id (``openai.fine_tuned_model``), asked through any
-OpenAI-compatible endpoint. Both answer a *list* of requests in one call, so a gateway can batch.
+its trained weights (the ``adapter/`` or ``full_model/`` artifact), downloaded once into a cache folder; for
+the OpenAI backend, the fine-tuned model's id (``openai.fine_tuned_model``), asked through any
+OpenAI-compatible endpoint; for an upstream version (:mod:`ftops.registry.upstream`), the model behind the
+connection its run names, whose answers carry their cost from the version's prices. All answer a *list* of
+requests in one call, so a gateway can batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ftops.core.config import check_base_model
 from ftops.registry import models as registry
+from ftops.registry.upstream import CONNECTION_TAG, MODEL_TAG, UPSTREAM, Prices, prices_of
 
 if TYPE_CHECKING:
     import openai
@@ -44,12 +47,13 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Completion:
-    """One answer: its text, token counts and why it ended (``stop`` or ``length``)."""
+    """One answer: its text, token counts, why it ended (``stop`` or ``length``) and, where priced, its cost."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    cost: float | None = None
 
 
 class Backend(Protocol):
@@ -101,8 +105,9 @@ class ApiBackend:
 
     exclusive = False
 
-    def __init__(self, client: openai.OpenAI, model: str, name: str, *, parallel: int = 8) -> None:
-        self.client, self.model, self.name = client, model, name
+    def __init__(self, client: openai.OpenAI, model: str, name: str, *, parallel: int = 8,
+                 prices: Prices | None = None) -> None:  # fmt: skip
+        self.client, self.model, self.name, self.prices = client, model, name, prices
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ftops-api")
 
     def _one(self, req: CompletionRequest) -> Completion:
@@ -115,11 +120,13 @@ class ApiBackend:
             )  # fmt: skip
         choice = response.choices[0] if response.choices else None
         usage = response.usage
+        prompt_tokens, completion_tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         return Completion(
             text=(choice.message.content or "") if choice else "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             finish_reason=str(choice.finish_reason) if choice and choice.finish_reason else "stop",
+            cost=self.prices.cost(prompt_tokens, completion_tokens) if self.prices else None,
         )
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
@@ -127,10 +134,21 @@ class ApiBackend:
 
 
 ApiClientFactory = Callable[[], "openai.OpenAI"]
+ConnectionClientFactory = Callable[[str], "openai.OpenAI"]  # a connection id -> its client
+
+
+def connection_client(conn_id: str) -> openai.OpenAI:
+    """The client of connection ``conn_id`` from ``AIRFLOW_CONN_<CONN_ID>`` (the gateway runs outside Airflow).
+
+    One retry: a caller waits, so an upstream that is down must fail the call in seconds, not minutes."""
+    from ftops.core.openai_api import connection_from_env, make_client
+
+    return make_client(**connection_from_env(conn_id), max_retries=1, timeout=60)
 
 
 def load_backend(
-    task_type: str, version: str, cache_dir: str | Path, api_client: ApiClientFactory | None = None
+    task_type: str, version: str, cache_dir: str | Path, api_client: ApiClientFactory | None = None,
+    connect: ConnectionClientFactory = connection_client,
 ) -> Backend:
     """Load a registered version of ``ftops-<task_type>`` for serving.
 
@@ -141,6 +159,7 @@ def load_backend(
             load.
         api_client: Makes the OpenAI-compatible client for API-backed versions; None: such versions fail to
             load (with a message saying what to configure).
+        connect: Makes the client of an upstream version's connection (default: from ``AIRFLOW_CONN_<ID>``).
 
     Raises:
         RegistryUnavailableError: The registry failed to answer.
@@ -157,6 +176,12 @@ def load_backend(
         raise LookupError(f"{name} version {version} or its training run does not exist")
     tags: dict[str, str] = dict(run.data.tags)
     label = f"{name}/{version}"
+    if tags.get("backend") == UPSTREAM:
+        conn, model = tags.get(CONNECTION_TAG, ""), tags.get(MODEL_TAG, "")
+        if not conn or not model:
+            raise LookupError(f"{label}: its run names no upstream connection and model")
+        log.info("%s: forwarding to upstream model %s through connection %s", label, model, conn)
+        return ApiBackend(connect(conn), model, label, prices=prices_of(tags))
     if tags.get("backend") == "openai":
         model = tags.get(API_MODEL_TAG) or ""
         if not model:

@@ -210,6 +210,8 @@ class Gateway:
             "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
                          "finish_reason": answer.finish_reason if answer else failure, "stream": req.stream},
         }  # fmt: skip
+        if answer is not None and answer.cost is not None:  # an upstream version's: tokens x its prices
+            row["metadata"]["cost"] = answer.cost
         try:
             await asyncio.to_thread(self.logger.log, **row)
         except SpoolFullError as exc:  # the warehouse has been away for long: tell the client when to come back

@@ -343,6 +343,7 @@ def fine_tune(
         trainer_ref.append(trainer)
         try:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            trainer.remove_callback(EarlyStoppingCallback)  # else it warns "early stopping is disabled" below
             # The weights now in memory are the best checkpoint's: check that they score its validation loss.
             final_eval = trainer.evaluate(metric_key_prefix="final")["final_loss"] if validating else math.nan
         except Exception as exc:
