@@ -74,7 +74,9 @@ demo = {
     # users, and showing "not worse" took it 5 minutes (2026-12-07 12:53 run); at 50 %, 1-3 minutes.
     "canary.ramp_percent": [50, 100],
     "canary.traffic_percent": 50,          # the first step (shipped: 10)
-    "canary.duration_hours": 0.02,         # 36 s a step at least; "not worse" takes longer at 50 %
+    # 18 s a step at least: a review (one ftops_canary run) takes ~30 s on 2 busy cores, so each step lasts 1-2
+    # reviews anyway, and the 50 % step ~2 min until its calls show "not worse"
+    "canary.duration_hours": 0.01,
     "canary.min_requests": 20,
     # The gateway shares 2 cores with Airflow's fine-tunes and reviews: every version's p95 is 1.2-1.9 s there,
     # and a canary at 2 052 ms was rolled back against a champion at 1 892 ms (the machine, not the model). The

@@ -94,7 +94,7 @@ def canaries() -> dict[str, tuple[str, str]]:
     return out
 
 
-def canary(af: Airflow, timeout: float, every_s: float = 5) -> int:
+def canary(af: Airflow, timeout: float, every_s: float = 1) -> int:
     """Review canaries until none is left: each review holds, ramps, promotes or rolls back (see its logs)."""
     deadline = time.time() + timeout
     af.unpause("ftops_canary")
