@@ -38,7 +38,7 @@ def _register_upstream(args: argparse.Namespace) -> int:
         out: dict[str, Any] = {"task_type": args.task_type, "version": version, "model": args.model,
                                "connection": args.connection}  # fmt: skip
         if args.deploy:
-            percent = args.traffic_percent or load_config().canary.traffic_percent
+            percent = load_config().canary.traffic_percent if args.traffic_percent is None else args.traffic_percent
             if not 1 <= percent <= 100:
                 raise ValueError(f"--traffic-percent must be 1-100, got {percent}")
             out["deployed_as"] = rollout.deploy(args.task_type, version, percent)

@@ -23,6 +23,8 @@ from ftops.pipeline.common import (
 )
 from ftops.pipeline.yardstick import yardstick_metrics
 from ftops.registry import models as registry
+from ftops.registry.upstream import MODEL_TAG as UPSTREAM_MODEL_TAG
+from ftops.registry.upstream import UPSTREAM
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -45,8 +47,8 @@ def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> Lo
 
     if tags.get("backend") == "openai":
         return None
-    if tags.get("backend") == "upstream":  # issue 22: the replacement gate is not built yet
-        raise ValueError(f"{tags.get('upstream.model')} is an upstream model: a candidate cannot be evaluated "
+    if tags.get("backend") == UPSTREAM:  # issue 22: the replacement gate is not built yet
+        raise ValueError(f"{tags.get(UPSTREAM_MODEL_TAG)} is an upstream model: a candidate cannot be evaluated "
                          "against an upstream champion yet (README, Serving: upstream models)")  # fmt: skip
     base = check_base_model(tags["base_model"])
     return load_model(base, mlflow_download(weights_uri, folder) if weights_uri else None)
