@@ -30,7 +30,9 @@
    that failure cluster (fixed rate of both; `gate.require_slice_improvement` makes it a criterion). A task
    type with `metric: judge` (`evaluation.metrics`) is judged pairwise by the LLM judge of the
    `evaluation.judge.conn_id` connection, in both answer orders, and only if its calibration
-   (`ftops judge calibrate`) reaches `min_kappa`.
+   (`ftops judge calibrate`) reaches `min_kappa`. Against an upstream champion (`ftops register-upstream`) the
+   replacement gate applies instead: not worse within `gate.replace_margin`, at least `gate.min_saving` cheaper
+   per 1 000 calls, p95 latency under `gate.max_latency_p95_ms`; the champion is asked through its connection.
 4. `register_candidate` makes the run a version of `ftops-<task_type>` tagged with the dataset version,
    content hash, base model, backend, metrics, decision and reasons.
 5. `choose_path` branches: `deploy_canary` (the first passing model of a task type becomes `champion`
@@ -174,6 +176,7 @@ def ftops_finetune():
         cfg = snapshot(config)
         conn_id = getattr(cfg.training.backend, "conn_id", "openai_default")
         return evaluate(cfg, params["task_type"], trained["run_id"], api_client=lambda: openai_client(conn_id),
+                        connect=openai_client,  # an upstream champion's connection (the replacement gate)
                         judge_client=lambda: openai_client(cfg.evaluation.judge.conn_id),
                         engine=warehouse_engine(cfg.warehouse_conn_id), decision_key=params["decision_key"])
 

@@ -202,6 +202,8 @@ def test_cost_per_1k_tokens_prices_the_generation_time(tiny: LoadedModel, rows: 
     m = evaluate(tiny, rows[:20], batch_size=8, max_new_tokens=MAX_NEW, cost_per_hour=3.6).metrics
     # 3.6 per hour = 0.001 per second; cost of 1 000 tokens = 1 000 / tokens_per_s seconds of it
     assert m["cost_per_1k_tokens"] == pytest.approx(0.001 * 1000 / m["tokens_per_s"], rel=1e-9)
+    # a call's share of the batched decode time at the same price: the ratio of the two is tokens per call
+    assert 0 < m["cost_per_1k_calls"] / m["cost_per_1k_tokens"] <= MAX_NEW
 
 
 def test_an_overlong_prompt_keeps_its_end_and_is_reported(

@@ -187,3 +187,59 @@ def test_the_yardstick_is_the_first_line_and_never_decides() -> None:
     assert d.passed and d.reasons[0] == f"ok: yardstick {line}" and len(d.reasons) == 8
     worse = apply_gate({**GOOD, "accuracy": 0.30}, BASELINE, CEILING, GOOD_CI, yardstick=line)
     assert not worse.passed and worse.reasons[0].startswith("ok: yardstick") and _failed(worse)
+
+
+# -- the replacement gate: a local candidate against an upstream champion (issue 22) ---------------------------
+UPSTREAM = {"accuracy": 0.90, "perplexity": math.nan, "latency_p50_ms": 700.0, "latency_p95_ms": 1500.0,
+            "cost_per_1k_calls": 1.0, "cost_per_1k_tokens": math.nan, "n": 100}  # fmt: skip
+STUDENT = {"accuracy": 0.89, "perplexity": 3.0, "latency_p50_ms": 90.0, "latency_p95_ms": 400.0,
+           "cost_per_1k_calls": 0.1, "cost_per_1k_tokens": 0.01, "n": 100}  # fmt: skip
+PRICED = GateConfig(compute_cost_per_hour=0.5)
+
+
+def test_a_student_not_worse_within_the_margin_and_cheaper_replaces_an_upstream_champion() -> None:
+    d = apply_gate(STUDENT, UPSTREAM, PRICED, (-0.01, -0.015, 0.0), replacing="gpt-4o")
+    assert d.passed, d.reasons
+    text = "\n".join(d.reasons)
+    # no +0.05 gain is asked, perplexity and p50 are not compared with an API model
+    assert "need ≥ +0.050" not in text and "p50" not in text and "perplexity not compared" in text
+    for words in ("accuracy not worse than upstream gpt-4o: 0.890 vs 0.900", "need > -0.02, gate.replace_margin",
+                  "cost per 1 000 calls 0.1 vs upstream gpt-4o 1: saving 90.0% (need ≥ 50%", "p95 latency 400 ms"):
+        assert words in text
+
+
+@pytest.mark.parametrize(("change", "ci", "cfg", "failed"), [
+    ({}, (-0.03, -0.025, 0.0), PRICED, "accuracy not worse than upstream gpt-4o"),         # worse beyond the margin
+    ({"cost_per_1k_calls": 0.6}, (0.0, -0.01, 0.01), PRICED, "saving 40.0% (need ≥ 50%"),   # not cheap enough
+    ({}, (0.0, -0.01, 0.01), GateConfig(), "gate.compute_cost_per_hour is 0"),             # unpriced compute
+    ({"latency_p95_ms": 2500.0}, (0.0, -0.01, 0.01), PRICED, "p95 latency 2500 ms (need < 2000 ms"),
+    ({"latency_p95_ms": math.nan}, (0.0, -0.01, 0.01), PRICED, "p95 latency nan ms"),        # not measured
+])  # fmt: skip
+def test_the_replacement_gate_fails_each_criterion_alone(
+    change: dict[str, float], ci: tuple[float, float, float], cfg: GateConfig, failed: str
+) -> None:
+    d = apply_gate({**STUDENT, **change}, UPSTREAM, cfg, ci, replacing="gpt-4o")
+    assert not d.passed
+    [line] = _failed(d)
+    assert failed in line, line
+
+
+def test_an_upstream_champion_without_prices_fails_the_saving_with_the_reason() -> None:
+    d = apply_gate(STUDENT, {**UPSTREAM, "cost_per_1k_calls": math.nan}, PRICED, (0.0, -0.01, 0.01), replacing="x")
+    assert _failed(d) == ["FAIL: cost per 1 000 calls of upstream x not measured (its version has no "
+                                       "prices, or its API reported no token usage): no saving can be shown"]
+
+
+def test_a_judged_replacement_is_held_to_the_margin_not_to_a_win() -> None:
+    from ftops.core.config import JudgeConfig
+    from ftops.deployment.gate import judge_criteria
+    from ftops.evaluation.judge_calibration import JudgeCalibration
+
+    cal = JudgeCalibration(model="j", evalset="evalset/t/v1", kappa=0.9, accuracy=0.95, pairs=100, ties=0,
+                           unparseable=0, calibrated_at="2026-12-07")  # fmt: skip
+    result = type("R", (), {"net_win": -0.005, "net_win_ci": (-0.015, 0.005), "wins": 10, "ties": 80, "losses": 10,
+                            "n": 100, "win_rate": 0.1, "unparseable": 0, "confidence": 0.95})()  # fmt: skip
+    lines = judge_criteria(result, cal, JudgeConfig(model="j"), "t")  # type: ignore[arg-type]
+    assert lines[-1].startswith("FAIL") and "(need > 0)" in lines[-1]
+    lines = judge_criteria(result, cal, JudgeConfig(model="j"), "t", margin=0.02)  # type: ignore[arg-type]
+    assert lines[-1].startswith("ok") and "need > -0.02, not worse" in lines[-1]

@@ -33,6 +33,7 @@ from tests.serving_support import GatewayServer, register_local_version
 pytestmark = pytest.mark.usefixtures("mlflow_store", "one_torch_thread")
 TASK = "gw"
 KEY = "sk-test-gateway-key-0123456789"
+COST_PER_HOUR = 0.9  # an hour of the machine the local model runs on
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mlflow_store: None, tiny_ba
         assert rollout.deploy(TASK, version, 10) == "champion"
         engine = sa.create_engine(f"sqlite:///{tmp / 'warehouse.db'}")
         gateway = build_gateway(ServingConfig(flush_every_s=0.2, max_request_chars=2000), engine,
-                                spool_dir=str(tmp / "spool"))  # fmt: skip
+                                spool_dir=str(tmp / "spool"), cost_per_hour=COST_PER_HOUR)  # fmt: skip
         with GatewayServer(gateway) as server:
             yield {"server": server, "engine": engine, "version": version, "gateway": gateway, "base": base}
 
@@ -90,6 +91,10 @@ def test_a_completion_is_answered_logged_and_named(client: openai.OpenAI, served
     assert row["model_version"] == served_as and row["response"] == answer and row["success"] is True
     assert row["prompt"] == "what does os.path.join do?" and row["user_id"] == "u-1"
     assert row["tokens_used"] == completion.usage.total_tokens and row["latency_ms"] >= 0
+    # its share of the batch's decode time, priced at the machine's hourly price (gate.compute_cost_per_hour)
+    meta = json.loads(row["metadata"])
+    assert 0 < meta["decode_ms"] <= row["latency_ms"] + 1
+    assert meta["cost"] == pytest.approx(COST_PER_HOUR * meta["decode_ms"] / 3_600_000, rel=1e-3)
 
 
 def test_streaming_gives_the_same_answer_in_chunks(client: openai.OpenAI, served: dict[str, Any]) -> None:

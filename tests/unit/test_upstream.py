@@ -7,6 +7,8 @@ failed call.
 from __future__ import annotations
 
 import json
+import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from ftops.registry import models as registry
 from ftops.registry.upstream import register_upstream
 from ftops.serving.gateway import build_gateway
 from ftops.warehouse.schema import log_tables
-from tests.fake_openai import BASE_MODEL_REPLY, FakeOpenAI
+from tests.fake_openai import BASE_MODEL_REPLY, FakeOpenAI, count_tokens
 from tests.serving_support import GatewayServer
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")
@@ -86,12 +88,17 @@ def upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_the_gateway_forwards_to_the_upstream_with_the_connections_key_and_logs_each_calls_cost(upstream) -> None:
     system = {"role": "system", "content": "You are terse."}
     done = upstream["client"].chat.completions.create(
-        model="ftops/up_served", messages=[system, {"role": "user", "content": "Where is Lisbon?"}], user="u1")
+        model="ftops/up_served", messages=[system, {"role": "user", "content": "Where is Lisbon?"}], user="u1",
+        temperature=0.3)
     assert done.choices[0].message.content == BASE_MODEL_REPLY  # the stand-in's answer for gpt-4o
     assert upstream["fake"].api_keys_seen == [SECRET]  # the connection's key went to the connection's URL only
     upstream["gateway"].logger.flush()
     [row] = _rows(upstream["engine"], "up_served")
     assert row["model_version"] == f"ftops-up_served/{upstream['version']}" and row["success"]
+    # the whole request beside the prompt (the last user message): system prompt and sampling parameters
+    assert row["prompt"] == "Where is Lisbon?"
+    assert json.loads(row["request"]) == {"messages": [system, {"role": "user", "content": "Where is Lisbon?"}],
+                                          "max_tokens": 64, "temperature": 0.3}  # fmt: skip
     # the stand-in counts tokens as the usage it answers; the cost is those tokens at the version's prices
     usage = done.usage
     assert row["tokens_used"] == usage.prompt_tokens + usage.completion_tokens
@@ -114,10 +121,68 @@ def test_an_upstream_that_is_down_gets_an_openai_error_and_a_failed_row(upstream
     assert json.loads(row["metadata"])["finish_reason"] == "error"
 
 
-def test_a_candidate_against_an_upstream_champion_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_an_upstream_champion_is_evaluated_through_its_connection_and_its_calls_priced(upstream, tmp_path: Path) -> None:
     from ftops.core.config import FtopsConfig
-    from ftops.pipeline.finetune_eval import evaluate_versions
+    from ftops.pipeline.finetune_eval import evaluate_versions, version_spec
 
-    spec = ({"backend": "upstream", "upstream.model": "gpt-4o"}, "")
-    with pytest.raises(ValueError, match="gpt-4o is an upstream model: a candidate cannot be evaluated"):
-        evaluate_versions([spec], [], FtopsConfig(), str(tmp_path), None)
+    champion = registry.alias_version("up_served", registry.CHAMPION)
+    rows = [{"messages": [{"role": "user", "content": f"Where is city {i}?"},
+                          {"role": "assistant", "content": BASE_MODEL_REPLY if i % 2 else "elsewhere"}]}
+            for i in range(6)]  # fmt: skip
+    seen_connections: list[str] = []
+
+    def connect(conn_id: str) -> openai.OpenAI:  # as the DAG's openai_client(conn_id) does from Airflow
+        seen_connections.append(conn_id)
+        return openai.OpenAI(api_key=SECRET, base_url=upstream["fake"].base_url, max_retries=0)
+
+    [result] = evaluate_versions([version_spec(champion)], rows, FtopsConfig(), str(tmp_path), None, connect=connect)
+    assert seen_connections == ["upstream_large"] and result.metrics["accuracy"] == pytest.approx(0.5)
+    assert upstream["fake"].calls["POST /v1/chat/completions"] == 6
+    # the stand-in's usage: 3 + (3 + tokens) per message in, the reply's tokens out; priced by the version's tags
+    tokens_in = [3 + 3 + count_tokens(r["messages"][0]["content"]) for r in rows]
+    cost = (sum(tokens_in) * PRICE_IN + 6 * count_tokens(BASE_MODEL_REPLY) * PRICE_OUT) / 1e6
+    assert result.metrics["cost_per_1k_calls"] == pytest.approx(cost / 6 * 1000)
+    assert math.isnan(result.metrics["perplexity"])
+
+
+def test_cost_per_1k_calls_and_the_saving_against_the_first_upstream_are_in_status_json(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from ftops.core.config import apply_overrides, load_config
+    from ftops.warehouse.schema import ensure_schema, insert_interactions
+    from tests.serving_support import register_local_version
+    from tests.status_support import free_port
+
+    task = "up_cost"
+    upstream = register_upstream(task, "upstream_large", "gpt-4o", PRICE_IN, PRICE_OUT)
+    assert rollout.deploy(task, upstream, 10) == "champion"
+    local = register_local_version(task, tiny_base, "up-cost-student")
+    assert rollout.deploy(task, local, 50) == "canary"
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    engine = sa.create_engine(url)
+    ensure_schema(engine)
+    now = datetime.now(UTC)
+    # what the gateway logs: an upstream call's cost (tokens x prices); a local call's decode time, unpriced then
+    rows = [{"id": f"u{i}", "task_type": task, "timestamp": now, "prompt": "p", "response": "r", "success": True,
+             "model_version": f"ftops-{task}/{upstream}", "metadata": json.dumps({"cost": 0.002})} for i in range(10)]
+    rows += [{"id": f"l{i}", "task_type": task, "timestamp": now, "prompt": "p", "response": "r", "success": True,
+              "model_version": f"ftops-{task}/{local}", "metadata": json.dumps({"decode_ms": 100.0})} for i in range(10)]
+    rows.append({"id": "failed", "task_type": task, "timestamp": now, "prompt": "p", "response": "", "success": False,
+                 "model_version": f"ftops-{task}/{upstream}", "metadata": json.dumps({"cost": 9.0})})  # not answered
+    insert_interactions(engine, rows)
+    config = tmp_path / "ftops.yaml"  # local compute priced at 0.36 an hour: 100 ms of decoding costs 0.00001
+    config.write_text(yaml.safe_dump(apply_overrides(load_config(), {"gate.compute_cost_per_hour": 0.36})
+                                     .model_dump(mode="json")))  # fmt: skip
+    monkeypatch.setenv("FTOPS_CONFIG", str(config))
+    monkeypatch.setenv("FTOPS_AIRFLOW_URL", f"http://127.0.0.1:{free_port()}")  # Airflow down: reported, rest shown
+    assert ftops_main(["status", "--json", "--warehouse-url", url]) == 1
+    [model] = [m for m in json.loads(capsys.readouterr().out)["models"] if m["task_type"] == task]
+    cost = model["cost"]
+    assert cost["champion_per_1k_calls"] == pytest.approx(2.0) and cost["canary_per_1k_calls"] == pytest.approx(0.01)
+    assert cost["first_upstream"] == {"version": upstream, "model": "gpt-4o", "per_1k_calls": pytest.approx(2.0)}
+    assert cost["canary_saving"] == pytest.approx(0.995) and cost["champion_saving"] == pytest.approx(0.0)
+    assert ftops_main(["status", "--warehouse-url", url]) == 1
+    assert "cost per 1 000 calls: champion 2 (saving 0.0%), canary 0.01 (saving 99.5%), first upstream" in (
+        capsys.readouterr().out)

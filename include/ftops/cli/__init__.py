@@ -132,7 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         base_url = args.openai_base_url or os.environ.get("FTOPS_OPENAI_BASE_URL")
         api_client = partial(make_client, key, base_url, key_source="FTOPS_OPENAI_API_KEY")
     engine = _engine(warehouse_url(args.warehouse_url))  # pre-ping: survives warehouse restarts
-    gateway = build_gateway(s, engine, cfg.interactions_table, api_client=api_client, key_hashes=hashes)
+    gateway = build_gateway(s, engine, cfg.interactions_table, api_client=api_client, key_hashes=hashes,
+                            cost_per_hour=cfg.gate.compute_cost_per_hour)  # fmt: skip
     log.info("FT-Ops gateway on http://%s:%s/v1 (%s API keys configured)", host, port, len(hashes))
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=args.access_log)
     return 0

@@ -5,9 +5,10 @@ final reply).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,42 @@ def split_conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list[dict
     if len(messages) < 2 or messages[-1].get("role") != "assistant":
         raise ChatFormatError("a conversation needs at least one prompt turn and must end with an assistant turn")
     return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def logged_messages(request: Any) -> list[dict[str, str]]:
+    """The ``messages`` of a logged request: the interaction log's ``request`` column (JSON text or an object,
+    ``{"messages": [{"role": ..., "content": ...}, ...], <sampling parameters>}``).
+
+    Raises:
+        ChatFormatError: Not JSON, not an object with a non-empty ``messages`` list of ``{role, content}`` with a
+            role in :data:`ROLES` and text content, or no user message.
+    """
+    if isinstance(request, str):
+        try:
+            request = json.loads(request)
+        except ValueError:
+            raise ChatFormatError("request is not JSON") from None
+    messages = request.get("messages") if isinstance(request, Mapping) else None
+    if not isinstance(messages, list) or not messages:
+        raise ChatFormatError("request.messages must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ChatFormatError(f"request.messages[{i}] must be {{role: {'|'.join(ROLES)}, content: text}}")
+        out.append({"role": str(m["role"]), "content": str(m["content"])})
+    if not any(m["role"] == "user" for m in out):
+        raise ChatFormatError("request.messages holds no user message")
+    return out
+
+
+def context_and_prompt(messages: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """The turns before the last user message (system prompt, earlier turns) and that message: a logged call's
+    context and its ``prompt``. Turns after the last user message (none in a chat request) are left out."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:last]], messages[last]["content"]
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt_turns: Sequence[Mapping[str, str]]) -> str:

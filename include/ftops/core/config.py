@@ -125,6 +125,14 @@ class GateConfig(_Strict):
         description="Price of one hour of the machine that runs a local (Hugging Face) model, in the ceiling's "
         "currency; turns measured generation time into cost per 1 000 tokens. 0 = not priced (cost 0).",
     )
+    replace_margin: float = Field(0.02, ge=0, le=1, description="Replacing an upstream champion: how much worse on "
+                                  "the yardstick the candidate may be (the lower confidence bound of its gain, or of "
+                                  "the judge's net win, must be above -replace_margin).")  # fmt: skip
+    min_saving: float = Field(0.5, ge=0, le=1, description="Replacing an upstream champion: the candidate's cost per "
+                              "1 000 calls must be at least this share below the champion's (needs "
+                              "compute_cost_per_hour).")  # fmt: skip
+    max_latency_p95_ms: float = Field(2000, gt=0, description="Replacing an upstream champion: the candidate's p95 "
+                                      "latency (single requests), ms, must be under this.")  # fmt: skip
 
 
 # 80 % power for "not worse by min_effect" at the defaults: ceil((z(1 - 0.05/2) + z(0.8))² · 2 · 0.9 · 0.1 / 0.02²)

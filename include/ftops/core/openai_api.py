@@ -202,6 +202,8 @@ class ChatReply(NamedTuple):
     text: str
     latency_ms: float
     usage_tokens: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 def chat_complete(client: openai.OpenAI, model: str, messages: Sequence[Mapping[str, str]], **kwargs: Any) -> ChatReply:
@@ -214,7 +216,8 @@ def chat_complete(client: openai.OpenAI, model: str, messages: Sequence[Mapping[
         **kwargs: Passed to ``chat.completions.create`` (``temperature=0``, ``max_tokens``...).
 
     Returns:
-        ``(text, latency_ms, usage_tokens)``; usage is 0 when the server reports none.
+        ``(text, latency_ms, usage_tokens, prompt_tokens, completion_tokens)``; usage is 0 when the server
+        reports none.
 
     Raises:
         APIRequestError: Unknown model or bad request.
@@ -227,4 +230,7 @@ def chat_complete(client: openai.OpenAI, model: str, messages: Sequence[Mapping[
         response = client.chat.completions.create(model=model, messages=turns, **kwargs)
     latency_ms = (time.perf_counter() - started) * 1000
     text = (response.choices[0].message.content or "") if response.choices else ""
-    return ChatReply(text, latency_ms, response.usage.total_tokens if response.usage else 0)
+    usage = response.usage
+    if usage is None:
+        return ChatReply(text, latency_ms, 0)
+    return ChatReply(text, latency_ms, usage.total_tokens, usage.prompt_tokens, usage.completion_tokens)

@@ -193,6 +193,7 @@ def curate_frame(
     future_after: datetime | None = None,
     published: Sequence[tuple[str, str]] = (),
     evalset: Sequence[str] = (),
+    trusted: frozenset[str] = frozenset(),
 ) -> Curated:
     """Curate one task type's raw rows, together with the candidates earlier runs kept.
 
@@ -208,6 +209,7 @@ def curate_frame(
             leakage guard (:mod:`ftops.curation.leakage`); a new example it drops is ``filtered:leakage``.
         evalset: The prompts of the task type's eval set: a training example within ``evalset_threshold`` of
             one is left out (``filtered:evalset``), a test example kept (the eval set is never trained on).
+        trusted: ``model_version`` strings of trusted teachers, whose unrated answers are targets.
 
     Returns:
         The curated dataset with its accounting of this batch's rows.
@@ -223,7 +225,7 @@ def curate_frame(
     result = Curated(train=[], test=[], rows_read=len(records), reasons=[None] * len(records))
     outcome: dict[int, str] = duplicate_ids(records)  # row index -> accounting key, for rows not accepted
     # each row's target (correction, teacher answer or served answer: ftops.curation.targets), or its outcome
-    targets = assign_targets(records, outcome, cfg, future_after, result.target_rejections)
+    targets = assign_targets(records, outcome, cfg, future_after, result.target_rejections, trusted)
     passed = [i for i in range(len(records)) if i not in outcome]
     burst_rows = rating_bursts(records, passed, cfg)
     result.burst_users = sorted({k for i in burst_rows if (k := user_key(records[i].get("user_id")))})
@@ -259,7 +261,7 @@ def curate_frame(
     unique: list[dict[str, Any]] = []
     seen: set[str] = set()
     for cand in pool:
-        key = text_hash(cand["prompt"])
+        key = text_hash(cand["prompt"] if not cand.get("context") else f"{cand['context']}\0{cand['prompt']}")
         if key in seen:
             if cand["index"] is not None:
                 outcome[cand["index"]] = "filtered:duplicate"
@@ -349,11 +351,11 @@ def summarise_accounting(accounting: Counter[str] | dict[str, int]) -> dict[str,
 
 
 def examples_of(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(prompt, reference response) pairs of chat examples."""
+    """(prompt, reference response) pairs of chat examples: the last user message and the final reply."""
     pairs = []
     for row in rows:
         msgs = row["messages"]
-        prompt = next(m["content"] for m in msgs if m["role"] == "user")
+        prompt = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
         answer = next(m["content"] for m in reversed(msgs) if m["role"] == "assistant")
         pairs.append((prompt, answer))
     return pairs

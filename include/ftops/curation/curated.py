@@ -8,6 +8,7 @@ its target came from (``sources``: ``served``, ``correction`` or ``teacher``, se
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,9 +24,15 @@ def source_counts(sources: dict[str, list[str]]) -> dict[str, dict[str, int]]:
     return {split: dict(sorted(Counter(found).items())) for split, found in sources.items()}
 
 
-def to_example(prompt: str, response: str) -> dict[str, Any]:
-    """A chat-format training example (the OpenAI fine-tuning JSONL shape)."""
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+def prompt_turns(prompt: str, context: str | None = None) -> list[dict[str, str]]:
+    """The turns a model answers: a candidate's ``context`` (JSON: system prompt, earlier turns) and its prompt."""
+    return [*(json.loads(context) if context else []), {"role": "user", "content": prompt}]
+
+
+def to_example(prompt: str, response: str, context: str | None = None) -> dict[str, Any]:
+    """A chat-format training example (the OpenAI fine-tuning JSONL shape): the conversation before the prompt
+    (``context``, JSON, when the call had one), the prompt and the target."""
+    return {"messages": [*prompt_turns(prompt, context), {"role": "assistant", "content": response}]}
 
 
 @dataclass
@@ -78,12 +85,13 @@ class Curated:
         without the incumbent keeps it: no served model wrote that reference).
         """
         source = cand.get("source") or "served"
-        (self.test if split == "test" else self.train).append(to_example(cand["prompt"], cand["response"]))
+        (self.test if split == "test" else self.train).append(to_example(cand["prompt"], cand["response"],
+                                                                          cand.get("context")))  # fmt: skip
         self.lineage[split].append(cand["row_id"])
         self.served_by[split].append(cand.get("model_version") if source == "served" else None)
         self.sources[split].append(source)
         if split == "train" and source != "served" and cand.get("rejected"):
-            self.preference.append({"messages": [{"role": "user", "content": cand["prompt"]}],
+            self.preference.append({"messages": prompt_turns(cand["prompt"], cand.get("context")),
                                     "chosen": cand["response"], "rejected": cand["rejected"], "source": source,
                                     "row_id": cand["row_id"]})  # fmt: skip
         if cand.get("index") is not None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ftops.core.chat import ChatFormatError, context_and_prompt, logged_messages
 from ftops.core.config import CurationConfig
 from ftops.core.names import is_task_type
 from ftops.core.userkey import hmac_user_key
@@ -100,6 +101,14 @@ def malformed_reason(row: dict[str, Any], cfg: CurationConfig, future_after: dat
             return problem
     if len(row["prompt"]) > cfg.max_prompt_chars:
         return "prompt_too_long"
+    request = row.get("request")  # optional: the whole request; its last user message must be the prompt
+    if not is_missing(request) and request != "":
+        try:
+            _, last = context_and_prompt(logged_messages(request))
+        except ChatFormatError:
+            return "malformed_request"
+        if last != row["prompt"]:
+            return "request_prompt_mismatch"
     correction = row.get("correction")  # optional; blank means none
     if not is_missing(correction) and (not isinstance(correction, str) or correction.strip()):
         if problem := _text_problem(correction, "correction"):
@@ -159,11 +168,17 @@ def answer_problem(text: str, cfg: CurationConfig) -> str | None:
     return "error_text" if any(marker in lowered for marker in cfg.error_markers) else None
 
 
-def filter_reason(row: dict[str, Any], cfg: CurationConfig) -> str | None:
+def filter_reason(row: dict[str, Any], cfg: CurationConfig, trusted: frozenset[str] = frozenset()) -> str | None:
+    """Why a row's served answer is not a training target (``no_rating``, ``low_rating``, ...), or None.
+
+    An unrated answer of a ``trusted`` model version (a trusted teacher: ``ftops trust-teacher``) goes on to the
+    other rules instead of being filtered as ``no_rating``; a rated one is held to the threshold like any other.
+    """
     rating: Any = row.get("user_feedback")
     if is_missing(rating):
-        return "no_rating"
-    if float(rating) < cfg.quality_threshold:
+        if not trusted or str(row.get("model_version")) not in trusted:
+            return "no_rating"
+    elif float(rating) < cfg.quality_threshold:
         return "low_rating"
     if not bool(row.get("success")):
         return "failed_call"

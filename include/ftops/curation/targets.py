@@ -7,17 +7,20 @@ So a failed or low-rated call that has a better answer becomes an example with t
 the pair (the better answer chosen, the served one rejected) is kept for preference training. A correction or
 teacher answer must pass the rules that apply to answers (length, error text) like a served one; one that does
 not is counted in ``Curated.target_rejections`` (``correction_too_short``, ``teacher_error_text``, …) and the
-next source is tried. Every text is scrubbed (PII, secrets) before it is kept.
+next source is tried. Every text is scrubbed (PII, secrets) before it is kept, the turns before the prompt too (the
+logged request's system prompt and earlier turns: a candidate's ``context``, JSON).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ftops.core.chat import context_and_prompt, logged_messages
 from ftops.core.config import CurationConfig
 from ftops.curation.rules import (
     answer_problem,
@@ -45,7 +48,8 @@ class Target:
     rejected: str | None = None  # the served answer it replaces when that differs: a preference pair's rejected
 
 
-def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str]) -> tuple[Target | None, str | None]:
+def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str],
+              trusted: frozenset[str] = frozenset()) -> tuple[Target | None, str | None]:  # fmt: skip
     """The row's training target in order of trust, or None and the reason it is filtered.
 
     A correction or teacher answer that fails :func:`~ftops.curation.rules.answer_problem` is counted in ``rejections`` and the next
@@ -53,7 +57,7 @@ def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str]
     ``failed_call``, …), or, when it carried a better answer that the answer rules rejected, with the first such
     rejection (``correction_too_short``: why a corrected row still did not become an example).
     """
-    served_problem = filter_reason(row, cfg)
+    served_problem = filter_reason(row, cfg, trusted)
     first_rejection: str | None = None
     for source in SOURCES[:-1]:
         text = row.get(TARGET_COLUMNS[source]) if source in cfg.target_sources else None
@@ -74,8 +78,10 @@ def target_of(row: dict[str, Any], cfg: CurationConfig, rejections: Counter[str]
 
 
 def assign_targets(records: Sequence[dict[str, Any]], outcome: dict[int, str], cfg: CurationConfig,
-                   future_after: datetime | None, rejections: Counter[str]) -> dict[int, Target]:  # fmt: skip
-    """Quarantine malformed rows and filter rows without a target (into ``outcome``); the others' targets."""
+                   future_after: datetime | None, rejections: Counter[str],
+                   trusted: frozenset[str] = frozenset()) -> dict[int, Target]:  # fmt: skip
+    """Quarantine malformed rows and filter rows without a target (into ``outcome``); the others' targets.
+    ``trusted``: model versions whose unrated answers are targets (:func:`~ftops.curation.rules.filter_reason`)."""
     targets: dict[int, Target] = {}
     for i, row in enumerate(records):
         if i in outcome:
@@ -83,7 +89,7 @@ def assign_targets(records: Sequence[dict[str, Any]], outcome: dict[int, str], c
         if reason := malformed_reason(row, cfg, future_after):
             outcome[i] = f"quarantined:{reason}"
             continue
-        target, reason = target_of(row, cfg, rejections)
+        target, reason = target_of(row, cfg, rejections, trusted)
         if target is None:
             outcome[i] = f"filtered:{reason}"
         else:
@@ -97,10 +103,13 @@ def candidate_of(row: dict[str, Any], index: int, target: Target) -> tuple[dict[
     texts = [scrub(row["prompt"]), scrub(target.text)]
     if target.rejected is not None:
         texts.append(scrub(target.rejected))
+    request = row.get("request")  # validated by malformed_reason
+    turns = [] if is_missing(request) or request == "" else context_and_prompt(logged_messages(request))[0]
+    context = [scrub(t["content"]) for t in turns]
     counts: Counter[str] = Counter()
-    if any(t.unsafe for t in texts):
+    if any(t.unsafe for t in texts + context):
         return None, counts
-    for t in texts:
+    for t in texts + context:
         counts.update(t.counts)
     rating: Any = row.get("user_feedback")
     return {
@@ -112,4 +121,6 @@ def candidate_of(row: dict[str, Any], index: int, target: Target) -> tuple[dict[
         "timestamp": as_utc(row.get("timestamp")),
         "model_version": None if is_missing(row.get("model_version")) else str(row["model_version"]),
         "source": target.source, "rejected": texts[2].text if len(texts) > 2 else None,
+        "context": json.dumps([{"role": t["role"], "content": c.text} for t, c in zip(turns, context, strict=True)],
+                              ensure_ascii=False) if turns else None,
     }, counts  # fmt: skip

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from ftops.core.chat import context_and_prompt, logged_messages
 from ftops.core.config import CurationConfig, TeacherConfig
 from ftops.curation.rules import answer_problem, is_missing, malformed_reason
 from ftops.curation.scrub import find_leaks, scrub
@@ -112,6 +113,9 @@ def candidates(rows: Iterable[Mapping[str, Any]], cfg: CurationConfig) -> tuple[
         correction = row.get("correction")
         if not is_missing(correction) and str(correction).strip():
             continue
+        request = row.get("request")  # well formed (malformed_reason): a call with a system prompt or earlier turns
+        if not is_missing(request) and request != "" and context_and_prompt(logged_messages(request))[0]:
+            continue  # is not relabelled: the teacher is asked the prompt alone, which may mean something else
         verdict, rating = row.get("task_success"), cast(Any, row.get("user_feedback"))
         failed = not bool(row.get("success")) or (not is_missing(verdict) and not bool(verdict))
         if not failed and (is_missing(rating) or float(rating) >= cfg.quality_threshold):

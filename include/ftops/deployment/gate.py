@@ -17,6 +17,10 @@ Every criterion is reported in words, passed or failed.
 For a task type scored by an LLM judge (``evaluation.metrics: {T: judge}``), :func:`judge_criteria` adds two:
 the judge's recorded calibration reaches ``evaluation.judge.min_kappa``, and the judge's net win of the
 candidate over the champion has a confidence interval above zero.
+
+A candidate that would replace an upstream champion (a hosted model behind a connection, ``ftops
+register-upstream``) faces the replacement gate instead (:func:`replacement_checks`): not worse within
+``replace_margin``, at least ``min_saving`` cheaper per 1 000 calls, p95 latency under ``max_latency_p95_ms``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def apply_gate(
     failure_slice: Mapping[str, str] | None = None,
     judged: Sequence[str] | None = None,
     yardstick: str | None = None,
+    replacing: str | None = None,
 ) -> GateDecision:
     """Compare candidate and baseline metrics evaluated on the same test examples.
 
@@ -84,6 +89,8 @@ def apply_gate(
             ``metric: judge``: they decide quality, and the exact-match accuracy criteria are reported only (a
             free-text answer is right in many wordings).
         yardstick: What the models were measured on, in words; the decision's first line (``ok: yardstick ...``).
+        replacing: The upstream champion's model name when the candidate would replace one: the replacement
+            gate (:func:`replacement_checks`) instead of the gain, perplexity and p50 criteria.
 
     Returns:
         The decision with one line per criterion, prefixed ``ok`` or ``FAIL``.
@@ -92,12 +99,15 @@ def apply_gate(
     n = int(candidate["n"])
     checks.append((n >= cfg.min_test_examples, f"test examples {n} (need ≥ {cfg.min_test_examples})"))
     gain = candidate["accuracy"] - baseline["accuracy"]
-    checks.append((gain >= cfg.min_accuracy_gain - 1e-12,
-                   f"accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: gain {gain:+.3f} "
-                   f"(need ≥ {cfg.min_accuracy_gain:+.3f})"))  # fmt: skip
+    if replacing is None:
+        checks.append((gain >= cfg.min_accuracy_gain - 1e-12,
+                       f"accuracy {candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f}: gain {gain:+.3f} "
+                       f"(need ≥ {cfg.min_accuracy_gain:+.3f})"))  # fmt: skip
     checks.append((candidate["accuracy"] >= cfg.min_accuracy - 1e-12,
                    f"accuracy {candidate['accuracy']:.3f} (floor ≥ {cfg.min_accuracy:.3f}, whatever the baseline)"))
-    if accuracy_ci is not None:
+    if replacing is not None:
+        checks += replacement_checks(candidate, baseline, cfg, accuracy_ci, replacing)
+    elif accuracy_ci is not None:
         _, low, high = accuracy_ci
         checks.append((low > cfg.min_lower_bound_gain,
                        f"accuracy gain {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] on the same {n} examples: "
@@ -108,17 +118,20 @@ def apply_gate(
                        f"accuracy {candidate['accuracy']:.3f} vs trivial baseline {trivial.name} {trivial.accuracy:.3f}: "
                        f"gain {trivial.gain_ci[0]:+.3f}, {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] "
                        "(need lower bound > 0, whatever the baseline)"))  # fmt: skip
-    if math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
+    if replacing is not None:
+        pass  # perplexity and p50 latency are compared only between two local models (replacement_checks)
+    elif math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
         checks.append((True, "perplexity not measured: API models return no log-likelihood of a reference"))
     else:
         ppl_rise = candidate["perplexity"] - baseline["perplexity"]  # one NaN fails: NaN <= x is False
         checks.append((ppl_rise <= cfg.max_perplexity_increase,
                        f"perplexity {candidate['perplexity']:.2f} vs {baseline['perplexity']:.2f} "
                        f"(rise allowed ≤ {cfg.max_perplexity_increase:g})"))  # fmt: skip
-    lat_rise = candidate["latency_p50_ms"] - baseline["latency_p50_ms"]
-    checks.append((lat_rise < cfg.max_latency_increase_ms,
-                   f"p50 latency {candidate['latency_p50_ms']:.1f} ms vs {baseline['latency_p50_ms']:.1f} ms "
-                   f"(rise allowed < {cfg.max_latency_increase_ms:g} ms)"))  # fmt: skip
+    if replacing is None:
+        lat_rise = candidate["latency_p50_ms"] - baseline["latency_p50_ms"]
+        checks.append((lat_rise < cfg.max_latency_increase_ms,
+                       f"p50 latency {candidate['latency_p50_ms']:.1f} ms vs {baseline['latency_p50_ms']:.1f} ms "
+                       f"(rise allowed < {cfg.max_latency_increase_ms:g} ms)"))  # fmt: skip
     cost = candidate.get("cost_per_1k_tokens", math.nan)
     if cfg.max_cost_per_1k_tokens is None:
         shown = "not measured" if math.isnan(cost) else f"{cost:.6g}"
@@ -133,6 +146,51 @@ def apply_gate(
                   for ok, text in checks]  # fmt: skip
         checks += [(line.startswith("ok:"), line.split(": ", 1)[-1]) for line in judged]
     return GateDecision(all(ok for ok, _ in checks), [f"{'ok' if ok else 'FAIL'}: {text}" for ok, text in checks])
+
+
+def replacement_checks(
+    candidate: Mapping[str, float], champion: Mapping[str, float], cfg: GateConfig,
+    accuracy_ci: tuple[float, float, float] | None, upstream: str,
+) -> list[tuple[bool, str]]:
+    """The replacement gate's criteria, for a candidate that would replace an upstream champion.
+
+    Not worse on the yardstick: the accuracy gain's lower confidence bound above ``-replace_margin`` (a judged
+    task type's net win is held to the same margin by :func:`judge_criteria`); cheaper: cost per 1 000 calls at
+    least ``min_saving`` below the champion's (the champion's from its token prices, the candidate's from its
+    decode time and ``compute_cost_per_hour``: unpriced local compute fails, as a saving against an unknown cost
+    cannot be shown); fast enough: p95 latency of single requests under ``max_latency_p95_ms``. Perplexity is
+    not compared (an API returns no likelihood of a reference), nor p50 against the champion (its latency is
+    someone else's machine and network).
+    """
+    margin = cfg.replace_margin
+    checks: list[tuple[bool, str]] = []
+    if accuracy_ci is None:
+        checks.append((False, f"accuracy not worse than upstream {upstream}: no confidence interval of the gain"))
+    else:
+        diff, low, high = accuracy_ci
+        checks.append((low > -margin - 1e-12,
+                       f"accuracy not worse than upstream {upstream}: {candidate['accuracy']:.3f} vs "
+                       f"{champion['accuracy']:.3f}, gain {diff:+.3f}, {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}]: "
+                       f"lower bound {low:+.3f} (need > -{margin:g}, gate.replace_margin)"))  # fmt: skip
+    mine, theirs = candidate.get("cost_per_1k_calls", math.nan), champion.get("cost_per_1k_calls", math.nan)
+    if not math.isfinite(theirs) or theirs <= 0:
+        checks.append((False, f"cost per 1 000 calls of upstream {upstream} not measured (its version has no "
+                              "prices, or its API reported no token usage): no saving can be shown"))  # fmt: skip
+    elif cfg.compute_cost_per_hour <= 0:
+        checks.append((False, f"cost per 1 000 calls of the candidate unknown: gate.compute_cost_per_hour is 0 (set "
+                              f"the hourly price of the machine that serves it); upstream {upstream}: {theirs:.4g}"))
+    else:
+        saving = 1 - mine / theirs
+        checks.append((saving >= cfg.min_saving - 1e-12,
+                       f"cost per 1 000 calls {mine:.4g} vs upstream {upstream} {theirs:.4g}: saving {saving:.1%} "
+                       f"(need ≥ {cfg.min_saving:.0%}, gate.min_saving)"))  # fmt: skip
+    p95 = candidate.get("latency_p95_ms", math.nan)
+    checks.append((p95 < cfg.max_latency_p95_ms,  # NaN (not measured) fails
+                   f"p95 latency {p95:.0f} ms (need < {cfg.max_latency_p95_ms:g} ms, gate.max_latency_p95_ms; "
+                   f"upstream {upstream}: {champion.get('latency_p95_ms', math.nan):.0f} ms, network included)"))
+    checks.append((True, "perplexity not compared: the champion is an upstream model (compared only between two "
+                         "local models)"))  # fmt: skip
+    return checks
 
 
 def slice_check(report: Mapping[str, str] | None, cfg: GateConfig) -> tuple[bool, str] | None:
@@ -191,7 +249,8 @@ def judge_trust(calibration: JudgeCalibration | None, cfg: JudgeConfig, task_typ
 
 
 def judge_criteria(
-    result: JudgeResult | None, calibration: JudgeCalibration | None, cfg: JudgeConfig, task_type: str
+    result: JudgeResult | None, calibration: JudgeCalibration | None, cfg: JudgeConfig, task_type: str,
+    margin: float = 0.0,
 ) -> list[str]:
     """The gate's judge criteria for a task type with ``metric: judge``, as ``ok:``/``FAIL:`` lines.
 
@@ -205,6 +264,8 @@ def judge_criteria(
         calibration: The recorded calibration of the task type's judge, or None.
         cfg: ``evaluation.judge``.
         task_type: For the messages.
+        margin: How far below zero the net win's lower bound may be: ``gate.replace_margin`` when the champion
+            is an upstream model (not worse), else 0 (better).
 
     Returns:
         One line per criterion, like :func:`apply_gate`'s reasons; the candidate passes only if all are ``ok``.
@@ -214,8 +275,9 @@ def judge_criteria(
     if result is None:
         return lines + ["FAIL: judge not run: no net win measured"]
     low, high = result.net_win_ci
-    lines.append(f"{'ok' if low > 0 else 'FAIL'}: judge net win {result.net_win:+.3f} over the champion ({result.wins} "
+    need = f"> -{margin:g}, not worse: gate.replace_margin" if margin else "> 0"
+    lines.append(f"{'ok' if low > -margin else 'FAIL'}: judge net win {result.net_win:+.3f} over the champion ({result.wins} "
                  f"wins, {result.ties} ties, {result.losses} losses of {result.n}; win rate {result.win_rate:.3f}"
                  + (f"; {result.unparseable} unparseable verdicts" if result.unparseable else "")
-                 + f"), {result.confidence:.0%} CI [{low:+.3f}, {high:+.3f}]: lower bound (need > 0)")  # fmt: skip
+                 + f"), {result.confidence:.0%} CI [{low:+.3f}, {high:+.3f}]: lower bound (need {need})")  # fmt: skip
     return lines

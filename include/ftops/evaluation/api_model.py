@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ftops.core.stats import percentile
@@ -19,11 +19,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Mapping[str, Any]]) -> EvalResult:
+def evaluate_api_model(
+    client: openai.OpenAI, model: str, test_rows: Sequence[Mapping[str, Any]],
+    price: Callable[[int, int], float] | None = None,
+) -> EvalResult:
     """Answer the test prompts with an API model through chat completions and score them like a local model.
 
-    Perplexity and cost per 1 000 tokens are NaN: a chat completion returns no reference log-likelihood, and
-    serving prices are the provider's. Latency is each request's wall time, network included.
+    Perplexity is NaN: a chat completion returns no reference log-likelihood. Latency is each request's wall
+    time, network included. With ``price`` (``(prompt_tokens, completion_tokens) -> cost`` of one call: an
+    upstream version's token prices) the cost of the calls made is reported as ``cost_per_1k_calls`` and
+    ``cost_per_1k_tokens`` (generated tokens); without it both are NaN (the provider's prices are unknown).
     """
     from ftops.core.chat import split_conversation
     from ftops.core.openai_api import chat_complete
@@ -31,7 +36,7 @@ def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Ma
 
     if not test_rows:
         raise ValueError("no test rows to evaluate")
-    outputs, references, latencies, tokens = [], [], [], 0
+    outputs, references, latencies, tokens, generated, cost = [], [], [], 0, 0, 0.0
     for row in test_rows:
         turns, reference = split_conversation(row["messages"])
         reply = chat_complete(client, model, turns, temperature=0, max_tokens=64)
@@ -39,6 +44,8 @@ def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Ma
         references.append(reference)
         latencies.append(reply.latency_ms)
         tokens += reply.usage_tokens or 0
+        generated += reply.completion_tokens
+        cost += price(reply.prompt_tokens, reply.completion_tokens) if price is not None else math.nan
     scores, correct = score_answers(outputs, references)
     metrics = {
         **scores,
@@ -46,7 +53,8 @@ def evaluate_api_model(client: openai.OpenAI, model: str, test_rows: Sequence[Ma
         "latency_p50_ms": percentile(latencies, 0.5),
         "latency_p95_ms": percentile(latencies, 0.95),
         "tokens_per_s": tokens / max(sum(latencies) / 1000, 1e-9),
-        "cost_per_1k_tokens": math.nan,
+        "cost_per_1k_tokens": cost / generated * 1000 if generated else math.nan,
+        "cost_per_1k_calls": cost / len(outputs) * 1000,
         "n": float(len(outputs)),
     }
     log.info("Evaluated %s on %d examples: accuracy %.3f, BLEU %.1f, ROUGE-L %.3f, p50 %.0f ms", model,

@@ -85,6 +85,7 @@ def evaluate(
     ``cost_per_hour`` for the machine doing it and spreads it over the generated tokens::
 
         cost_per_1k_tokens = cost_per_hour * generation_seconds / 3600 / generated_tokens * 1000
+        cost_per_1k_calls  = cost_per_hour * generation_seconds / 3600 / prompts * 1000
 
     so it holds for batched serving at ``batch_size`` on this machine and its load; with the default price
     0 it is 0 (local compute not priced).
@@ -99,7 +100,8 @@ def evaluate(
 
     Returns:
         ``metrics`` with accuracy (0-1), perplexity, bleu (0-100), rouge_l (0-1), latency_p50_ms,
-        latency_p95_ms, tokens_per_s, cost_per_1k_tokens and n; ``outputs`` and ``correct`` in row order.
+        latency_p95_ms, tokens_per_s, cost_per_1k_tokens, cost_per_1k_calls (batched decode time, priced) and
+        n; ``outputs`` and ``correct`` in row order.
 
     Raises:
         ValueError: ``test_rows`` is empty.
@@ -125,6 +127,7 @@ def evaluate(
         **latency,
         "tokens_per_s": tokens / max(generation.seconds, 1e-9),
         "cost_per_1k_tokens": cost_per_hour * generation.seconds / 3600 / max(tokens, 1) * 1000,
+        "cost_per_1k_calls": cost_per_hour * generation.seconds / 3600 / len(prompts) * 1000,
         "n": float(len(prompts)),
     }
     logger.info(

@@ -25,6 +25,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "latency_p95_ms",
     "tokens_per_s",
     "cost_per_1k_tokens",
+    "cost_per_1k_calls",
     "n",
 )
 _EDGE_PUNCT = string.punctuation + "\u201c\u201d\u2018\u2019"

@@ -21,6 +21,7 @@ from ftops.curation.curated import STAGED_PAIRS
 from ftops.pipeline.common import dataset_registry
 
 if TYPE_CHECKING:
+    import pandas as pd
     import sqlalchemy as sa
 
     from ftops.curation.embedding import Embedder
@@ -197,7 +198,8 @@ def curate_window(
     relabel_s = time.perf_counter() - clock
     curated = curate_frame(frame, cfg.curation, embedder, EmbeddingCache(cache_path),
                            earlier=read_pool(engine, task_type, table), future_after=future_after,
-                           published=published, evalset=evalset_prompts(cfg, task_type))  # fmt: skip
+                           published=published, evalset=evalset_prompts(cfg, task_type),
+                           trusted=trusted_teachers(frame, task_type))  # fmt: skip
     quarantine(curated)
     timings = {"read": round(read_s, 3), "read_history": round(history_s, 3), "relabel": round(relabel_s, 3),
                **curated.timings}
@@ -262,6 +264,22 @@ def curate_window(
         "config": cfg.curation.model_dump(mode="json"),
     }
     return stage("staged", train_jsonl=to_jsonl(curated.train), test_jsonl=to_jsonl(curated.test), metadata=metadata)
+
+
+def trusted_teachers(frame: pd.DataFrame, task_type: str) -> frozenset[str]:
+    """The model versions of ``task_type`` marked as trusted teachers (``ftops trust-teacher``), whose unrated
+    answers are targets. The registry is asked only when the batch has an unrated row naming a model version; a
+    registry that does not answer fails the run (retried), so those rows are not filtered as unrated by mistake."""
+    from ftops.registry.upstream import trusted_versions
+
+    if "user_feedback" not in frame or "model_version" not in frame:
+        return frozenset()
+    if not (frame["user_feedback"].isna() & frame["model_version"].notna()).any():
+        return frozenset()
+    trusted = trusted_versions(task_type)
+    if trusted:
+        log.info("%s: unrated answers of %s are targets (trusted teachers)", task_type, ", ".join(sorted(trusted)))
+    return trusted
 
 
 def evalset_prompts(cfg: FtopsConfig, task_type: str) -> list[str]:

@@ -42,26 +42,24 @@ log = logging.getLogger(__name__)
 def _load_local_model(tags: dict[str, str], weights_uri: str, folder: str) -> LoadedModel | None:
     """The local model a training run's tags describe: the base model plus its trained weights (adapter or
     full model) downloaded from ``weights_uri``, or the untuned base when the URI is empty. None for an API
-    model (``backend: openai``), which is evaluated through the API."""
+    model (``backend: openai`` or ``upstream``), which is evaluated through its API."""
     from ftops.evaluation.generate import load_model
 
-    if tags.get("backend") == "openai":
+    if tags.get("backend") in ("openai", UPSTREAM):
         return None
-    if tags.get("backend") == UPSTREAM:  # issue 22: the replacement gate is not built yet
-        raise ValueError(f"{tags.get(UPSTREAM_MODEL_TAG)} is an upstream model: a candidate cannot be evaluated "
-                         "against an upstream champion yet (README, Serving: upstream models)")  # fmt: skip
     base = check_base_model(tags["base_model"])
     return load_model(base, mlflow_download(weights_uri, folder) if weights_uri else None)
 
 
 def evaluate_versions(
     specs: list[tuple[dict[str, str], str]], test: list[dict[str, Any]], cfg: FtopsConfig, folder: str,
-    api_client: Callable[[], Any] | None, *, timed: bool = True,
+    api_client: Callable[[], Any] | None, *, timed: bool = True, connect: Callable[[str], Any] | None = None,
 ) -> list[EvalResult]:
     """Evaluate models given as (training run tags, weights URI) on the same test rows.
 
     An API model is asked through chat completions (``openai.fine_tuned_model``, or its base model when
-    untuned). When every model is local, single-request latency is timed with all of them loaded,
+    untuned); an upstream version through the client ``connect`` makes for its connection id, its calls priced
+    with its tags' token prices (``cost_per_1k_calls``). When every model is local, single-request latency is timed with all of them loaded,
     interleaved prompt by prompt (:func:`ftops.evaluation.time_single_requests`), so a load spike on the
     machine cannot favour one of them; ``timed=False`` leaves latency unmeasured (NaN).
     """
@@ -73,7 +71,9 @@ def evaluate_versions(
     together = len(local) == len(loaded) > 1
     results = []
     for (tags, _), model in zip(specs, loaded, strict=True):
-        if model is None:
+        if model is None and tags.get("backend") == UPSTREAM:
+            results.append(_evaluate_upstream(tags, test, connect))
+        elif model is None:
             from ftops.evaluation.api_model import evaluate_api_model
             from ftops.pipeline.finetune_api import MODEL_TAG
 
@@ -89,6 +89,16 @@ def evaluate_versions(
     return results
 
 
+def _evaluate_upstream(tags: dict[str, str], test: list[dict[str, Any]], connect: Callable[[str], Any] | None) -> EvalResult:
+    from ftops.evaluation.api_model import evaluate_api_model
+    from ftops.registry.upstream import CONNECTION_TAG, prices_of
+    from ftops.serving.backends import connection_client
+
+    prices = prices_of(tags)
+    client = (connect or connection_client)(tags[CONNECTION_TAG])
+    return evaluate_api_model(client, tags[UPSTREAM_MODEL_TAG], test, price=prices.cost if prices else None)
+
+
 def version_spec(mv: Any) -> tuple[dict[str, str], str]:
     """(training run tags with the version's tags over them, weights URI) of a registered model version."""
     run = registry.client().get_run(str(mv.run_id))
@@ -102,6 +112,7 @@ def evaluate_candidate(
     run_id: str,
     *,
     api_client: Callable[[], Any] | None = None,
+    connect: Callable[[str], Any] | None = None,
     judge_client: Callable[[], Any] | None = None,
     engine: sa.Engine | None = None,
     decision_key: str | None = None,
@@ -154,21 +165,26 @@ def evaluate_candidate(
         raise ValueError(f"{version.tag} has no test row that the incumbent did not write ({excluded} excluded): "
                          "import an eval set (ftops evalset import) or curate more traffic")  # fmt: skip
     trivials = trivial_baselines(datasets.read(version, "train"), test)
+    replacing = None
     if champion is not None:
         baseline_name = f"champion v{champion.version}"
         baseline_spec = version_spec(champion)
+        if baseline_spec[0].get("backend") == UPSTREAM:  # the replacement gate (deployment.gate)
+            replacing = baseline_spec[0][UPSTREAM_MODEL_TAG]
+            baseline_name += f" (upstream {replacing})"
     else:
         baseline_name = f"base model {tags['base_model']}"
         baseline_spec = ({"backend": tags["backend"], "base_model": tags["base_model"]}, "")  # untuned
     candidate_spec = (tags, f"{run.info.artifact_uri}/{weights_artifact(tags)}")
     with tempfile.TemporaryDirectory() as tmp:
-        candidate, baseline = evaluate_versions([candidate_spec, baseline_spec], test, cfg, tmp, api_client)
+        candidate, baseline = evaluate_versions([candidate_spec, baseline_spec], test, cfg, tmp, api_client,
+                                                connect=connect)  # fmt: skip
         split_figures: list[EvalResult] | None = [candidate, baseline]
         if evalset is not None:  # the split figure beside the yardstick's
             split_figures = evaluate_versions([candidate_spec, baseline_spec], split_rows, cfg, f"{tmp}/split",
-                                              api_client, timed=False) if split_rows else None  # fmt: skip
+                                              api_client, timed=False, connect=connect) if split_rows else None  # fmt: skip
         failure_slice = _failure_slice(cfg, task_type, engine, decision_key, [candidate_spec, baseline_spec],
-                                       f"{tmp}/slice", api_client)  # fmt: skip
+                                       f"{tmp}/slice", api_client, connect)  # fmt: skip
     judged = None
     if cfg.evaluation.metric(task_type) == "judge":
         from ftops.pipeline.judge import judge_gate
@@ -177,7 +193,7 @@ def evaluate_candidate(
             raise ValueError(f"{task_type} is judged (evaluation.metrics) but no judge connection was given")
         prompts, references = zip(*examples_of(test), strict=True) if test else ((), ())
         judged = judge_gate(cfg, task_type, judge_client(), list(prompts), candidate.outputs, baseline.outputs,
-                            list(references))  # fmt: skip
+                            list(references), margin=cfg.gate.replace_margin if replacing else 0.0)  # fmt: skip
     ci = paired_bootstrap(candidate.correct, baseline.correct, resamples=cfg.gate.bootstrap_resamples,
                           confidence=cfg.gate.confidence, seed=0)  # fmt: skip
     trivial = best_trivial(trivials)
@@ -191,7 +207,7 @@ def evaluate_candidate(
                    "no eval set: ftops evalset import)")  # fmt: skip
     gate = apply_gate(candidate.metrics, baseline.metrics, cfg.gate, ci, trivial=versus_trivial,
                       failure_slice=failure_slice, judged=judged.reasons if judged else None,
-                      yardstick=measured_on)  # fmt: skip
+                      yardstick=measured_on, replacing=replacing)  # fmt: skip
     accuracy_gain = _gain(ci, cfg)
     yardstick = {"tag": evalset.tag if evalset else "none", "version": evalset.version if evalset else None,
                  "n": len(test), "accuracy": candidate.metrics["accuracy"],
@@ -200,7 +216,7 @@ def evaluate_candidate(
              "accuracy": split_figures[0].metrics["accuracy"] if split_figures else None,
              "accuracy_baseline": split_figures[1].metrics["accuracy"] if split_figures else None}  # fmt: skip
     report = {
-        "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name,
+        "task_type": task_type, "dataset_version": version.tag, "baseline": baseline_name, "replacing": replacing,
         "champion_version": str(champion.version) if champion is not None else None,
         "candidate_metrics": candidate.metrics, "baseline_metrics": baseline.metrics,
         "accuracy_gain": accuracy_gain, "gate": gate.as_dict(), "yardstick": yardstick, "split": split,
@@ -248,6 +264,7 @@ def evaluate_candidate(
 def _failure_slice(
     cfg: FtopsConfig, task_type: str, engine: sa.Engine | None, decision_key: str | None,
     specs: list[tuple[dict[str, str], str]], folder: str, api_client: Callable[[], Any] | None,
+    connect: Callable[[str], Any] | None = None,
 ) -> dict[str, str] | None:
     """The failure-slice report (tags: ids and figures, no text) of a fine-tune started for an error pattern."""
     from ftops.evaluation.slices import slice_report
@@ -262,7 +279,7 @@ def _failure_slice(
         return None
     if not found.rows:  # no reference for any prompt of the cluster: reported as such
         return slice_report(found, [], [])
-    candidate, champion = evaluate_versions(specs, found.rows, cfg, folder, api_client, timed=False)
+    candidate, champion = evaluate_versions(specs, found.rows, cfg, folder, api_client, timed=False, connect=connect)
     return slice_report(found, candidate.correct, champion.correct)
 
 

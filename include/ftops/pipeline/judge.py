@@ -95,6 +95,7 @@ def judge_gate(
     candidate: Sequence[str],
     champion: Sequence[str],
     references: Sequence[str | None] | None = None,
+    margin: float = 0.0,
 ) -> JudgeGate:
     """Judge the candidate's answers against the champion's, if the task type's judge is trusted.
 
@@ -110,6 +111,7 @@ def judge_gate(
         candidate: The candidate's answers.
         champion: The champion's (or the base model's) answers to the same prompts.
         references: The eval set's references (shown to the judge), or None.
+        margin: ``gate.replace_margin`` when the champion is an upstream model (not worse suffices), else 0.
 
     Raises:
         JudgeBudgetError: Judging needs more than ``evaluation.judge.max_calls`` calls (nothing is spent).
@@ -130,5 +132,5 @@ def judge_gate(
         return JudgeGate(False, judge_criteria(None, calibration, jc, task_type), None, tags, {})
     result = compare_answers(client, jc, prompts, candidate, champion, references=references, task_type=task_type,
                              confidence=cfg.gate.confidence, resamples=cfg.gate.bootstrap_resamples)  # fmt: skip
-    reasons = judge_criteria(result, calibration, jc, task_type)
+    reasons = judge_criteria(result, calibration, jc, task_type, margin)
     return JudgeGate(all(r.startswith("ok:") for r in reasons), reasons, result, result.tags(kappa), result.metrics())

@@ -21,12 +21,14 @@ from ftops.core.airflow_api import AirflowAPI, AirflowAPIError, AirflowUnavailab
 from ftops.core.config import FtopsConfig
 from ftops.core.names import check_task_type
 from ftops.deployment.guards import RollbackCheck, rollback_guard
-from ftops.pipeline.common import dataset_registry, json_safe
+from ftops.pipeline.common import dataset_registry, json_safe, served_model_version
 from ftops.pipeline.comparison import compare_versions
 from ftops.registry import models as registry
 from ftops.registry.yardstick import yardstick
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import sqlalchemy as sa
 
     from ftops.pipeline.governor import Verdict
@@ -177,7 +179,42 @@ def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: 
         "yardstick": stick,
         "on_latest_evalset": {"yardstick": comparison["yardstick"], "comparable": comparison["comparable"],
                               "accuracy": point["accuracy"], "note": point["note"]},
+        "cost": _cost(cfg, engine, task_type, str(mv.version)),
     }))  # fmt: skip
+
+
+def _cost(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: str) -> dict[str, Any]:
+    """The version's cost per 1 000 calls from its logged calls, and its saving against the task type's first
+    upstream version, if it ever had one (:func:`cost_summary`)."""
+    from ftops.warehouse.costs import cost_per_1k_calls
+
+    def read(t: str, v: str) -> float | None:
+        return cost_per_1k_calls(engine, t, served_model_version(t, v), cfg.interactions_table,
+                                 cost_per_hour=cfg.gate.compute_cost_per_hour)["per_1k_calls"]  # fmt: skip
+
+    summary = cost_summary(task_type, {"version": version}, read)
+    return {"per_1k_calls": summary["version_per_1k_calls"], "saving": summary.get("version_saving"),
+            "first_upstream": summary.get("first_upstream")}
+
+
+def cost_summary(task_type: str, served: dict[str, Any], cost: Callable[[str, str], float | None]) -> dict[str, Any]:
+    """Cost per 1 000 calls of the served versions (``served``: role -> version or None) and, when the task type
+    ever had an upstream version, the saving of each against the first one (1 - cost / its cost)."""
+    from ftops.registry.upstream import MODEL_TAG, UPSTREAM
+
+    out: dict[str, Any] = {f"{role}_per_1k_calls": cost(task_type, v) if v else None for role, v in served.items()}
+    upstream = sorted((v for v in registry.versions(task_type) if (v.tags or {}).get("backend") == UPSTREAM),
+                      key=lambda v: int(v.version))  # fmt: skip
+    if upstream:
+        first = upstream[0]
+        theirs = cost(task_type, str(first.version))
+        out["first_upstream"] = {"version": str(first.version), "model": (first.tags or {}).get(MODEL_TAG),
+                                 "per_1k_calls": theirs}  # fmt: skip
+        for role in served:
+            mine = out[f"{role}_per_1k_calls"]
+            ok = mine is not None and theirs
+            out[f"{role}_saving"] = 1 - mine / theirs if ok else None
+    return out
 
 
 def _num(value: str | None) -> float | None:

@@ -26,7 +26,7 @@ from ftops.core.config import FtopsConfig
 from ftops.core.names import is_task_type
 from ftops.pipeline.common import dataset_registry, json_safe, parse_time, served_model_version
 from ftops.pipeline.comparison import compare_versions
-from ftops.pipeline.operations import redact
+from ftops.pipeline.operations import cost_summary, redact
 from ftops.registry import models as registry
 from ftops.registry.yardstick import yardstick
 
@@ -82,10 +82,11 @@ def collect_status(
     if warehouse_error:
         problems["warehouse"] = warehouse_error
     live = None if warehouse_error else _live_reader(engine, cfg)
+    cost = None if live is None else _cost_reader(engine, cfg)
     client: MlflowClient | None = None
     try:
         client = registry.client()
-        status["models"] = [_models(cfg, t, live, now) for t in registry.registered_task_types()]
+        status["models"] = [_models(cfg, t, live, now, cost) for t in registry.registered_task_types()]
     except registry.RegistryUnavailableError as exc:
         problems["registry"] = one_line(f"MLflow registry: unreachable: {exc}")
         client, status["models"] = None, None
@@ -145,6 +146,18 @@ def _live_reader(engine: sa.Engine, cfg: FtopsConfig) -> Callable[[str, str, dat
                          success_min_rating=cfg.canary.success_min_rating)  # fmt: skip
         keep = ("requests", "error_rate", "latency_p95_ms", "rated", "mean_rating", "task_success_rate")
         return {"since": since.isoformat(), **{k: m[k] for k in keep}}
+
+    return read
+
+
+def _cost_reader(engine: sa.Engine, cfg: FtopsConfig) -> Callable[[str, str], float | None]:
+    """``(task_type, version) -> cost per 1 000 calls`` from the version's latest answered calls (None: unpriced)."""
+    from ftops.warehouse.costs import cost_per_1k_calls
+
+    def read(task_type: str, version: str) -> float | None:
+        found = cost_per_1k_calls(engine, task_type, served_model_version(task_type, version), cfg.interactions_table,
+                                  cost_per_hour=cfg.gate.compute_cost_per_hour)  # fmt: skip
+        return found["per_1k_calls"]
 
     return read
 
@@ -269,7 +282,8 @@ def _recent(client: MlflowClient | None, runs: list[dict[str, Any]], days: int) 
 
 # -- models in service --------------------------------------------------------------------------------------
 def _models(
-    cfg: FtopsConfig, task_type: str, live: Callable[[str, str, datetime], dict[str, Any]] | None, now: datetime
+    cfg: FtopsConfig, task_type: str, live: Callable[[str, str, datetime], dict[str, Any]] | None, now: datetime,
+    cost: Callable[[str, str], float | None] | None = None,
 ) -> dict[str, Any]:
     champion = registry.alias_version(task_type, registry.CHAMPION)
     canary = registry.alias_version(task_type, registry.CANARY)
@@ -285,6 +299,9 @@ def _models(
     if champion is not None and live is not None:
         out["champion"]["live"] = live(task_type, str(champion.version), window_start)
     out["accuracy_by_version"] = compare_versions(task_type, confidence=cfg.gate.confidence)
+    if cost is not None:
+        out["cost"] = cost_summary(task_type, {"champion": str(champion.version) if champion else None,
+                                               "canary": str(canary.version) if canary else None}, cost)  # fmt: skip
     return out
 
 

@@ -107,9 +107,28 @@ def _model_lines(m: dict[str, Any], now: datetime) -> list[str]:
 
 def _comparison_lines(m: dict[str, Any]) -> list[str]:
     comparison = m.get("accuracy_by_version")
+    lines = _cost_lines(m.get("cost"))
     if not comparison or not comparison["points"]:
+        return lines
+    return [*lines, f"    every version, {comparison['title']}:", *yardstick_table(comparison, "      ")]
+
+
+def _cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """Cost per 1 000 calls of champion and canary and, where there was one, the saving against the first
+    upstream version."""
+    if not cost:
         return []
-    return [f"    every version, {comparison['title']}:", *yardstick_table(comparison, "      ")]
+    shown = []
+    for role in ("champion", "canary"):
+        value, saving = cost.get(f"{role}_per_1k_calls"), cost.get(f"{role}_saving")
+        if value is not None:
+            shown.append(f"{role} {value:.4g}" + (f" (saving {saving:.1%})" if saving is not None else ""))
+    first = cost.get("first_upstream")
+    if first is not None:
+        theirs = "unpriced" if first["per_1k_calls"] is None else f"{first['per_1k_calls']:.4g}"
+        shown.append(f"first upstream v{first['version']} ({first['model']}) {theirs}")
+    text = ", ".join(shown) or "no priced call (set gate.compute_cost_per_hour to price local models)"
+    return [f"    cost per 1 000 calls: {text}"]
 
 
 def _version_lines(role: str, v: dict[str, Any]) -> list[str]:

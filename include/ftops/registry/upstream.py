@@ -22,6 +22,9 @@ from ftops.registry import models as registry
 UPSTREAM = "upstream"  # the run's and version's ``backend`` tag
 CONNECTION_TAG, MODEL_TAG = "upstream.connection", "upstream.model"
 PRICE_INPUT_TAG, PRICE_OUTPUT_TAG = "price.input_per_mtok", "price.output_per_mtok"
+# A version whose answers curation takes as targets without a user's rating (still filtered by the quality rules;
+# a low rating still drops a row): typically a large upstream model that a local one is to replace (distillation).
+TRUSTED_TAG = "trusted_teacher"
 _CONNECTION_ID = re.compile(r"[A-Za-z0-9_]{1,100}")  # what AIRFLOW_CONN_<ID> can carry
 _MAX_MODEL_CHARS = 200
 
@@ -85,3 +88,22 @@ def register_upstream(task_type: str, connection: str, model: str, price_input: 
     artifact_uri = registry.client().get_run(run_id).info.artifact_uri
     return registry.register(task_type, run_id, f"{artifact_uri}/{UPSTREAM}", {**tags, "decision": "deploy",
                              "reason": f"upstream model {model} through connection {connection}"})  # fmt: skip
+
+
+def set_trusted(task_type: str, version: str, trusted: bool = True) -> None:
+    """Mark (or unmark) a registered version as a trusted teacher: curation keeps its unrated answers.
+
+    Raises:
+        ValueError: No such version.
+        RegistryUnavailableError: The registry failed to answer.
+    """
+    if str(version) not in {str(v.version) for v in registry.versions(task_type)}:
+        raise ValueError(f"{registry.model_name(task_type)} has no version {version}")
+    registry.set_tags(task_type, str(version), {TRUSTED_TAG: "true" if trusted else "false"})
+
+
+def trusted_versions(task_type: str) -> frozenset[str]:
+    """The ``model_version`` strings (as the gateway logs them: ``ftops-<task_type>/<version>``) of the task type's
+    versions marked as trusted teachers."""
+    return frozenset(f"{registry.model_name(task_type)}/{v.version}" for v in registry.versions(task_type)
+                     if v.tags.get(TRUSTED_TAG) == "true")  # fmt: skip

@@ -11,6 +11,7 @@ requests in one call, so a gateway can batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     cost: float | None = None
+    decode_ms: float | None = None  # a local model's share of its batch's decode time (batch time / batch size)
 
 
 class Backend(Protocol):
@@ -74,8 +76,8 @@ class LocalBackend:
 
     exclusive = True
 
-    def __init__(self, loaded: LoadedModel, name: str) -> None:
-        self.loaded, self.name = loaded, name
+    def __init__(self, loaded: LoadedModel, name: str, cost_per_hour: float = 0.0) -> None:
+        self.loaded, self.name, self.cost_per_hour = loaded, name, cost_per_hour
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
         from ftops.core.chat import render_prompt
@@ -88,15 +90,19 @@ class LocalBackend:
         for i, req in enumerate(requests):
             by_cap.setdefault(max(req.decode_tokens or 0, req.max_tokens), []).append(i)
         for cap, idx in by_cap.items():
+            started = time.perf_counter()
             gen = generate_answers(self.loaded, [prompts[i] for i in idx], batch_size=len(idx), max_new_tokens=cap,
                                    progress=False)  # fmt: skip
+            share_s = (time.perf_counter() - started) / len(idx)  # each call's share of the machine's time
+            cost = self.cost_per_hour * share_s / 3600 if self.cost_per_hour > 0 else None  # unpriced: no cost
             for j, i in enumerate(idx):
                 n_prompt = len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"])
                 text, count, asked = gen.texts[j], gen.token_counts[j], requests[i].max_tokens
                 if count > asked:  # decoded to the bucket's cap: cut back to the request's own
                     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:asked]
                     text, count = str(tokenizer.decode(ids, skip_special_tokens=True)).strip(), asked
-                out[i] = Completion(text, n_prompt, count, "length" if count >= asked else "stop")
+                out[i] = Completion(text, n_prompt, count, "length" if count >= asked else "stop", cost=cost,
+                                    decode_ms=share_s * 1000)  # fmt: skip
         return [c for c in out if c is not None]
 
 
@@ -148,7 +154,7 @@ def connection_client(conn_id: str) -> openai.OpenAI:
 
 def load_backend(
     task_type: str, version: str, cache_dir: str | Path, api_client: ApiClientFactory | None = None,
-    connect: ConnectionClientFactory = connection_client,
+    connect: ConnectionClientFactory = connection_client, cost_per_hour: float = 0.0,
 ) -> Backend:
     """Load a registered version of ``ftops-<task_type>`` for serving.
 
@@ -160,6 +166,8 @@ def load_backend(
         api_client: Makes the OpenAI-compatible client for API-backed versions; None: such versions fail to
             load (with a message saying what to configure).
         connect: Makes the client of an upstream version's connection (default: from ``AIRFLOW_CONN_<ID>``).
+        cost_per_hour: The hourly price of the machine a local model runs on (``gate.compute_cost_per_hour``):
+            each local answer's cost is its share of the batch's decode time at that price (0: not priced).
 
     Raises:
         RegistryUnavailableError: The registry failed to answer.
@@ -193,7 +201,7 @@ def load_backend(
         return ApiBackend(api_client(), model, label)
     # Keyed by run too: a registry recreated under the same FTOPS_HOME numbers its versions from 1 again.
     folder = Path(cache_dir) / task_type / f"{version}-{run.info.run_id}"
-    return LocalBackend(_load_local(tags, run.info.artifact_uri, folder), label)
+    return LocalBackend(_load_local(tags, run.info.artifact_uri, folder), label, cost_per_hour)
 
 
 def _load_local(tags: dict[str, Any], artifact_uri: str, folder: Path) -> LoadedModel:

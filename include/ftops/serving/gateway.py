@@ -203,15 +203,17 @@ class Gateway:
     async def _log(self, call_id: str, req: ChatRequest, route: Route, answer: Completion | None, started: float,
                    user: str | None, key_id: str | None, failure: str = "error") -> None:  # fmt: skip
         row: dict[str, Any] = {
-            "id": call_id, "task_type": req.task_type, "prompt": req.prompt, "key_id": key_id,
+            "id": call_id, "task_type": req.task_type, "prompt": req.prompt, "request": req.logged(), "key_id": key_id,
             "response": answer.text if answer else "", "model_version": route.model_version, "user_id": user,
             "success": answer is not None, "latency_ms": round((time.perf_counter() - started) * 1000),
             "tokens_used": (answer.prompt_tokens + answer.completion_tokens) if answer else 0,
             "metadata": {"gateway": "ftops serve", "role": route.role, "turns": len(req.messages),
                          "finish_reason": answer.finish_reason if answer else failure, "stream": req.stream},
         }  # fmt: skip
-        if answer is not None and answer.cost is not None:  # an upstream version's: tokens x its prices
+        if answer is not None and answer.cost is not None:  # tokens x prices (upstream), decode time x price (local)
             row["metadata"]["cost"] = answer.cost
+        if answer is not None and answer.decode_ms is not None:  # a local model's share of its batch's decode time
+            row["metadata"]["decode_ms"] = round(answer.decode_ms, 3)
         try:
             await asyncio.to_thread(self.logger.log, **row)
         except SpoolFullError as exc:  # the warehouse has been away for long: tell the client when to come back
@@ -362,11 +364,12 @@ def create_app(gateway: Gateway) -> FastAPI:
 
 def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interactions", *,
                   api_client: ApiClientFactory | None = None, key_hashes: frozenset[str] = frozenset(),
-                  spool_dir: str | None = None, preload: bool = True) -> Gateway:  # fmt: skip
+                  spool_dir: str | None = None, preload: bool = True, cost_per_hour: float = 0.0) -> Gateway:  # fmt: skip
     """A gateway on the registry (``MLFLOW_TRACKING_URI``) and a warehouse, set up from ``serving`` config.
 
     Downloaded weights are cached under ``FTOPS_HOME/serving/models``; the spool is
-    ``FTOPS_HOME/spool/<table>`` unless ``spool_dir`` says otherwise.
+    ``FTOPS_HOME/spool/<table>`` unless ``spool_dir`` says otherwise. ``cost_per_hour`` prices a local model's
+    decode time in each call's ``metadata.cost`` (``gate.compute_cost_per_hour``; 0: only ``decode_ms`` is logged).
     """
     from functools import partial
 
@@ -379,7 +382,8 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     from ftops.warehouse.schema import ensure_schema
 
     ensure_schema(engine, table)
-    loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client)
+    loader = partial(load_backend, cache_dir=ftops_home() / "serving" / "models", api_client=api_client,
+                     cost_per_hour=cost_per_hour)  # fmt: skip
     limits = Limits(default_max_tokens=cfg.default_max_tokens, max_tokens_limit=cfg.max_tokens_limit,
                     max_messages=cfg.max_messages, max_request_chars=cfg.max_request_chars,
                     max_user_chars=cfg.max_user_chars, max_correction_chars=cfg.max_correction_chars,

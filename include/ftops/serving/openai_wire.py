@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -71,11 +72,18 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    sampling: tuple[tuple[str, Any], ...] = ()  # the request's sampling parameters, as sent (logged, see below)
 
     @property
     def prompt(self) -> str:
         """The last user message: what the interaction log records as the prompt."""
         return next((c for r, c in reversed(self.messages) if r == "user"), "")
+
+    def logged(self) -> dict[str, Any]:
+        """The whole request as the interaction log's ``request`` column keeps it: every message (system prompt,
+        earlier turns) and the sampling parameters the client sent (honoured or not: see README, Serving)."""
+        return {"messages": [{"role": r, "content": c} for r, c in self.messages], "max_tokens": self.max_tokens,
+                **dict(self.sampling)}  # fmt: skip
 
 
 async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limits: Limits) -> bytes:
@@ -215,7 +223,24 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     return ChatRequest(
         task_type=task_type, messages=tuple(turns), max_tokens=cap or limits.default_max_tokens, stream=stream,
         include_usage=bool(isinstance(options, Mapping) and options.get("include_usage")), user=user or None,
+        sampling=_sampling(body),
     )  # fmt: skip
+
+
+SAMPLING = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+
+
+def _sampling(body: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The sampling parameters worth logging: numbers, and ``stop`` as text or a list of up to 4 texts (others
+    are left out of the log, not refused: the gateway decodes greedily whatever they say)."""
+    out: list[tuple[str, Any]] = []
+    for name in SAMPLING:
+        value = body.get(name)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        texts = isinstance(value, list) and len(value) <= 4 and all(isinstance(v, str) and len(v) <= 64 for v in value)
+        if number or texts or (isinstance(value, str) and len(value) <= 64):
+            out.append((name, value))
+    return tuple(out)
 
 
 def _usage(c: Completion) -> dict[str, int]:

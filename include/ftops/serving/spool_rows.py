@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ftops.core.chat import ChatFormatError, context_and_prompt, logged_messages
 from ftops.core.names import check_task_type, key_digest
 from ftops.core.text import check_text, printable
 from ftops.warehouse.schema import INTERACTION_COLUMNS
@@ -93,9 +94,11 @@ def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
             out["metadata"] = json.dumps(out["metadata"], sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata must be text or JSON-serialisable: {exc}"[:200]) from None
+    if out["request"] is not None:
+        _request(out)
     out["timestamp"] = _timestamp(out["timestamp"], fill=fill)
-    if out["id"] is None:  # a correction counts only when given: files imported before it had one keep their ids
-        content = {k: v for k, v in out.items() if v is not None or k != "correction"}
+    if out["id"] is None:  # a correction or request counts only when given: older files keep their ids
+        content = {k: v for k, v in out.items() if v is not None or k not in ("correction", "request")}
         out["id"] = uuid.uuid4().hex if fill else "h" + key_digest(json.dumps(content, sort_keys=True))[:31]
     if not isinstance(out["id"], str) or not out["id"]:
         raise ValueError(f"id must be non-empty text, got {type(out['id']).__name__}")
@@ -103,6 +106,25 @@ def check_row(row: Mapping[str, Any], *, fill: bool = True) -> dict[str, Any]:
         if isinstance(value, str):
             check_text(name, value)
     return out
+
+
+def _request(out: dict[str, Any]) -> None:
+    """Check the whole request (``{"messages": [...], <sampling parameters>}``, text or an object) and store it as
+    JSON text; its last user message is the prompt (filled in when the row has none, else they must agree)."""
+    try:
+        _, last = context_and_prompt(logged_messages(out["request"]))
+    except ChatFormatError as exc:
+        raise ValueError(f"request: {exc}") from None
+    if out["prompt"] is None:
+        out["prompt"] = last
+    elif out["prompt"] != last:
+        raise ValueError("prompt must be the request's last user message (leave prompt out to take it from there)")
+    if not isinstance(out["request"], str):
+        _check_json_strings(out["request"])
+        try:
+            out["request"] = json.dumps(out["request"], sort_keys=True, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"request must be JSON-serialisable: {exc}"[:200]) from None
 
 
 def _timestamp(value: Any, *, fill: bool) -> str:

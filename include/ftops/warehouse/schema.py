@@ -29,12 +29,12 @@ REQUIRED_COLUMNS = ("id", "task_type", "prompt", "response", "user_feedback", "s
 INTERACTION_COLUMNS = (
     "id", "timestamp", "task_type", "prompt", "response", "model_version", "user_id",
     "user_feedback", "success", "task_success", "confidence", "latency_ms", "tokens_used", "metadata", "key_id",
-    "correction",
+    "correction", "request",
 )  # fmt: skip
 # Columns added after the first release: an existing log table gains them in place (nullable, rows kept).
-ADDED_COLUMNS = ("task_success", "key_id", "correction", "correction_key_id", "corrected_at")
+ADDED_COLUMNS = ("task_success", "key_id", "correction", "correction_key_id", "corrected_at", "request")
 # the curated pool's newer columns, added in place
-POOL_ADDED_COLUMNS = ("model_version", "source", "rejected")
+POOL_ADDED_COLUMNS = ("model_version", "source", "rejected", "context")
 
 
 def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
@@ -60,6 +60,9 @@ def log_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
         sa.Column("correction", sa.Text),  # the right answer, from a user or a review tool; raw, scrubbed where used
         sa.Column("correction_key_id", sa.Text),  # the API key that sent the correction through /v1/feedback
         sa.Column("corrected_at", sa.DateTime(timezone=True)),  # when /v1/feedback stored it
+        # the whole request as JSON: {"messages": [{role, content}, ...], sampling parameters}; prompt stays the
+        # last user message (None: logged without it, a single-turn call)
+        sa.Column("request", sa.Text),
     )
     quarantine = sa.Table(
         f"{table}_quarantine",
@@ -114,6 +117,8 @@ def curation_tables(table: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Tab
         sa.Column("source", sa.Text),  # where the response (the target) came from: served | correction | teacher
         # the served answer that a correction or teacher answer replaced (scrubbed): a preference pair's rejected
         sa.Column("rejected", sa.Text),
+        # the turns before the prompt (system, earlier user and assistant turns), scrubbed, as JSON; None: single-turn
+        sa.Column("context", sa.Text),
     )
     runs = sa.Table(  # keyed by log table too: two projects sharing a warehouse have the same DAG run ids
         "ftops_curation_runs",

@@ -165,7 +165,7 @@ def _iso(value: Any) -> str:
 
 
 POOL_COLUMNS = ("row_id", "task_type", "prompt", "response", "user_key", "user_feedback", "confidence",
-                "latency_ms", "timestamp", "run_key", "model_version", "source", "rejected")  # fmt: skip
+                "latency_ms", "timestamp", "run_key", "model_version", "source", "rejected", "context")  # fmt: skip
 
 
 def upsert_pool(engine: sa.Engine, rows: Sequence[Mapping[str, Any]], table: str = "interactions") -> int:

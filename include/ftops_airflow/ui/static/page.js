@@ -132,7 +132,15 @@
       row("Error rate", (l) => pct(l.error_rate)),
       row("Latency p95", (l) => ms(l.latency_p95_ms)),
       row("Task success", (l) => pct(l.task_success_rate)),
-      row("Mean rating", (l) => num(l.mean_rating, 2)));
+      row("Mean rating", (l) => num(l.mean_rating, 2)),
+      t.cost ? row("Cost / 1 000 calls", (l) => costText(t.cost, roles.find((r) => t[r].live === l))) : null);
+  }
+
+  // Cost per 1 000 calls of a role from its logged calls, with the saving against the first upstream version.
+  function costText(cost, role) {
+    const value = cost[`${role}_per_1k_calls`], saving = cost[`${role}_saving`];
+    if (value === null || value === undefined) return "unpriced";
+    return saving === null || saving === undefined ? num(value, 4) : `${num(value, 4)} (saving ${pct(saving)})`;
   }
 
   const ROLE_COLOR = {champion: "#2563eb", canary: "#d97706", previous: "#93c5fd", archived: "#cbd5e1"};
