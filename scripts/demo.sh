@@ -19,11 +19,14 @@ TASK_TYPES="${FTOPS_DEMO_TASK_TYPES:-sentiment city_extraction}"
 ROWS="${FTOPS_DEMO_ROWS:-1350}"                   # of those task types, spread evenly
 TIMEOUT_S="${FTOPS_DEMO_TIMEOUT_S:-1200}"         # per cycle
 CANARY_TIMEOUT_S="${FTOPS_DEMO_CANARY_TIMEOUT_S:-600}"
-TRAFFIC="${FTOPS_DEMO_TRAFFIC:-900}"              # calls between the cycles
-DRIFT="${FTOPS_DEMO_DRIFT:-0.5}"                   # share of those calls about new entities
+DRIFT="${FTOPS_DEMO_DRIFT:-0.5}"                   # share of the users' calls about new entities
 EVAL_DRIFT="${FTOPS_DEMO_EVAL_DRIFT:-0.3}"         # share of the eval sets' rows about them
 CORRECTIONS="${FTOPS_DEMO_CORRECTIONS:-0.15}"      # share of wrong answers a user corrects
-FREE_ROWS="${FTOPS_DEMO_FREE_ROWS:-700}"          # rows of the free-text task type support_reply (judged)
+# Rows of the free-text task type support_reply, judged by the stand-in LLM judge: 0 (the default) leaves it out.
+# 700 adds it, and ~4-5 min: a third curation, fine-tune and canary per cycle on two cores (2026-12-07 runs).
+FREE_ROWS="${FTOPS_DEMO_FREE_ROWS:-0}"
+FREE=""; if (( FREE_ROWS > 0 )); then FREE="support_reply"; fi
+TRAFFIC="${FTOPS_DEMO_TRAFFIC:-$(( FREE_ROWS > 0 ? 900 : 600 ))}"  # calls between the cycles: ~300 per task type
 JUDGE_PORT="${FTOPS_DEMO_JUDGE_PORT:-8090}"
 PORT="${FTOPS_DEMO_PORT:-8080}"
 GW_PORT="${FTOPS_DEMO_GATEWAY_PORT:-8000}"
@@ -44,20 +47,20 @@ FTOPS_TRAINING_SLOTS="${FTOPS_TRAINING_SLOTS:-2}" bash scripts/setup_airflow.sh
 step "Local base model (built once, reused)"
 ftops build-base-model
 
-step "Simulated production logs ($ROWS rows of $TASK_TYPES, seed 0; $FREE_ROWS of the free-text task support_reply, seed 5)"
+step "Simulated production logs ($ROWS rows of $TASK_TYPES, seed 0${FREE:+; $FREE_ROWS of the free-text task $FREE, seed 5})"
 # shellcheck disable=SC2086  # a list of task types
 ftops simulate --rows "$ROWS" --seed 0 --task-types $TASK_TYPES
-ftops simulate --rows "$FREE_ROWS" --seed 5 --task-types support_reply
+if [[ -n "$FREE" ]]; then ftops simulate --rows "$FREE_ROWS" --seed 5 --task-types "$FREE"; fi
 
 step "Eval sets: the simulator's labelled rows (its known answers; $EVAL_DRIFT of them about new entities), imported"
 ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --drift-share "$EVAL_DRIFT" \
-  --task-types $TASK_TYPES support_reply
-for t in $TASK_TYPES support_reply; do
+  --task-types $TASK_TYPES $FREE
+for t in $TASK_TYPES $FREE; do
   ftops evalset import "$FTOPS_HOME/evalsets/$t.jsonl" --task-type "$t" > /dev/null
 done
 ftops evalset list
 
-step "Stand-in LLM judge (support_reply) and teacher (failed calls) on port $JUDGE_PORT, from the simulator's truth"
+step "Stand-in teacher (failed calls) and LLM judge (support_reply) on port $JUDGE_PORT, from the simulator's truth"
 setsid ftops simulate-judge --port "$JUDGE_PORT" > "$FTOPS_HOME/judge.log" 2>&1 &
 JUDGE_PID=$!
 trap 'kill -- "-$JUDGE_PID" 2>/dev/null || true' EXIT  # replaced by cleanup (which stops it too) once Airflow runs
@@ -70,13 +73,14 @@ python - "$FTOPS_HOME/ftops-demo.yaml" <<'PY'
 import sys, yaml
 from ftops.core.config import apply_overrides, load_config
 demo = {
-    # Two steps (shipped: 10 -> 50 -> 100 % over 24 h): at 10 % a canary gets a few calls a minute from the demo's
-    # users, and showing "not worse" took it 5 minutes (2026-12-07 12:53 run); at 50 %, 1-3 minutes.
-    "canary.ramp_percent": [50, 100],
-    "canary.traffic_percent": 50,          # the first step (shipped: 10)
-    # 18 s a step at least: a review (one ftops_canary run) takes ~30 s on 2 busy cores, so each step lasts 1-2
-    # reviews anyway, and the 50 % step ~2 min until its calls show "not worse"
-    "canary.duration_hours": 0.01,
+    # One step at 50 % (shipped: 10 -> 50 -> 100 % over 24 h), then promote: at 10 % a canary gets a few calls a
+    # minute from the demo's users, and showing "not worse" took it 5 minutes (2026-12-07 12:53 run); at 50 %, 1-3
+    # minutes. A second step at 100 % cost the demo another ~1 min (2026-12-07 runs).
+    "canary.ramp_percent": [50],
+    "canary.traffic_percent": 50,
+    # 18 s at least: a review (one ftops_canary run) takes ~30 s on 2 busy cores, so the step lasts until its calls
+    # show "not worse" (~1-2 min) anyway
+    "canary.duration_hours": 0.005,
     "canary.min_requests": 20,
     # The gateway shares 2 cores with Airflow's fine-tunes and reviews: every version's p95 is 1.2-1.9 s there,
     # and a canary at 2 052 ms was rolled back against a champion at 1 892 ms (the machine, not the model). The
@@ -116,7 +120,9 @@ open(sys.argv[1], "w").write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_ke
 print("\n".join(f"  {k}: {v}" for k, v in demo.items()))
 PY
 export FTOPS_CONFIG="$FTOPS_HOME/ftops-demo.yaml"
-ftops judge calibrate --task-type support_reply  # kappa against the eval set's labels; the gate needs >= min_kappa
+if [[ -n "$FREE" ]]; then  # kappa against the eval set's labels; the gate needs >= min_kappa
+  ftops judge calibrate --task-type "$FREE"
+fi
 
 step "Starting airflow standalone on port $PORT (log: $LOG)"
 if curl -fs "http://127.0.0.1:$PORT" > /dev/null 2>&1; then
@@ -164,10 +170,15 @@ step "Canary review: users keep calling while ftops_canary ramps, promotes or ro
 # "Not worse" takes ~50-200 canary calls a task type (README, "Canary"): the users' call rate sets how long the
 # review lasts (3 at once: ~4 min; 6: about half). Not 8 as between the cycles: the two cores also run the
 # reviews, and a saturated machine pushes p95 towards the hard limit (a rollback for the wrong reason).
-setsid bash -c 'seed=100; while :; do ftops simulate-traffic --base-url "$0" --requests 200 --concurrency 6 \
-    --seed $seed --drift-share "$1" > /dev/null 2>&1 || sleep 2; seed=$((seed + 1)); done' "$GW_URL" "$DRIFT" &
+# The users call the task types under review ($REVIEWED, rewritten by demo_wait.py as canaries come and go): with
+# every task type called, a lone canary got a sixth of the calls and its review took 6 min (2026-12-07 19:54 run).
+REVIEWED="$FTOPS_HOME/canary-task-types"
+: > "$REVIEWED"
+setsid bash -c 'seed=100; while :; do read -r -a types < "$2" || true; if [[ ${#types[@]} -eq 0 ]]; then sleep 1; continue; fi
+    ftops simulate-traffic --base-url "$0" --requests 120 --concurrency 6 --seed $seed --drift-share "$1" \
+      --task-types "${types[@]}" > /dev/null 2>&1 || sleep 2; seed=$((seed + 1)); done' "$GW_URL" "$DRIFT" "$REVIEWED" &
 TRAFFIC_PID=$!
-python scripts/demo_wait.py canary "$CANARY_TIMEOUT_S" || true
+python scripts/demo_wait.py canary "$CANARY_TIMEOUT_S" "$REVIEWED" || true
 kill -- "-$TRAFFIC_PID" 2>/dev/null || true
 TRAFFIC_PID=""
 

@@ -1,7 +1,10 @@
 """The demo's driver of a running Airflow (``airflow standalone``, login off), through its REST API.
 
     python scripts/demo_wait.py cycle TIMEOUT_S       trigger ftops_curate; wait for curate -> governor -> fine-tune
-    python scripts/demo_wait.py canary TIMEOUT_S      trigger ftops_canary every few seconds until no canary is left
+    python scripts/demo_wait.py canary TIMEOUT_S [FILE]
+                                                      trigger ftops_canary every few seconds until no canary is left;
+                                                      FILE gets the task types under review (the demo's users call
+                                                      those)
 
 The REST API costs no CPU to poll, unlike the ``airflow`` CLI (a few seconds of imports per call, on the two
 cores the fine-tunes need).
@@ -94,8 +97,9 @@ def canaries() -> dict[str, tuple[str, str]]:
     return out
 
 
-def canary(af: Airflow, timeout: float, every_s: float = 1) -> int:
-    """Review canaries until none is left: each review holds, ramps, promotes or rolls back (see its logs)."""
+def canary(af: Airflow, timeout: float, every_s: float = 1, reviewed: str | None = None) -> int:
+    """Review canaries until none is left: each review holds, ramps, promotes or rolls back (see its logs).
+    ``reviewed``: a file rewritten with the task types that have a canary whenever they change."""
     deadline = time.time() + timeout
     af.unpause("ftops_canary")
     last: dict[str, tuple[str, str]] | None = None
@@ -105,6 +109,10 @@ def canary(af: Airflow, timeout: float, every_s: float = 1) -> int:
             print(time.strftime("%H:%M:%S"), "canaries:", ", ".join(f"{t} v{v} at {p}%" for t, (v, p) in now.items())
                   or "none left", flush=True)  # fmt: skip
             last = now
+            if reviewed is not None:
+                with open(f"{reviewed}.new", "w") as f:
+                    f.write(" ".join(sorted(now)))
+                os.replace(f"{reviewed}.new", reviewed)  # the users' loop never reads half a file
         if not now:
             return 0
         run_id = af.trigger("ftops_canary")
@@ -121,7 +129,7 @@ def main(argv: list[str]) -> int:
     if command == "cycle":
         return cycle(af, float(rest[0]))
     if command == "canary":
-        return canary(af, float(rest[0]))
+        return canary(af, float(rest[0]), reviewed=rest[1] if len(rest) > 1 else None)
     sys.exit(f"unknown command {command!r}")
 
 
