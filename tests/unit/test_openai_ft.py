@@ -99,8 +99,8 @@ def test_submit_poll_succeed_stream_events_and_the_model_learned(server, client,
     learned = chat_complete(client, status.fine_tuned_model, [{"role": "user", "content": "What is 7 + 7?"}])
     base = chat_complete(client, BACKEND.base_model, [{"role": "user", "content": "What is 7 + 7?"}])
     assert learned.text == "7 + 7 = 14." and base.text == BASE_MODEL_REPLY
-    text, latency_ms, tokens = learned
-    assert latency_ms > 0 and tokens > 0
+    assert learned.latency_ms > 0 and learned.usage_tokens > 0
+    assert learned.prompt_tokens + learned.completion_tokens == learned.usage_tokens  # priced apart (upstream cost)
 
 
 def test_second_submit_with_the_same_key_reuses_the_job(server, client) -> None:
