@@ -118,11 +118,10 @@ def apply_gate(
                        f"accuracy {candidate['accuracy']:.3f} vs trivial baseline {trivial.name} {trivial.accuracy:.3f}: "
                        f"gain {trivial.gain_ci[0]:+.3f}, {cfg.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] "
                        "(need lower bound > 0, whatever the baseline)"))  # fmt: skip
-    if replacing is not None:
-        pass  # perplexity and p50 latency are compared only between two local models (replacement_checks)
-    elif math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
+    # Against an upstream champion perplexity and p50 are not compared (replacement_checks says so)
+    if replacing is None and math.isnan(candidate["perplexity"]) and math.isnan(baseline["perplexity"]):
         checks.append((True, "perplexity not measured: API models return no log-likelihood of a reference"))
-    else:
+    elif replacing is None:
         ppl_rise = candidate["perplexity"] - baseline["perplexity"]  # one NaN fails: NaN <= x is False
         checks.append((ppl_rise <= cfg.max_perplexity_increase,
                        f"perplexity {candidate['perplexity']:.2f} vs {baseline['perplexity']:.2f} "

@@ -186,15 +186,21 @@ def explain_model(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: 
 def _cost(cfg: FtopsConfig, engine: sa.Engine, task_type: str, version: str) -> dict[str, Any]:
     """The version's cost per 1 000 calls from its logged calls, and its saving against the task type's first
     upstream version, if it ever had one (:func:`cost_summary`)."""
-    from ftops.warehouse.costs import cost_per_1k_calls
-
-    def read(t: str, v: str) -> float | None:
-        return cost_per_1k_calls(engine, t, served_model_version(t, v), cfg.interactions_table,
-                                 cost_per_hour=cfg.gate.compute_cost_per_hour)["per_1k_calls"]  # fmt: skip
-
-    summary = cost_summary(task_type, {"version": version}, read)
+    summary = cost_summary(task_type, {"version": version}, cost_reader(engine, cfg))
     return {"per_1k_calls": summary["version_per_1k_calls"], "saving": summary.get("version_saving"),
             "first_upstream": summary.get("first_upstream")}
+
+
+def cost_reader(engine: sa.Engine, cfg: FtopsConfig) -> Callable[[str, str], float | None]:
+    """``(task_type, version) -> cost per 1 000 calls`` from the version's latest answered calls (None: unpriced)."""
+    from ftops.warehouse.costs import cost_per_1k_calls
+
+    def read(task_type: str, version: str) -> float | None:
+        found = cost_per_1k_calls(engine, task_type, served_model_version(task_type, version), cfg.interactions_table,
+                                  cost_per_hour=cfg.gate.compute_cost_per_hour)  # fmt: skip
+        return found["per_1k_calls"]
+
+    return read
 
 
 def cost_summary(task_type: str, served: dict[str, Any], cost: Callable[[str, str], float | None]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ftops.core.config import FtopsConfig
 from ftops.core.names import is_task_type
 from ftops.pipeline.common import dataset_registry, json_safe, parse_time, served_model_version
 from ftops.pipeline.comparison import compare_versions
-from ftops.pipeline.operations import cost_summary, redact
+from ftops.pipeline.operations import cost_reader, cost_summary, redact
 from ftops.registry import models as registry
 from ftops.registry.yardstick import yardstick
 
@@ -82,7 +82,7 @@ def collect_status(
     if warehouse_error:
         problems["warehouse"] = warehouse_error
     live = None if warehouse_error else _live_reader(engine, cfg)
-    cost = None if live is None else _cost_reader(engine, cfg)
+    cost = None if live is None else cost_reader(engine, cfg)
     client: MlflowClient | None = None
     try:
         client = registry.client()
@@ -146,18 +146,6 @@ def _live_reader(engine: sa.Engine, cfg: FtopsConfig) -> Callable[[str, str, dat
                          success_min_rating=cfg.canary.success_min_rating)  # fmt: skip
         keep = ("requests", "error_rate", "latency_p95_ms", "rated", "mean_rating", "task_success_rate")
         return {"since": since.isoformat(), **{k: m[k] for k in keep}}
-
-    return read
-
-
-def _cost_reader(engine: sa.Engine, cfg: FtopsConfig) -> Callable[[str, str], float | None]:
-    """``(task_type, version) -> cost per 1 000 calls`` from the version's latest answered calls (None: unpriced)."""
-    from ftops.warehouse.costs import cost_per_1k_calls
-
-    def read(task_type: str, version: str) -> float | None:
-        found = cost_per_1k_calls(engine, task_type, served_model_version(task_type, version), cfg.interactions_table,
-                                  cost_per_hour=cfg.gate.compute_cost_per_hour)  # fmt: skip
-        return found["per_1k_calls"]
 
     return read
 
