@@ -32,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
                          help="share of the calls about entities the first champion never saw (default 0)")
     traffic.add_argument("--correction-share", type=float, default=0.0,
                          help="share of the rated wrong answers whose feedback types the right answer (default 0)")
+    traffic.add_argument("--conversation-share", type=float, default=0.0,
+                         help="share of the calls sent with a system prompt and an earlier exchange (default 0)")
     traffic.set_defaults(func=_simulate_traffic)
     evalset = sub.add_parser("simulate-evalset", help="the simulator's labelled rows (prompts and known right "
                              "answers) covering every entity and template, one <task type>.jsonl each, for "
@@ -49,6 +51,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, ta
                            "simulator's known truth) for the demo's evaluation.judge connection")  # fmt: skip
     judge.add_argument("--host", default="127.0.0.1")
     judge.add_argument("--port", type=int, default=8090)
+    judge.add_argument("--accuracy", type=float, default=0.95, help="share of the simulator's prompts answered right")
+    judge.add_argument("--latency-s", type=float, default=0.0, help="seconds each answer takes (a large model's)")
     judge.set_defaults(func=_simulate_judge)
 
 
@@ -58,7 +62,8 @@ def _simulate_traffic(args: argparse.Namespace) -> int:
     extra = {"task_types": args.task_types} if args.task_types else {}
     report = simulate_traffic(args.base_url, api_key=os.environ.get("FTOPS_API_KEY", "ftops-local"),
                               requests=args.requests, concurrency=args.concurrency, seed=args.seed,
-                              drift_share=args.drift_share, correction_share=args.correction_share, **extra)  # fmt: skip
+                              drift_share=args.drift_share, correction_share=args.correction_share,
+                              conversation_share=args.conversation_share, **extra)  # fmt: skip
     print(f"{sum(v.requests for v in report.versions.values())} calls in {report.seconds:.1f} s")
     print(printable("\n".join(report.lines())))
     return 1 if any(name.startswith("error:") for name in report.versions) else 0
@@ -87,5 +92,5 @@ def _simulate_judge(args: argparse.Namespace) -> int:
 
     # one stand-in answers judge requests as the judge, any other chat request as the teacher
     print(f"Stand-in judge (and teacher) on http://{args.host}:{args.port}/v1 (POST /v1/chat/completions)", flush=True)
-    TeacherStandin(host=args.host, port=args.port).serve_forever()
+    TeacherStandin(accuracy=args.accuracy, latency_s=args.latency_s, host=args.host, port=args.port).serve_forever()
     return 0

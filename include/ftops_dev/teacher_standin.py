@@ -61,13 +61,14 @@ class TeacherStandin:
         accuracy: Share of the simulator's prompts answered right.
         seed: Seed of the right/wrong draw.
         answer_for: Replaces the reply to a user prompt (its argument); None: :func:`teacher_reply`.
+        latency_s: Seconds each chat answer takes (a large hosted model's time to answer; 0: at once).
         host: Address to bind.
         port: Port to bind; 0: a free one.
     """
 
     def __init__(self, *, accuracy: float = 0.95, seed: int = 0, answer_for: Callable[[str], str] | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:  # fmt: skip
-        self.accuracy, self.seed, self.answer_for = accuracy, seed, answer_for
+                 latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0) -> None:  # fmt: skip
+        self.accuracy, self.seed, self.answer_for, self.latency_s = accuracy, seed, answer_for, latency_s
         self.mode = "ok"  # ok | error | slow | down
         self.delay_s = 5.0
         self.requests: list[dict[str, Any]] = []
@@ -124,6 +125,8 @@ class TeacherStandin:
             return 500, {"error": {"message": "the stand-in teacher is failing", "type": "server_error"}}
         if self.mode == "slow":
             time.sleep(self.delay_s)
+        elif self.latency_s:
+            time.sleep(self.latency_s)
         if judge_standin.is_judge_request(messages):
             return 200, judge_standin.chat_completion(body)
         prompt = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")

@@ -8,7 +8,9 @@ models' own traffic, with versions, latencies and ratings, for the canary judge 
 With ``drift_share`` a share of the calls asks about the drifted entities of :mod:`ftops_dev.drift` (new
 cities, a new sentiment phrasing, larger numbers, a new support problem), which a champion trained on the
 first day's logs never saw; with ``correction_share`` users who rate a wrong answer also type the right one
-(``correction`` in the feedback body) that share of the time.
+(``correction`` in the feedback body) that share of the time. With ``conversation_share`` a share of the calls
+is a conversation: a system prompt and an earlier exchange (another prompt of the task type and its right answer)
+before the user's message, as a chat product sends them (:func:`conversation`).
 """
 
 from __future__ import annotations
@@ -72,9 +74,29 @@ class TrafficReport:
         return out
 
 
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant. Answer in the house format.",
+    "You are the support desk's assistant. Be brief and exact.",
+    "Answer the user's last message only, in one line.",
+)
+
+
+def conversation(task_type: str, prompt: str, key: str, share: float) -> list[dict[str, str]]:
+    """The messages of one call: ``prompt`` alone, or (``share`` of the keys) after a system prompt and an earlier
+    exchange of the same task type (the simulator's prompt and its right answer), drawn from ``key``."""
+    rng = random.Random(f"conversation/{key}")
+    if not share or rng.random() >= share:
+        return [{"role": "user", "content": prompt}]
+    kind = task_type if task_type in TASKS else TASK_TYPES[0]
+    earlier, answer, _ = TASKS[kind][0](rng)
+    return [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}, {"role": "user", "content": earlier},
+            {"role": "assistant", "content": reference_response(kind, answer)}, {"role": "user", "content": prompt}]  # fmt: skip
+
+
 async def _user_calls(
     client: openai.AsyncOpenAI, jobs: asyncio.Queue[tuple[int, tuple[str, str, str, str]]],
     report: dict[str, VersionStats], seed: int, max_tokens: int, feedback: bool, correction_share: float,
+    conversation_share: float,
 ) -> None:  # fmt: skip
     import httpx
     import openai
@@ -88,7 +110,8 @@ async def _user_calls(
         started = time.perf_counter()
         try:
             raw = await client.chat.completions.with_raw_response.create(
-                model=f"ftops/{task_type}", messages=[{"role": "user", "content": prompt}], user=user,
+                model=f"ftops/{task_type}", user=user,
+                messages=conversation(task_type, prompt, f"{seed}/{i}", conversation_share),  # type: ignore[arg-type]
                 max_tokens=max_tokens, temperature=0,
             )  # fmt: skip
         except openai.APIError as exc:
@@ -121,15 +144,15 @@ async def _user_calls(
 
 async def _drive(
     client: openai.AsyncOpenAI, calls: Sequence[tuple[str, str, str, str]], concurrency: int, seed: int,
-    max_tokens: int, feedback: bool, correction_share: float = 0.0,
+    max_tokens: int, feedback: bool, correction_share: float = 0.0, conversation_share: float = 0.0,
 ) -> dict[str, VersionStats]:  # fmt: skip
     jobs: asyncio.Queue[tuple[int, tuple[str, str, str, str]]] = asyncio.Queue()
     for job in enumerate(calls):
         jobs.put_nowait(job)
     report: dict[str, VersionStats] = defaultdict(VersionStats)
     async with client:
-        await asyncio.gather(*(_user_calls(client, jobs, report, seed, max_tokens, feedback, correction_share)
-                               for _ in range(concurrency)))  # fmt: skip
+        await asyncio.gather(*(_user_calls(client, jobs, report, seed, max_tokens, feedback, correction_share,
+                                           conversation_share) for _ in range(concurrency)))  # fmt: skip
     return dict(report)
 
 
@@ -158,7 +181,7 @@ def make_calls(
 def simulate_traffic(
     base_url: str, *, api_key: str = "ftops-local", requests: int = 200, concurrency: int = 4, seed: int = 0,
     task_types: Sequence[str] | None = None, max_tokens: int = 48, feedback: bool = True, drift_share: float = 0.0,
-    correction_share: float = 0.0,
+    correction_share: float = 0.0, conversation_share: float = 0.0,
 ) -> TrafficReport:  # fmt: skip
     """Send ``requests`` simulated calls through a gateway at ``concurrency`` and rate the answers.
 
@@ -175,6 +198,7 @@ def simulate_traffic(
         drift_share: Share of the calls that ask about drifted entities (:func:`make_calls`).
         correction_share: Share of the rated wrong answers whose feedback carries the right answer as
             ``correction`` (a gateway that does not take corrections ignores it).
+        conversation_share: Share of the calls sent as a conversation (:func:`conversation`).
     """
     import openai
 
@@ -187,5 +211,6 @@ def simulate_traffic(
     client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=120)
     started = time.perf_counter()
     calls = make_calls(requests, seed, task_types, drift_share)
-    versions = asyncio.run(_drive(client, calls, concurrency, seed, max_tokens, feedback, correction_share))
+    versions = asyncio.run(_drive(client, calls, concurrency, seed, max_tokens, feedback, correction_share,
+                                  conversation_share))  # fmt: skip
     return TrafficReport(versions=versions, seconds=time.perf_counter() - started)

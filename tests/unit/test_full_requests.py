@@ -117,6 +117,26 @@ def test_training_masks_everything_but_the_final_assistant_turn(tiny_base) -> No
     text = tokenizer.decode(learned)
     assert text.startswith("No: it needs charging.") and "question about my order" not in text
     assert encoded.prompt_len == len(encoded.input_ids) - len(learned)  # every earlier turn is prompt
+    # a conversation longer than the training length loses its oldest prompt tokens, never the reply to learn
+    cut = encode_conversation(tokenizer, messages, max_len=len(learned) + 5)
+    assert len(cut.input_ids) == len(learned) + 5 and cut.prompt_len == 5
+    assert cut.input_ids[5:] == learned and cut.input_ids[:5] == encoded.input_ids[encoded.prompt_len - 5 : encoded.prompt_len]
+    tiny = encode_conversation(tokenizer, messages, max_len=3)  # shorter than the reply: one prompt token, its start
+    assert tiny.prompt_len == 1 and tiny.input_ids[1:] == learned[:2]
+
+
+def test_simulated_users_send_a_share_of_their_calls_as_conversations() -> None:
+    from ftops_dev.traffic import SYSTEM_PROMPTS, conversation
+
+    calls = [conversation("sentiment", f"prompt {i}", f"seed/{i}", 0.3) for i in range(400)]
+    long = [c for c in calls if len(c) > 1]
+    assert 0.22 * 400 < len(long) < 0.38 * 400 and all(len(c) == 1 for c in calls if c not in long)
+    for i, c in enumerate(calls):
+        assert c[-1] == {"role": "user", "content": f"prompt {i}"}
+    assert {c[0]["content"] for c in long} <= set(SYSTEM_PROMPTS)
+    assert [m["role"] for m in long[0]] == ["system", "user", "assistant", "user"]
+    assert calls == [conversation("sentiment", f"prompt {i}", f"seed/{i}", 0.3) for i in range(400)]  # reproducible
+    assert conversation("sentiment", "p", "k", 0.0) == [{"role": "user", "content": "p"}]
 
 
 def test_a_trusted_teachers_unrated_answers_are_targets_and_its_low_rated_ones_are_not() -> None:

@@ -107,7 +107,9 @@ def encode_conversation(
     Args:
         tokenizer: A tokenizer with a chat template.
         messages: Chat turns ending with the assistant reply to learn.
-        max_len: Cut the example to this many tokens (from the end); ``None`` keeps it whole.
+        max_len: Cut the example to this many tokens: the oldest prompt tokens go first (a long system prompt or
+            history must not cut off the reply to learn), then the end of a reply that alone is longer;
+            ``None`` keeps it whole.
 
     Returns:
         The ids, the labels (``-100`` on the prompt) and the prompt length.
@@ -122,11 +124,12 @@ def encode_conversation(
         raise ChatFormatError("the chat template's generation prompt is not a prefix of the rendered conversation")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    input_ids = list(prompt_ids) + list(completion_ids)
-    labels = [IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)
-    if max_len is not None:
-        input_ids, labels = input_ids[:max_len], labels[:max_len]
-    return EncodedExample(input_ids=input_ids, labels=labels, prompt_len=len(prompt_ids))
+    prompt_ids, completion_ids = list(prompt_ids), list(completion_ids)
+    if max_len is not None and len(prompt_ids) + len(completion_ids) > max_len:
+        keep = max(max_len - len(completion_ids), 1)  # at least one prompt token to predict the reply from
+        prompt_ids, completion_ids = prompt_ids[-keep:], completion_ids[: max_len - min(keep, len(prompt_ids))]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    return EncodedExample(input_ids=prompt_ids + completion_ids, labels=labels, prompt_len=len(prompt_ids))
 
 
 def pad_batch(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
