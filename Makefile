@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint ui ui-screenshot e2e-distributed clean
+.PHONY: install demo demo-distill test lint ui ui-screenshot e2e-distributed clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)  ## create .venv with the pinned stack (about 5 minutes the fi
 
 demo: install  ## simulate logs, then curate → govern → fine-tune → evaluate → register → decide through Airflow
 	bash scripts/demo.sh
+
+demo-distill: install  ## distillation: an upstream model serves first, a local student replaces it (replacement gate, canary)
+	FTOPS_DEMO_DISTILL=1 bash scripts/demo.sh
 
 test: install  ## lint, type-check and run every test
 	bash scripts/test.sh

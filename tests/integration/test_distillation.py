@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def story(base_model: Path, tmp_path_factory: pytest.TempPathFactory):
     from ftops.deployment import rollout
     from ftops.pipeline.curate import curate_window, dataset_registry, publish_window
     from ftops.pipeline.evalsets import import_evalset
+    from ftops.pipeline.governor import decide_task_type
     from ftops.registry.upstream import register_upstream, set_trusted
     from ftops.serving.gateway import build_gateway
     from ftops.warehouse.schema import ensure_schema
@@ -103,6 +105,10 @@ def story(base_model: Path, tmp_path_factory: pytest.TempPathFactory):
             dataset = published["dataset_version"]
             registry = dataset_registry(cfg)
             train = registry.read(registry.get(TASK, dataset.rsplit("/v", 1)[1]), "train")
+            # the governor counts the upstream's answers as new data (a trained champion's own answers would not be)
+            decision = decide_task_type(engine, cfg, registry, TASK, run_key="distil-1", now=datetime.now(UTC))
+            assert decision.train and decision.policy == "new_data", decision
+            assert "the champion is upstream model gpt-4o" in decision.reason
 
             def connect(conn_id: str) -> openai.OpenAI:  # as the DAG's openai_client(conn_id) does from Airflow
                 assert conn_id == "upstream_large"

@@ -275,6 +275,30 @@ def test_a_version_that_cannot_load_gets_no_traffic(
         served["gateway"].router.invalidate(TASK)
 
 
+def test_a_new_canary_loads_in_the_background_while_the_champion_answers_its_share(
+    client: openai.OpenAI, served: dict[str, Any]
+) -> None:
+    canary = register_local_version(TASK, served["base"], "gw-warm-canary")
+    assert rollout.deploy(TASK, canary, 100) == "canary"  # every key would go to it
+    served["gateway"].router.invalidate(TASK)
+    try:
+        def ask(i: int) -> str:
+            return client.chat.completions.with_raw_response.create(
+                model=f"ftops/{TASK}", messages=[{"role": "user", "content": f"w{i}"}], max_tokens=4, user=f"u{i}",
+            ).headers[VERSION_HEADER]  # fmt: skip
+
+        # its first caller does not wait for the load (seconds, which its review would count as its latency)
+        assert ask(0) == f"ftops-{TASK}/{served['version']}"
+        deadline, seen = time.monotonic() + 60, []
+        while time.monotonic() < deadline and (not seen or seen[-1] != f"ftops-{TASK}/{canary}"):
+            seen.append(ask(len(seen) + 1))
+            time.sleep(0.2)
+        assert seen[-1] == f"ftops-{TASK}/{canary}", seen  # loaded: it gets its share
+    finally:
+        rollout.retire_canary(TASK, "test over")
+        served["gateway"].router.invalidate(TASK)
+
+
 def test_simulated_users_call_through_the_gateway_and_rate_the_answers(served: dict[str, Any]) -> None:
     from ftops_dev.traffic import simulate_traffic
 

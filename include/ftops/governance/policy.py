@@ -77,10 +77,16 @@ def erasure_policy(pending: dict[str, str], *, untrained: bool, latest: str) -> 
 
 
 def new_data_policy(new_examples: int, reference: str | None, *, untrained: bool, latest: str,
-                    cfg: GovernorConfig) -> Check:  # fmt: skip
-    """``new_examples``: examples of ``latest`` that ``reference`` (the champion's dataset version) lacks."""
+                    cfg: GovernorConfig, upstream: str | None = None) -> Check:  # fmt: skip
+    """``new_examples``: examples of ``latest`` that ``reference`` (the champion's dataset version) lacks;
+    ``upstream``: the champion's model name when it is an upstream model (trained on no dataset of ours)."""
     inputs = {"new_examples": new_examples, "reference": reference, "min_new_examples": cfg.min_new_examples}
-    found = f"{new_examples} examples that {reference} lacks" if reference else f"{new_examples} examples (no champion yet)"
+    if reference:
+        found = f"{new_examples} examples that {reference} lacks"
+    elif upstream:
+        found = f"{new_examples} examples (the champion is upstream model {upstream}: every one is new to a local model)"
+    else:
+        found = f"{new_examples} examples (no champion yet)"
     if not untrained:
         return Check("new_data", False, f"{latest} was already trained on", inputs)
     if new_examples < cfg.min_new_examples:

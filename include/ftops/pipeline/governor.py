@@ -22,6 +22,8 @@ from ftops.core.config import FtopsConfig
 from ftops.core.names import check_task_type, key_digest
 from ftops.pipeline.common import dataset_registry, served_model_version
 from ftops.registry import models as registry
+from ftops.registry.upstream import MODEL_TAG as UPSTREAM_MODEL_TAG
+from ftops.registry.upstream import UPSTREAM
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -167,7 +169,10 @@ def decide_task_type(
     champion = registry.alias_version(task_type, "champion")
     canary = registry.alias_version(task_type, "canary")
     reference = champion.tags.get("dataset_version") if champion else None
-    own = served_model_version(task_type, str(champion.version)) if champion else None
+    # An upstream champion's answers are new to the local model (distilling them is the point); a trained
+    # champion's own answers teach it nothing new
+    upstream = (champion.tags or {}).get(UPSTREAM_MODEL_TAG) if champion and champion.tags.get("backend") == UPSTREAM else None
+    own = served_model_version(task_type, str(champion.version)) if champion and not upstream else None
     new_examples = count_new_examples(datasets, latest, reference, champion=own)
     enabled = set(cfg.governor.policies) if evaluate_policies else set()
     gov = cfg.governor
@@ -193,6 +198,7 @@ def decide_task_type(
                                                    new_examples=new_examples, untrained=untrained, latest=latest.tag,
                                                    cfg=gov)),  # fmt: skip
         policy("new_data", lambda: p.new_data_policy(new_examples, reference, untrained=untrained, latest=latest.tag,
+                                                     upstream=upstream,
                                                      cfg=gov)),  # fmt: skip
     ]
     pending, failed = history.attempts(task_type, latest.tag)

@@ -156,6 +156,7 @@ class ModelPool:
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = {}
+        self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}  # background loads (kept referenced)
         self._local = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftops-generate")  # one decode at a time
         self._remote = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ftops-forward")
         self._guard = threading.Lock()
@@ -180,6 +181,27 @@ class ModelPool:
             self._batchers[key] = found
             log.info("Loaded %s for serving", backend.name)
             return found
+
+    def has(self, task_type: str, version: str) -> bool:
+        """Whether the version is loaded (a request to it would not wait for a load)."""
+        return (task_type, str(version)) in self._batchers
+
+    def warm_up(self, task_type: str, version: str, on_error: Callable[[BaseException], None]) -> None:
+        """Start loading a version in the background (once; call from the event loop); ``on_error`` gets what
+        loading raised."""
+        key = (task_type, str(version))
+        if key in self._batchers or key in self._warming:
+            return
+
+        async def load() -> None:
+            try:
+                await self.batcher(task_type, version)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller's handler
+                on_error(exc)
+            finally:
+                self._warming.pop(key, None)
+
+        self._warming[key] = asyncio.get_running_loop().create_task(load())
 
     def loaded(self) -> dict[str, dict[str, Any]]:
         """``model_version -> {batches, requests, queued, refused, timed_out}`` of every loaded version."""

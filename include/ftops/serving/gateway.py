@@ -32,7 +32,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -42,7 +43,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ftops.core.config import ServingConfig
-from ftops.registry.models import RegistryUnavailableError, registered_task_types
+from ftops.registry.models import RegistryUnavailableError, model_name, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
 from ftops.serving.batcher import DeadlineExceededError, QueueFullError
 from ftops.serving.health import gateway_health
@@ -158,15 +159,27 @@ class Gateway:
             routing = self.router.cached(task_type)  # cached by the call above; no registry read
             if routing is not None:
                 self.pool.retain(task_type, {v for v in (routing.champion, routing.canary) if v})
+                # A new canary loads in the background while the loaded champion answers its share: its first
+                # callers would wait seconds for the load, and the canary's review would count that as its latency
+                champion = routing.champion
+                if route.role == "canary" and champion and not self.pool.has(task_type, route.version) \
+                        and self.pool.has(task_type, champion):
+                    failed = partial(self._load_failed, task_type, route.version)
+                    self.pool.warm_up(task_type, route.version, failed)
+                    route = replace(route, version=champion, role="champion",
+                                    model_version=f"{model_name(task_type)}/{champion}")
             try:
                 return route, await self.pool.batcher(task_type, route.version)
             except RegistryUnavailableError as exc:
                 raise ApiError(503, f"the model registry is unreachable, {route.model_version} cannot be loaded: "
                                     f"retry later ({exc})", "server_error", "registry_unavailable") from None  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - any load failure: never route to it again
-                log.exception("Loading %s failed", route.model_version)
-                self.router.mark_unavailable(task_type, route.version, f"{type(exc).__name__}: {exc}"[:500])
+                self._load_failed(task_type, route.version, exc)
         raise ApiError(503, f"no version of {MODEL_PREFIX}{task_type} could be loaded", "server_error", "model_unavailable")
+
+    def _load_failed(self, task_type: str, version: str, exc: BaseException) -> None:
+        log.error("Loading %s version %s failed", task_type, version, exc_info=exc)
+        self.router.mark_unavailable(task_type, version, f"{type(exc).__name__}: {exc}"[:500])
 
     async def chat(self, req: ChatRequest, key_id: str | None = None) -> tuple[str, Route, Completion]:
         """Answer one checked request made with key ``key_id``; its row is spooled (fsynced) before this returns.
@@ -371,8 +384,6 @@ def build_gateway(cfg: ServingConfig, engine: sa.Engine, table: str = "interacti
     ``FTOPS_HOME/spool/<table>`` unless ``spool_dir`` says otherwise. ``cost_per_hour`` prices a local model's
     decode time in each call's ``metadata.cost`` (``gate.compute_cost_per_hour``; 0: only ``decode_ms`` is logged).
     """
-    from functools import partial
-
     from ftops.core.config import ftops_home
     from ftops.core.userkey import routing_salt
     from ftops.serving.backends import load_backend
