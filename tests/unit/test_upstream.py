@@ -186,3 +186,36 @@ def test_cost_per_1k_calls_and_the_saving_against_the_first_upstream_are_in_stat
     assert ftops_main(["status", "--warehouse-url", url]) == 1
     assert "cost per 1 000 calls: champion 2 (saving 0.0%), canary 0.01 (saving 99.5%), first upstream" in (
         capsys.readouterr().out)
+
+
+def test_an_upstream_answers_each_call_on_its_own_so_no_call_waits_for_or_fails_with_another() -> None:
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ftops.serving.backends import Completion, CompletionRequest
+    from ftops.serving.batcher import Batcher, QueueFullError
+
+    class Remote:  # a remote model taking 0.3 s a call; "fail" gets an upstream error
+        exclusive, name, calls = False, "remote", []
+
+        def complete(self, requests: list[CompletionRequest]) -> list[Completion]:
+            self.calls.append(len(requests))
+            time.sleep(0.3)
+            if requests[0].messages[-1][1] == "fail":
+                raise RuntimeError("upstream answered 500")
+            return [Completion(text=r.messages[-1][1], prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+                    for r in requests]  # fmt: skip
+
+    async def run() -> list[Any]:
+        batcher = Batcher(Remote(), ThreadPoolExecutor(max_workers=32), max_batch=16, max_queue=20)
+        asks = [batcher.submit(CompletionRequest(((("user", "fail" if i == 3 else f"q{i}"),)), 8)) for i in range(20)]
+        answers = await asyncio.gather(*asks, return_exceptions=True)
+        with pytest.raises(QueueFullError):  # 20 in flight at once is the bound
+            await asyncio.gather(*(batcher.submit(CompletionRequest((("user", "q"),), 8)) for _ in range(21)))
+        return answers
+
+    answers = asyncio.run(run())
+    assert isinstance(answers[3], RuntimeError)  # only the call that failed upstream failed
+    assert [a.text for i, a in enumerate(answers) if i != 3] == [f"q{i}" for i in range(20) if i != 3]
+    assert len(Remote.calls) >= 20 and set(Remote.calls) == {1}  # each call on its own (in batches, 16 users waited for the slowest of 16)
