@@ -32,7 +32,7 @@ EVAL_DRIFT="${FTOPS_DEMO_EVAL_DRIFT:-$( [[ $DISTILL == 1 ]] && echo 0 || echo 0.
 DRIFT="${FTOPS_DEMO_DRIFT:-$( [[ $DISTILL == 1 ]] && echo 0 || echo 0.5 )}"  # share of the users' calls about them
 # share of the users' calls with a system prompt and an earlier exchange (the distillation story's users)
 CONVERSATIONS="${FTOPS_DEMO_CONVERSATIONS:-$( [[ $DISTILL == 1 ]] && echo 0.3 || echo 0 )}"
-UP_TRAFFIC="${FTOPS_DEMO_UPSTREAM_TRAFFIC:-1200}" # distillation: calls the upstream champion answers in cycle 0
+UP_TRAFFIC="${FTOPS_DEMO_UPSTREAM_TRAFFIC:-2000}" # distillation: calls the upstream champion answers in cycle 0
 UP_PORT="${FTOPS_DEMO_UPSTREAM_PORT:-8091}"
 CORRECTIONS="${FTOPS_DEMO_CORRECTIONS:-0.15}"      # share of wrong answers a user corrects
 # Rows of the free-text task type support_reply, judged by the stand-in LLM judge: 0 (the default) leaves it out.
