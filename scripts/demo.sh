@@ -15,7 +15,9 @@
 #            with a system prompt and an earlier exchange), so the first logs are gateway logs;
 #   cycle 1: curate its answers (unrated ones too) → govern → fine-tune the local model → the replacement gate
 #            (not worse on the eval set, ≥ 50 % cheaper, fast enough) → canary → promoted | archived; the figures
-#            (the student's accuracy and cost as shares of the teacher's). The learning cycles are `make demo`'s.
+#            (the student's accuracy and cost as shares of the teacher's);
+#   cycle 2: new entities appear (labelled rows about them join the eval sets as v2) and the learning cycle of
+#            `make demo` follows: drifted traffic, corrections, the teacher, the gate, the canary.
 # Everything lives under FTOPS_HOME (default .ftops/). Re-running is safe: same data, same dataset versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,9 +70,10 @@ if [[ $DISTILL != 1 ]]; then
 fi
 
 step "Eval sets: the simulator's labelled rows (its known answers; $EVAL_DRIFT of them about new entities), imported"
-# 400 rows a task type when distilling: the student must be shown not worse than a teacher right ~95 % of the time
-# within 2 points, and at 180 rows the gain's 95 % CI is ±0.04 wide (tests/integration/test_distillation.py)
-ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --drift-share "$EVAL_DRIFT" --rows "$( [[ $DISTILL == 1 ]] && echo 400 || echo 180 )" \
+# 800 rows a task type when distilling: the student must be shown not worse than a teacher right ~95 % of the time
+# within 2 points (gate.replace_margin). At 180 rows the gain's 95 % CI is ±0.04 wide; at 400 ±0.025, and a city
+# student as good as its teacher (0.965 vs 0.963) was archived for a lower bound of -0.022 (2026-12-08 00:23 run)
+ftops simulate-evalset --out "$FTOPS_HOME/evalsets" --drift-share "$EVAL_DRIFT" --rows "$( [[ $DISTILL == 1 ]] && echo 800 || echo 180 )" \
   --task-types $TASK_TYPES $FREE
 for t in $TASK_TYPES $FREE; do
   ftops evalset import "$FTOPS_HOME/evalsets/$t.jsonl" --task-type "$t" > /dev/null
@@ -150,6 +153,11 @@ if os.environ.get("FTOPS_DEMO_DISTILL") == "1":
     # (dominated by the answers' fixed wording), city_extraction's student kept epoch 2 and scored 0.040 on the
     # eval set (2026-12-07 23:04 run). All 10 epochs: ~30 s a task type more.
     del demo["training.backend.early_stopping_patience"]
+    # The student decodes on the 2 cores that also run Airflow's reviews and the users (p95 ~1.2 s while they
+    # run); the upstream stand-in is another process answering in 0.3 s (p95 ~0.4 s through the gateway). With
+    # the shipped +200 ms of slack the canary was rolled back for p95 1 240 ms > 605 ms (2026-12-08 00:13 run):
+    # the machine, not the model. The replacement gate's absolute limit (2 000 ms, on the eval set) still applies.
+    demo["canary.latency_margin_ms"] = 1500
 cfg = apply_overrides(load_config(), demo)
 open(sys.argv[1], "w").write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 print("\n".join(f"  {k}: {v}" for k, v in demo.items()))
@@ -228,20 +236,30 @@ if [[ $DISTILL == 1 ]]; then
   review_canaries
   step "Distillation: the student against its teacher"
   python scripts/demo_distill_figures.py $TASK_TYPES
+  # Then the learning cycle: new entities appear, as in `make demo`; a team adds labelled rows to its eval sets
+  # (v2 = v1 + 300 rows a task type, half of them about the new entities: the simulator's eval rows cover every old
+  # value too), and users ask about the new ones half the time
+  DRIFT="${FTOPS_DEMO_LEARN_DRIFT:-0.5}"
+  step "New entities: 300 labelled rows, 150 about them, join each eval set (v2)"
+  ftops simulate-evalset --out "$FTOPS_HOME/evalsets-drift" --drift-share 0.5 --rows 300 --seed 7 --task-types $TASK_TYPES
+  for t in $TASK_TYPES; do
+    ftops evalset import "$FTOPS_HOME/evalsets-drift/$t.jsonl" --task-type "$t" > /dev/null
+  done
+  ftops evalset list
 else
   step "Cycle 1: ftops_curate, then the governor and fine-tunes on their own"
   python scripts/demo_wait.py cycle "$TIMEOUT_S"
-
   start_gateway
-  step "Simulated users: $TRAFFIC calls through the gateway, answers rated"
-  ftops simulate-traffic --base-url "$GW_URL" --requests "$TRAFFIC" --concurrency 8 --seed 1 \
-    --drift-share "$DRIFT" --correction-share "$CORRECTIONS" || true
-
-  step "Cycle 2: curate the served traffic, train a candidate against the champion"
-  python scripts/demo_wait.py cycle "$TIMEOUT_S"
-
-  review_canaries
 fi
+
+step "Simulated users: $TRAFFIC calls through the gateway, answers rated"
+ftops simulate-traffic --base-url "$GW_URL" --requests "$TRAFFIC" --concurrency 8 --seed 1 \
+  --drift-share "$DRIFT" --correction-share "$CORRECTIONS" --conversation-share "$CONVERSATIONS" || true
+
+step "Cycle 2: curate the served traffic, train a candidate against the champion"
+python scripts/demo_wait.py cycle "$TIMEOUT_S"
+
+review_canaries
 
 step "Summary"
 ftops summary

@@ -33,7 +33,8 @@ class ServingConfig(BaseModel):
     )
     max_queue: int = Field(
         64, ge=1, description="Requests that may wait for a batch per model version; past it a request gets 429 "
-        "with Retry-After. 64 = 4 batches of max_batch 16: a queued request waits at most ~4 batch times.",
+        "with Retry-After. 64 = 4 batches of max_batch 16: a queued request waits at most ~4 batch times. For a "
+        "remote model (upstream API, engine), which gets each request on its own, the calls in flight to it.",
     )
     request_timeout_s: float = Field(
         60, gt=0, description="Deadline of one request from queueing to its answer; past it the call is logged as "
