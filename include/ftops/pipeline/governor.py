@@ -171,7 +171,8 @@ def decide_task_type(
     reference = champion.tags.get("dataset_version") if champion else None
     # An upstream champion's answers are new to the local model (distilling them is the point); a trained
     # champion's own answers teach it nothing new
-    upstream = (champion.tags or {}).get(UPSTREAM_MODEL_TAG) if champion and champion.tags.get("backend") == UPSTREAM else None
+    tags = (champion.tags or {}) if champion else {}
+    upstream = tags.get(UPSTREAM_MODEL_TAG) if tags.get("backend") == UPSTREAM else None
     own = served_model_version(task_type, str(champion.version)) if champion and not upstream else None
     new_examples = count_new_examples(datasets, latest, reference, champion=own)
     enabled = set(cfg.governor.policies) if evaluate_policies else set()

@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ftops.core.config import ServingConfig
-from ftops.registry.models import RegistryUnavailableError, model_name, registered_task_types
+from ftops.registry.models import CANARY, CHAMPION, RegistryUnavailableError, model_name, registered_task_types
 from ftops.serving.backends import ApiClientFactory, Completion, CompletionRequest
 from ftops.serving.batcher import DeadlineExceededError, QueueFullError
 from ftops.serving.health import gateway_health
@@ -162,11 +162,11 @@ class Gateway:
                 # A new canary loads in the background while the loaded champion answers its share: its first
                 # callers would wait seconds for the load, and the canary's review would count that as its latency
                 champion = routing.champion
-                if route.role == "canary" and champion and not self.pool.has(task_type, route.version) \
+                if route.role == CANARY and champion and not self.pool.has(task_type, route.version) \
                         and self.pool.has(task_type, champion):
                     failed = partial(self._load_failed, task_type, route.version)
                     self.pool.warm_up(task_type, route.version, failed)
-                    route = replace(route, version=champion, role="champion",
+                    route = replace(route, version=champion, role=CHAMPION,
                                     model_version=f"{model_name(task_type)}/{champion}")
             try:
                 return route, await self.pool.batcher(task_type, route.version)
